@@ -1,0 +1,500 @@
+//! The block arena: segments of device memory cut into blocks.
+//!
+//! One mechanism serves both the caching allocator and every graph pool; they
+//! differ only in policy (when segments are reserved and released). An arena
+//! never talks to a device: its owner reserves a segment, hands it over with
+//! [`Arena::add_segment`], and takes back fully free segments with
+//! [`Arena::take_free_segments`].
+//!
+//! Invariants, kept by every method:
+//! - The blocks of a segment tile it exactly, in address order, linked by
+//!   `prev`/`next`; the lowest block of a segment (its `head`) is never
+//!   removed, only grown by merging.
+//! - No two neighbouring blocks of a segment are both free (free neighbours
+//!   are merged at once).
+//! - A block is in the free index iff it is free; the index is ordered by
+//!   (stream, size, address), so the first entry at or above
+//!   `(stream, size)` is the best fit, lowest address first.
+//! - `stats` equal the sums over the arena's blocks and segments.
+
+use crate::stats::PoolStats;
+use slab::Slab;
+use std::collections::BTreeSet;
+
+/// Every block size is a multiple of this, and every block address too.
+pub const BLOCK_ROUND: usize = 512;
+/// Requests up to this size are served from small segments.
+pub const SMALL_REQUEST_MAX: usize = 1 << 20;
+/// The size of a small segment.
+pub const SMALL_SEGMENT: usize = 2 << 20;
+/// Large requests below this size get a [`LARGE_SEGMENT`] of their own.
+pub const LARGE_SEGMENT_THRESHOLD: usize = 10 << 20;
+/// The segment size for large requests below [`LARGE_SEGMENT_THRESHOLD`].
+pub const LARGE_SEGMENT: usize = 20 << 20;
+/// Larger requests get a segment of their size rounded up to this.
+pub const LARGE_SEGMENT_ROUND: usize = 2 << 20;
+
+/// A stream handle as the arena sees it: an opaque tag. Blocks are reused
+/// only by requests on the stream of their segment.
+pub type StreamTag = u64;
+
+/// The size class of a request or segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    Small = 0,
+    Large = 1,
+}
+
+impl Class {
+    pub(crate) fn of(rounded: usize) -> Class {
+        if rounded <= SMALL_REQUEST_MAX {
+            Class::Small
+        } else {
+            Class::Large
+        }
+    }
+
+    /// Whether `remaining` bytes left after carving a block are worth a block
+    /// of their own (PyTorch's rule: any remainder in small segments, more
+    /// than [`SMALL_REQUEST_MAX`] in large ones).
+    fn should_split(self, remaining: usize) -> bool {
+        match self {
+            Class::Small => remaining >= BLOCK_ROUND,
+            Class::Large => remaining > SMALL_REQUEST_MAX,
+        }
+    }
+}
+
+/// `size` rounded up to [`BLOCK_ROUND`], or `None` on overflow.
+pub(crate) fn round_size(size: usize) -> Option<usize> {
+    Some(size.checked_add(BLOCK_ROUND - 1)? & !(BLOCK_ROUND - 1))
+}
+
+/// The size of the segment to reserve for a `rounded` request that no
+/// cached block can serve, or `None` on overflow.
+pub(crate) fn segment_size(rounded: usize) -> Option<usize> {
+    match Class::of(rounded) {
+        Class::Small => Some(SMALL_SEGMENT),
+        Class::Large if rounded < LARGE_SEGMENT_THRESHOLD => Some(LARGE_SEGMENT),
+        Class::Large => {
+            Some(rounded.checked_add(LARGE_SEGMENT_ROUND - 1)? & !(LARGE_SEGMENT_ROUND - 1))
+        }
+    }
+}
+
+/// A handle to a live block: its slot and its address (checked on free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockRef {
+    slot: u32,
+    addr: u64,
+}
+
+impl BlockRef {
+    pub(crate) fn addr(self) -> u64 {
+        self.addr
+    }
+}
+
+/// What an allocation got.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Carved {
+    pub(crate) block: BlockRef,
+    /// The block's size (at least the rounded request).
+    pub(crate) size: usize,
+}
+
+/// A segment taken out of the arena, to be released to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FreedSegment {
+    pub(crate) base: u64,
+    pub(crate) size: usize,
+}
+
+#[derive(Debug)]
+struct Block {
+    addr: u64,
+    size: usize,
+    segment: u32,
+    allocated: bool,
+    prev: Option<u32>,
+    next: Option<u32>,
+}
+
+#[derive(Debug)]
+struct Segment {
+    base: u64,
+    size: usize,
+    stream: StreamTag,
+    class: Class,
+    head: u32,
+}
+
+/// (stream, size, address, block slot)
+type FreeKey = (StreamTag, usize, u64, u32);
+
+/// Segments cut into blocks; see the module docs for its invariants.
+#[derive(Debug, Default)]
+pub(crate) struct Arena {
+    blocks: Slab<Block>,
+    segments: Slab<Segment>,
+    free: [BTreeSet<FreeKey>; 2],
+    pub(crate) stats: PoolStats,
+}
+
+/// What `free` of an address tells about it, for error reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddressKind {
+    /// Not inside any segment of this arena.
+    Outside,
+    /// The start of a free block.
+    FreeBlockStart,
+    /// Inside a block (live or free) that starts at the given address.
+    Inside { block: u64, allocated: bool },
+    /// The start of a live block.
+    LiveBlockStart,
+}
+
+impl Arena {
+    pub(crate) fn new() -> Self {
+        Arena::default()
+    }
+
+    fn key(&self, slot: u32) -> FreeKey {
+        let b = &self.blocks[slot as usize];
+        (
+            self.segments[b.segment as usize].stream,
+            b.size,
+            b.addr,
+            slot,
+        )
+    }
+
+    fn index_insert(&mut self, slot: u32) {
+        let class = self.segments[self.blocks[slot as usize].segment as usize].class;
+        let key = self.key(slot);
+        self.free[class as usize].insert(key);
+    }
+
+    fn index_remove(&mut self, slot: u32) {
+        let class = self.segments[self.blocks[slot as usize].segment as usize].class;
+        let key = self.key(slot);
+        let removed = self.free[class as usize].remove(&key);
+        debug_assert!(removed, "free block missing from the index");
+    }
+
+    /// Carves a block of `rounded` bytes for `stream` out of the best-fitting
+    /// free block, or returns `None` if no free block is large enough.
+    pub(crate) fn try_alloc(
+        &mut self,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+    ) -> Option<Carved> {
+        let class = Class::of(rounded);
+        let &(_, found_size, _, slot) = self.free[class as usize]
+            .range((stream, rounded, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX))
+            .next()?;
+        self.index_remove(slot);
+        let remaining = found_size - rounded;
+        if class.should_split(remaining) {
+            let (addr, segment, next) = {
+                let b = &self.blocks[slot as usize];
+                (b.addr, b.segment, b.next)
+            };
+            let rest = self.blocks.insert(Block {
+                addr: addr + rounded as u64,
+                size: remaining,
+                segment,
+                allocated: false,
+                prev: Some(slot),
+                next,
+            }) as u32;
+            if let Some(n) = next {
+                self.blocks[n as usize].prev = Some(rest);
+            }
+            let b = &mut self.blocks[slot as usize];
+            b.next = Some(rest);
+            b.size = rounded;
+            self.index_insert(rest);
+        }
+        let b = &mut self.blocks[slot as usize];
+        b.allocated = true;
+        let carved = Carved {
+            block: BlockRef { slot, addr: b.addr },
+            size: b.size,
+        };
+        self.stats.on_alloc(carved.size, requested);
+        Some(carved)
+    }
+
+    /// Adds a fresh segment `[base, base + size)` tagged with `stream`, as one
+    /// free block. `size` must come from [`segment_size`] (so its class is right).
+    pub(crate) fn add_segment(&mut self, base: u64, size: usize, stream: StreamTag, class: Class) {
+        let segment = self.segments.vacant_key() as u32;
+        let head = self.blocks.insert(Block {
+            addr: base,
+            size,
+            segment,
+            allocated: false,
+            prev: None,
+            next: None,
+        }) as u32;
+        self.segments.insert(Segment {
+            base,
+            size,
+            stream,
+            class,
+            head,
+        });
+        self.index_insert(head);
+        self.stats.on_reserve(size);
+    }
+
+    /// Frees a live block, merging it with free neighbours. Returns the
+    /// block's size. `block` must come from this arena's `try_alloc` and not
+    /// have been freed since (the ownership map guarantees that).
+    pub(crate) fn free(&mut self, block: BlockRef, requested: usize) -> usize {
+        let slot = block.slot;
+        let size = {
+            let b = &mut self.blocks[slot as usize];
+            assert!(
+                b.allocated && b.addr == block.addr,
+                "arena free of a block that is not live: ownership map out of sync"
+            );
+            b.allocated = false;
+            b.size
+        };
+        self.stats.on_free(size, requested);
+
+        let mut slot = slot;
+        if let Some(next) = self.blocks[slot as usize].next {
+            if !self.blocks[next as usize].allocated {
+                self.index_remove(next);
+                self.absorb_next(slot);
+            }
+        }
+        if let Some(prev) = self.blocks[slot as usize].prev {
+            if !self.blocks[prev as usize].allocated {
+                self.index_remove(prev);
+                self.absorb_next(prev);
+                slot = prev;
+            }
+        }
+        self.index_insert(slot);
+        size
+    }
+
+    /// Merges the block after `slot` into `slot` and removes it.
+    fn absorb_next(&mut self, slot: u32) {
+        let next = self.blocks[slot as usize].next.expect("has a next block");
+        let gone = self.blocks.remove(next as usize);
+        if let Some(after) = gone.next {
+            self.blocks[after as usize].prev = Some(slot);
+        }
+        let b = &mut self.blocks[slot as usize];
+        b.size += gone.size;
+        b.next = gone.next;
+    }
+
+    /// Removes every segment that is one free block and returns them, for
+    /// the owner to release to the device.
+    pub(crate) fn take_free_segments(&mut self) -> Vec<FreedSegment> {
+        let idle: Vec<usize> = self
+            .segments
+            .iter()
+            .filter(|(_, s)| {
+                let head = &self.blocks[s.head as usize];
+                !head.allocated && head.size == s.size
+            })
+            .map(|(id, _)| id)
+            .collect();
+        idle.into_iter()
+            .map(|id| {
+                let head = self.segments[id].head;
+                self.index_remove(head);
+                self.blocks.remove(head as usize);
+                let s = self.segments.remove(id);
+                self.stats.on_release(s.size);
+                FreedSegment {
+                    base: s.base,
+                    size: s.size,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether no block is live.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.stats.live_blocks == 0
+    }
+
+    /// Classifies `addr` against this arena's segments (slow: for error
+    /// reports only).
+    pub(crate) fn classify(&self, addr: u64) -> AddressKind {
+        let Some((_, seg)) = self
+            .segments
+            .iter()
+            .find(|(_, s)| s.base <= addr && addr < s.base + s.size as u64)
+        else {
+            return AddressKind::Outside;
+        };
+        let mut slot = Some(seg.head);
+        while let Some(s) = slot {
+            let b = &self.blocks[s as usize];
+            if b.addr <= addr && addr < b.addr + b.size as u64 {
+                return match (b.addr == addr, b.allocated) {
+                    (true, true) => AddressKind::LiveBlockStart,
+                    (true, false) => AddressKind::FreeBlockStart,
+                    (false, allocated) => AddressKind::Inside {
+                        block: b.addr,
+                        allocated,
+                    },
+                };
+            }
+            slot = b.next;
+        }
+        AddressKind::Outside
+    }
+
+    /// Checks every invariant in the module docs; panics on a violation.
+    /// For tests.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let mut allocated = 0;
+        let mut live = 0;
+        let mut reserved = 0;
+        let mut free_blocks = 0;
+        for (_, seg) in &self.segments {
+            reserved += seg.size;
+            let mut slot = Some(seg.head);
+            let mut expect_addr = seg.base;
+            let mut prev: Option<u32> = None;
+            let mut prev_free = false;
+            while let Some(s) = slot {
+                let b = &self.blocks[s as usize];
+                assert_eq!(b.addr, expect_addr, "blocks tile the segment");
+                assert_eq!(b.prev, prev);
+                assert!(!(prev_free && !b.allocated), "free neighbours merged");
+                let key = self.key(s);
+                let indexed = self.free[seg.class as usize].contains(&key);
+                assert_eq!(indexed, !b.allocated, "free index matches");
+                if b.allocated {
+                    allocated += b.size;
+                    live += 1;
+                } else {
+                    free_blocks += 1;
+                }
+                prev_free = !b.allocated;
+                expect_addr += b.size as u64;
+                prev = Some(s);
+                slot = b.next;
+            }
+            assert_eq!(expect_addr, seg.base + seg.size as u64, "segment covered");
+        }
+        assert_eq!(self.free[0].len() + self.free[1].len(), free_blocks);
+        assert_eq!(self.stats.allocated_bytes, allocated);
+        assert_eq!(self.stats.live_blocks, live);
+        assert_eq!(self.stats.reserved_bytes, reserved);
+        assert_eq!(self.stats.segments, self.segments.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    fn arena_with(size: usize) -> Arena {
+        let mut a = Arena::new();
+        a.add_segment(0x1000_0000, size, 0, Class::of(size.min(SMALL_REQUEST_MAX)));
+        a
+    }
+
+    #[test]
+    fn rounds_to_512_and_picks_segment_sizes_like_pytorch() {
+        assert_eq!(round_size(1), Some(512));
+        assert_eq!(round_size(512), Some(512));
+        assert_eq!(round_size(513), Some(1024));
+        assert_eq!(round_size(usize::MAX), None);
+        assert_eq!(segment_size(512), Some(SMALL_SEGMENT));
+        assert_eq!(segment_size(MIB), Some(SMALL_SEGMENT));
+        assert_eq!(segment_size(MIB + 512), Some(LARGE_SEGMENT));
+        assert_eq!(segment_size(10 * MIB), Some(10 * MIB));
+        assert_eq!(segment_size(11 * MIB), Some(12 * MIB));
+    }
+
+    #[test]
+    fn splits_and_coalesces_back_to_one_block() {
+        let mut a = arena_with(SMALL_SEGMENT);
+        let x = a.try_alloc(0, 512, 500).unwrap();
+        let y = a.try_alloc(0, 1024, 1000).unwrap();
+        let z = a.try_alloc(0, 512, 512).unwrap();
+        assert_eq!(x.block.addr() + 512, y.block.addr());
+        assert_eq!(y.block.addr() + 1024, z.block.addr());
+        a.check_invariants();
+        // Free the middle, then the ends: every order must end in one block.
+        a.free(y.block, 1000);
+        a.check_invariants();
+        a.free(x.block, 500);
+        a.check_invariants();
+        a.free(z.block, 512);
+        a.check_invariants();
+        assert_eq!(a.take_free_segments().len(), 1);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 0);
+    }
+
+    #[test]
+    fn best_fit_prefers_the_smallest_sufficient_block() {
+        let mut a = arena_with(SMALL_SEGMENT);
+        let blocks: Vec<_> = [4096, 512, 2048, 512, 1024, 512]
+            .iter()
+            .map(|&s| a.try_alloc(0, s, s).unwrap())
+            .collect();
+        // Free 4096 (first) and 2048 (third): holes of 4096 and 2048.
+        a.free(blocks[0].block, 4096);
+        a.free(blocks[2].block, 2048);
+        let got = a.try_alloc(0, 1536, 1536).unwrap();
+        assert_eq!(
+            got.block.addr(),
+            blocks[2].block.addr(),
+            "took the 2048 hole"
+        );
+        a.check_invariants();
+    }
+
+    #[test]
+    fn other_streams_do_not_reuse_a_segment() {
+        let mut a = arena_with(SMALL_SEGMENT);
+        assert!(a.try_alloc(7, 512, 512).is_none());
+        assert!(a.try_alloc(0, 512, 512).is_some());
+    }
+
+    #[test]
+    fn large_blocks_keep_small_remainders() {
+        let mut a = Arena::new();
+        a.add_segment(0x1000_0000, LARGE_SEGMENT, 0, Class::Large);
+        // 19.5 MiB leaves 0.5 MiB: not worth a block in a large segment.
+        let got = a.try_alloc(0, LARGE_SEGMENT - MIB / 2, 1).unwrap();
+        assert_eq!(got.size, LARGE_SEGMENT);
+        a.check_invariants();
+    }
+
+    #[test]
+    fn classify_tells_interior_and_free_starts() {
+        let mut a = arena_with(SMALL_SEGMENT);
+        let x = a.try_alloc(0, 1024, 1024).unwrap();
+        let base = x.block.addr();
+        assert_eq!(a.classify(base), AddressKind::LiveBlockStart);
+        assert_eq!(
+            a.classify(base + 8),
+            AddressKind::Inside {
+                block: base,
+                allocated: true
+            }
+        );
+        assert_eq!(a.classify(base + 1024), AddressKind::FreeBlockStart);
+        assert_eq!(a.classify(base - 1), AddressKind::Outside);
+    }
+}

@@ -1,0 +1,252 @@
+//! CUDA device memory through cudarc's driver API (loaded at run time).
+//!
+//! This file holds every `unsafe` CUDA call of the crate. Each call is made
+//! with the device's primary context current (PyTorch's autograd thread, for
+//! one, has no context of its own) and with the previous context restored
+//! afterwards, so callers on any thread see no change.
+
+use super::{Backend, BackendError, BackendKind, MemInfo};
+use cudarc::driver::sys;
+use std::ffi::CStr;
+use std::sync::OnceLock;
+
+/// Whether a CUDA driver can be loaded, initialised, and has a device.
+///
+/// Never panics: where `libcuda` is missing this is simply `false`. The
+/// answer is computed once per process.
+pub fn cuda_driver_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| device_count().map(|n| n > 0).unwrap_or(false))
+}
+
+/// Number of CUDA devices, or why there are none.
+fn device_count() -> Result<usize, BackendError> {
+    // SAFETY: `is_culib_present` only tries to open the library.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(BackendError::Unavailable(
+            "libcuda could not be loaded".into(),
+        ));
+    }
+    // SAFETY: the library is present, so the lazily loaded entry points
+    // resolve; cuInit takes flags 0 and may be called any number of times.
+    check("cuInit", unsafe { sys::cuInit(0) })
+        .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+    let mut count = 0;
+    // SAFETY: `count` is a valid out-pointer; the driver is initialised.
+    check("cuDeviceGetCount", unsafe {
+        sys::cuDeviceGetCount(&mut count)
+    })?;
+    Ok(count.max(0) as usize)
+}
+
+fn error_name(code: sys::CUresult) -> String {
+    let mut name: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: `name` is a valid out-pointer; on success the driver points it
+    // at a static NUL-terminated string.
+    let rc = unsafe { sys::cuGetErrorName(code, &mut name) };
+    if rc == sys::CUresult::CUDA_SUCCESS && !name.is_null() {
+        // SAFETY: checked non-null; the string is static and NUL-terminated.
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        format!("{code:?}")
+    }
+}
+
+fn check(call: &'static str, code: sys::CUresult) -> Result<(), BackendError> {
+    if code == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(BackendError::Driver {
+            call,
+            code: error_name(code),
+        })
+    }
+}
+
+/// A retained primary context. Context handles are process-wide and may be
+/// made current on any thread.
+#[derive(Debug, Clone, Copy)]
+struct Context(sys::CUcontext);
+
+// SAFETY: a CUcontext is an opaque process-wide handle; the driver allows it
+// to be made current and used from any thread.
+unsafe impl Send for Context {}
+// SAFETY: as above; the handle itself is never mutated after creation.
+unsafe impl Sync for Context {}
+
+/// Device memory of one CUDA device, through `cuMemAlloc`/`cuMemFree`.
+///
+/// The device's primary context is retained on first use, not at
+/// construction, so an allocator over many devices costs nothing on the
+/// devices it never touches.
+#[derive(Debug)]
+pub struct CudaBackend {
+    ordinal: usize,
+    device: sys::CUdevice,
+    context: OnceLock<Result<Context, BackendError>>,
+}
+
+impl CudaBackend {
+    /// The backend for device `ordinal`.
+    pub fn new(ordinal: usize) -> Result<Self, BackendError> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(BackendError::Unavailable(format!(
+                "device {ordinal} requested, the driver reports {count}"
+            )));
+        }
+        let mut device: sys::CUdevice = 0;
+        // SAFETY: valid out-pointer; ordinal checked against the device count.
+        check("cuDeviceGet", unsafe {
+            sys::cuDeviceGet(&mut device, ordinal as i32)
+        })?;
+        Ok(CudaBackend {
+            ordinal,
+            device,
+            context: OnceLock::new(),
+        })
+    }
+
+    /// The device's primary context, retained on first call.
+    fn context(&self) -> Result<Context, BackendError> {
+        self.context
+            .get_or_init(|| {
+                let mut ctx: sys::CUcontext = std::ptr::null_mut();
+                // SAFETY: valid out-pointer and device handle. The retained
+                // context is kept for the life of the process (never
+                // released), as the CUDA runtime does with primary contexts.
+                check("cuDevicePrimaryCtxRetain", unsafe {
+                    sys::cuDevicePrimaryCtxRetain(&mut ctx, self.device)
+                })
+                .map(|()| Context(ctx))
+            })
+            .clone()
+    }
+
+    /// Number of CUDA devices the driver reports (0 where none loads).
+    pub fn device_count() -> usize {
+        device_count().unwrap_or(0)
+    }
+
+    /// Runs `f` with this device's primary context current on the calling
+    /// thread, then restores whatever was current before.
+    fn with_context<T>(
+        &self,
+        f: impl FnOnce() -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let context = self.context()?;
+        let mut previous: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; the driver was initialised in `new`.
+        check("cuCtxGetCurrent", unsafe {
+            sys::cuCtxGetCurrent(&mut previous)
+        })?;
+        if previous == context.0 {
+            return f();
+        }
+        // SAFETY: the context is retained for the life of the process.
+        check("cuCtxSetCurrent", unsafe {
+            sys::cuCtxSetCurrent(context.0)
+        })?;
+        let _restore = scopeguard::guard(previous, |previous| {
+            if !previous.is_null() {
+                // SAFETY: `previous` was current on this thread a moment ago
+                // and the caller still holds it; a null one is left alone, so
+                // our primary context stays current for later calls.
+                unsafe { sys::cuCtxSetCurrent(previous) };
+            }
+        });
+        f()
+    }
+
+    /// Runs `f` with this thread's stream-capture mode set to RELAXED, so
+    /// that memory management during a GLOBAL-mode capture does not
+    /// invalidate it; restores the previous mode afterwards.
+    fn relaxed_capture<T>(f: impl FnOnce() -> T) -> T {
+        let mut mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: valid in/out pointer to a capture mode.
+        unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+        let _restore = scopeguard::guard(mode, |mut mode| {
+            // SAFETY: puts back the mode read above.
+            unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+        });
+        f()
+    }
+
+    /// Sets `len` bytes at `addr` to `value` (`cuMemsetD8`), synchronously.
+    ///
+    /// # Safety
+    /// `addr..addr + len` must lie inside device memory that the caller owns
+    /// on this device (a live block from graphalloc).
+    pub unsafe fn memset_d8(&self, addr: u64, value: u8, len: usize) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: the caller guarantees the range is owned device memory.
+            check("cuMemsetD8", unsafe {
+                sys::cuMemsetD8_v2(addr, value, len)
+            })?;
+            // SAFETY: no arguments; waits for the memset on the null stream.
+            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+        })
+    }
+
+    /// Copies device memory at `addr` into `dst` (`cuMemcpyDtoH`), synchronously.
+    ///
+    /// # Safety
+    /// `addr..addr + dst.len()` must lie inside device memory that the caller
+    /// owns on this device.
+    pub unsafe fn copy_to_host(&self, addr: u64, dst: &mut [u8]) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: `dst` is a valid host buffer of its length; the device
+            // range is owned per the caller's contract.
+            check("cuMemcpyDtoH", unsafe {
+                sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), addr, dst.len())
+            })
+        })
+    }
+}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+
+    fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    fn reserve(&self, size: usize) -> Result<u64, BackendError> {
+        self.with_context(|| {
+            Self::relaxed_capture(|| {
+                let mut ptr: sys::CUdeviceptr = 0;
+                // SAFETY: valid out-pointer; a context is current.
+                let rc = unsafe { sys::cuMemAlloc_v2(&mut ptr, size) };
+                if rc == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                    return Err(BackendError::OutOfMemory { requested: size });
+                }
+                check("cuMemAlloc", rc).map(|()| ptr)
+            })
+        })
+    }
+
+    fn release(&self, addr: u64, _size: usize) -> Result<(), BackendError> {
+        self.with_context(|| {
+            Self::relaxed_capture(|| {
+                // SAFETY: the pools release only addresses returned by
+                // `reserve` on this backend, each exactly once.
+                check("cuMemFree", unsafe { sys::cuMemFree_v2(addr) })
+            })
+        })
+    }
+
+    fn mem_info(&self) -> Result<MemInfo, BackendError> {
+        self.with_context(|| {
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: valid out-pointers; a context is current.
+            check("cuMemGetInfo", unsafe {
+                sys::cuMemGetInfo_v2(&mut free, &mut total)
+            })?;
+            Ok(MemInfo { free, total })
+        })
+    }
+}

@@ -1,0 +1,93 @@
+//! Device backends: where segments of device memory come from.
+//!
+//! [`Backend`] is the one safe interface the pools use. [`CudaBackend`] is the
+//! only code in the crate that calls CUDA (and the only `unsafe` CUDA code);
+//! [`HostBackend`] stands in for a device with host memory, with a capacity
+//! and injectable faults, so everything above it runs and is tested on a
+//! machine with no GPU.
+
+mod cuda;
+mod host;
+
+pub use cuda::{cuda_driver_available, CudaBackend};
+pub use host::HostBackend;
+
+use std::fmt;
+
+/// Which kind of memory a backend hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Host memory standing in for a device.
+    Host,
+    /// CUDA device memory through the driver API.
+    Cuda,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Host => "host",
+            BackendKind::Cuda => "cuda",
+        })
+    }
+}
+
+/// Free and total memory of a device, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemInfo {
+    /// Bytes not yet reserved by anyone.
+    pub free: usize,
+    /// The device's capacity.
+    pub total: usize,
+}
+
+/// A backend call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The device has no room for a segment of this size.
+    #[error("device out of memory reserving {requested} bytes")]
+    OutOfMemory {
+        /// Segment bytes asked for.
+        requested: usize,
+    },
+    /// A fault injected by a test ([`HostBackend::fail_reservation`]).
+    #[error("injected fault at reservation {nth}")]
+    Injected {
+        /// The 1-based number of the reservation that failed.
+        nth: u64,
+    },
+    /// A CUDA driver call failed.
+    #[error("{call} failed: {code}")]
+    Driver {
+        /// The driver function.
+        call: &'static str,
+        /// The `CUresult`, as its name.
+        code: String,
+    },
+    /// No CUDA driver could be loaded, or it has no such device.
+    #[error("CUDA is not available: {0}")]
+    Unavailable(String),
+}
+
+/// A source of device memory for one device.
+///
+/// Implementations are thread-safe: the pools call them from any thread,
+/// sometimes concurrently.
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// The kind of memory.
+    fn kind(&self) -> BackendKind;
+
+    /// The device ordinal this backend serves.
+    fn ordinal(&self) -> usize;
+
+    /// Reserves a segment of `size` bytes and returns its device address,
+    /// aligned to at least [`crate::BLOCK_ROUND`] bytes.
+    fn reserve(&self, size: usize) -> Result<u64, BackendError>;
+
+    /// Returns a segment obtained from [`Backend::reserve`] with the same `size`.
+    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+
+    /// Free and total device memory.
+    fn mem_info(&self) -> Result<MemInfo, BackendError>;
+}

@@ -1,0 +1,202 @@
+//! Configuration: [`Config`] and the `GRAPHALLOC_CONF` environment variable.
+//!
+//! `GRAPHALLOC_CONF` uses the `key:value,key:value` style of PyTorch's
+//! `PYTORCH_CUDA_ALLOC_CONF`:
+//!
+//! | key | values | default |
+//! | --- | --- | --- |
+//! | `backend` | `auto`, `host`, `cuda` | `auto` (CUDA when a driver loads, else host) |
+//! | `host_capacity` | bytes, with an optional `KiB`/`MiB`/`GiB` suffix | `80GiB` |
+//! | `host_devices` | number of simulated devices on the host backend, 1 to 64 | `1` |
+//! | `memory_fraction` | fraction of each device's total memory graphalloc may reserve, in (0, 1] | `1` |
+//!
+//! A malformed value is an [`Error::Config`] naming the key; an unknown key is
+//! one too. Nothing falls back to a default silently.
+
+use crate::error::{Error, Result};
+
+/// The environment variable read by [`Config::from_env`].
+pub const ENV_VAR: &str = "GRAPHALLOC_CONF";
+
+/// Which device backend an allocator uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// CUDA when a driver can be loaded and a device exists, else host memory.
+    #[default]
+    Auto,
+    /// Host memory standing in for device memory.
+    Host,
+    /// The CUDA driver; fails where no driver loads.
+    Cuda,
+}
+
+/// How an [`crate::Allocator`] is built.
+///
+/// ```
+/// use graphalloc::{BackendChoice, Config};
+/// let config = Config::parse("backend:host,host_capacity:1GiB").unwrap();
+/// assert_eq!(config.backend, BackendChoice::Host);
+/// assert_eq!(config.host_capacity, 1 << 30);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The device backend.
+    pub backend: BackendChoice,
+    /// Bytes each simulated device offers on the host backend.
+    pub host_capacity: usize,
+    /// Number of simulated devices on the host backend.
+    pub host_devices: usize,
+    /// Fraction of each device's total memory graphalloc may reserve.
+    pub memory_fraction: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendChoice::Auto,
+            host_capacity: 80 << 30,
+            host_devices: 1,
+            memory_fraction: 1.0,
+        }
+    }
+}
+
+impl Config {
+    /// A host-backend configuration with `capacity` bytes on one device.
+    pub fn host(capacity: usize) -> Self {
+        Config {
+            backend: BackendChoice::Host,
+            host_capacity: capacity,
+            ..Config::default()
+        }
+    }
+
+    /// The defaults, overridden by `GRAPHALLOC_CONF` where it is set.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(ENV_VAR) {
+            Ok(text) => Config::parse(&text),
+            Err(std::env::VarError::NotPresent) => Ok(Config::default()),
+            Err(std::env::VarError::NotUnicode(raw)) => Err(Error::Config {
+                key: ENV_VAR.into(),
+                value: raw.to_string_lossy().into_owned(),
+                reason: "not valid UTF-8".into(),
+            }),
+        }
+    }
+
+    /// The defaults, overridden by `key:value` pairs separated by commas.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut config = Config::default();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once(':').ok_or_else(|| Error::Config {
+                key: pair.into(),
+                value: String::new(),
+                reason: "expected key:value".into(),
+            })?;
+            config.set(key.trim(), value.trim())?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one key from its textual value.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let bad = |reason: &str| Error::Config {
+            key: key.into(),
+            value: value.into(),
+            reason: reason.into(),
+        };
+        match key {
+            "backend" => {
+                self.backend = match value.to_ascii_lowercase().as_str() {
+                    "auto" => BackendChoice::Auto,
+                    "host" => BackendChoice::Host,
+                    "cuda" => BackendChoice::Cuda,
+                    _ => return Err(bad("expected auto, host or cuda")),
+                }
+            }
+            "host_capacity" => {
+                self.host_capacity = parse_bytes(value).filter(|&b| b > 0).ok_or_else(|| {
+                    bad("expected a positive byte count such as 4096, 512MiB or 8GiB")
+                })?
+            }
+            "host_devices" => {
+                self.host_devices = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
+            }
+            "memory_fraction" => {
+                self.memory_fraction = value
+                    .parse()
+                    .ok()
+                    .filter(|f: &f64| *f > 0.0 && *f <= 1.0)
+                    .ok_or_else(|| bad("expected a number in (0, 1]"))?
+            }
+            _ => return Err(bad(
+                "unknown key; known keys: backend, host_capacity, host_devices, memory_fraction",
+            )),
+        }
+        Ok(())
+    }
+}
+
+/// Parses `123`, `4KiB`, `512MiB`, `8GiB` (also `KB`/`MB`/`GB` as powers of 1024).
+fn parse_bytes(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1usize << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_key() {
+        let c =
+            Config::parse("backend:cuda, host_capacity:3MiB,host_devices:2,memory_fraction:0.5")
+                .unwrap();
+        assert_eq!(c.backend, BackendChoice::Cuda);
+        assert_eq!(c.host_capacity, 3 << 20);
+        assert_eq!(c.host_devices, 2);
+        assert_eq!(c.memory_fraction, 0.5);
+    }
+
+    #[test]
+    fn empty_text_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn malformed_values_name_their_key() {
+        for (text, key) in [
+            ("backend:gpu", "backend"),
+            ("host_capacity:lots", "host_capacity"),
+            ("host_capacity:0", "host_capacity"),
+            ("host_capacity:99999999999999999999", "host_capacity"),
+            ("host_devices:0", "host_devices"),
+            ("memory_fraction:1.5", "memory_fraction"),
+            ("memory_fraction:0", "memory_fraction"),
+            ("colour:blue", "colour"),
+            ("backend", "backend"),
+        ] {
+            match Config::parse(text) {
+                Err(Error::Config { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+}

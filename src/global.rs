@@ -1,0 +1,468 @@
+//! The allocator: routes allocations by mode and frees by ownership, and the
+//! process-wide instance installed at startup.
+
+use crate::arena::{round_size, AddressKind, BLOCK_ROUND, LARGE_SEGMENT_ROUND};
+use crate::backend::{
+    cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend,
+};
+use crate::caching::CachingAllocator;
+use crate::config::{BackendChoice, Config};
+use crate::device::{Device, Shortfall};
+use crate::device_ptr::DevicePtr;
+use crate::error::{Error, Result};
+use crate::graph_pool::GraphPool;
+use crate::mode::{self, GraphModeGuard};
+use crate::ownership::{Owner, OwnershipMap, Record};
+use crate::stats::{MemoryUsageStats, PoolStats, StatsBook};
+use crate::sync::{Arc, OnceSlot};
+
+/// The largest alignment [`Allocator::allocate`] serves: the granularity of
+/// large segments (2 MiB). Blocks are always aligned to 512 bytes; larger
+/// alignments cost up to `align - 512` bytes of padding.
+pub const MAX_ALIGNMENT: usize = LARGE_SEGMENT_ROUND;
+
+/// The stream tag of the default (null) stream.
+pub const DEFAULT_STREAM: u64 = 0;
+
+/// A device-memory allocator over one or more devices: a caching allocator
+/// per device, graph pools, and the ownership map that routes every free.
+///
+/// Usually there is one per process, installed with [`crate::install`] and
+/// reached through [`crate::global`]; tests build their own.
+///
+/// ```
+/// use graphalloc::{Allocator, Config};
+/// let alloc = Allocator::new(Config::host(64 << 20)).unwrap();
+/// let p = alloc.allocate(1000, 256).unwrap();
+/// assert_eq!(p.addr() % 256, 0);
+/// alloc.free(p).unwrap();
+/// assert!(alloc.free(p).is_err()); // double free: a typed error, nothing changes
+/// ```
+#[derive(Debug)]
+pub struct Allocator {
+    id: u64,
+    caches: Vec<Arc<CachingAllocator>>,
+    ownership: OwnershipMap,
+    book: Arc<StatsBook>,
+    kind: BackendKind,
+}
+
+impl Allocator {
+    /// Builds an allocator as `config` says. Touches no device yet.
+    pub fn new(config: Config) -> Result<Self> {
+        let backend = match config.backend {
+            BackendChoice::Auto if cuda_driver_available() => BackendChoice::Cuda,
+            BackendChoice::Auto => BackendChoice::Host,
+            other => other,
+        };
+        let backends: Vec<Arc<dyn Backend>> = match backend {
+            BackendChoice::Cuda => {
+                let count = CudaBackend::device_count();
+                if count == 0 {
+                    return Err(BackendError::Unavailable("no CUDA driver or device".into()).into());
+                }
+                (0..count)
+                    .map(|d| Ok(Arc::new(CudaBackend::new(d)?) as Arc<dyn Backend>))
+                    .collect::<Result<_, BackendError>>()?
+            }
+            _ => (0..config.host_devices)
+                .map(|d| Arc::new(HostBackend::new(d, config.host_capacity)) as Arc<dyn Backend>)
+                .collect(),
+        };
+        Allocator::from_backends(backends, config.memory_fraction)
+    }
+
+    /// Builds an allocator over the given backends, one per device, in
+    /// ordinal order. Tests use this to keep a handle on a [`HostBackend`].
+    pub fn from_backends(backends: Vec<Arc<dyn Backend>>, memory_fraction: f64) -> Result<Self> {
+        let Some(first) = backends.first() else {
+            return Err(BackendError::Unavailable("no device backends given".into()).into());
+        };
+        let kind = first.kind();
+        let book = Arc::new(StatsBook::new());
+        let caches = backends
+            .into_iter()
+            .map(|b| {
+                Arc::new(CachingAllocator::new(Arc::new(Device::new(
+                    b,
+                    book.clone(),
+                    memory_fraction,
+                ))))
+            })
+            .collect();
+        Ok(Allocator {
+            id: crate::sync::next_id(),
+            caches,
+            ownership: OwnershipMap::new(),
+            book,
+            kind,
+        })
+    }
+
+    /// The backend kind of device 0.
+    pub fn backend_kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// Number of devices.
+    pub fn device_count(&self) -> usize {
+        self.caches.len()
+    }
+
+    fn cache(&self, device: usize) -> Result<&Arc<CachingAllocator>> {
+        self.caches.get(device).ok_or(Error::InvalidDevice {
+            device,
+            count: self.caches.len(),
+        })
+    }
+
+    /// Allocates `size` bytes aligned to `align`: from the calling thread's
+    /// current graph pool in graph mode (on the pool's device), else from
+    /// device 0's caching allocator, on the default stream.
+    pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
+        let device = mode::current_pool(self.id).map_or(0, |p| p.device());
+        self.allocate_on(device, DEFAULT_STREAM, size, align)
+    }
+
+    /// Allocates `size` bytes aligned to `align` on `device` for use on
+    /// `stream`. In graph mode on a pool of that device the block comes from
+    /// the pool; otherwise from the device's caching allocator.
+    ///
+    /// Errors: [`Error::ZeroSize`], [`Error::InvalidAlignment`],
+    /// [`Error::InvalidDevice`], [`Error::TooLarge`], [`Error::OutOfMemory`]
+    /// (after releasing the device's cache and retrying once),
+    /// [`Error::Backend`].
+    pub fn allocate_on(
+        &self,
+        device: usize,
+        stream: u64,
+        size: usize,
+        align: usize,
+    ) -> Result<DevicePtr> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if !align.is_power_of_two() || align > MAX_ALIGNMENT {
+            return Err(Error::InvalidAlignment {
+                align,
+                max: MAX_ALIGNMENT,
+            });
+        }
+        let cache = self.cache(device)?;
+        let padding = align.saturating_sub(BLOCK_ROUND);
+        let too_large = || Error::TooLarge {
+            requested: size,
+            limit: cache.device.limit().min(cache.device.mem_info().total),
+        };
+        let rounded = size
+            .checked_add(padding)
+            .and_then(round_size)
+            .ok_or_else(too_large)?;
+        let pool = mode::current_pool(self.id).filter(|p| p.device() == device);
+        let carved = match &pool {
+            Some(pool) => pool.allocate(stream, rounded, size),
+            None => cache.allocate(stream, rounded, size),
+        };
+        let carved = carved.map_err(|shortfall| match shortfall {
+            Shortfall::Overflow => too_large(),
+            Shortfall::Backend(e) => Error::Backend(e),
+            Shortfall::Exhausted => {
+                let err = too_large();
+                match err {
+                    Error::TooLarge { limit, .. } if rounded > limit => err,
+                    _ => self.out_of_memory(device, size),
+                }
+            }
+        })?;
+        let addr = carved.block.addr().next_multiple_of(align as u64);
+        let owner = match pool {
+            Some(pool) => Owner::Pool(pool),
+            None => Owner::Cache(device),
+        };
+        self.ownership.insert(
+            addr,
+            Record {
+                owner,
+                block: carved.block,
+                requested: size,
+            },
+        );
+        Ok(DevicePtr::new(addr))
+    }
+
+    fn out_of_memory(&self, device: usize, requested: usize) -> Error {
+        let d = &self.caches[device].device;
+        let info = d.mem_info();
+        Error::OutOfMemory {
+            device,
+            requested,
+            reserved: d.reserved(),
+            allocated: d.allocated(),
+            device_free: info.free,
+            device_total: info.total,
+        }
+    }
+
+    /// Frees a pointer from [`Allocator::allocate`], routed to its owner (a
+    /// device's caching allocator or a graph pool) whatever the calling
+    /// thread's mode. A pointer that is not live is a typed error
+    /// ([`Error::UnknownPointer`], [`Error::DoubleFree`],
+    /// [`Error::InteriorPointer`]) and changes nothing.
+    pub fn free(&self, ptr: DevicePtr) -> Result<()> {
+        let Some(record) = self.ownership.claim(ptr.addr()) else {
+            return Err(self.diagnose(ptr.addr()));
+        };
+        match record.owner {
+            Owner::Cache(device) => self.caches[device].free(record.block, record.requested),
+            Owner::Pool(pool) => pool.free(record.block, record.requested),
+        }
+        Ok(())
+    }
+
+    /// Why `addr` is not a live pointer (slow; only on the error path).
+    fn diagnose(&self, addr: u64) -> Error {
+        let mut kinds: Vec<AddressKind> = self.caches.iter().map(|c| c.classify(addr)).collect();
+        self.book
+            .live_pools
+            .for_each(|_, arena| kinds.push(arena.lock().classify(addr)));
+        for kind in kinds {
+            match kind {
+                AddressKind::Inside {
+                    block,
+                    allocated: true,
+                } => return Error::InteriorPointer { ptr: addr, block },
+                AddressKind::Inside {
+                    allocated: false, ..
+                }
+                | AddressKind::FreeBlockStart => return Error::DoubleFree { ptr: addr },
+                AddressKind::LiveBlockStart | AddressKind::Outside => {}
+            }
+        }
+        Error::UnknownPointer { ptr: addr }
+    }
+
+    /// The requested size of a live pointer, or `None` if it is not live.
+    pub fn requested_size(&self, ptr: DevicePtr) -> Option<usize> {
+        self.ownership.requested(ptr.addr())
+    }
+
+    /// Number of live pointers, all owners together.
+    pub fn live_pointers(&self) -> usize {
+        self.ownership.len()
+    }
+
+    /// A new, empty graph pool on device 0.
+    pub fn create_pool(&self) -> GraphPool {
+        GraphPool::create(self.id, self.caches[0].clone())
+    }
+
+    /// A new, empty graph pool on `device`.
+    pub fn create_pool_on(&self, device: usize) -> Result<GraphPool> {
+        Ok(GraphPool::create(self.id, self.cache(device)?.clone()))
+    }
+
+    /// Enters graph mode on `pool` for the calling thread; see
+    /// [`crate::graph_mode`]. Fails with [`Error::ForeignPool`] if the pool
+    /// was made by another allocator.
+    pub fn enter_graph_mode(&self, pool: &GraphPool) -> Result<GraphModeGuard> {
+        if pool.core.allocator_id != self.id {
+            return Err(Error::ForeignPool { pool: pool.id() });
+        }
+        Ok(mode::enter(pool))
+    }
+
+    /// Runs `f` in graph mode on `pool`; see [`crate::with_graph_mode`].
+    pub fn with_graph_mode<R>(&self, pool: &GraphPool, f: impl FnOnce() -> R) -> Result<R> {
+        let _guard = self.enter_graph_mode(pool)?;
+        Ok(f())
+    }
+
+    /// Whether the calling thread is in graph mode on a pool of this allocator.
+    pub fn is_graph_mode(&self) -> bool {
+        mode::in_graph_mode_for(self.id)
+    }
+
+    /// Resets `pool` for a new capture; see [`GraphPool::reset`].
+    pub fn reset_graph_pool(&self, pool: &GraphPool) -> Result<()> {
+        if pool.core.allocator_id != self.id {
+            return Err(Error::ForeignPool { pool: pool.id() });
+        }
+        pool.reset()
+    }
+
+    /// Releases every cached, unused segment of every device's caching
+    /// allocator. Graph pools keep theirs. Returns the bytes released.
+    pub fn empty_cache(&self) -> Result<usize> {
+        let mut released = 0;
+        for cache in &self.caches {
+            released += cache.empty_cache()?;
+        }
+        Ok(released)
+    }
+
+    /// Restarts the peaks of every device's caching allocator from now.
+    pub fn reset_peak_stats(&self) {
+        for cache in &self.caches {
+            cache.reset_peaks();
+        }
+    }
+
+    /// Statistics of this allocator; see [`MemoryUsageStats`].
+    pub fn stats(&self) -> MemoryUsageStats {
+        let mut caching = PoolStats::default();
+        for cache in &self.caches {
+            caching.add(&cache.stats());
+        }
+        self.book.summarize(caching, self.is_graph_mode())
+    }
+
+    /// Statistics of one device's caching allocator.
+    pub fn device_stats(&self, device: usize) -> Result<PoolStats> {
+        Ok(self.cache(device)?.stats())
+    }
+}
+
+/// What [`Allocator`] offers, as a trait, so callers can be written against
+/// an allocator they do not construct.
+///
+/// ```
+/// use graphalloc::{Allocator, Config, DeviceAllocator};
+/// fn scratch(a: &dyn DeviceAllocator) -> graphalloc::Result<()> {
+///     let p = a.allocate(4096, 256)?;
+///     a.free(p)
+/// }
+/// scratch(&Allocator::new(Config::host(1 << 30)).unwrap()).unwrap();
+/// ```
+pub trait DeviceAllocator {
+    /// Allocates `size` bytes aligned to `align`, from the current graph pool
+    /// in graph mode, else from the caching allocator.
+    fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr>;
+    /// Frees a pointer, routed by ownership.
+    fn free(&self, ptr: DevicePtr) -> Result<()>;
+    /// Enters graph mode on `pool` for the calling thread.
+    fn enter_graph_mode(&self, pool: &GraphPool) -> Result<GraphModeGuard>;
+    /// Whether the calling thread is in graph mode.
+    fn is_graph_mode(&self) -> bool;
+    /// Statistics.
+    fn stats(&self) -> MemoryUsageStats;
+}
+
+impl DeviceAllocator for Allocator {
+    fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
+        Allocator::allocate(self, size, align)
+    }
+    fn free(&self, ptr: DevicePtr) -> Result<()> {
+        Allocator::free(self, ptr)
+    }
+    fn enter_graph_mode(&self, pool: &GraphPool) -> Result<GraphModeGuard> {
+        Allocator::enter_graph_mode(self, pool)
+    }
+    fn is_graph_mode(&self) -> bool {
+        Allocator::is_graph_mode(self)
+    }
+    fn stats(&self) -> MemoryUsageStats {
+        Allocator::stats(self)
+    }
+}
+
+/// A cell holding at most one [`Allocator`], set once.
+///
+/// The process-wide allocator lives in one of these ([`crate::install`],
+/// [`crate::global`]); tests and embedders can make their own.
+///
+/// ```
+/// use graphalloc::{AllocatorSlot, Config, Error};
+/// let slot = AllocatorSlot::new();
+/// slot.install(Config::host(1 << 30)).unwrap();
+/// assert_eq!(slot.install(Config::host(1 << 30)).unwrap_err(), Error::AlreadyInstalled);
+/// ```
+#[derive(Debug)]
+pub struct AllocatorSlot {
+    cell: OnceSlot<Allocator>,
+}
+
+#[cfg(not(all(loom, feature = "loom")))]
+impl Default for AllocatorSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AllocatorSlot {
+    /// An empty slot.
+    #[cfg(not(all(loom, feature = "loom")))]
+    pub const fn new() -> Self {
+        AllocatorSlot {
+            cell: OnceSlot::new(),
+        }
+    }
+
+    /// An empty slot.
+    #[cfg(all(loom, feature = "loom"))]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        AllocatorSlot {
+            cell: OnceSlot::new(),
+        }
+    }
+
+    /// Builds an allocator from `config` and puts it in the slot. Fails with
+    /// [`Error::AlreadyInstalled`] if the slot is already set (by an earlier
+    /// `install` or by [`AllocatorSlot::get`]); the slot then keeps its
+    /// allocator.
+    pub fn install(&self, config: Config) -> Result<&Allocator> {
+        let allocator = Allocator::new(config)?;
+        self.cell
+            .set(allocator)
+            .map_err(|_| Error::AlreadyInstalled)?;
+        Ok(self.cell.get().expect("just set"))
+    }
+
+    /// The allocator in the slot, installing one configured from
+    /// `GRAPHALLOC_CONF` if the slot is empty.
+    pub fn get(&self) -> Result<&Allocator> {
+        self.cell
+            .get_or_try_init(|| Allocator::new(Config::from_env()?))
+    }
+
+    /// The allocator in the slot, if one is set.
+    pub fn installed(&self) -> Option<&Allocator> {
+        self.cell.get()
+    }
+}
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod process {
+    use super::*;
+
+    static GLOBAL: AllocatorSlot = AllocatorSlot::new();
+
+    /// Installs the process-wide allocator, built from `config`. Call once at
+    /// startup, before any allocation; a second call (or a call after
+    /// [`global`] already installed the default) fails with
+    /// [`Error::AlreadyInstalled`].
+    pub fn install(config: Config) -> Result<&'static Allocator> {
+        GLOBAL.install(config)
+    }
+
+    /// The process-wide allocator, installing one configured from
+    /// `GRAPHALLOC_CONF` on first use.
+    ///
+    /// # Panics
+    /// If `GRAPHALLOC_CONF` is malformed or the configured backend cannot be
+    /// built; [`try_global`] returns that error instead.
+    pub fn global() -> &'static Allocator {
+        match GLOBAL.get() {
+            Ok(allocator) => allocator,
+            Err(e) => panic!("graphalloc: cannot build the process-wide allocator: {e}"),
+        }
+    }
+
+    /// The process-wide allocator, or why it cannot be built.
+    pub fn try_global() -> Result<&'static Allocator> {
+        GLOBAL.get()
+    }
+}
+
+#[cfg(not(all(loom, feature = "loom")))]
+pub use process::{global, install, try_global};

@@ -1,0 +1,183 @@
+//! [`GraphPool`]: the private pool that a CUDA graph capture allocates from.
+
+use crate::arena::{Arena, BlockRef, Carved, StreamTag};
+use crate::caching::CachingAllocator;
+use crate::device::Shortfall;
+use crate::error::{Error, Result};
+use crate::stats::{PoolStats, Side};
+use crate::sync::{Arc, Mutex};
+use std::fmt;
+
+/// The shared state of a pool. Every [`GraphPool`] handle, every live block
+/// of the pool (through its ownership record) and every active graph-mode
+/// guard on it hold an `Arc` to this, so it is dropped (and its segments are
+/// released) exactly once: when the last handle is gone *and* no block of it
+/// is live.
+pub(crate) struct PoolCore {
+    pub(crate) id: u64,
+    pub(crate) allocator_id: u64,
+    /// The caching allocator of the pool's device: where its segments come
+    /// from, and the cache emptied when the device is full.
+    cache: Arc<CachingAllocator>,
+    arena: Arc<Mutex<Arena>>,
+}
+
+impl fmt::Debug for PoolCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolCore")
+            .field("id", &self.id)
+            .field("allocator_id", &self.allocator_id)
+            .field("device", &self.cache.device.ordinal())
+            .finish()
+    }
+}
+
+impl PoolCore {
+    pub(crate) fn allocate(
+        &self,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+    ) -> Result<Carved, Shortfall> {
+        let mut arena = self.arena.lock();
+        let cache = &self.cache;
+        cache
+            .device
+            .carve(&mut arena, Side::Pools, stream, rounded, requested, |_| {
+                // Pool segments must stay (graphs replay into them); what can
+                // go is the device cache's idle memory. Best effort.
+                let _ = cache.empty_cache();
+            })
+    }
+
+    pub(crate) fn free(&self, block: BlockRef, requested: usize) {
+        let size = self.arena.lock().free(block, requested);
+        self.cache.device.freed(Side::Pools, size);
+    }
+
+    pub(crate) fn device(&self) -> usize {
+        self.cache.device.ordinal()
+    }
+}
+
+impl Drop for PoolCore {
+    fn drop(&mut self) {
+        let device = &self.cache.device;
+        let stats = {
+            let mut arena = self.arena.lock();
+            debug_assert!(arena.is_idle(), "a pool is dropped only with no live block");
+            // A release error cannot be reported from a drop; the segment is
+            // dropped from the books either way.
+            let _ = device.release_idle(&mut arena, Side::Pools);
+            arena.stats
+        };
+        // Not under the arena lock: `StatsBook::live_pool_stats` takes the
+        // registry first and the arena second.
+        device.book.live_pools.remove(&self.id);
+        device.book.retired_pools.lock().add_counts(&stats);
+    }
+}
+
+/// A private memory pool for CUDA graph captures.
+///
+/// Allocations made in graph mode on a pool ([`crate::graph_mode`]) come from
+/// the pool's own segments, so their addresses stay valid for every replay of
+/// the captured graph. Blocks freed into the pool are reused by later
+/// allocations from the same pool (on the same stream), never by the caching
+/// allocator.
+///
+/// Cloning the handle shares the pool, so several graphs can capture into
+/// one pool. When the last handle is dropped, the pool's segments go back to
+/// the device as soon as no block of it is live: a block freed after its
+/// pool's last handle is gone is still routed to the pool and frees correctly.
+///
+/// ```
+/// use graphalloc::{Allocator, Config};
+/// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
+/// let pool = alloc.create_pool();
+/// let p = {
+///     let _g = alloc.enter_graph_mode(&pool).unwrap();
+///     alloc.allocate(4096, 256).unwrap()
+/// };
+/// assert_eq!(pool.stats().live_blocks, 1);
+/// assert!(pool.reset().is_err()); // busy
+/// alloc.free(p).unwrap(); // routed to the pool, outside graph mode
+/// pool.reset().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct GraphPool {
+    pub(crate) core: Arc<PoolCore>,
+}
+
+impl fmt::Debug for GraphPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphPool")
+            .field("id", &self.core.id)
+            .field("device", &self.core.device())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl GraphPool {
+    /// A new, empty pool on the process-wide allocator's current device.
+    ///
+    /// # Panics
+    /// As [`crate::global`] does, when `GRAPHALLOC_CONF` is malformed.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        crate::global().create_pool()
+    }
+
+    pub(crate) fn create(allocator_id: u64, cache: Arc<CachingAllocator>) -> Self {
+        let arena = Arc::new(Mutex::new(Arena::new()));
+        let id = crate::sync::next_id();
+        cache.device.book.live_pools.insert_new(id, arena.clone());
+        GraphPool {
+            core: Arc::new(PoolCore {
+                id,
+                allocator_id,
+                cache,
+                arena,
+            }),
+        }
+    }
+
+    /// The pool's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.core.id
+    }
+
+    /// The device ordinal whose memory the pool holds.
+    pub fn device(&self) -> usize {
+        self.core.device()
+    }
+
+    /// Makes the whole pool reusable for a new capture: its segments stay
+    /// reserved, every block is free, and the peaks restart from now.
+    ///
+    /// Refuses with [`Error::PoolBusy`] while any block of the pool is live
+    /// (a graph still replaying into it would be corrupted), changing nothing.
+    pub fn reset(&self) -> Result<()> {
+        let mut arena = self.core.arena.lock();
+        if !arena.is_idle() {
+            return Err(Error::PoolBusy {
+                pool: self.core.id,
+                live_blocks: arena.stats.live_blocks,
+                allocated: arena.stats.allocated_bytes,
+            });
+        }
+        arena.stats.reset_peaks();
+        Ok(())
+    }
+
+    /// The pool's statistics.
+    pub fn stats(&self) -> PoolStats {
+        self.core.arena.lock().stats
+    }
+
+    /// Whether two handles share one pool.
+    pub fn same_pool(&self, other: &GraphPool) -> bool {
+        Arc::ptr_eq(&self.core, &other.core)
+    }
+}

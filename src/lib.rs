@@ -1,0 +1,67 @@
+//! # graphalloc
+//!
+//! A CUDA device-memory allocator for Rust and PyTorch training stacks,
+//! installed once at startup:
+//!
+//! - a **caching allocator** per device in the class of PyTorch's
+//!   `CUDACachingAllocator`: sizes rounded to 512 B, small (≤ 1 MiB, from
+//!   2 MiB segments) and large pools, best-fit search, block splitting and
+//!   coalescing, stream-tagged reuse, cache release and out-of-memory retry,
+//!   exact statistics;
+//! - **graph pools** ([`GraphPool`]): the private memory a CUDA graph capture
+//!   allocates from, so addresses stay valid across replays; shareable
+//!   between graphs, resettable for the next capture;
+//! - a **process-wide allocator** ([`install`], [`global`]) that routes each
+//!   allocation by the calling thread's mode and each free by who owns the
+//!   pointer, from any thread.
+//!
+//! It runs on real CUDA devices through cudarc (the driver is loaded at run
+//! time, so the crate builds without the CUDA toolkit) and on host memory
+//! standing in for a device where no driver loads.
+//!
+//! ```
+//! use graphalloc::{Allocator, Config};
+//!
+//! let alloc = Allocator::new(Config::host(1 << 30))?;
+//! let pool = alloc.create_pool();
+//! let captured = {
+//!     let _g = alloc.enter_graph_mode(&pool)?; // graph mode for this scope
+//!     alloc.allocate(1 << 20, 256)?            // from the pool
+//! };
+//! let eager = alloc.allocate(1 << 20, 256)?;   // from the caching allocator
+//! assert_eq!(pool.stats().live_blocks, 1);
+//! alloc.free(captured)?;                       // routed to the pool
+//! alloc.free(eager)?;                          // routed to the cache
+//! # Ok::<(), graphalloc::Error>(())
+//! ```
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod arena;
+pub mod backend;
+mod caching;
+pub mod config;
+mod device;
+mod device_ptr;
+mod error;
+mod global;
+mod graph_pool;
+mod mode;
+mod ownership;
+pub mod stats;
+mod sync;
+
+pub use arena::{BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
+pub use backend::{
+    cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend, MemInfo,
+};
+pub use config::{BackendChoice, Config};
+pub use device_ptr::DevicePtr;
+pub use error::{Error, Result};
+#[cfg(not(all(loom, feature = "loom")))]
+pub use global::{global, install, try_global};
+pub use global::{Allocator, AllocatorSlot, DeviceAllocator, DEFAULT_STREAM, MAX_ALIGNMENT};
+pub use graph_pool::GraphPool;
+pub use mode::{graph_mode, is_graph_mode, with_graph_mode, GraphModeGuard};
+pub use stats::{MemoryUsageStats, PoolStats};

@@ -1,0 +1,136 @@
+//! Graph mode: a per-thread stack of pools, and the guard that pops it.
+//!
+//! Graph mode belongs to the thread that entered it: other threads keep
+//! allocating from the caching allocator (PyTorch had to add the same filter
+//! after allocations from other threads leaked into capture pools). Each
+//! entry names its pool, and each pool its allocator, so an allocator looks
+//! only at the entries of its own pools.
+
+use crate::graph_pool::{GraphPool, PoolCore};
+use crate::sync::{thread_local, Arc};
+use std::cell::{Cell, RefCell};
+use std::marker::PhantomData;
+
+struct Entry {
+    token: u64,
+    pool: Arc<PoolCore>,
+}
+
+thread_local! {
+    static STACK: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    static NEXT_TOKEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Keeps the calling thread in graph mode on one pool until dropped.
+///
+/// Dropping the guard restores the mode that was in force before it was
+/// made, also when the scope unwinds from a panic. Guards nest. A guard is
+/// `!Send`: graph mode is a property of the thread that entered it.
+///
+/// Guards are expected to drop in reverse order of creation. If one is
+/// dropped out of order, it removes exactly its own entry, so the other
+/// guards keep theirs (the innermost live guard's pool stays current). A
+/// guard leaked with `mem::forget` leaves its thread in graph mode for good.
+#[must_use = "graph mode ends when the guard is dropped"]
+pub struct GraphModeGuard {
+    token: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for GraphModeGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphModeGuard")
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// Pushes `pool` on the calling thread's stack.
+pub(crate) fn enter(pool: &GraphPool) -> GraphModeGuard {
+    let token = NEXT_TOKEN.with(|t| {
+        let token = t.get();
+        t.set(token + 1);
+        token
+    });
+    STACK.with(|s| {
+        s.borrow_mut().push(Entry {
+            token,
+            pool: pool.core.clone(),
+        })
+    });
+    GraphModeGuard {
+        token,
+        _not_send: PhantomData,
+    }
+}
+
+impl Drop for GraphModeGuard {
+    fn drop(&mut self) {
+        // During thread teardown the stack may already be gone; then there
+        // is nothing left to restore.
+        let _ = STACK.try_with(|s| {
+            let mut stack = s.borrow_mut();
+            if let Some(i) = stack.iter().rposition(|e| e.token == self.token) {
+                stack.remove(i);
+            }
+        });
+    }
+}
+
+/// The innermost pool of allocator `allocator_id` that the calling thread is
+/// in graph mode on.
+pub(crate) fn current_pool(allocator_id: u64) -> Option<Arc<PoolCore>> {
+    STACK.with(|s| {
+        s.borrow()
+            .iter()
+            .rev()
+            .find(|e| e.pool.allocator_id == allocator_id)
+            .map(|e| e.pool.clone())
+    })
+}
+
+/// Whether the calling thread is in graph mode for allocator `allocator_id`.
+pub(crate) fn in_graph_mode_for(allocator_id: u64) -> bool {
+    STACK.with(|s| {
+        s.borrow()
+            .iter()
+            .any(|e| e.pool.allocator_id == allocator_id)
+    })
+}
+
+/// Whether the calling thread is in graph mode on any pool.
+pub fn is_graph_mode() -> bool {
+    STACK.with(|s| !s.borrow().is_empty())
+}
+
+/// Enters graph mode on `pool` for the calling thread until the returned
+/// guard is dropped: allocations of the pool's allocator on this thread come
+/// from the pool.
+///
+/// ```
+/// let pool = graphalloc::GraphPool::new();
+/// {
+///     let _g = graphalloc::graph_mode(&pool);
+///     assert!(graphalloc::is_graph_mode());
+///     let p = graphalloc::global().allocate(1 << 20, 256).unwrap();
+///     graphalloc::global().free(p).unwrap();
+/// }
+/// assert!(!graphalloc::is_graph_mode());
+/// ```
+pub fn graph_mode(pool: &GraphPool) -> GraphModeGuard {
+    enter(pool)
+}
+
+/// Runs `f` in graph mode on `pool`; the mode is restored when `f` returns
+/// or panics.
+///
+/// ```
+/// let pool = graphalloc::GraphPool::new();
+/// let in_mode = graphalloc::with_graph_mode(&pool, graphalloc::is_graph_mode);
+/// assert!(in_mode);
+/// assert!(!graphalloc::is_graph_mode());
+/// ```
+pub fn with_graph_mode<R>(pool: &GraphPool, f: impl FnOnce() -> R) -> R {
+    let _guard = enter(pool);
+    f()
+}

@@ -1,0 +1,64 @@
+//! Who owns each live pointer: the map that routes every free.
+//!
+//! A free is routed by what the pointer *is*, never by the mode of the
+//! freeing thread: a block allocated in graph mode goes back to its pool even
+//! when freed after the guard ended, from another thread, or after the
+//! pool's last handle was dropped.
+
+use crate::arena::BlockRef;
+use crate::graph_pool::PoolCore;
+use crate::sync::{Arc, ConcurrentMap};
+
+/// The owner of a live block.
+#[derive(Debug, Clone)]
+pub(crate) enum Owner {
+    /// The caching allocator of this device (index into the allocator's devices).
+    Cache(usize),
+    /// A graph pool; holding the `Arc` keeps the pool's segments alive.
+    Pool(Arc<PoolCore>),
+}
+
+/// What the map records for one live pointer.
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub(crate) owner: Owner,
+    pub(crate) block: BlockRef,
+    pub(crate) requested: usize,
+}
+
+/// Live pointer → owner. Removing a pointer's entry is what claims the right
+/// to free it, so of two racing frees of one pointer exactly one proceeds.
+#[derive(Debug)]
+pub(crate) struct OwnershipMap {
+    map: ConcurrentMap<u64, Record>,
+}
+
+impl OwnershipMap {
+    pub(crate) fn new() -> Self {
+        OwnershipMap {
+            map: ConcurrentMap::new(),
+        }
+    }
+
+    /// Records a pointer just handed out. A pointer is live at most once:
+    /// the arena never hands out a live block's address.
+    pub(crate) fn insert(&self, ptr: u64, record: Record) {
+        let fresh = self.map.insert_new(ptr, record);
+        assert!(fresh, "pointer {ptr:#x} handed out twice");
+    }
+
+    /// Claims a pointer for freeing: its record, or `None` if it is not live.
+    pub(crate) fn claim(&self, ptr: u64) -> Option<Record> {
+        self.map.remove(&ptr)
+    }
+
+    /// The requested size of a live pointer.
+    pub(crate) fn requested(&self, ptr: u64) -> Option<usize> {
+        self.map.with(&ptr, |r| r.requested)
+    }
+
+    /// Number of live pointers.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+}

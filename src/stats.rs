@@ -1,0 +1,310 @@
+//! Memory statistics: per owner ([`PoolStats`]), summed ([`MemoryUsageStats`]).
+//!
+//! Each owner of blocks (a device's caching allocator, a graph pool) keeps a
+//! [`PoolStats`] under the same lock as its blocks, so its figures are exact.
+//! Sums across owners are taken when asked, except the peaks of sums, which
+//! no per-owner figure can give: those come from [`Gauge`]s, one atomic
+//! counter each whose successive values are totally ordered, so the recorded
+//! peak is the exact maximum the sum ever reached.
+
+use crate::arena::Arena;
+use crate::sync::{Arc, AtomicUsize, ConcurrentMap, Mutex, Ordering};
+use std::fmt;
+
+/// Figures for one owner of blocks, or a sum of owners.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes in live blocks (block sizes: requests rounded up to 512 B, plus
+    /// any unsplit remainder).
+    pub allocated_bytes: usize,
+    /// The highest `allocated_bytes` reached.
+    pub peak_allocated_bytes: usize,
+    /// Bytes asked for by the live allocations, before rounding.
+    pub requested_bytes: usize,
+    /// Bytes of device memory held in segments.
+    pub reserved_bytes: usize,
+    /// The highest `reserved_bytes` reached.
+    pub peak_reserved_bytes: usize,
+    /// Live blocks.
+    pub live_blocks: usize,
+    /// Allocations served, ever.
+    pub allocations: u64,
+    /// Frees served, ever.
+    pub frees: u64,
+    /// Times an allocation found the device full, released cached segments
+    /// and retried.
+    pub oom_retries: u64,
+    /// Segments held now.
+    pub segments: usize,
+    /// Segments reserved from the device, ever.
+    pub segments_reserved: u64,
+}
+
+impl PoolStats {
+    pub(crate) fn on_alloc(&mut self, block: usize, requested: usize) {
+        self.allocated_bytes += block;
+        self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
+        self.requested_bytes += requested;
+        self.live_blocks += 1;
+        self.allocations += 1;
+    }
+
+    pub(crate) fn on_free(&mut self, block: usize, requested: usize) {
+        self.allocated_bytes -= block;
+        self.requested_bytes -= requested;
+        self.live_blocks -= 1;
+        self.frees += 1;
+    }
+
+    pub(crate) fn on_reserve(&mut self, bytes: usize) {
+        self.reserved_bytes += bytes;
+        self.peak_reserved_bytes = self.peak_reserved_bytes.max(self.reserved_bytes);
+        self.segments += 1;
+        self.segments_reserved += 1;
+    }
+
+    pub(crate) fn on_release(&mut self, bytes: usize) {
+        self.reserved_bytes -= bytes;
+        self.segments -= 1;
+    }
+
+    /// Restarts both peaks from the current figures.
+    pub(crate) fn reset_peaks(&mut self) {
+        self.peak_allocated_bytes = self.allocated_bytes;
+        self.peak_reserved_bytes = self.reserved_bytes;
+    }
+
+    /// Adds `other` field by field. Peaks add too, which bounds the peak of
+    /// the sum from above; callers that know the exact peak overwrite them.
+    pub(crate) fn add(&mut self, other: &PoolStats) {
+        self.allocated_bytes += other.allocated_bytes;
+        self.peak_allocated_bytes += other.peak_allocated_bytes;
+        self.requested_bytes += other.requested_bytes;
+        self.reserved_bytes += other.reserved_bytes;
+        self.peak_reserved_bytes += other.peak_reserved_bytes;
+        self.live_blocks += other.live_blocks;
+        self.allocations += other.allocations;
+        self.frees += other.frees;
+        self.oom_retries += other.oom_retries;
+        self.segments += other.segments;
+        self.segments_reserved += other.segments_reserved;
+    }
+
+    /// The fold of a retired owner: its cumulative counts only.
+    pub(crate) fn add_counts(&mut self, other: &PoolStats) {
+        self.allocations += other.allocations;
+        self.frees += other.frees;
+        self.oom_retries += other.oom_retries;
+        self.segments_reserved += other.segments_reserved;
+    }
+}
+
+/// A byte count shared by several owners, with the exact peak of its value.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge {
+    current: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Gauge {
+    pub(crate) fn add(&self, bytes: usize) {
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if now > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn sub(&self, bytes: usize) {
+        self.current.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// The allocated and reserved gauges of one group of owners.
+#[derive(Debug, Default)]
+pub(crate) struct GaugePair {
+    pub(crate) allocated: Gauge,
+    pub(crate) reserved: Gauge,
+}
+
+impl GaugePair {
+    fn apply_peaks(&self, stats: &mut PoolStats) {
+        stats.peak_allocated_bytes = self.allocated.peak();
+        stats.peak_reserved_bytes = self.reserved.peak();
+    }
+}
+
+/// An allocator's shared book of sums: gauges for the caching allocators,
+/// for all pools, and for everything, plus the counts of pools that are gone.
+#[derive(Debug)]
+pub(crate) struct StatsBook {
+    pub(crate) caching: GaugePair,
+    pub(crate) pools: GaugePair,
+    pub(crate) total: GaugePair,
+    /// The arenas of the pools alive now, by pool id, for their figures.
+    pub(crate) live_pools: ConcurrentMap<u64, Arc<Mutex<Arena>>>,
+    /// The cumulative counts of pools already dropped.
+    pub(crate) retired_pools: Mutex<PoolStats>,
+}
+
+/// Which side of the book an owner is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Caching,
+    Pools,
+}
+
+impl StatsBook {
+    pub(crate) fn new() -> Self {
+        StatsBook {
+            caching: GaugePair::default(),
+            pools: GaugePair::default(),
+            total: GaugePair::default(),
+            live_pools: ConcurrentMap::new(),
+            retired_pools: Mutex::new(PoolStats::default()),
+        }
+    }
+
+    /// The sum of the figures of the pools alive now.
+    pub(crate) fn live_pool_stats(&self) -> PoolStats {
+        let mut sum = PoolStats::default();
+        self.live_pools
+            .for_each(|_, arena| sum.add(&arena.lock().stats));
+        sum
+    }
+
+    fn group(&self, side: Side) -> &GaugePair {
+        match side {
+            Side::Caching => &self.caching,
+            Side::Pools => &self.pools,
+        }
+    }
+    pub(crate) fn allocated(&self, side: Side, bytes: usize) {
+        self.group(side).allocated.add(bytes);
+        self.total.allocated.add(bytes);
+    }
+    pub(crate) fn freed(&self, side: Side, bytes: usize) {
+        self.group(side).allocated.sub(bytes);
+        self.total.allocated.sub(bytes);
+    }
+    pub(crate) fn reserved(&self, side: Side, bytes: usize) {
+        self.group(side).reserved.add(bytes);
+        self.total.reserved.add(bytes);
+    }
+    pub(crate) fn released(&self, side: Side, bytes: usize) {
+        self.group(side).reserved.sub(bytes);
+        self.total.reserved.sub(bytes);
+    }
+
+    /// Builds the summed view from per-owner figures.
+    pub(crate) fn summarize(&self, caching: PoolStats, in_graph_mode: bool) -> MemoryUsageStats {
+        let mut caching = caching;
+        self.caching.apply_peaks(&mut caching);
+        let mut pools = self.live_pool_stats();
+        pools.add_counts(&self.retired_pools.lock());
+        self.pools.apply_peaks(&mut pools);
+        let mut total = caching;
+        total.add(&pools);
+        self.total.apply_peaks(&mut total);
+        MemoryUsageStats {
+            caching,
+            pools,
+            total,
+            in_graph_mode,
+        }
+    }
+}
+
+/// An allocator's statistics: the caching allocators (all devices), the
+/// graph pools (all pools, also those already dropped), and both summed.
+///
+/// Current figures are exact whenever no allocation or free is in flight;
+/// peaks are the exact peaks of each sum.
+///
+/// ```
+/// let alloc = graphalloc::Allocator::new(graphalloc::Config::host(1 << 30)).unwrap();
+/// let p = alloc.allocate(1000, 1).unwrap();
+/// let stats = alloc.stats();
+/// assert_eq!(stats.caching.requested_bytes, 1000);
+/// assert_eq!(stats.caching.allocated_bytes, 1024);
+/// alloc.free(p).unwrap();
+/// println!("{stats}");
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUsageStats {
+    /// The caching allocators, summed over devices.
+    pub caching: PoolStats,
+    /// The graph pools, summed.
+    pub pools: PoolStats,
+    /// Everything.
+    pub total: PoolStats,
+    /// Whether the calling thread was in graph mode for this allocator.
+    pub in_graph_mode: bool,
+}
+
+fn mb(bytes: usize) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+impl fmt::Display for PoolStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "allocated {:.2} MB (peak {:.2} MB), reserved {:.2} MB (peak {:.2} MB), \
+             {} live blocks, {} allocations, {} frees, {} OOM retries",
+            mb(self.allocated_bytes),
+            mb(self.peak_allocated_bytes),
+            mb(self.reserved_bytes),
+            mb(self.peak_reserved_bytes),
+            self.live_blocks,
+            self.allocations,
+            self.frees,
+            self.oom_retries,
+        )
+    }
+}
+
+impl fmt::Display for MemoryUsageStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "caching: {}", self.caching)?;
+        writeln!(f, "pools:   {}", self.pools)?;
+        writeln!(f, "total:   {}", self.total)?;
+        write!(f, "graph mode: {}", self.in_graph_mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_uses_fractional_megabytes() {
+        let stats = PoolStats {
+            allocated_bytes: 1536 * 1024,
+            peak_allocated_bytes: 512 * 1024,
+            ..PoolStats::default()
+        };
+        let text = stats.to_string();
+        assert!(text.contains("allocated 1.50 MB"), "{text}");
+        assert!(text.contains("peak 0.50 MB"), "{text}");
+    }
+
+    #[test]
+    fn gauge_keeps_the_peak_of_its_value() {
+        let g = Gauge::default();
+        g.add(10);
+        g.add(5);
+        g.sub(12);
+        g.add(4);
+        assert_eq!(g.current(), 7);
+        assert_eq!(g.peak(), 15);
+    }
+}

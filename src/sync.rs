@@ -1,0 +1,209 @@
+//! The one place that picks std or loom primitives.
+//!
+//! Every lock, atomic, shared pointer, thread-local and concurrent map of the
+//! concurrent core is imported from here. Built normally, these are the std
+//! types (and `dashmap` / `once_cell`); built with `--cfg loom` and the `loom`
+//! feature (only `loom-tests/` does that), they are loom's, so the loom models
+//! explore the real allocator code rather than a copy of it.
+//!
+//! Two dependencies are not loom-aware, so under loom they are replaced by
+//! stand-ins with the same small interface, built on loom's `Mutex`:
+//! [`ConcurrentMap`] (a `DashMap` normally) and [`OnceSlot`] (a
+//! `once_cell::sync::OnceCell` normally). Those stand-ins are the only code that
+//! differs between the two builds.
+
+#[cfg(all(loom, feature = "loom"))]
+mod imp {
+    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::Arc;
+    pub(crate) use loom::thread_local;
+    pub(crate) type RawMutex<T> = loom::sync::Mutex<T>;
+    pub(crate) type RawGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+}
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod imp {
+    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::Arc;
+    pub(crate) use std::thread_local;
+    pub(crate) type RawMutex<T> = std::sync::Mutex<T>;
+    pub(crate) type RawGuard<'a, T> = std::sync::MutexGuard<'a, T>;
+}
+
+pub(crate) use imp::{thread_local, Arc, AtomicU64, AtomicUsize, Ordering};
+
+/// A mutex whose `lock` never fails.
+///
+/// Poisoning is ignored: no code of this crate panics while holding one of
+/// these locks with a half-updated state, so the state is consistent whenever
+/// a guard is released.
+#[derive(Debug, Default)]
+pub(crate) struct Mutex<T>(imp::RawMutex<T>);
+
+impl<T> Mutex<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Mutex(imp::RawMutex::new(value))
+    }
+
+    pub(crate) fn lock(&self) -> imp::RawGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A process-unique id for allocators and pools.
+///
+/// Ids only name things; they take no part in any synchronisation, so this
+/// counter is a plain std atomic in both builds.
+pub(crate) fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod map {
+    use std::hash::Hash;
+
+    /// A concurrent hash map: `DashMap` with a fast hasher for pointer keys.
+    #[derive(Debug)]
+    pub(crate) struct ConcurrentMap<K: Eq + Hash, V>(
+        dashmap::DashMap<K, V, rustc_hash::FxBuildHasher>,
+    );
+
+    impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
+        pub(crate) fn new() -> Self {
+            ConcurrentMap(dashmap::DashMap::with_hasher(rustc_hash::FxBuildHasher))
+        }
+        /// Inserts `value` unless `key` is present; returns whether it inserted.
+        pub(crate) fn insert_new(&self, key: K, value: V) -> bool {
+            match self.0.entry(key) {
+                dashmap::Entry::Occupied(_) => false,
+                dashmap::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                    true
+                }
+            }
+        }
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.0.remove(key).map(|(_, v)| v)
+        }
+        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+            self.0.get(key).map(|v| f(&v))
+        }
+        pub(crate) fn len(&self) -> usize {
+            self.0.len()
+        }
+        pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+            for entry in self.0.iter() {
+                f(entry.key(), entry.value());
+            }
+        }
+    }
+}
+
+#[cfg(all(loom, feature = "loom"))]
+mod map {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    /// loom stand-in for `DashMap`: one loom mutex around a `HashMap`.
+    /// Each `DashMap` call is atomic per key, which this preserves.
+    #[derive(Debug)]
+    pub(crate) struct ConcurrentMap<K: Eq + Hash, V>(super::Mutex<HashMap<K, V>>);
+
+    impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
+        pub(crate) fn new() -> Self {
+            ConcurrentMap(super::Mutex::new(HashMap::new()))
+        }
+        pub(crate) fn insert_new(&self, key: K, value: V) -> bool {
+            let mut map = self.0.lock();
+            if map.contains_key(&key) {
+                return false;
+            }
+            map.insert(key, value);
+            true
+        }
+        pub(crate) fn remove(&self, key: &K) -> Option<V> {
+            self.0.lock().remove(key)
+        }
+        pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
+            self.0.lock().get(key).map(f)
+        }
+        pub(crate) fn len(&self) -> usize {
+            self.0.lock().len()
+        }
+        pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
+            for (k, v) in self.0.lock().iter() {
+                f(k, v);
+            }
+        }
+    }
+}
+
+pub(crate) use map::ConcurrentMap;
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod once {
+    /// A cell set at most once: `once_cell::sync::OnceCell`.
+    #[derive(Debug)]
+    pub(crate) struct OnceSlot<T>(once_cell::sync::OnceCell<T>);
+
+    impl<T> OnceSlot<T> {
+        /// An empty slot, usable in a `static`.
+        pub(crate) const fn new() -> Self {
+            OnceSlot(once_cell::sync::OnceCell::new())
+        }
+        pub(crate) fn get(&self) -> Option<&T> {
+            self.0.get()
+        }
+        pub(crate) fn set(&self, value: T) -> Result<(), T> {
+            self.0.set(value)
+        }
+        pub(crate) fn get_or_try_init<E>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
+            self.0.get_or_try_init(f)
+        }
+    }
+}
+
+#[cfg(all(loom, feature = "loom"))]
+mod once {
+    /// loom stand-in for `OnceCell`: a loom mutex around an optional box that,
+    /// once filled, is never replaced or dropped before the slot itself.
+    #[derive(Debug)]
+    pub(crate) struct OnceSlot<T>(super::Mutex<Option<Box<T>>>);
+
+    impl<T> OnceSlot<T> {
+        /// An empty slot.
+        pub(crate) fn new() -> Self {
+            OnceSlot(super::Mutex::new(None))
+        }
+        fn leak_ref(&self, boxed: &T) -> &T {
+            // SAFETY: the box is filled once and never replaced or dropped
+            // until `self` is dropped, so its heap address stays valid for as
+            // long as `&self` does.
+            unsafe { &*(boxed as *const T) }
+        }
+        pub(crate) fn get(&self) -> Option<&T> {
+            let slot = self.0.lock();
+            slot.as_deref().map(|v| self.leak_ref(v))
+        }
+        pub(crate) fn set(&self, value: T) -> Result<(), T> {
+            let mut slot = self.0.lock();
+            if slot.is_some() {
+                return Err(value);
+            }
+            *slot = Some(Box::new(value));
+            Ok(())
+        }
+        pub(crate) fn get_or_try_init<E>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<&T, E> {
+            let mut slot = self.0.lock();
+            if slot.is_none() {
+                *slot = Some(Box::new(f()?));
+            }
+            Ok(self.leak_ref(slot.as_deref().expect("filled above")))
+        }
+    }
+}
+
+pub(crate) use once::OnceSlot;
