@@ -60,13 +60,12 @@ impl Device {
     /// Bytes graphalloc may reserve on this device: `usize::MAX` (no limit
     /// of ours) with a memory fraction of 1, else that fraction of the total.
     pub(crate) fn limit(&self) -> usize {
-        *self.limit.get_or_init(|| {
-            if self.memory_fraction >= 1.0 {
-                usize::MAX
-            } else {
-                (self.mem_info().total as f64 * self.memory_fraction) as usize
-            }
-        })
+        if self.memory_fraction >= 1.0 {
+            return usize::MAX;
+        }
+        *self
+            .limit
+            .get_or_init(|| (self.mem_info().total as f64 * self.memory_fraction) as usize)
     }
 
     pub(crate) fn allocated(&self) -> usize {

@@ -109,6 +109,16 @@ impl Allocator {
         self.caches.len()
     }
 
+    /// The backend of `device`, for copies into and out of its blocks.
+    pub fn backend(&self, device: usize) -> Result<&Arc<dyn Backend>> {
+        Ok(&self.cache(device)?.device.backend)
+    }
+
+    /// The device that owns a live pointer, or `None` if it is not live.
+    pub fn device_of(&self, ptr: DevicePtr) -> Option<usize> {
+        self.ownership.device(ptr.addr())
+    }
+
     fn cache(&self, device: usize) -> Result<&Arc<CachingAllocator>> {
         self.caches.get(device).ok_or(Error::InvalidDevice {
             device,

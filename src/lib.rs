@@ -45,12 +45,15 @@ pub mod config;
 mod device;
 mod device_ptr;
 mod error;
+pub mod ffi;
 mod global;
 mod graph_pool;
 mod mode;
 mod ownership;
+pub mod replay;
 pub mod stats;
 mod sync;
+pub mod tensor;
 
 pub use arena::{BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
 pub use backend::{

@@ -57,6 +57,14 @@ impl OwnershipMap {
         self.map.with(&ptr, |r| r.requested)
     }
 
+    /// The device of a live pointer.
+    pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
+        self.map.with(&ptr, |r| match &r.owner {
+            Owner::Cache(device) => *device,
+            Owner::Pool(pool) => pool.device(),
+        })
+    }
+
     /// Number of live pointers.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

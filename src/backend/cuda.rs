@@ -173,37 +173,6 @@ impl CudaBackend {
         });
         f()
     }
-
-    /// Sets `len` bytes at `addr` to `value` (`cuMemsetD8`), synchronously.
-    ///
-    /// # Safety
-    /// `addr..addr + len` must lie inside device memory that the caller owns
-    /// on this device (a live block from graphalloc).
-    pub unsafe fn memset_d8(&self, addr: u64, value: u8, len: usize) -> Result<(), BackendError> {
-        self.with_context(|| {
-            // SAFETY: the caller guarantees the range is owned device memory.
-            check("cuMemsetD8", unsafe {
-                sys::cuMemsetD8_v2(addr, value, len)
-            })?;
-            // SAFETY: no arguments; waits for the memset on the null stream.
-            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
-        })
-    }
-
-    /// Copies device memory at `addr` into `dst` (`cuMemcpyDtoH`), synchronously.
-    ///
-    /// # Safety
-    /// `addr..addr + dst.len()` must lie inside device memory that the caller
-    /// owns on this device.
-    pub unsafe fn copy_to_host(&self, addr: u64, dst: &mut [u8]) -> Result<(), BackendError> {
-        self.with_context(|| {
-            // SAFETY: `dst` is a valid host buffer of its length; the device
-            // range is owned per the caller's contract.
-            check("cuMemcpyDtoH", unsafe {
-                sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), addr, dst.len())
-            })
-        })
-    }
 }
 
 impl Backend for CudaBackend {
@@ -247,6 +216,53 @@ impl Backend for CudaBackend {
                 sys::cuMemGetInfo_v2(&mut free, &mut total)
             })?;
             Ok(MemInfo { free, total })
+        })
+    }
+
+    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: the caller guarantees the device range is a live block
+            // it owns; `src` is a valid host buffer of its length.
+            check("cuMemcpyHtoD", unsafe {
+                sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len())
+            })
+        })
+    }
+
+    unsafe fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: `dst` is a valid host buffer of its length; the device
+            // range is owned per the caller's contract.
+            check("cuMemcpyDtoH", unsafe {
+                sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), src, dst.len())
+            })
+        })
+    }
+
+    unsafe fn copy_device_to_device(
+        &self,
+        dst: u64,
+        src: u64,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: both ranges are live, owned and disjoint per the
+            // caller's contract.
+            check("cuMemcpyDtoD", unsafe {
+                sys::cuMemcpyDtoD_v2(dst, src, len)
+            })?;
+            // SAFETY: no arguments; waits for the copy (it is asynchronous
+            // for device-to-device).
+            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+        })
+    }
+
+    unsafe fn fill(&self, dst: u64, value: u8, len: usize) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: the caller guarantees the range is a live block it owns.
+            check("cuMemsetD8", unsafe { sys::cuMemsetD8_v2(dst, value, len) })?;
+            // SAFETY: no arguments; waits for the memset.
+            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
         })
     }
 }

@@ -138,4 +138,36 @@ impl Backend for HostBackend {
             total: self.capacity,
         })
     }
+
+    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<(), BackendError> {
+        // SAFETY: the caller guarantees `dst..dst + len` is a live block it
+        // owns: host memory from `reserve`, disjoint from `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    unsafe fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<(), BackendError> {
+        // SAFETY: the caller guarantees `src..src + len` is a live block it
+        // owns; `dst` is a distinct host buffer.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    unsafe fn copy_device_to_device(
+        &self,
+        dst: u64,
+        src: u64,
+        len: usize,
+    ) -> Result<(), BackendError> {
+        // SAFETY: the caller guarantees both ranges are live, owned and
+        // disjoint.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+        Ok(())
+    }
+
+    unsafe fn fill(&self, dst: u64, value: u8, len: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller guarantees `dst..dst + len` is a live block it owns.
+        unsafe { std::ptr::write_bytes(dst as *mut u8, value, len) };
+        Ok(())
+    }
 }

@@ -90,4 +90,40 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Free and total device memory.
     fn mem_info(&self) -> Result<MemInfo, BackendError>;
+
+    /// Copies `src` from the host to device memory at `dst`; returns when the
+    /// copy is complete.
+    ///
+    /// # Safety
+    /// `dst..dst + src.len()` must lie inside a live block of this device
+    /// that the caller owns, and no device work may be using it concurrently.
+    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<(), BackendError>;
+
+    /// Copies device memory at `src` into `dst` on the host; returns when
+    /// the copy is complete.
+    ///
+    /// # Safety
+    /// `src..src + dst.len()` must lie inside a live block of this device
+    /// that the caller owns.
+    unsafe fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<(), BackendError>;
+
+    /// Copies `len` bytes from `src` to `dst`, both device memory of this
+    /// device; returns when the copy is complete.
+    ///
+    /// # Safety
+    /// Both ranges must lie inside live blocks of this device that the caller
+    /// owns, and must not overlap.
+    unsafe fn copy_device_to_device(
+        &self,
+        dst: u64,
+        src: u64,
+        len: usize,
+    ) -> Result<(), BackendError>;
+
+    /// Sets `len` bytes at `dst` to `value`; returns when done.
+    ///
+    /// # Safety
+    /// `dst..dst + len` must lie inside a live block of this device that the
+    /// caller owns.
+    unsafe fn fill(&self, dst: u64, value: u8, len: usize) -> Result<(), BackendError>;
 }

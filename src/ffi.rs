@@ -1,0 +1,1 @@
+//! The C ABI: graphalloc as a PyTorch pluggable allocator.

@@ -1,0 +1,1 @@
+//! Trace replay: parse allocation traces and replay them through an allocator.

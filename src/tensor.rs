@@ -1,0 +1,1 @@
+//! Device buffers and tensors whose memory comes from the allocator.
