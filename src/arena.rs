@@ -132,12 +132,27 @@ struct Segment {
 /// (stream, size, address, block slot)
 type FreeKey = (StreamTag, usize, u64, u32);
 
+/// A freed block that may not be reused yet (see [`Arena::defer_free`]).
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    pub(crate) block: BlockRef,
+    /// Events recorded on the streams that used the block; it is reusable
+    /// once all have completed.
+    pub(crate) events: Vec<u64>,
+    /// Streams that used the block but were being captured at free time: an
+    /// event is recorded on each once its capture has ended.
+    pub(crate) unrecorded: Vec<StreamTag>,
+}
+
 /// Segments cut into blocks; see the module docs for its invariants.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
     blocks: Slab<Block>,
     segments: Slab<Segment>,
     free: [BTreeSet<FreeKey>; 2],
+    /// Freed blocks waiting for stream work; still "allocated" inside the
+    /// arena (so never handed out or merged), no longer in the stats' live figures.
+    pub(crate) deferred: Vec<Deferred>,
     pub(crate) stats: PoolStats,
 }
 
@@ -254,19 +269,41 @@ impl Arena {
     /// block's size. `block` must come from this arena's `try_alloc` and not
     /// have been freed since (the ownership map guarantees that).
     pub(crate) fn free(&mut self, block: BlockRef, requested: usize) -> usize {
-        let slot = block.slot;
-        let size = {
-            let b = &mut self.blocks[slot as usize];
-            assert!(
-                b.allocated && b.addr == block.addr,
-                "arena free of a block that is not live: ownership map out of sync"
-            );
-            b.allocated = false;
-            b.size
-        };
-        self.stats.on_free(size, requested);
+        let size = self.account_free(block, requested);
+        self.recycle(block);
+        size
+    }
 
-        let mut slot = slot;
+    /// Frees a live block in the books but keeps it out of reuse until the
+    /// owner calls [`Arena::complete_deferred`] for it. Returns its size.
+    pub(crate) fn defer_free(&mut self, deferred: Deferred, requested: usize) -> usize {
+        let size = self.account_free(deferred.block, requested);
+        self.stats.pending_frees += 1;
+        self.deferred.push(deferred);
+        size
+    }
+
+    /// Makes a block deferred by [`Arena::defer_free`] reusable.
+    pub(crate) fn complete_deferred(&mut self, block: BlockRef) {
+        self.stats.pending_frees -= 1;
+        self.recycle(block);
+    }
+
+    fn account_free(&mut self, block: BlockRef, requested: usize) -> usize {
+        let b = &self.blocks[block.slot as usize];
+        assert!(
+            b.allocated && b.addr == block.addr,
+            "arena free of a block that is not live: ownership map out of sync"
+        );
+        let size = b.size;
+        self.stats.on_free(size, requested);
+        size
+    }
+
+    /// Returns a block to the free index, merged with free neighbours.
+    fn recycle(&mut self, block: BlockRef) {
+        let mut slot = block.slot;
+        self.blocks[slot as usize].allocated = false;
         if let Some(next) = self.blocks[slot as usize].next {
             if !self.blocks[next as usize].allocated {
                 self.index_remove(next);
@@ -281,7 +318,6 @@ impl Arena {
             }
         }
         self.index_insert(slot);
-        size
     }
 
     /// Merges the block after `slot` into `slot` and removes it.
@@ -323,7 +359,7 @@ impl Arena {
             .collect()
     }
 
-    /// Whether no block is live.
+    /// Whether no block is live (deferred frees may still be pending).
     pub(crate) fn is_idle(&self) -> bool {
         self.stats.live_blocks == 0
     }
@@ -392,8 +428,14 @@ impl Arena {
             assert_eq!(expect_addr, seg.base + seg.size as u64, "segment covered");
         }
         assert_eq!(self.free[0].len() + self.free[1].len(), free_blocks);
-        assert_eq!(self.stats.allocated_bytes, allocated);
-        assert_eq!(self.stats.live_blocks, live);
+        let deferred: usize = self
+            .deferred
+            .iter()
+            .map(|d| self.blocks[d.block.slot as usize].size)
+            .sum();
+        assert_eq!(self.stats.allocated_bytes + deferred, allocated);
+        assert_eq!(self.stats.live_blocks + self.deferred.len(), live);
+        assert_eq!(self.stats.pending_frees, self.deferred.len());
         assert_eq!(self.stats.reserved_bytes, reserved);
         assert_eq!(self.stats.segments, self.segments.len());
     }

@@ -41,22 +41,41 @@ impl CachingAllocator {
             rounded,
             requested,
             |arena| {
-                // Best effort: a release error leaves less room, which the
-                // retry then reports as out of memory.
+                // Best effort: an error leaves less room, which the retry
+                // then reports as out of memory.
+                let _ = device.settle(arena, true);
                 let _ = device.release_idle(arena, Side::Caching);
             },
         )
     }
 
-    pub(crate) fn free(&self, block: BlockRef, requested: usize) {
-        let size = self.arena.lock().free(block, requested);
-        self.device.freed(Side::Caching, size);
+    /// Frees a block allocated on `stream` and also used on `uses`.
+    pub(crate) fn free(
+        &self,
+        block: BlockRef,
+        requested: usize,
+        stream: StreamTag,
+        uses: &[StreamTag],
+    ) {
+        let mut arena = self.arena.lock();
+        self.device.free_block(
+            &mut arena,
+            Side::Caching,
+            block,
+            requested,
+            stream,
+            uses,
+            true,
+        );
     }
 
-    /// Releases every cached, unused segment to the device.
+    /// Waits for the stream work of deferred frees, then releases every
+    /// cached, unused segment to the device.
     pub(crate) fn empty_cache(&self) -> Result<usize, BackendError> {
         let mut arena = self.arena.lock();
-        self.device.release_idle(&mut arena, Side::Caching)
+        let settled = self.device.settle(&mut arena, true);
+        let released = self.device.release_idle(&mut arena, Side::Caching)?;
+        settled.map(|()| released)
     }
 
     pub(crate) fn stats(&self) -> PoolStats {

@@ -107,6 +107,13 @@ pub enum Error {
         count: usize,
     },
 
+    /// A stream handle the device does not know.
+    #[error("unknown stream {stream:#x}")]
+    UnknownStream {
+        /// The handle.
+        stream: u64,
+    },
+
     /// `install` after the process-wide allocator was already set.
     #[error("the process-wide allocator is already installed")]
     AlreadyInstalled,

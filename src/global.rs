@@ -10,11 +10,11 @@ use crate::config::{BackendChoice, Config};
 use crate::device::{Device, Shortfall};
 use crate::device_ptr::DevicePtr;
 use crate::error::{Error, Result};
-use crate::graph_pool::GraphPool;
+use crate::graph_pool::{GraphPool, PoolCore};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Owner, OwnershipMap, Record};
 use crate::stats::{MemoryUsageStats, PoolStats, StatsBook};
-use crate::sync::{Arc, OnceSlot};
+use crate::sync::{Arc, ConcurrentMap, OnceSlot};
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
 /// large segments (2 MiB). Blocks are always aligned to 512 bytes; larger
@@ -45,6 +45,18 @@ pub struct Allocator {
     ownership: OwnershipMap,
     book: Arc<StatsBook>,
     kind: BackendKind,
+    /// (device, stream) → the pool registered for captures on that stream.
+    stream_pools: ConcurrentMap<(usize, u64), GraphPool>,
+    /// (device, capture id) → the pool made on demand for that capture.
+    capture_pools: ConcurrentMap<(usize, u64), GraphPool>,
+}
+
+/// Maps a backend error about a stream argument to the allocator's error.
+fn stream_error(e: BackendError, stream: u64) -> Error {
+    match e {
+        BackendError::UnknownStream { .. } => Error::UnknownStream { stream },
+        other => Error::Backend(other),
+    }
 }
 
 impl Allocator {
@@ -96,6 +108,8 @@ impl Allocator {
             ownership: OwnershipMap::new(),
             book,
             kind,
+            stream_pools: ConcurrentMap::new(),
+            capture_pools: ConcurrentMap::new(),
         })
     }
 
@@ -126,22 +140,31 @@ impl Allocator {
         })
     }
 
-    /// Allocates `size` bytes aligned to `align`: from the calling thread's
-    /// current graph pool in graph mode (on the pool's device), else from
-    /// device 0's caching allocator, on the default stream.
+    /// Allocates `size` bytes aligned to `align` on the calling thread's
+    /// current stream ([`crate::use_stream`]; the default stream unless set):
+    /// from the thread's current graph pool in graph mode (on the pool's
+    /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
         let device = mode::current_pool(self.id).map_or(0, |p| p.device());
-        self.allocate_on(device, DEFAULT_STREAM, size, align)
+        self.allocate_on(device, crate::stream::current_stream(), size, align)
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on
-    /// `stream`. In graph mode on a pool of that device the block comes from
-    /// the pool; otherwise from the device's caching allocator.
+    /// `stream`. The block comes from, in this order:
+    /// 1. the calling thread's graph pool, in graph mode on a pool of that
+    ///    device (the explicit way; it wins when both apply);
+    /// 2. a graph pool for the capture, while `stream` is being captured into
+    ///    a CUDA graph: the pool registered for the stream with
+    ///    [`Allocator::set_capture_pool`], else one made on demand per
+    ///    capture ([`Allocator::capture_pool`]); so a framework capturing a
+    ///    graph without knowing graphalloc still gets graph-safe memory;
+    /// 3. the device's caching allocator. A block is reused at once only by
+    ///    requests on its own stream.
     ///
     /// Errors: [`Error::ZeroSize`], [`Error::InvalidAlignment`],
-    /// [`Error::InvalidDevice`], [`Error::TooLarge`], [`Error::OutOfMemory`]
-    /// (after releasing the device's cache and retrying once),
-    /// [`Error::Backend`].
+    /// [`Error::InvalidDevice`], [`Error::UnknownStream`],
+    /// [`Error::TooLarge`], [`Error::OutOfMemory`] (after releasing the
+    /// device's cache and retrying once), [`Error::Backend`].
     pub fn allocate_on(
         &self,
         device: usize,
@@ -168,7 +191,10 @@ impl Allocator {
             .checked_add(padding)
             .and_then(round_size)
             .ok_or_else(too_large)?;
-        let pool = mode::current_pool(self.id).filter(|p| p.device() == device);
+        let pool = match mode::current_pool(self.id).filter(|p| p.device() == device) {
+            Some(pool) => Some(pool),
+            None => self.pool_for_capture(device, stream)?,
+        };
         let carved = match &pool {
             Some(pool) => pool.allocate(stream, rounded, size),
             None => cache.allocate(stream, rounded, size),
@@ -195,9 +221,103 @@ impl Allocator {
                 owner,
                 block: carved.block,
                 requested: size,
+                stream,
+                uses: Vec::new(),
             },
         );
         Ok(DevicePtr::new(addr))
+    }
+
+    /// The pool that allocations on `stream` go to while it is being
+    /// captured, or `None` when it is not.
+    fn pool_for_capture(&self, device: usize, stream: u64) -> Result<Option<Arc<PoolCore>>> {
+        let capture = self.caches[device]
+            .device
+            .capture_id(stream)
+            .map_err(|e| stream_error(e, stream))?;
+        let Some(capture) = capture else {
+            return Ok(None);
+        };
+        if let Some(core) = self
+            .stream_pools
+            .with(&(device, stream), |p| p.core.clone())
+        {
+            return Ok(Some(core));
+        }
+        if let Some(core) = self
+            .capture_pools
+            .with(&(device, capture), |p| p.core.clone())
+        {
+            return Ok(Some(core));
+        }
+        let pool = GraphPool::create(self.id, self.caches[device].clone());
+        let core = pool.core.clone();
+        if !self.capture_pools.insert_new((device, capture), pool) {
+            // Another thread made it first: use theirs (ours is dropped empty).
+            return Ok(self
+                .capture_pools
+                .with(&(device, capture), |p| p.core.clone()));
+        }
+        Ok(Some(core))
+    }
+
+    /// Routes allocations on `stream` of `pool`'s device to `pool` whenever
+    /// that stream is being captured and no graph-mode guard applies.
+    /// Replaces an earlier registration for the stream.
+    pub fn set_capture_pool(&self, stream: u64, pool: &GraphPool) -> Result<()> {
+        if pool.core.allocator_id != self.id {
+            return Err(Error::ForeignPool { pool: pool.id() });
+        }
+        let key = (pool.device(), stream);
+        self.stream_pools.remove(&key);
+        self.stream_pools.insert_new(key, pool.clone());
+        Ok(())
+    }
+
+    /// Ends the registration of [`Allocator::set_capture_pool`] for `stream`
+    /// on `device`; returns the pool that was registered.
+    pub fn clear_capture_pool(&self, device: usize, stream: u64) -> Option<GraphPool> {
+        self.stream_pools.remove(&(device, stream))
+    }
+
+    /// The pool made on demand for capture `capture_id` on `device`, if any.
+    pub fn capture_pool(&self, device: usize, capture_id: u64) -> Option<GraphPool> {
+        self.capture_pools
+            .with(&(device, capture_id), GraphPool::clone)
+    }
+
+    /// Drops the allocator's handles on the pools made on demand for
+    /// captures. Call it when the graphs captured into them are destroyed:
+    /// each pool's segments go back to the device once its last block is
+    /// freed. Returns how many pools were let go.
+    pub fn release_capture_pools(&self) -> usize {
+        let mut keys = Vec::new();
+        self.capture_pools.for_each(|k, _| keys.push(*k));
+        keys.iter()
+            .filter(|k| self.capture_pools.remove(k).is_some())
+            .count()
+    }
+
+    /// Marks the live block at `ptr` as used by `stream` (besides the stream
+    /// it was allocated on), like PyTorch's `record_stream`: when it is
+    /// freed, it is not reused until the work queued on `stream` by then has
+    /// completed (an event is recorded on `stream` at free time).
+    ///
+    /// Errors, changing nothing: [`Error::UnknownStream`], and for a pointer
+    /// that is not live the errors of [`Allocator::free`].
+    pub fn record_stream(&self, ptr: DevicePtr, stream: u64) -> Result<()> {
+        let Some(device) = self.ownership.device(ptr.addr()) else {
+            return Err(self.diagnose(ptr.addr()));
+        };
+        self.caches[device]
+            .device
+            .capturing(stream)
+            .map_err(|e| stream_error(e, stream))?;
+        if self.ownership.add_use(ptr.addr(), stream) {
+            Ok(())
+        } else {
+            Err(self.diagnose(ptr.addr()))
+        }
     }
 
     fn out_of_memory(&self, device: usize, requested: usize) -> Error {
@@ -222,9 +342,11 @@ impl Allocator {
         let Some(record) = self.ownership.claim(ptr.addr()) else {
             return Err(self.diagnose(ptr.addr()));
         };
-        match record.owner {
-            Owner::Cache(device) => self.caches[device].free(record.block, record.requested),
-            Owner::Pool(pool) => pool.free(record.block, record.requested),
+        let (block, requested, stream, uses) =
+            (record.block, record.requested, record.stream, &record.uses);
+        match &record.owner {
+            Owner::Cache(device) => self.caches[*device].free(block, requested, stream, uses),
+            Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }
         Ok(())
     }

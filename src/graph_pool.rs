@@ -41,18 +41,41 @@ impl PoolCore {
     ) -> Result<Carved, Shortfall> {
         let mut arena = self.arena.lock();
         let cache = &self.cache;
-        cache
-            .device
-            .carve(&mut arena, Side::Pools, stream, rounded, requested, |_| {
+        cache.device.carve(
+            &mut arena,
+            Side::Pools,
+            stream,
+            rounded,
+            requested,
+            |arena| {
                 // Pool segments must stay (graphs replay into them); what can
                 // go is the device cache's idle memory. Best effort.
+                let _ = cache.device.settle(arena, true);
                 let _ = cache.empty_cache();
-            })
+            },
+        )
     }
 
-    pub(crate) fn free(&self, block: BlockRef, requested: usize) {
-        let size = self.arena.lock().free(block, requested);
-        self.cache.device.freed(Side::Pools, size);
+    /// Frees a block allocated on `stream` and also used on `uses`. Blocks
+    /// freed during the pool's own capture are reusable by that capture at
+    /// once (they never reach eager work: only the pool hands them out).
+    pub(crate) fn free(
+        &self,
+        block: BlockRef,
+        requested: usize,
+        stream: StreamTag,
+        uses: &[StreamTag],
+    ) {
+        let mut arena = self.arena.lock();
+        self.cache.device.free_block(
+            &mut arena,
+            Side::Pools,
+            block,
+            requested,
+            stream,
+            uses,
+            false,
+        );
     }
 
     pub(crate) fn device(&self) -> usize {
@@ -66,8 +89,10 @@ impl Drop for PoolCore {
         let stats = {
             let mut arena = self.arena.lock();
             debug_assert!(arena.is_idle(), "a pool is dropped only with no live block");
-            // A release error cannot be reported from a drop; the segment is
-            // dropped from the books either way.
+            // Errors cannot be reported from a drop. A block still waiting
+            // for a capture to end keeps its segment; a segment whose
+            // release fails is dropped from the books either way.
+            let _ = device.settle(&mut arena, true);
             let _ = device.release_idle(&mut arena, Side::Pools);
             arena.stats
         };

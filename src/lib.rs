@@ -52,6 +52,7 @@ mod mode;
 mod ownership;
 pub mod replay;
 pub mod stats;
+mod stream;
 mod sync;
 pub mod tensor;
 
@@ -68,3 +69,4 @@ pub use global::{Allocator, AllocatorSlot, DeviceAllocator, DEFAULT_STREAM, MAX_
 pub use graph_pool::GraphPool;
 pub use mode::{graph_mode, is_graph_mode, with_graph_mode, GraphModeGuard};
 pub use stats::{MemoryUsageStats, PoolStats};
+pub use stream::{current_stream, use_stream, StreamGuard};

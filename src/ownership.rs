@@ -24,6 +24,10 @@ pub(crate) struct Record {
     pub(crate) owner: Owner,
     pub(crate) block: BlockRef,
     pub(crate) requested: usize,
+    /// The stream the block was allocated on.
+    pub(crate) stream: u64,
+    /// Other streams that used the block (`record_stream`).
+    pub(crate) uses: Vec<u64>,
 }
 
 /// Live pointer → owner. Removing a pointer's entry is what claims the right
@@ -50,6 +54,18 @@ impl OwnershipMap {
     /// Claims a pointer for freeing: its record, or `None` if it is not live.
     pub(crate) fn claim(&self, ptr: u64) -> Option<Record> {
         self.map.remove(&ptr)
+    }
+
+    /// Notes that `stream` uses the live pointer `ptr`; `false` if `ptr` is
+    /// not live.
+    pub(crate) fn add_use(&self, ptr: u64, stream: u64) -> bool {
+        self.map
+            .with_mut(&ptr, |r| {
+                if r.stream != stream && !r.uses.contains(&stream) {
+                    r.uses.push(stream);
+                }
+            })
+            .is_some()
     }
 
     /// The requested size of a live pointer.

@@ -38,6 +38,9 @@ pub struct PoolStats {
     pub segments: usize,
     /// Segments reserved from the device, ever.
     pub segments_reserved: u64,
+    /// Freed blocks not yet reusable: they wait for events on the streams
+    /// that used them, or for a capture on their stream to end.
+    pub pending_frees: usize,
 }
 
 impl PoolStats {
@@ -88,6 +91,7 @@ impl PoolStats {
         self.oom_retries += other.oom_retries;
         self.segments += other.segments;
         self.segments_reserved += other.segments_reserved;
+        self.pending_frees += other.pending_frees;
     }
 
     /// The fold of a retired owner: its cumulative counts only.

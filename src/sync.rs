@@ -16,7 +16,28 @@
 mod imp {
     pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::sync::Arc;
-    pub(crate) use loom::thread_local;
+
+    /// `loom::thread_local!` with the `const { .. }` initialiser form of
+    /// `std::thread_local!` accepted too (loom's macro takes only a plain
+    /// expression; under loom the `const` is just dropped).
+    macro_rules! loom_thread_local {
+        () => {};
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }; $($rest:tt)*) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+            $crate::sync::thread_local!($($rest)*);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = const { $init:expr }) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr; $($rest:tt)*) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+            $crate::sync::thread_local!($($rest)*);
+        };
+        ($(#[$attr:meta])* $vis:vis static $name:ident: $t:ty = $init:expr) => {
+            loom::thread_local!($(#[$attr])* $vis static $name: $t = $init);
+        };
+    }
+    pub(crate) use loom_thread_local as thread_local;
     pub(crate) type RawMutex<T> = loom::sync::Mutex<T>;
     pub(crate) type RawGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
 }
@@ -91,6 +112,9 @@ mod map {
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.get(key).map(|v| f(&v))
         }
+        pub(crate) fn with_mut<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+            self.0.get_mut(key).map(|mut v| f(&mut v))
+        }
         pub(crate) fn len(&self) -> usize {
             self.0.len()
         }
@@ -129,6 +153,9 @@ mod map {
         }
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.lock().get(key).map(f)
+        }
+        pub(crate) fn with_mut<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+            self.0.lock().get_mut(key).map(f)
         }
         pub(crate) fn len(&self) -> usize {
             self.0.lock().len()

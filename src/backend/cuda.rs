@@ -5,7 +5,7 @@
 //! one, has no context of its own) and with the previous context restored
 //! afterwards, so callers on any thread see no change.
 
-use super::{Backend, BackendError, BackendKind, MemInfo};
+use super::{Backend, BackendError, BackendKind, CaptureStatus, MemInfo};
 use cudarc::driver::sys;
 use std::ffi::CStr;
 use std::sync::OnceLock;
@@ -216,6 +216,87 @@ impl Backend for CudaBackend {
                 sys::cuMemGetInfo_v2(&mut free, &mut total)
             })?;
             Ok(MemInfo { free, total })
+        })
+    }
+
+    fn create_event(&self) -> Result<u64, BackendError> {
+        self.with_context(|| {
+            let mut event: sys::CUevent = std::ptr::null_mut();
+            // SAFETY: valid out-pointer; a context is current. The event is
+            // pooled by the allocator for the life of the process.
+            check("cuEventCreate", unsafe {
+                sys::cuEventCreate(
+                    &mut event,
+                    sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
+                )
+            })?;
+            Ok(event as u64)
+        })
+    }
+
+    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: `event` came from `create_event` on this device; the
+            // stream handle is the caller's, and an invalid one makes the
+            // driver return an error rather than touch memory.
+            check("cuEventRecord", unsafe {
+                sys::cuEventRecord(event as sys::CUevent, stream as sys::CUstream)
+            })
+        })
+    }
+
+    fn event_complete(&self, event: u64) -> Result<bool, BackendError> {
+        self.with_context(|| {
+            // SAFETY: `event` came from `create_event` on this device.
+            let rc = unsafe { sys::cuEventQuery(event as sys::CUevent) };
+            match rc {
+                sys::CUresult::CUDA_SUCCESS => Ok(true),
+                sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+                other => check("cuEventQuery", other).map(|()| false),
+            }
+        })
+    }
+
+    fn wait_event(&self, event: u64) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: `event` came from `create_event` on this device.
+            check("cuEventSynchronize", unsafe {
+                sys::cuEventSynchronize(event as sys::CUevent)
+            })
+        })
+    }
+
+    fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
+        self.with_context(|| {
+            let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+            let mut id: sys::cuuint64_t = 0;
+            // SAFETY: valid out-pointers; the optional outputs are null,
+            // which the driver allows. An invalid stream handle makes the
+            // driver return CUDA_ERROR_INVALID_HANDLE.
+            let rc = unsafe {
+                sys::cuStreamGetCaptureInfo_v2(
+                    stream as sys::CUstream,
+                    &mut status,
+                    &mut id,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+            if matches!(
+                rc,
+                sys::CUresult::CUDA_ERROR_INVALID_HANDLE | sys::CUresult::CUDA_ERROR_INVALID_VALUE
+            ) {
+                return Err(BackendError::UnknownStream { stream });
+            }
+            check("cuStreamGetCaptureInfo", rc)?;
+            Ok(match status {
+                sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE => {
+                    CaptureStatus::Capturing(id)
+                }
+                sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE => CaptureStatus::Idle,
+                _ => CaptureStatus::Invalidated,
+            })
         })
     }
 

@@ -1,18 +1,41 @@
 //! Host memory standing in for a device.
 
-use super::{Backend, BackendError, BackendKind, MemInfo};
+use super::{Backend, BackendError, BackendKind, CaptureStatus, MemInfo};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::alloc::{alloc, dealloc, Layout};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// Segment alignment on the host backend (a page).
 const HOST_SEGMENT_ALIGN: usize = 4096;
+
+/// The first handle [`HostBackend::create_stream`] gives out.
+const FIRST_HOST_STREAM: u64 = 0x5757_0000;
+
+/// Simulated streams, events and captures.
+#[derive(Debug, Default)]
+struct Streams {
+    /// stream → (events recorded on it so far, events completed so far)
+    streams: HashMap<u64, (u64, u64)>,
+    /// event → (stream, its sequence number on that stream); 0 = never recorded
+    events: Vec<(u64, u64)>,
+    /// stream → id of the capture in progress on it
+    captures: HashMap<u64, u64>,
+    next_stream: u64,
+    next_capture: u64,
+}
 
 /// A device simulated in host memory.
 ///
 /// Segments are real host allocations, so blocks can be written and read
 /// back. It has a fixed capacity, so out-of-memory paths are testable, and
 /// tests can make chosen reservations fail.
+///
+/// Streams and events are simulated too: an event recorded on a stream
+/// completes only when a test says the stream's work is done
+/// ([`HostBackend::complete_stream`]) or someone waits for it (waiting stands
+/// for the host blocking until the device catches up). Captures are begun
+/// and ended by the test ([`HostBackend::begin_capture`]). Stream 0, the
+/// default stream, always exists.
 ///
 /// ```
 /// use graphalloc::{Backend, HostBackend};
@@ -33,6 +56,7 @@ pub struct HostBackend {
     releases: AtomicU64,
     /// 1-based reservation numbers that must fail.
     faults: Mutex<BTreeSet<u64>>,
+    streams: Mutex<Streams>,
 }
 
 impl HostBackend {
@@ -45,7 +69,45 @@ impl HostBackend {
             reservations: AtomicU64::new(0),
             releases: AtomicU64::new(0),
             faults: Mutex::new(BTreeSet::new()),
+            streams: Mutex::new(Streams {
+                streams: HashMap::from([(0, (0, 0))]),
+                next_stream: FIRST_HOST_STREAM,
+                next_capture: 1,
+                ..Streams::default()
+            }),
         }
+    }
+
+    /// Creates a simulated stream and returns its handle.
+    pub fn create_stream(&self) -> u64 {
+        let mut s = self.streams.lock();
+        let handle = s.next_stream;
+        s.next_stream += 1;
+        s.streams.insert(handle, (0, 0));
+        handle
+    }
+
+    /// Marks all work queued on `stream` so far as done: every event
+    /// recorded on it completes.
+    pub fn complete_stream(&self, stream: u64) {
+        if let Some((recorded, completed)) = self.streams.lock().streams.get_mut(&stream) {
+            *completed = *recorded;
+        }
+    }
+
+    /// Starts capturing `stream` into a (simulated) graph; returns the
+    /// capture id.
+    pub fn begin_capture(&self, stream: u64) -> u64 {
+        let mut s = self.streams.lock();
+        let id = s.next_capture;
+        s.next_capture += 1;
+        s.captures.insert(stream, id);
+        id
+    }
+
+    /// Ends the capture on `stream`.
+    pub fn end_capture(&self, stream: u64) {
+        self.streams.lock().captures.remove(&stream);
     }
 
     /// Makes the `n`th reservation from now fail (`1` = the next one) with
@@ -136,6 +198,50 @@ impl Backend for HostBackend {
         Ok(MemInfo {
             free: self.capacity.saturating_sub(used),
             total: self.capacity,
+        })
+    }
+
+    fn create_event(&self) -> Result<u64, BackendError> {
+        let mut s = self.streams.lock();
+        s.events.push((0, 0));
+        Ok(s.events.len() as u64 - 1)
+    }
+
+    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError> {
+        let mut s = self.streams.lock();
+        let (recorded, _) = s
+            .streams
+            .get_mut(&stream)
+            .ok_or(BackendError::UnknownStream { stream })?;
+        *recorded += 1;
+        let seq = *recorded;
+        s.events[event as usize] = (stream, seq);
+        Ok(())
+    }
+
+    fn event_complete(&self, event: u64) -> Result<bool, BackendError> {
+        let s = self.streams.lock();
+        let (stream, seq) = s.events[event as usize];
+        Ok(seq == 0 || s.streams[&stream].1 >= seq)
+    }
+
+    fn wait_event(&self, event: u64) -> Result<(), BackendError> {
+        let mut s = self.streams.lock();
+        let (stream, seq) = s.events[event as usize];
+        if let Some((_, completed)) = s.streams.get_mut(&stream) {
+            *completed = (*completed).max(seq);
+        }
+        Ok(())
+    }
+
+    fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
+        let s = self.streams.lock();
+        if !s.streams.contains_key(&stream) {
+            return Err(BackendError::UnknownStream { stream });
+        }
+        Ok(match s.captures.get(&stream) {
+            Some(&id) => CaptureStatus::Capturing(id),
+            None => CaptureStatus::Idle,
         })
     }
 

@@ -68,6 +68,23 @@ pub enum BackendError {
     /// No CUDA driver could be loaded, or it has no such device.
     #[error("CUDA is not available: {0}")]
     Unavailable(String),
+    /// A stream handle the backend does not know.
+    #[error("unknown stream {stream:#x}")]
+    UnknownStream {
+        /// The handle.
+        stream: u64,
+    },
+}
+
+/// Whether a stream is being captured into a CUDA graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureStatus {
+    /// Not capturing: work runs eagerly.
+    Idle,
+    /// Capturing; the id is unique per capture in the process.
+    Capturing(u64),
+    /// A capture failed and must be ended by its owner.
+    Invalidated,
 }
 
 /// A source of device memory for one device.
@@ -119,6 +136,24 @@ pub trait Backend: Send + Sync + fmt::Debug {
         src: u64,
         len: usize,
     ) -> Result<(), BackendError>;
+
+    /// Creates an event for stream ordering (timing disabled). Events are
+    /// pooled and reused by the allocator, never destroyed.
+    fn create_event(&self) -> Result<u64, BackendError>;
+
+    /// Records `event` on `stream`: it completes when the work queued on
+    /// `stream` so far has finished.
+    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError>;
+
+    /// Whether `event` has completed (`cuEventQuery`), without blocking.
+    fn event_complete(&self, event: u64) -> Result<bool, BackendError>;
+
+    /// Blocks until `event` has completed.
+    fn wait_event(&self, event: u64) -> Result<(), BackendError>;
+
+    /// Whether `stream` is being captured (`cuStreamGetCaptureInfo`); an
+    /// unknown handle is [`BackendError::UnknownStream`].
+    fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError>;
 
     /// Sets `len` bytes at `dst` to `value`; returns when done.
     ///
