@@ -16,10 +16,22 @@
 //!   (stream, size, address), so the first entry at or above
 //!   `(stream, size)` is the best fit, lowest address first.
 //! - `stats` equal the sums over the arena's blocks and segments.
+//!
+//! Freed blocks first go to a quick bin for their exact (stream, size), from
+//! which a request of that size takes them back without touching the free
+//! index (the common pattern in training loops: the same sizes again and
+//! again). A request that finds no exact fit there first merges all quick
+//! blocks back into the index, so the best-fit search sees every free byte
+//! coalesced: the quick bins change only which of several exact fits is
+//! taken (the most recently freed), never the amount of memory held.
 
 use crate::stats::PoolStats;
+use rustc_hash::FxHashMap;
 use slab::Slab;
 use std::collections::BTreeSet;
+
+/// Blocks a quick bin holds at most; more are merged into the free index.
+const QUICK_BIN_CAPACITY: usize = 64;
 
 /// Every block size is a multiple of this, and every block address too.
 pub const BLOCK_ROUND: usize = 512;
@@ -153,6 +165,11 @@ pub(crate) struct Arena {
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
+    /// (stream, block size) → freed blocks of exactly that size, most recent
+    /// last; "allocated" inside the arena like deferred blocks.
+    quick: FxHashMap<(StreamTag, usize), Vec<u32>>,
+    /// Blocks in the quick bins.
+    quick_blocks: usize,
     pub(crate) stats: PoolStats,
 }
 
@@ -205,6 +222,21 @@ impl Arena {
         rounded: usize,
         requested: usize,
     ) -> Option<Carved> {
+        if let Some(slot) = self.quick.get_mut(&(stream, rounded)).and_then(Vec::pop) {
+            self.quick_blocks -= 1;
+            let b = &self.blocks[slot as usize];
+            let carved = Carved {
+                block: BlockRef { slot, addr: b.addr },
+                size: b.size,
+            };
+            self.stats.on_alloc(carved.size, requested);
+            return Some(carved);
+        }
+        // No exact fit in a quick bin: merge the quick bins back, so the
+        // search sees every free byte, coalesced, as plain best fit would.
+        if self.quick_blocks > 0 {
+            self.flush_quick();
+        }
         let class = Class::of(rounded);
         let &(_, found_size, _, slot) = self.free[class as usize]
             .range((stream, rounded, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX))
@@ -270,8 +302,35 @@ impl Arena {
     /// have been freed since (the ownership map guarantees that).
     pub(crate) fn free(&mut self, block: BlockRef, requested: usize) -> usize {
         let size = self.account_free(block, requested);
-        self.recycle(block);
+        let stream = self.segments[self.blocks[block.slot as usize].segment as usize].stream;
+        let bin = self.quick.entry((stream, size)).or_default();
+        if bin.len() < QUICK_BIN_CAPACITY {
+            bin.push(block.slot);
+            self.quick_blocks += 1;
+        } else {
+            self.recycle(block);
+        }
         size
+    }
+
+    /// Merges every block of the quick bins into the free index.
+    fn flush_quick(&mut self) {
+        let mut bins = std::mem::take(&mut self.quick);
+        for slot in bins.values_mut().flat_map(|bin| bin.drain(..)) {
+            let addr = self.blocks[slot as usize].addr;
+            self.recycle(BlockRef { slot, addr });
+        }
+        self.quick_blocks = 0;
+        // Keep the emptied bins' allocations for reuse.
+        self.quick = bins;
+    }
+
+    fn is_quick(&self, slot: u32) -> bool {
+        let b = &self.blocks[slot as usize];
+        let stream = self.segments[b.segment as usize].stream;
+        self.quick
+            .get(&(stream, b.size))
+            .is_some_and(|bin| bin.contains(&slot))
     }
 
     /// Frees a live block in the books but keeps it out of reuse until the
@@ -332,9 +391,36 @@ impl Arena {
         b.next = gone.next;
     }
 
+    /// Removes every segment, live blocks and all, and returns them: for an
+    /// owner that is going away.
+    pub(crate) fn take_all_segments(&mut self) -> Vec<FreedSegment> {
+        let segments = self
+            .segments
+            .drain()
+            .map(|s| FreedSegment {
+                base: s.base,
+                size: s.size,
+            })
+            .collect::<Vec<_>>();
+        for s in &segments {
+            self.stats.on_release(s.size);
+        }
+        self.blocks.clear();
+        self.free.iter_mut().for_each(BTreeSet::clear);
+        self.quick.clear();
+        self.quick_blocks = 0;
+        self.deferred.clear();
+        self.stats.allocated_bytes = 0;
+        self.stats.requested_bytes = 0;
+        self.stats.live_blocks = 0;
+        self.stats.pending_frees = 0;
+        segments
+    }
+
     /// Removes every segment that is one free block and returns them, for
     /// the owner to release to the device.
     pub(crate) fn take_free_segments(&mut self) -> Vec<FreedSegment> {
+        self.flush_quick();
         let idle: Vec<usize> = self
             .segments
             .iter()
@@ -378,7 +464,8 @@ impl Arena {
         while let Some(s) = slot {
             let b = &self.blocks[s as usize];
             if b.addr <= addr && addr < b.addr + b.size as u64 {
-                return match (b.addr == addr, b.allocated) {
+                let allocated = b.allocated && !self.is_quick(s);
+                return match (b.addr == addr, allocated) {
                     (true, true) => AddressKind::LiveBlockStart,
                     (true, false) => AddressKind::FreeBlockStart,
                     (false, allocated) => AddressKind::Inside {
@@ -433,8 +520,21 @@ impl Arena {
             .iter()
             .map(|d| self.blocks[d.block.slot as usize].size)
             .sum();
-        assert_eq!(self.stats.allocated_bytes + deferred, allocated);
-        assert_eq!(self.stats.live_blocks + self.deferred.len(), live);
+        let quick_bytes: usize = self
+            .quick
+            .iter()
+            .map(|((_, size), bin)| size * bin.len())
+            .sum();
+        assert_eq!(
+            self.stats.allocated_bytes + deferred + quick_bytes,
+            allocated
+        );
+        assert_eq!(
+            self.stats.live_blocks + self.deferred.len() + self.quick_blocks,
+            live
+        );
+        let quick: usize = self.quick.values().map(Vec::len).sum();
+        assert_eq!(quick, self.quick_blocks);
         assert_eq!(self.stats.pending_frees, self.deferred.len());
         assert_eq!(self.stats.reserved_bytes, reserved);
         assert_eq!(self.stats.segments, self.segments.len());

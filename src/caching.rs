@@ -58,15 +58,8 @@ impl CachingAllocator {
         uses: &[StreamTag],
     ) {
         let mut arena = self.arena.lock();
-        self.device.free_block(
-            &mut arena,
-            Side::Caching,
-            block,
-            requested,
-            stream,
-            uses,
-            true,
-        );
+        self.device
+            .free_block(&mut arena, Side::Caching, block, requested, stream, uses);
     }
 
     /// Waits for the stream work of deferred frees, then releases every
@@ -84,6 +77,14 @@ impl CachingAllocator {
 
     pub(crate) fn classify(&self, addr: u64) -> crate::arena::AddressKind {
         self.arena.lock().classify(addr)
+    }
+
+    /// Releases every segment, live blocks and all: the allocator is
+    /// going away.
+    pub(crate) fn release_all(&self) {
+        let mut arena = self.arena.lock();
+        let _ = self.device.settle(&mut arena, true);
+        let _ = self.device.release_all(&mut arena, Side::Caching);
     }
 
     pub(crate) fn reset_peaks(&self) {

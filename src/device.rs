@@ -5,7 +5,9 @@
 //! arenas through here, so the "try the cache, else reserve a segment"
 //! sequence and the reserved-bytes books exist once.
 
-use crate::arena::{segment_size, Arena, BlockRef, Carved, Class, Deferred, StreamTag};
+use crate::arena::{
+    segment_size, Arena, BlockRef, Carved, Class, Deferred, FreedSegment, StreamTag,
+};
 use crate::backend::{Backend, BackendError, CaptureStatus, MemInfo};
 use crate::stats::{Side, StatsBook};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
@@ -31,10 +33,10 @@ pub(crate) struct Device {
     /// `memory_fraction` of the device's total, computed on first need (so
     /// building an allocator touches no device).
     limit: std::sync::OnceLock<usize>,
+    /// The device's total memory, read on first need.
+    total: std::sync::OnceLock<usize>,
     /// Bytes held in segments now, caches and pools together.
     reserved: AtomicUsize,
-    /// Bytes in live blocks now, caches and pools together.
-    allocated: AtomicUsize,
     /// Idle events, reused for stream ordering (never destroyed).
     events: Mutex<Vec<u64>>,
 }
@@ -50,8 +52,8 @@ impl Device {
             book,
             memory_fraction,
             limit: std::sync::OnceLock::new(),
+            total: std::sync::OnceLock::new(),
             reserved: AtomicUsize::new(0),
-            allocated: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
         }
     }
@@ -71,8 +73,11 @@ impl Device {
             .get_or_init(|| (self.mem_info().total as f64 * self.memory_fraction) as usize)
     }
 
-    pub(crate) fn allocated(&self) -> usize {
-        self.allocated.load(Ordering::SeqCst)
+    /// The most any single request can get: the device's total memory, or
+    /// the limit if lower. Read from the backend once.
+    pub(crate) fn capacity(&self) -> usize {
+        let total = *self.total.get_or_init(|| self.mem_info().total);
+        total.min(self.limit())
     }
 
     pub(crate) fn reserved(&self) -> usize {
@@ -185,10 +190,11 @@ impl Device {
 
     /// Frees a live block of `arena`. The block becomes reusable at once
     /// unless other streams used it (`uses`, from `record_stream`): then an
-    /// event is recorded on each and the block waits for them. With
-    /// `defer_during_capture` (the caching allocator), a block freed while
-    /// its own stream is being captured also waits, until the capture has
-    /// ended, so no eager work can reuse memory the capture touched.
+    /// event is recorded on each and the block waits for them. A caching
+    /// allocator's block freed while its own stream is being captured also
+    /// waits, until the capture has ended, so no eager work can reuse memory
+    /// the capture touched. (A pool's block freed during its capture is
+    /// reusable at once: only the pool hands it out, to the same capture.)
     pub(crate) fn free_block(
         &self,
         arena: &mut Arena,
@@ -197,10 +203,9 @@ impl Device {
         requested: usize,
         stream: StreamTag,
         uses: &[StreamTag],
-        defer_during_capture: bool,
     ) {
-        // An unknown stream cannot be captured; a failed query defers.
-        let own_capturing = defer_during_capture && self.capturing(stream).unwrap_or(true);
+        // A failed capture query defers, to be safe.
+        let own_capturing = side == Side::Caching && self.capturing(stream).unwrap_or(true);
         if uses.is_empty() && !own_capturing {
             let size = arena.free(block, requested);
             self.freed(side, size);
@@ -294,9 +299,27 @@ impl Device {
         arena: &mut Arena,
         side: Side,
     ) -> Result<usize, BackendError> {
+        let segments = arena.take_free_segments();
+        self.release_segments(segments, side)
+    }
+
+    /// Releases every segment of `arena`, live blocks and all: for an owner
+    /// that is going away. Returns the bytes released.
+    pub(crate) fn release_all(&self, arena: &mut Arena, side: Side) -> Result<usize, BackendError> {
+        let allocated = arena.stats.allocated_bytes;
+        let segments = arena.take_all_segments();
+        self.book.freed(side, allocated);
+        self.release_segments(segments, side)
+    }
+
+    fn release_segments(
+        &self,
+        segments: Vec<FreedSegment>,
+        side: Side,
+    ) -> Result<usize, BackendError> {
         let mut released = 0;
         let mut first_error = None;
-        for seg in arena.take_free_segments() {
+        for seg in segments {
             if let Err(e) = self.backend.release(seg.base, seg.size) {
                 first_error.get_or_insert(e);
             }
@@ -309,12 +332,10 @@ impl Device {
 
     /// Notes that a block of `size` bytes of `side` was freed.
     pub(crate) fn freed(&self, side: Side, size: usize) {
-        self.allocated.fetch_sub(size, Ordering::Relaxed);
         self.book.freed(side, size);
     }
 
     fn note_allocated(&self, side: Side, size: usize) {
-        self.allocated.fetch_add(size, Ordering::Relaxed);
         self.book.allocated(side, size);
     }
 }

@@ -91,7 +91,7 @@ impl Allocator {
             return Err(BackendError::Unavailable("no device backends given".into()).into());
         };
         let kind = first.kind();
-        let book = Arc::new(StatsBook::new());
+        let book = Arc::new(StatsBook::new(backends.len() > 1));
         let caches = backends
             .into_iter()
             .map(|b| {
@@ -185,11 +185,13 @@ impl Allocator {
         let padding = align.saturating_sub(BLOCK_ROUND);
         let too_large = || Error::TooLarge {
             requested: size,
-            limit: cache.device.limit().min(cache.device.mem_info().total),
+            limit: cache.device.capacity(),
         };
+        // A request that can never fit fails before it can flush any cache.
         let rounded = size
             .checked_add(padding)
             .and_then(round_size)
+            .filter(|&r| r <= cache.device.capacity())
             .ok_or_else(too_large)?;
         let pool = match mode::current_pool(self.id).filter(|p| p.device() == device) {
             Some(pool) => Some(pool),
@@ -202,13 +204,7 @@ impl Allocator {
         let carved = carved.map_err(|shortfall| match shortfall {
             Shortfall::Overflow => too_large(),
             Shortfall::Backend(e) => Error::Backend(e),
-            Shortfall::Exhausted => {
-                let err = too_large();
-                match err {
-                    Error::TooLarge { limit, .. } if rounded > limit => err,
-                    _ => self.out_of_memory(device, size),
-                }
-            }
+            Shortfall::Exhausted => self.out_of_memory(device, size),
         })?;
         let addr = carved.block.addr().next_multiple_of(align as u64);
         let owner = match pool {
@@ -327,7 +323,8 @@ impl Allocator {
             device,
             requested,
             reserved: d.reserved(),
-            allocated: d.allocated(),
+            allocated: self.caches[device].stats().allocated_bytes
+                + self.book.live_pool_stats(Some(device)).allocated_bytes,
             device_free: info.free,
             device_total: info.total,
         }
@@ -356,13 +353,18 @@ impl Allocator {
         let mut kinds: Vec<AddressKind> = self.caches.iter().map(|c| c.classify(addr)).collect();
         self.book
             .live_pools
-            .for_each(|_, arena| kinds.push(arena.lock().classify(addr)));
+            .for_each(|_, (_, arena)| kinds.push(arena.lock().classify(addr)));
         for kind in kinds {
             match kind {
                 AddressKind::Inside {
                     block,
                     allocated: true,
-                } => return Error::InteriorPointer { ptr: addr, block },
+                } => {
+                    return Error::InteriorPointer {
+                        ptr: addr,
+                        block: self.handed_out_in(block, addr).unwrap_or(block),
+                    }
+                }
                 AddressKind::Inside {
                     allocated: false, ..
                 }
@@ -371,6 +373,21 @@ impl Allocator {
             }
         }
         Error::UnknownPointer { ptr: addr }
+    }
+
+    /// The pointer handed out for the live block that starts at `block` and
+    /// contains `addr`: the block start, or for an over-aligned request the
+    /// first multiple of its alignment in the block.
+    fn handed_out_in(&self, block: u64, addr: u64) -> Option<u64> {
+        let mut align = BLOCK_ROUND as u64;
+        while align <= MAX_ALIGNMENT as u64 {
+            let candidate = block.next_multiple_of(align);
+            if candidate <= addr && self.ownership.requested(candidate).is_some() {
+                return Some(candidate);
+            }
+            align *= 2;
+        }
+        None
     }
 
     /// The requested size of a live pointer, or `None` if it is not live.
@@ -432,11 +449,14 @@ impl Allocator {
         Ok(released)
     }
 
-    /// Restarts the peaks of every device's caching allocator from now.
+    /// Restarts the peaks of every device's caching allocator, and of the
+    /// totals, from now. Pool peaks restart with [`GraphPool::reset`].
     pub fn reset_peak_stats(&self) {
         for cache in &self.caches {
             cache.reset_peaks();
         }
+        self.book.caching.reset_peaks();
+        self.book.total.reset_peaks();
     }
 
     /// Statistics of this allocator; see [`MemoryUsageStats`].
@@ -451,6 +471,22 @@ impl Allocator {
     /// Statistics of one device's caching allocator.
     pub fn device_stats(&self, device: usize) -> Result<PoolStats> {
         Ok(self.cache(device)?.stats())
+    }
+}
+
+impl Drop for Allocator {
+    /// Returns every segment to its device: the caching allocators' segments
+    /// at once, live blocks included (pointers still held become dangling,
+    /// as with any allocator that goes away); each graph pool's segments
+    /// when the pool's last handle is dropped (at once if the allocator held
+    /// the last ones).
+    fn drop(&mut self) {
+        self.stream_pools.clear();
+        self.capture_pools.clear();
+        self.ownership.clear();
+        for cache in &self.caches {
+            cache.release_all();
+        }
     }
 }
 

@@ -67,15 +67,9 @@ impl PoolCore {
         uses: &[StreamTag],
     ) {
         let mut arena = self.arena.lock();
-        self.cache.device.free_block(
-            &mut arena,
-            Side::Pools,
-            block,
-            requested,
-            stream,
-            uses,
-            false,
-        );
+        self.cache
+            .device
+            .free_block(&mut arena, Side::Pools, block, requested, stream, uses);
     }
 
     pub(crate) fn device(&self) -> usize {
@@ -88,12 +82,13 @@ impl Drop for PoolCore {
         let device = &self.cache.device;
         let stats = {
             let mut arena = self.arena.lock();
-            debug_assert!(arena.is_idle(), "a pool is dropped only with no live block");
-            // Errors cannot be reported from a drop. A block still waiting
-            // for a capture to end keeps its segment; a segment whose
-            // release fails is dropped from the books either way.
+            // Live blocks remain only when their allocator was dropped
+            // first (its ownership records held this pool): their memory
+            // goes with the pool. Deferred frees are waited for. Errors
+            // cannot be reported from a drop; a segment whose release fails
+            // is dropped from the books either way.
             let _ = device.settle(&mut arena, true);
-            let _ = device.release_idle(&mut arena, Side::Pools);
+            let _ = device.release_all(&mut arena, Side::Pools);
             arena.stats
         };
         // Not under the arena lock: `StatsBook::live_pool_stats` takes the
@@ -157,7 +152,12 @@ impl GraphPool {
     pub(crate) fn create(allocator_id: u64, cache: Arc<CachingAllocator>) -> Self {
         let arena = Arc::new(Mutex::new(Arena::new()));
         let id = crate::sync::next_id();
-        cache.device.book.live_pools.insert_new(id, arena.clone());
+        let device = cache.device.ordinal();
+        cache
+            .device
+            .book
+            .live_pools
+            .insert_new(id, (device, arena.clone()));
         GraphPool {
             core: Arc::new(PoolCore {
                 id,

@@ -81,6 +81,11 @@ impl OwnershipMap {
         })
     }
 
+    /// Forgets every live pointer (the allocator is going away).
+    pub(crate) fn clear(&self) {
+        self.map.clear();
+    }
+
     /// Number of live pointers.
     pub(crate) fn len(&self) -> usize {
         self.map.len()

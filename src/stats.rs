@@ -140,6 +140,14 @@ pub(crate) struct GaugePair {
 }
 
 impl GaugePair {
+    /// Restarts both peaks from the current values.
+    pub(crate) fn reset_peaks(&self) {
+        for g in [&self.allocated, &self.reserved] {
+            g.peak
+                .store(g.current.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     fn apply_peaks(&self, stats: &mut PoolStats) {
         stats.peak_allocated_bytes = self.allocated.peak();
         stats.peak_reserved_bytes = self.reserved.peak();
@@ -153,10 +161,14 @@ pub(crate) struct StatsBook {
     pub(crate) caching: GaugePair,
     pub(crate) pools: GaugePair,
     pub(crate) total: GaugePair,
-    /// The arenas of the pools alive now, by pool id, for their figures.
-    pub(crate) live_pools: ConcurrentMap<u64, Arc<Mutex<Arena>>>,
+    /// The device and arena of each pool alive now, by pool id.
+    pub(crate) live_pools: ConcurrentMap<u64, (usize, Arc<Mutex<Arena>>)>,
     /// The cumulative counts of pools already dropped.
     pub(crate) retired_pools: Mutex<PoolStats>,
+    /// Whether the caching allocators span several devices. With one, the
+    /// caching peaks are that device's own, exact without a gauge, so the
+    /// hot path skips the caching gauge.
+    multi_device: bool,
 }
 
 /// Which side of the book an owner is on.
@@ -167,52 +179,68 @@ pub(crate) enum Side {
 }
 
 impl StatsBook {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(multi_device: bool) -> Self {
         StatsBook {
             caching: GaugePair::default(),
             pools: GaugePair::default(),
             total: GaugePair::default(),
             live_pools: ConcurrentMap::new(),
             retired_pools: Mutex::new(PoolStats::default()),
+            multi_device,
         }
     }
 
-    /// The sum of the figures of the pools alive now.
-    pub(crate) fn live_pool_stats(&self) -> PoolStats {
+    /// The sum of the figures of the pools alive now, on `device` or on all.
+    pub(crate) fn live_pool_stats(&self, device: Option<usize>) -> PoolStats {
         let mut sum = PoolStats::default();
-        self.live_pools
-            .for_each(|_, arena| sum.add(&arena.lock().stats));
+        self.live_pools.for_each(|_, (d, arena)| {
+            if device.is_none_or(|want| want == *d) {
+                sum.add(&arena.lock().stats)
+            }
+        });
         sum
     }
 
-    fn group(&self, side: Side) -> &GaugePair {
+    /// The gauges of `side`, where they are kept.
+    fn group(&self, side: Side) -> Option<&GaugePair> {
         match side {
-            Side::Caching => &self.caching,
-            Side::Pools => &self.pools,
+            Side::Caching if self.multi_device => Some(&self.caching),
+            Side::Caching => None,
+            Side::Pools => Some(&self.pools),
         }
     }
     pub(crate) fn allocated(&self, side: Side, bytes: usize) {
-        self.group(side).allocated.add(bytes);
+        if let Some(g) = self.group(side) {
+            g.allocated.add(bytes);
+        }
         self.total.allocated.add(bytes);
     }
     pub(crate) fn freed(&self, side: Side, bytes: usize) {
-        self.group(side).allocated.sub(bytes);
+        if let Some(g) = self.group(side) {
+            g.allocated.sub(bytes);
+        }
         self.total.allocated.sub(bytes);
     }
     pub(crate) fn reserved(&self, side: Side, bytes: usize) {
-        self.group(side).reserved.add(bytes);
+        if let Some(g) = self.group(side) {
+            g.reserved.add(bytes);
+        }
         self.total.reserved.add(bytes);
     }
     pub(crate) fn released(&self, side: Side, bytes: usize) {
-        self.group(side).reserved.sub(bytes);
+        if let Some(g) = self.group(side) {
+            g.reserved.sub(bytes);
+        }
         self.total.reserved.sub(bytes);
     }
 
     /// Builds the summed view from per-owner figures.
     pub(crate) fn summarize(&self, caching: PoolStats, in_graph_mode: bool) -> MemoryUsageStats {
         let mut caching = caching;
-        self.caching.apply_peaks(&mut caching);
-        let mut pools = self.live_pool_stats();
+        if self.multi_device {
+            self.caching.apply_peaks(&mut caching);
+        }
+        let mut pools = self.live_pool_stats(None);
         pools.add_counts(&self.retired_pools.lock());
         self.pools.apply_peaks(&mut pools);
         let mut total = caching;

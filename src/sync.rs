@@ -118,6 +118,9 @@ mod map {
         pub(crate) fn len(&self) -> usize {
             self.0.len()
         }
+        pub(crate) fn clear(&self) {
+            self.0.clear();
+        }
         pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
             for entry in self.0.iter() {
                 f(entry.key(), entry.value());
@@ -159,6 +162,12 @@ mod map {
         }
         pub(crate) fn len(&self) -> usize {
             self.0.lock().len()
+        }
+        pub(crate) fn clear(&self) {
+            // Drop the values outside the lock: they may be pools whose drop
+            // takes other locks.
+            let taken = std::mem::take(&mut *self.0.lock());
+            drop(taken);
         }
         pub(crate) fn for_each(&self, mut f: impl FnMut(&K, &V)) {
             for (k, v) in self.0.lock().iter() {

@@ -48,13 +48,12 @@ fn recorded_stream_blocks_reuse_until_its_event_completes() {
 
     let q = alloc.allocate_on(0, a, 1 << 16, 512).unwrap();
     assert_ne!(p, q, "not reused while B's work may still read it");
-    alloc.free(q).unwrap();
 
     host.complete_stream(b);
     let r = alloc.allocate_on(0, a, 1 << 16, 512).unwrap();
     assert_eq!(alloc.stats().caching.pending_frees, 0);
-    // Best fit takes the lowest address of equal candidates: the old block.
-    assert_eq!(p, r, "reused once B's event completed");
+    assert_eq!(p, r, "reused once B's event completed: the only exact fit");
+    alloc.free(q).unwrap();
     alloc.free(r).unwrap();
 }
 
