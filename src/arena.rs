@@ -94,6 +94,15 @@ pub(crate) fn segment_size(rounded: usize) -> Option<usize> {
     }
 }
 
+/// The smallest segment that serves a `rounded` request (not overflowing:
+/// `rounded` already has a [`segment_size`]).
+pub(crate) fn tight_segment_size(rounded: usize) -> usize {
+    match Class::of(rounded) {
+        Class::Small => SMALL_SEGMENT,
+        Class::Large => rounded.next_multiple_of(LARGE_SEGMENT_ROUND),
+    }
+}
+
 /// A handle to a live block: its slot and its address (checked on free).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BlockRef {

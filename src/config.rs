@@ -9,6 +9,7 @@
 //! | `host_capacity` | bytes, with an optional `KiB`/`MiB`/`GiB` suffix | `80GiB` |
 //! | `host_devices` | number of simulated devices on the host backend, 1 to 64 | `1` |
 //! | `memory_fraction` | fraction of each device's total memory graphalloc may reserve, in (0, 1] | `1` |
+//! | `shards` | arenas per device cache, 1 to 64: more let threads allocate without meeting on one lock, and peaks become sums of per-shard peaks (upper bounds) | `1` |
 //!
 //! A malformed value is an [`Error::Config`] naming the key; an unknown key is
 //! one too. Nothing falls back to a default silently.
@@ -48,6 +49,9 @@ pub struct Config {
     pub host_devices: usize,
     /// Fraction of each device's total memory graphalloc may reserve.
     pub memory_fraction: f64,
+    /// Arenas per device cache; see [`Config::parse`]'s table. 1 (the
+    /// default) keeps PyTorch's shape: one lock per device, exact peaks.
+    pub shards: usize,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             host_capacity: 80 << 30,
             host_devices: 1,
             memory_fraction: 1.0,
+            shards: 1,
         }
     }
 }
@@ -126,6 +131,13 @@ impl Config {
                     .filter(|n| (1..=64).contains(n))
                     .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
             }
+            "shards" => {
+                self.shards = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
+            }
             "memory_fraction" => {
                 self.memory_fraction = value
                     .parse()
@@ -134,7 +146,8 @@ impl Config {
                     .ok_or_else(|| bad("expected a number in (0, 1]"))?
             }
             _ => return Err(bad(
-                "unknown key; known keys: backend, host_capacity, host_devices, memory_fraction",
+                "unknown key; known keys: backend, host_capacity, host_devices, memory_fraction, \
+                 shards",
             )),
         }
         Ok(())
@@ -166,13 +179,15 @@ mod tests {
 
     #[test]
     fn parses_every_key() {
-        let c =
-            Config::parse("backend:cuda, host_capacity:3MiB,host_devices:2,memory_fraction:0.5")
-                .unwrap();
+        let c = Config::parse(
+            "backend:cuda, host_capacity:3MiB,host_devices:2,memory_fraction:0.5,shards:8",
+        )
+        .unwrap();
         assert_eq!(c.backend, BackendChoice::Cuda);
         assert_eq!(c.host_capacity, 3 << 20);
         assert_eq!(c.host_devices, 2);
         assert_eq!(c.memory_fraction, 0.5);
+        assert_eq!(c.shards, 8);
     }
 
     #[test]
@@ -190,6 +205,8 @@ mod tests {
             ("host_devices:0", "host_devices"),
             ("memory_fraction:1.5", "memory_fraction"),
             ("memory_fraction:0", "memory_fraction"),
+            ("shards:0", "shards"),
+            ("shards:65", "shards"),
             ("colour:blue", "colour"),
             ("backend", "backend"),
         ] {

@@ -6,7 +6,8 @@
 //! sequence and the reserved-bytes books exist once.
 
 use crate::arena::{
-    segment_size, Arena, BlockRef, Carved, Class, Deferred, FreedSegment, StreamTag,
+    segment_size, tight_segment_size, Arena, BlockRef, Carved, Class, Deferred, FreedSegment,
+    StreamTag,
 };
 use crate::backend::{Backend, BackendError, CaptureStatus, MemInfo};
 use crate::stats::{Side, StatsBook};
@@ -91,9 +92,8 @@ impl Device {
     }
 
     /// Carves `rounded` bytes from `arena`, reserving a segment when no free
-    /// block fits. When the device is full, calls `reclaim` once (which
-    /// releases whatever cached memory the owner may give up), counts an OOM
-    /// retry, and tries the reservation again.
+    /// block fits. [`Shortfall::Exhausted`] says the device is full: the
+    /// owner then releases what it can and calls this once more.
     pub(crate) fn carve(
         &self,
         arena: &mut Arena,
@@ -101,7 +101,6 @@ impl Device {
         stream: StreamTag,
         rounded: usize,
         requested: usize,
-        reclaim: impl FnOnce(&mut Arena),
     ) -> Result<Carved, Shortfall> {
         if !arena.deferred.is_empty() {
             // Best effort: a block whose events cannot be queried stays deferred.
@@ -111,11 +110,13 @@ impl Device {
             self.note_allocated(side, carved.size);
             return Ok(carved);
         }
-        let size = segment_size(rounded).ok_or(Shortfall::Overflow)?;
+        let mut size = segment_size(rounded).ok_or(Shortfall::Overflow)?;
         let base = match self.reserve(size) {
-            Err(Shortfall::Exhausted) => {
-                arena.stats.oom_retries += 1;
-                reclaim(arena);
+            // A large request below LARGE_SEGMENT_THRESHOLD asks for a 20 MiB
+            // segment to share; when that does not fit, a segment of just
+            // its size may.
+            Err(Shortfall::Exhausted) if size > tight_segment_size(rounded) => {
+                size = tight_segment_size(rounded);
                 self.reserve(size)?
             }
             other => other?,

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::graph_pool::{GraphPool, PoolCore};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Owner, OwnershipMap, Record};
-use crate::stats::{MemoryUsageStats, PoolStats, StatsBook};
+use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
 use crate::sync::{Arc, ConcurrentMap, OnceSlot};
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
@@ -81,25 +81,38 @@ impl Allocator {
                 .map(|d| Arc::new(HostBackend::new(d, config.host_capacity)) as Arc<dyn Backend>)
                 .collect(),
         };
-        Allocator::from_backends(backends, config.memory_fraction)
+        Allocator::from_backends_with(backends, &config)
     }
 
     /// Builds an allocator over the given backends, one per device, in
-    /// ordinal order. Tests use this to keep a handle on a [`HostBackend`].
+    /// ordinal order, with `memory_fraction` and otherwise default settings.
+    /// Tests use this to keep a handle on a [`HostBackend`].
     pub fn from_backends(backends: Vec<Arc<dyn Backend>>, memory_fraction: f64) -> Result<Self> {
+        let config = Config {
+            memory_fraction,
+            ..Config::default()
+        };
+        Allocator::from_backends_with(backends, &config)
+    }
+
+    /// Builds an allocator over the given backends, one per device, with
+    /// the settings of `config` (its backend keys are not used).
+    pub fn from_backends_with(backends: Vec<Arc<dyn Backend>>, config: &Config) -> Result<Self> {
         let Some(first) = backends.first() else {
             return Err(BackendError::Unavailable("no device backends given".into()).into());
         };
         let kind = first.kind();
-        let book = Arc::new(StatsBook::new(backends.len() > 1));
+        let sums = match (backends.len(), config.shards) {
+            (_, shards) if shards > 1 => CachingSums::Sharded,
+            (1, _) => CachingSums::OneArena,
+            _ => CachingSums::Gauged,
+        };
+        let book = Arc::new(StatsBook::new(sums));
         let caches = backends
             .into_iter()
             .map(|b| {
-                Arc::new(CachingAllocator::new(Arc::new(Device::new(
-                    b,
-                    book.clone(),
-                    memory_fraction,
-                ))))
+                let device = Device::new(b, book.clone(), config.memory_fraction);
+                Arc::new(CachingAllocator::new(Arc::new(device), config.shards))
             })
             .collect();
         Ok(Allocator {
@@ -198,7 +211,7 @@ impl Allocator {
             None => self.pool_for_capture(device, stream)?,
         };
         let carved = match &pool {
-            Some(pool) => pool.allocate(stream, rounded, size),
+            Some(pool) => pool.allocate(stream, rounded, size).map(|c| (0, c)),
             None => cache.allocate(stream, rounded, size),
         };
         let carved = carved.map_err(|shortfall| match shortfall {
@@ -206,10 +219,11 @@ impl Allocator {
             Shortfall::Backend(e) => Error::Backend(e),
             Shortfall::Exhausted => self.out_of_memory(device, size),
         })?;
+        let (shard, carved) = carved;
         let addr = carved.block.addr().next_multiple_of(align as u64);
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
-            None => Owner::Cache(device),
+            None => Owner::Cache { device, shard },
         };
         self.ownership.insert(
             addr,
@@ -342,7 +356,9 @@ impl Allocator {
         let (block, requested, stream, uses) =
             (record.block, record.requested, record.stream, &record.uses);
         match &record.owner {
-            Owner::Cache(device) => self.caches[*device].free(block, requested, stream, uses),
+            Owner::Cache { device, shard } => {
+                self.caches[*device].free(*shard, block, requested, stream, uses)
+            }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }
         Ok(())

@@ -40,20 +40,18 @@ impl PoolCore {
         requested: usize,
     ) -> Result<Carved, Shortfall> {
         let mut arena = self.arena.lock();
-        let cache = &self.cache;
-        cache.device.carve(
-            &mut arena,
-            Side::Pools,
-            stream,
-            rounded,
-            requested,
-            |arena| {
-                // Pool segments must stay (graphs replay into them); what can
-                // go is the device cache's idle memory. Best effort.
-                let _ = cache.device.settle(arena, true);
-                let _ = cache.empty_cache();
-            },
-        )
+        let device = &self.cache.device;
+        match device.carve(&mut arena, Side::Pools, stream, rounded, requested) {
+            Err(Shortfall::Exhausted) => {}
+            other => return other,
+        }
+        // The device is full. Pool segments must stay (graphs replay into
+        // them); what can go is the device cache's idle memory. Blocks of
+        // the pool waiting for stream work may become reusable too.
+        arena.stats.oom_retries += 1;
+        let _ = device.settle(&mut arena, true);
+        let _ = self.cache.empty_cache();
+        device.carve(&mut arena, Side::Pools, stream, rounded, requested)
     }
 
     /// Frees a block allocated on `stream` and also used on `uses`. Blocks

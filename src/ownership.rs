@@ -12,8 +12,9 @@ use crate::sync::{Arc, ConcurrentMap};
 /// The owner of a live block.
 #[derive(Debug, Clone)]
 pub(crate) enum Owner {
-    /// The caching allocator of this device (index into the allocator's devices).
-    Cache(usize),
+    /// The caching allocator of a device (index into the allocator's
+    /// devices), and the shard of it that handed the block out.
+    Cache { device: usize, shard: usize },
     /// A graph pool; holding the `Arc` keeps the pool's segments alive.
     Pool(Arc<PoolCore>),
 }
@@ -76,7 +77,7 @@ impl OwnershipMap {
     /// The device of a live pointer.
     pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
         self.map.with(&ptr, |r| match &r.owner {
-            Owner::Cache(device) => *device,
+            Owner::Cache { device, .. } => *device,
             Owner::Pool(pool) => pool.device(),
         })
     }

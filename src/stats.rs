@@ -165,10 +165,21 @@ pub(crate) struct StatsBook {
     pub(crate) live_pools: ConcurrentMap<u64, (usize, Arc<Mutex<Arena>>)>,
     /// The cumulative counts of pools already dropped.
     pub(crate) retired_pools: Mutex<PoolStats>,
-    /// Whether the caching allocators span several devices. With one, the
-    /// caching peaks are that device's own, exact without a gauge, so the
-    /// hot path skips the caching gauge.
-    multi_device: bool,
+    /// Which gauges the caching side keeps.
+    caching_sums: CachingSums,
+}
+
+/// How the caching side's sums are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CachingSums {
+    /// One device, one shard: the caching peaks are the arena's own, exact
+    /// without a gauge; only the total gauge is kept.
+    OneArena,
+    /// Several devices, one shard each: the caching and total gauges are kept.
+    Gauged,
+    /// Sharded caches: no gauge on the caching side, so threads share no
+    /// counter; caching and total peaks are sums of peaks (upper bounds).
+    Sharded,
 }
 
 /// Which side of the book an owner is on.
@@ -179,14 +190,14 @@ pub(crate) enum Side {
 }
 
 impl StatsBook {
-    pub(crate) fn new(multi_device: bool) -> Self {
+    pub(crate) fn new(caching_sums: CachingSums) -> Self {
         StatsBook {
             caching: GaugePair::default(),
             pools: GaugePair::default(),
             total: GaugePair::default(),
             live_pools: ConcurrentMap::new(),
             retired_pools: Mutex::new(PoolStats::default()),
-            multi_device,
+            caching_sums,
         }
     }
 
@@ -201,43 +212,42 @@ impl StatsBook {
         sum
     }
 
-    /// The gauges of `side`, where they are kept.
-    fn group(&self, side: Side) -> Option<&GaugePair> {
-        match side {
-            Side::Caching if self.multi_device => Some(&self.caching),
-            Side::Caching => None,
-            Side::Pools => Some(&self.pools),
+    /// The gauges that an event of `side` updates: its group's, where
+    /// kept, and the total's, where kept.
+    fn gauges(&self, side: Side) -> [Option<&GaugePair>; 2] {
+        match (side, self.caching_sums) {
+            (Side::Caching, CachingSums::Sharded) => [None, None],
+            (Side::Caching, CachingSums::OneArena) => [None, Some(&self.total)],
+            (Side::Caching, CachingSums::Gauged) => [Some(&self.caching), Some(&self.total)],
+            (Side::Pools, CachingSums::Sharded) => [Some(&self.pools), None],
+            (Side::Pools, _) => [Some(&self.pools), Some(&self.total)],
         }
     }
     pub(crate) fn allocated(&self, side: Side, bytes: usize) {
-        if let Some(g) = self.group(side) {
+        for g in self.gauges(side).into_iter().flatten() {
             g.allocated.add(bytes);
         }
-        self.total.allocated.add(bytes);
     }
     pub(crate) fn freed(&self, side: Side, bytes: usize) {
-        if let Some(g) = self.group(side) {
+        for g in self.gauges(side).into_iter().flatten() {
             g.allocated.sub(bytes);
         }
-        self.total.allocated.sub(bytes);
     }
     pub(crate) fn reserved(&self, side: Side, bytes: usize) {
-        if let Some(g) = self.group(side) {
+        for g in self.gauges(side).into_iter().flatten() {
             g.reserved.add(bytes);
         }
-        self.total.reserved.add(bytes);
     }
     pub(crate) fn released(&self, side: Side, bytes: usize) {
-        if let Some(g) = self.group(side) {
+        for g in self.gauges(side).into_iter().flatten() {
             g.reserved.sub(bytes);
         }
-        self.total.reserved.sub(bytes);
     }
 
     /// Builds the summed view from per-owner figures.
     pub(crate) fn summarize(&self, caching: PoolStats, in_graph_mode: bool) -> MemoryUsageStats {
         let mut caching = caching;
-        if self.multi_device {
+        if self.caching_sums == CachingSums::Gauged {
             self.caching.apply_peaks(&mut caching);
         }
         let mut pools = self.live_pool_stats(None);
@@ -245,7 +255,9 @@ impl StatsBook {
         self.pools.apply_peaks(&mut pools);
         let mut total = caching;
         total.add(&pools);
-        self.total.apply_peaks(&mut total);
+        if self.caching_sums != CachingSums::Sharded {
+            self.total.apply_peaks(&mut total);
+        }
         MemoryUsageStats {
             caching,
             pools,
