@@ -40,8 +40,8 @@ fn allocator() -> Allocator {
     alloc
 }
 
-/// Frees `ptrs` and gives every cached segment back: an `Allocator` does not
-/// release its segments when dropped.
+/// Frees `ptrs`, checks the books, and gives every cached segment back
+/// before the next group builds its allocator.
 fn teardown(alloc: &Allocator, ptrs: impl IntoIterator<Item = DevicePtr>) {
     for p in ptrs {
         alloc.free(p).expect("free");

@@ -6,8 +6,9 @@
 //!
 //!   TRACE        trace files (.trace.gz or plain text); default:
 //!                traces/resnet50_train.trace.gz
-//!   --runs N     cold passes per trace, each from an empty cache (default 5)
-//!   --no-warm    skip the warm pass
+//!   --runs N     cold passes per trace, each from an empty cache, and as
+//!                many warm passes on the cache they leave (default 5)
+//!   --no-warm    skip the warm passes
 //!   --json       one JSON object per trace per line on stdout
 //!   --svg FILE   draw allocated and reserved bytes over each trace into FILE
 //! ```
@@ -245,6 +246,12 @@ fn run_one(
     Ok(report?)
 }
 
+fn range(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
+        (lo.min(x), hi.max(x))
+    })
+}
+
 fn print_human(r: &ReplayReport, runs: usize) {
     let anchor = anchor(&r.trace);
     // PyTorch's timings are CUDA timings: compare like with like only.
@@ -258,12 +265,7 @@ fn print_human(r: &ReplayReport, runs: usize) {
         thousands(r.left_live),
         gb(r.peak_requested),
     );
-    let (lo, hi) = r
-        .cold_runs_ns_per_event
-        .iter()
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        });
+    let (lo, hi) = range(&r.cold_runs_ns_per_event);
     let vs = |ours: f64, theirs: f64| {
         format!(
             "PyTorch default on H100: {theirs:.0}; ours/theirs {:.2}",
@@ -279,8 +281,9 @@ fn print_human(r: &ReplayReport, runs: usize) {
         )),
     );
     if let (Some(warm), Some(created)) = (r.warm_ns_per_event, r.warm_segments_created) {
+        let (lo, hi) = range(&r.warm_runs_ns_per_event);
         println!(
-            "  warm  {warm:>9.1} ns/event  ({created} new segments){}",
+            "  warm  {warm:>9.1} ns/event  (median of {runs}, range {lo:.1} .. {hi:.1}; {created} new segments){}",
             cuda_anchor.map_or(String::new(), |a| format!(
                 "  [{}]",
                 vs(warm, a.pytorch_warm_ns)
@@ -343,6 +346,17 @@ fn to_json(r: &ReplayReport, runs: usize) -> String {
         format!(
             "[{}]",
             r.cold_runs_ns_per_event
+                .iter()
+                .map(|&x| json_f64(x))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    );
+    field(
+        "warm_runs_ns_per_event",
+        format!(
+            "[{}]",
+            r.warm_runs_ns_per_event
                 .iter()
                 .map(|&x| json_f64(x))
                 .collect::<Vec<_>>()

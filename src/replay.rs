@@ -14,7 +14,7 @@
 //! spends its time in the allocator, not in parsing or hashing. [`Player`]
 //! runs the events through an [`Allocator`] once; [`replay`] does the full
 //! measurement: cold passes (each on a fresh allocator, so each starts from
-//! an empty cache), a warm pass (again on a cache that already holds the
+//! an empty cache), warm passes (again on a cache that already holds the
 //! segments of a pass), and optionally the allocated and reserved bytes over
 //! the trace ([`Series`]), in an untimed pass of its own.
 //!
@@ -654,8 +654,8 @@ impl<'t> Player<'t> {
     }
 
     /// Frees every block held now and releases `alloc`'s cached segments,
-    /// leaving it as it was before the first pass. An [`Allocator`] does not
-    /// release its segments when dropped, so do this before dropping one.
+    /// leaving it as it was before the first pass (and still usable, unlike
+    /// dropping it, which releases its segments too).
     pub fn teardown(&mut self, alloc: &Allocator) -> Result<(), ReplayError> {
         self.free_all(alloc)?;
         alloc.empty_cache().map_err(ReplayError::Release)?;
@@ -669,9 +669,9 @@ pub struct ReplayOptions {
     /// Cold passes, each on a fresh allocator (so from an empty cache); the
     /// report gives their median. At least 1.
     pub runs: usize,
-    /// Whether to time a warm pass too: once more on the allocator of the
-    /// last cold pass, after freeing what it left live, without emptying
-    /// the cache.
+    /// Whether to time warm passes too (`runs` of them, the report gives
+    /// their median): on the allocator of the last cold pass, each after
+    /// freeing what the pass before left live, without emptying the cache.
     pub warm: bool,
     /// About how many points of allocated and reserved bytes to record over
     /// the trace, in an extra untimed pass on a fresh allocator; 0 for none.
@@ -698,7 +698,8 @@ impl ReplayOptions {
     /// The number of passes [`replay`] makes (and of calls to its progress
     /// callback).
     pub fn passes(&self) -> usize {
-        self.runs.max(1) + usize::from(self.warm) + usize::from(self.series_points > 0)
+        let runs = self.runs.max(1);
+        runs + if self.warm { runs } else { 0 } + usize::from(self.series_points > 0)
     }
 }
 
@@ -712,8 +713,13 @@ pub enum Phase {
         /// All cold passes.
         runs: usize,
     },
-    /// The warm pass.
-    Warm,
+    /// Warm pass `run` (1-based) of `runs`.
+    Warm {
+        /// This pass.
+        run: usize,
+        /// All warm passes.
+        runs: usize,
+    },
     /// The untimed pass recording the series.
     Series,
 }
@@ -722,7 +728,7 @@ impl fmt::Display for Phase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Phase::Cold { run, runs } => write!(f, "cold pass {run}/{runs}"),
-            Phase::Warm => f.write_str("warm pass"),
+            Phase::Warm { run, runs } => write!(f, "warm pass {run}/{runs}"),
             Phase::Series => f.write_str("series pass"),
         }
     }
@@ -753,10 +759,12 @@ pub struct ReplayReport {
     pub cold_runs_ns_per_event: Vec<f64>,
     /// The median of `cold_runs_ns_per_event`.
     pub ns_per_event: f64,
-    /// Nanoseconds per event of the warm pass, if one was run.
+    /// Nanoseconds per event of each warm pass, in the order run.
+    pub warm_runs_ns_per_event: Vec<f64>,
+    /// The median of `warm_runs_ns_per_event`, if warm passes were run.
     pub warm_ns_per_event: Option<f64>,
-    /// Segments the warm pass had to reserve (0 when the cache left by the
-    /// cold pass served every request), if one was run.
+    /// Segments the warm passes had to reserve (0 when the cache left by the
+    /// cold pass served every request), if warm passes were run.
     pub warm_segments_created: Option<u64>,
     /// The highest allocated bytes (live blocks, rounded sizes).
     pub peak_allocated: usize,
@@ -816,7 +824,7 @@ fn with_fresh<R>(
 ///
 /// `factory` builds a fresh, empty allocator for each cold pass (and for the
 /// series pass); every allocator is torn down ([`Player::teardown`]) before
-/// the next is built, so device memory does not pile up. `progress` is told
+/// the next is built, so no two hold device memory at once. `progress` is told
 /// of every pass when it is done.
 pub fn replay(
     trace: &Trace,
@@ -846,23 +854,21 @@ pub fn replay(
     let alloc = last.expect("at least one cold pass");
     let (total, backend) = first.expect("at least one cold pass");
 
-    let mut warm = None;
+    let mut warm = Vec::new();
+    let mut warm_created = None;
     if options.warm {
-        let result = (|| {
-            player.free_all(&alloc)?;
-            let before = alloc.stats().total.segments_reserved;
-            let elapsed = player.play(&alloc)?;
-            let created = alloc.stats().total.segments_reserved - before;
-            Ok((ns_per_event(elapsed, events), created))
-        })();
-        match result {
-            Ok(w) => warm = Some(w),
-            Err(e) => {
-                let _ = player.teardown(&alloc);
-                return Err(e);
+        let before = alloc.stats().total.segments_reserved;
+        for run in 1..=runs {
+            match player.play(&alloc) {
+                Ok(elapsed) => warm.push(ns_per_event(elapsed, events)),
+                Err(e) => {
+                    let _ = player.teardown(&alloc);
+                    return Err(e);
+                }
             }
+            progress(Phase::Warm { run, runs });
         }
-        progress(Phase::Warm);
+        warm_created = Some(alloc.stats().total.segments_reserved - before);
     }
     player.free_all(&alloc)?;
     let allocated_after_free = alloc.stats().total.allocated_bytes;
@@ -891,8 +897,9 @@ pub fn replay(
         peak_requested: trace.peak_requested(),
         ns_per_event: median(&cold),
         cold_runs_ns_per_event: cold,
-        warm_ns_per_event: warm.map(|w| w.0),
-        warm_segments_created: warm.map(|w| w.1),
+        warm_ns_per_event: (!warm.is_empty()).then(|| median(&warm)),
+        warm_runs_ns_per_event: warm,
+        warm_segments_created: warm_created,
         peak_allocated,
         peak_reserved,
         ratio: peak_reserved as f64 / peak_allocated.max(1) as f64,

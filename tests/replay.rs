@@ -66,6 +66,7 @@ fn replay_report_is_consistent() {
     assert_eq!(r.cold_runs_ns_per_event.len(), 2);
     assert!(r.ns_per_event > 0.0 && r.ns_per_event.is_finite());
     assert!(r.warm_ns_per_event.unwrap() > 0.0);
+    assert_eq!(r.warm_runs_ns_per_event.len(), 2);
 
     assert!(r.peak_allocated > 0);
     assert!(r.peak_reserved >= r.peak_allocated);
