@@ -94,12 +94,12 @@ pub(crate) fn segment_size(rounded: usize) -> Option<usize> {
     }
 }
 
-/// The smallest segment that serves a `rounded` request (not overflowing:
-/// `rounded` already has a [`segment_size`]).
-pub(crate) fn tight_segment_size(rounded: usize) -> usize {
+/// The smallest segment that serves a `rounded` request, or `None` on
+/// overflow.
+pub(crate) fn tight_segment_size(rounded: usize) -> Option<usize> {
     match Class::of(rounded) {
-        Class::Small => SMALL_SEGMENT,
-        Class::Large => rounded.next_multiple_of(LARGE_SEGMENT_ROUND),
+        Class::Small => Some(SMALL_SEGMENT),
+        Class::Large => rounded.checked_next_multiple_of(LARGE_SEGMENT_ROUND),
     }
 }
 

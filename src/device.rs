@@ -111,12 +111,13 @@ impl Device {
             return Ok(carved);
         }
         let mut size = segment_size(rounded).ok_or(Shortfall::Overflow)?;
+        let tight = tight_segment_size(rounded).ok_or(Shortfall::Overflow)?;
         let base = match self.reserve(size) {
             // A large request below LARGE_SEGMENT_THRESHOLD asks for a 20 MiB
             // segment to share; when that does not fit, a segment of just
             // its size may.
-            Err(Shortfall::Exhausted) if size > tight_segment_size(rounded) => {
-                size = tight_segment_size(rounded);
+            Err(Shortfall::Exhausted) if size > tight => {
+                size = tight;
                 self.reserve(size)?
             }
             other => other?,

@@ -1,7 +1,7 @@
 //! The allocator: routes allocations by mode and frees by ownership, and the
 //! process-wide instance installed at startup.
 
-use crate::arena::{round_size, AddressKind, BLOCK_ROUND, LARGE_SEGMENT_ROUND};
+use crate::arena::{round_size, tight_segment_size, AddressKind, BLOCK_ROUND, LARGE_SEGMENT_ROUND};
 use crate::backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend,
 };
@@ -204,7 +204,7 @@ impl Allocator {
         let rounded = size
             .checked_add(padding)
             .and_then(round_size)
-            .filter(|&r| r <= cache.device.capacity())
+            .filter(|&r| tight_segment_size(r).is_some_and(|s| s <= cache.device.capacity()))
             .ok_or_else(too_large)?;
         let pool = match mode::current_pool(self.id).filter(|p| p.device() == device) {
             Some(pool) => Some(pool),
@@ -348,7 +348,10 @@ impl Allocator {
     /// device's caching allocator or a graph pool) whatever the calling
     /// thread's mode. A pointer that is not live is a typed error
     /// ([`Error::UnknownPointer`], [`Error::DoubleFree`],
-    /// [`Error::InteriorPointer`]) and changes nothing.
+    /// [`Error::InteriorPointer`]) and changes nothing. Of two threads that
+    /// free one pointer at once, exactly one succeeds; the other gets
+    /// `DoubleFree`, or `UnknownPointer` if it looks while the block is
+    /// between its owner's map and its arena.
     pub fn free(&self, ptr: DevicePtr) -> Result<()> {
         let Some(record) = self.ownership.claim(ptr.addr()) else {
             return Err(self.diagnose(ptr.addr()));
@@ -376,10 +379,12 @@ impl Allocator {
                     block,
                     allocated: true,
                 } => {
-                    return Error::InteriorPointer {
-                        ptr: addr,
-                        block: self.handed_out_in(block, addr).unwrap_or(block),
-                    }
+                    // An address in the padding before an over-aligned
+                    // pointer is inside no block the caller was given.
+                    return match self.handed_out_in(block, addr) {
+                        Some(block) => Error::InteriorPointer { ptr: addr, block },
+                        None => Error::UnknownPointer { ptr: addr },
+                    };
                 }
                 AddressKind::Inside {
                     allocated: false, ..
@@ -465,13 +470,15 @@ impl Allocator {
         Ok(released)
     }
 
-    /// Restarts the peaks of every device's caching allocator, and of the
-    /// totals, from now. Pool peaks restart with [`GraphPool::reset`].
+    /// Restarts the peaks of [`Allocator::stats`] from now: the caching
+    /// allocators', the pools' sum and the total. (Each pool's own peaks, in
+    /// [`GraphPool::stats`], restart with [`GraphPool::reset`].)
     pub fn reset_peak_stats(&self) {
         for cache in &self.caches {
             cache.reset_peaks();
         }
         self.book.caching.reset_peaks();
+        self.book.pools.reset_peaks();
         self.book.total.reset_peaks();
     }
 

@@ -270,8 +270,11 @@ impl StatsBook {
 /// An allocator's statistics: the caching allocators (all devices), the
 /// graph pools (all pools, also those already dropped), and both summed.
 ///
-/// Current figures are exact whenever no allocation or free is in flight;
-/// peaks are the exact peaks of each sum.
+/// Current figures are exact whenever no allocation or free is in flight.
+/// Peaks cover the time since the allocator was built or since
+/// [`crate::Allocator::reset_peak_stats`]; they are the exact peaks of each
+/// sum, except with a sharded cache (`shards` > 1), where the caching and
+/// total peaks are the sums of the shards' peaks, an upper bound.
 ///
 /// ```
 /// let alloc = graphalloc::Allocator::new(graphalloc::Config::host(1 << 30)).unwrap();
