@@ -141,6 +141,12 @@ impl Allocator {
         Ok(&self.cache(device)?.device.backend)
     }
 
+    /// The id of the graph pool that owns a live pointer ([`GraphPool::id`]),
+    /// or `None` if the pointer is not live or belongs to a caching allocator.
+    pub fn pool_of(&self, ptr: DevicePtr) -> Option<u64> {
+        self.ownership.pool_id(ptr.addr()).flatten()
+    }
+
     /// The device that owns a live pointer, or `None` if it is not live.
     pub fn device_of(&self, ptr: DevicePtr) -> Option<usize> {
         self.ownership.device(ptr.addr())

@@ -82,6 +82,14 @@ impl OwnershipMap {
         })
     }
 
+    /// For a live pointer: the id of its pool, or `None` for the cache.
+    pub(crate) fn pool_id(&self, ptr: u64) -> Option<Option<u64>> {
+        self.map.with(&ptr, |r| match &r.owner {
+            Owner::Cache { .. } => None,
+            Owner::Pool(pool) => Some(pool.id),
+        })
+    }
+
     /// Forgets every live pointer (the allocator is going away).
     pub(crate) fn clear(&self) {
         self.map.clear();
