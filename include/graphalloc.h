@@ -1,0 +1,182 @@
+/*
+ * graphalloc.h: the C ABI of libgraphalloc.so (src/ffi.rs).
+ *
+ * graphalloc is a CUDA device-memory caching allocator with graph memory
+ * pools. `cargo build --release` builds target/release/libgraphalloc.so.
+ * graphalloc_malloc / graphalloc_free have the signatures of PyTorch's
+ * torch.cuda.memory.CUDAPluggableAllocator:
+ *
+ *     alloc = torch.cuda.memory.CUDAPluggableAllocator(
+ *         "libgraphalloc.so", "graphalloc_malloc", "graphalloc_free")
+ *     torch.cuda.memory.change_current_allocator(alloc)
+ *
+ * Every function works on the process-wide allocator, built on first use
+ * from the GRAPHALLOC_CONF environment variable (e.g. "backend:cuda").
+ *
+ * Errors: a function that fails returns NULL (pointers), 0 (pool ids) or -1
+ * (ints), and graphalloc_last_error() says why. The last error is per thread
+ * and is cleared on entry to every other graphalloc_* call, so read it right
+ * after the failing call. graphalloc_malloc and graphalloc_free also print
+ * their errors to stderr (graphalloc_set_log_errors turns that off), since
+ * PyTorch looks at nothing but the returned pointer. No Rust panic ever
+ * crosses these functions: a panic is reported as an error.
+ *
+ * All functions may be called from any thread.
+ */
+#ifndef GRAPHALLOC_H
+#define GRAPHALLOC_H
+
+#include <stdint.h>
+#include <sys/types.h> /* ssize_t */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if !defined(__DRIVER_TYPES_H__) && !defined(GRAPHALLOC_HAVE_CUDA_STREAM_T)
+/* The CUDA runtime's stream handle, declared as <driver_types.h> does;
+ * include the CUDA headers first to use theirs. */
+typedef struct CUstream_st *cudaStream_t;
+#endif
+
+/* The version of this ABI; graphalloc_abi_version() returns it. */
+#define GRAPHALLOC_ABI_VERSION 1
+
+/* Alignment of every block graphalloc_malloc hands out. */
+#define GRAPHALLOC_MALLOC_ALIGNMENT 512
+
+/* One owner's figures: a device's caching allocator, a graph pool, or a sum. */
+typedef struct GraphallocPoolStats {
+    uint64_t allocated_bytes;      /* bytes in live blocks (rounded to 512 B) */
+    uint64_t peak_allocated_bytes; /* highest allocated_bytes reached */
+    uint64_t requested_bytes;      /* bytes asked for by live allocations */
+    uint64_t reserved_bytes;       /* device memory held in segments */
+    uint64_t peak_reserved_bytes;  /* highest reserved_bytes reached */
+    uint64_t live_blocks;          /* live blocks */
+    uint64_t allocations;          /* allocations served, ever */
+    uint64_t frees;                /* frees served, ever */
+    uint64_t oom_retries;          /* cache releases + retries on a full device */
+    uint64_t segments;             /* segments held now */
+    uint64_t segments_reserved;    /* segments reserved, ever */
+} GraphallocPoolStats;
+
+/* The process-wide allocator's statistics. */
+typedef struct GraphallocStats {
+    GraphallocPoolStats caching; /* caching allocators, all devices */
+    GraphallocPoolStats pools;   /* graph pools, also released ones */
+    GraphallocPoolStats total;   /* everything; peaks are exact peaks of the sum */
+    int32_t in_graph_mode;       /* 1 if the calling thread is in graph mode */
+    int32_t device_count;        /* devices the allocator manages */
+} GraphallocStats;
+
+/* ---- Allocation (PyTorch CUDAPluggableAllocator signatures) ------------- */
+
+/* Allocates `size` bytes on `device` for use on `stream`, aligned to 512 B.
+ * Returns NULL for size 0 (not an error: graphalloc_last_error() is "") and
+ * on error (negative size, invalid device, unknown stream, out of memory).
+ * In graph mode (graphalloc_begin_graph_mode) on a pool of `device`, or while
+ * `stream` is being captured into a CUDA graph, the block comes from a graph
+ * pool; otherwise from the device's caching allocator. */
+void *graphalloc_malloc(ssize_t size, int device, cudaStream_t stream);
+
+/* Frees a pointer from graphalloc_malloc, routed to its owner by address:
+ * `size`, `device` and `stream` are accepted for PyTorch's signature and not
+ * needed. NULL is a no-op. An unknown, already freed or interior pointer
+ * changes nothing and is reported through graphalloc_last_error(). */
+void graphalloc_free(void *ptr, ssize_t size, int device, cudaStream_t stream);
+
+/* ---- Errors and version -------------------------------------------------- */
+
+/* Why the calling thread's latest graphalloc_* call failed, or "" if it
+ * succeeded. Never NULL; valid until the thread's next graphalloc_* call. */
+const char *graphalloc_last_error(void);
+
+/* Whether graphalloc_malloc / graphalloc_free print their errors to stderr
+ * (nonzero, the default) or only record them. */
+void graphalloc_set_log_errors(int enabled);
+
+/* Whether a graphalloc_malloc of a nonzero size that fails aborts the process
+ * after printing why (nonzero) instead of returning NULL (0, the default).
+ * PyTorch 2.11's CUDAPluggableAllocator does not check the pointer: a NULL
+ * becomes a tensor at address 0 and, at first use, an illegal memory access
+ * that breaks the CUDA context; graphalloc_torch.use_graphalloc() sets this. */
+void graphalloc_set_abort_on_malloc_failure(int enabled);
+
+/* GRAPHALLOC_ABI_VERSION of the library. */
+uint32_t graphalloc_abi_version(void);
+
+/* ---- Statistics and cache ----------------------------------------------- */
+
+/* Number of devices, or -1 if the allocator cannot be built (for instance a
+ * malformed GRAPHALLOC_CONF). */
+int graphalloc_device_count(void);
+
+/* Fills *out. Returns 0, or -1 (NULL out, allocator cannot be built). */
+int graphalloc_stats(GraphallocStats *out);
+
+/* Fills *out with `device`'s caching allocator. Returns 0, or -1. */
+int graphalloc_device_stats(int device, GraphallocPoolStats *out);
+
+/* Fills *out with graph pool `pool`'s figures. Returns 0, or -1. */
+int graphalloc_pool_stats(uint64_t pool, GraphallocPoolStats *out);
+
+/* Restarts the caching allocators' peaks from now. Returns 0, or -1. */
+int graphalloc_reset_peak_stats(void);
+
+/* Releases the cached, unused segments of every device's caching allocator
+ * (graph pools keep theirs). Returns the bytes released, or -1. */
+int64_t graphalloc_empty_cache(void);
+
+/* ---- Graph pools and graph mode ----------------------------------------- */
+
+/* Creates a graph pool on `device`. Returns its id (never 0), or 0 on error. */
+uint64_t graphalloc_pool_create(int device);
+
+/* Drops the handle of `pool`. Its live blocks stay valid and free normally;
+ * its memory goes back once none is live and no thread is in graph mode on
+ * it. Returns 0, or -1 for an unknown id. */
+int graphalloc_pool_release(uint64_t pool);
+
+/* Makes `pool` reusable for a new capture. Returns 0, or -1 (unknown pool,
+ * or blocks of it still live). */
+int graphalloc_pool_reset(uint64_t pool);
+
+/* Puts the calling thread in graph mode on `pool` until the matching
+ * graphalloc_end_graph_mode(): its allocations on the pool's device come
+ * from the pool. Nests. Per thread: other threads (PyTorch's autograd
+ * threads) are not affected. Returns 0, or -1 (unknown pool). */
+int graphalloc_begin_graph_mode(uint64_t pool);
+
+/* Leaves the calling thread's innermost graph mode. Returns 0, or -1 when
+ * the thread has no graphalloc_begin_graph_mode() left to end. */
+int graphalloc_end_graph_mode(void);
+
+/* Number of graphalloc_begin_graph_mode() calls of this thread not ended. */
+int graphalloc_graph_mode_depth(void);
+
+/* ---- Streams and captures ------------------------------------------------ */
+
+/* Marks the live block at `ptr` as used by `stream` too (PyTorch's
+ * record_stream): once freed, it is not reused before the work queued on
+ * `stream` by then completes. Returns 0, or -1. */
+int graphalloc_record_stream(void *ptr, cudaStream_t stream);
+
+/* While `stream` is being captured, route its allocations on the pool's
+ * device to `pool` (instead of a pool made on demand per capture). Returns 0,
+ * or -1 (unknown pool). */
+int graphalloc_set_capture_pool(uint64_t pool, cudaStream_t stream);
+
+/* Ends graphalloc_set_capture_pool for `stream` on `device`. Returns 0, or -1
+ * (invalid device, nothing registered). */
+int graphalloc_clear_capture_pool(int device, cudaStream_t stream);
+
+/* Lets go of the pools made on demand for captures; call it once the graphs
+ * captured into them are destroyed (PyTorch does not tell a pluggable
+ * allocator). Returns how many were let go, or -1. */
+int64_t graphalloc_release_capture_pools(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* GRAPHALLOC_H */
