@@ -506,7 +506,7 @@ impl Arena {
                 let b = &self.blocks[s as usize];
                 assert_eq!(b.addr, expect_addr, "blocks tile the segment");
                 assert_eq!(b.prev, prev);
-                assert!(!(prev_free && !b.allocated), "free neighbours merged");
+                assert!(!prev_free || b.allocated, "free neighbours merged");
                 let key = self.key(s);
                 let indexed = self.free[seg.class as usize].contains(&key);
                 assert_eq!(indexed, !b.allocated, "free index matches");

@@ -25,9 +25,13 @@ pub(crate) enum Shortfall {
     Backend(BackendError),
 }
 
+/// A device: its backend and what graphalloc holds of it.
+///
+/// The backend is shared through a std `Arc` in both builds: it is an
+/// immutable handle, not part of the state the loom models explore.
 #[derive(Debug)]
 pub(crate) struct Device {
-    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) backend: std::sync::Arc<dyn Backend>,
     pub(crate) book: Arc<StatsBook>,
     /// Fraction of the device's total memory graphalloc may hold.
     memory_fraction: f64,
@@ -44,7 +48,7 @@ pub(crate) struct Device {
 
 impl Device {
     pub(crate) fn new(
-        backend: Arc<dyn Backend>,
+        backend: std::sync::Arc<dyn Backend>,
         book: Arc<StatsBook>,
         memory_fraction: f64,
     ) -> Self {

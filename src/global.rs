@@ -67,18 +67,24 @@ impl Allocator {
             BackendChoice::Auto => BackendChoice::Host,
             other => other,
         };
-        let backends: Vec<Arc<dyn Backend>> = match backend {
+        let backends: Vec<std::sync::Arc<dyn Backend>> = match backend {
             BackendChoice::Cuda => {
                 let count = CudaBackend::device_count();
                 if count == 0 {
                     return Err(BackendError::Unavailable("no CUDA driver or device".into()).into());
                 }
                 (0..count)
-                    .map(|d| Ok(Arc::new(CudaBackend::new(d)?) as Arc<dyn Backend>))
+                    .map(|d| {
+                        Ok(std::sync::Arc::new(CudaBackend::new(d)?)
+                            as std::sync::Arc<dyn Backend>)
+                    })
                     .collect::<Result<_, BackendError>>()?
             }
             _ => (0..config.host_devices)
-                .map(|d| Arc::new(HostBackend::new(d, config.host_capacity)) as Arc<dyn Backend>)
+                .map(|d| {
+                    std::sync::Arc::new(HostBackend::new(d, config.host_capacity))
+                        as std::sync::Arc<dyn Backend>
+                })
                 .collect(),
         };
         Allocator::from_backends_with(backends, &config)
@@ -87,7 +93,10 @@ impl Allocator {
     /// Builds an allocator over the given backends, one per device, in
     /// ordinal order, with `memory_fraction` and otherwise default settings.
     /// Tests use this to keep a handle on a [`HostBackend`].
-    pub fn from_backends(backends: Vec<Arc<dyn Backend>>, memory_fraction: f64) -> Result<Self> {
+    pub fn from_backends(
+        backends: Vec<std::sync::Arc<dyn Backend>>,
+        memory_fraction: f64,
+    ) -> Result<Self> {
         let config = Config {
             memory_fraction,
             ..Config::default()
@@ -97,7 +106,10 @@ impl Allocator {
 
     /// Builds an allocator over the given backends, one per device, with
     /// the settings of `config` (its backend keys are not used).
-    pub fn from_backends_with(backends: Vec<Arc<dyn Backend>>, config: &Config) -> Result<Self> {
+    pub fn from_backends_with(
+        backends: Vec<std::sync::Arc<dyn Backend>>,
+        config: &Config,
+    ) -> Result<Self> {
         let Some(first) = backends.first() else {
             return Err(BackendError::Unavailable("no device backends given".into()).into());
         };
@@ -137,7 +149,7 @@ impl Allocator {
     }
 
     /// The backend of `device`, for copies into and out of its blocks.
-    pub fn backend(&self, device: usize) -> Result<&Arc<dyn Backend>> {
+    pub fn backend(&self, device: usize) -> Result<&std::sync::Arc<dyn Backend>> {
         Ok(&self.cache(device)?.device.backend)
     }
 
