@@ -17,13 +17,13 @@
 //!   `(stream, size)` is the best fit, lowest address first.
 //! - `stats` equal the sums over the arena's blocks and segments.
 //!
-//! Freed blocks first go to a quick bin for their exact (stream, size), from
-//! which a request of that size takes them back without touching the free
-//! index (the common pattern in training loops: the same sizes again and
-//! again). A request that finds no exact fit there first merges all quick
-//! blocks back into the index, so the best-fit search sees every free byte
-//! coalesced: the quick bins change only which of several exact fits is
-//! taken (the most recently freed), never the amount of memory held.
+//! Freed small blocks (of small segments, at most [`SMALL_REQUEST_MAX`]) first
+//! go to a quick bin for their exact (stream, size), from which a request of
+//! that size takes them back without touching the free index (the common
+//! pattern in training loops: the same sizes again and again). A request that
+//! finds no exact fit there first merges the quick blocks back into the
+//! index, so the best-fit search sees every free byte coalesced. Large
+//! blocks, where placement decides fragmentation, always go through best fit.
 
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;
@@ -165,6 +165,14 @@ pub(crate) struct Deferred {
     pub(crate) unrecorded: Vec<StreamTag>,
 }
 
+/// Freed blocks of one (stream, size), taken back most recent first.
+#[derive(Debug, Default)]
+struct QuickBin {
+    slots: Vec<u32>,
+    /// Whether the bin is in `Arena::quick_listed`.
+    listed: bool,
+}
+
 /// Segments cut into blocks; see the module docs for its invariants.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
@@ -174,9 +182,11 @@ pub(crate) struct Arena {
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
-    /// (stream, block size) → freed blocks of exactly that size, most recent
-    /// last; "allocated" inside the arena like deferred blocks.
-    quick: FxHashMap<(StreamTag, usize), Vec<u32>>,
+    /// (stream, block size) → freed small blocks of exactly that size, most
+    /// recent last; "allocated" inside the arena like deferred blocks.
+    quick: FxHashMap<(StreamTag, usize), QuickBin>,
+    /// The bins that got a block since the last flush (each listed once).
+    quick_listed: Vec<(StreamTag, usize)>,
     /// Blocks in the quick bins.
     quick_blocks: usize,
     pub(crate) stats: PoolStats,
@@ -231,7 +241,11 @@ impl Arena {
         rounded: usize,
         requested: usize,
     ) -> Option<Carved> {
-        if let Some(slot) = self.quick.get_mut(&(stream, rounded)).and_then(Vec::pop) {
+        if let Some(slot) = self
+            .quick
+            .get_mut(&(stream, rounded))
+            .and_then(|bin| bin.slots.pop())
+        {
             self.quick_blocks -= 1;
             let b = &self.blocks[slot as usize];
             let carved = Carved {
@@ -311,27 +325,38 @@ impl Arena {
     /// have been freed since (the ownership map guarantees that).
     pub(crate) fn free(&mut self, block: BlockRef, requested: usize) -> usize {
         let size = self.account_free(block, requested);
-        let stream = self.segments[self.blocks[block.slot as usize].segment as usize].stream;
-        let bin = self.quick.entry((stream, size)).or_default();
-        if bin.len() < QUICK_BIN_CAPACITY {
-            bin.push(block.slot);
-            self.quick_blocks += 1;
-        } else {
-            self.recycle(block);
+        let segment = &self.segments[self.blocks[block.slot as usize].segment as usize];
+        if segment.class == Class::Small && size <= SMALL_REQUEST_MAX {
+            let key = (segment.stream, size);
+            let bin = self.quick.entry(key).or_default();
+            if bin.slots.len() < QUICK_BIN_CAPACITY {
+                bin.slots.push(block.slot);
+                if !bin.listed {
+                    bin.listed = true;
+                    self.quick_listed.push(key);
+                }
+                self.quick_blocks += 1;
+                return size;
+            }
         }
+        self.recycle(block);
         size
     }
 
-    /// Merges every block of the quick bins into the free index.
+    /// Merges every block of the quick bins into the free index. Touches
+    /// only the bins that got blocks since the last flush.
     fn flush_quick(&mut self) {
-        let mut bins = std::mem::take(&mut self.quick);
-        for slot in bins.values_mut().flat_map(|bin| bin.drain(..)) {
-            let addr = self.blocks[slot as usize].addr;
-            self.recycle(BlockRef { slot, addr });
+        for key in std::mem::take(&mut self.quick_listed) {
+            let Some(bin) = self.quick.get_mut(&key) else {
+                continue;
+            };
+            bin.listed = false;
+            for slot in std::mem::take(&mut bin.slots) {
+                let addr = self.blocks[slot as usize].addr;
+                self.recycle(BlockRef { slot, addr });
+            }
         }
         self.quick_blocks = 0;
-        // Keep the emptied bins' allocations for reuse.
-        self.quick = bins;
     }
 
     fn is_quick(&self, slot: u32) -> bool {
@@ -339,7 +364,7 @@ impl Arena {
         let stream = self.segments[b.segment as usize].stream;
         self.quick
             .get(&(stream, b.size))
-            .is_some_and(|bin| bin.contains(&slot))
+            .is_some_and(|bin| bin.slots.contains(&slot))
     }
 
     /// Frees a live block in the books but keeps it out of reuse until the
@@ -417,6 +442,7 @@ impl Arena {
         self.blocks.clear();
         self.free.iter_mut().for_each(BTreeSet::clear);
         self.quick.clear();
+        self.quick_listed.clear();
         self.quick_blocks = 0;
         self.deferred.clear();
         self.stats.allocated_bytes = 0;
@@ -532,7 +558,7 @@ impl Arena {
         let quick_bytes: usize = self
             .quick
             .iter()
-            .map(|((_, size), bin)| size * bin.len())
+            .map(|((_, size), bin)| size * bin.slots.len())
             .sum();
         assert_eq!(
             self.stats.allocated_bytes + deferred + quick_bytes,
@@ -542,7 +568,7 @@ impl Arena {
             self.stats.live_blocks + self.deferred.len() + self.quick_blocks,
             live
         );
-        let quick: usize = self.quick.values().map(Vec::len).sum();
+        let quick: usize = self.quick.values().map(|bin| bin.slots.len()).sum();
         assert_eq!(quick, self.quick_blocks);
         assert_eq!(self.stats.pending_frees, self.deferred.len());
         assert_eq!(self.stats.reserved_bytes, reserved);
