@@ -4,7 +4,7 @@
 
 #[cfg(loom)]
 mod support {
-    use graphalloc::{Allocator, Backend, HostBackend};
+    use graphalloc::{Allocator, Backend, Config, HostBackend};
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -14,25 +14,28 @@ mod support {
     pub const CAPACITY: usize = 64 << 20;
 
     /// An allocator over one [`HostBackend`] of [`CAPACITY`] bytes, built
-    /// inside a loom execution (its locks and atomics are loom's).
+    /// inside a loom execution (its locks and atomics are loom's), in a loom
+    /// `Arc` to share with the model's threads; and a handle on the backend,
+    /// for its release and byte counters.
     ///
     /// Backends are shared through std `Arc`s in both builds (immutable
-    /// handles, not modelled state).
-    pub fn host_allocator() -> Allocator {
-        let backend: std::sync::Arc<dyn Backend> =
-            std::sync::Arc::new(HostBackend::new(0, CAPACITY));
-        Allocator::from_backends(vec![backend], 1.0).expect("one backend given")
+    /// handles, not modelled state; loom's `Arc` cannot be unsize-coerced to
+    /// `Arc<dyn Backend>`). The backend's own counters and locks are built
+    /// on the crate's `sync` types, so they are loom's here.
+    pub fn host_allocator() -> (loom::sync::Arc<Allocator>, std::sync::Arc<HostBackend>) {
+        host_allocator_with(&Config::default())
     }
 
-    /// The [`HostBackend`] of device 0 of an allocator made by
-    /// [`host_allocator`], for its release and byte counters.
-    pub fn host(alloc: &Allocator) -> &HostBackend {
-        let backend: &dyn Backend = &**alloc.backend(0).expect("device 0 exists");
-        // SAFETY: every allocator of these models is built by
-        // `host_allocator`, whose device 0 backend is a `HostBackend`; the
-        // data pointer of the `dyn Backend` therefore points at one, and the
-        // returned borrow lives no longer than `alloc`, which owns it.
-        unsafe { &*(backend as *const dyn Backend as *const HostBackend) }
+    /// As [`host_allocator`], with the settings of `config` (its backend
+    /// keys are not used).
+    pub fn host_allocator_with(
+        config: &Config,
+    ) -> (loom::sync::Arc<Allocator>, std::sync::Arc<HostBackend>) {
+        let host = std::sync::Arc::new(HostBackend::new(0, CAPACITY));
+        let backend: std::sync::Arc<dyn Backend> = host.clone();
+        let alloc =
+            Allocator::from_backends_with(vec![backend], config).expect("one backend given");
+        (loom::sync::Arc::new(alloc), host)
     }
 
     /// Runs `body` under loom with the given preemption bound (`None`: no
