@@ -77,6 +77,28 @@ impl Class {
     }
 }
 
+/// The runs of pages in `range` whose mapped flag is `mapped`.
+fn runs(
+    seg_id: u32,
+    base: u64,
+    pages: &PageMap,
+    range: std::ops::RangeInclusive<usize>,
+    mapped: bool,
+) -> Vec<PageRun> {
+    let mut out: Vec<PageRun> = Vec::new();
+    for i in range {
+        if pages.mapped[i] != mapped {
+            continue;
+        }
+        let addr = base + (i * pages.page) as u64;
+        match out.last_mut() {
+            Some(run) if run.1 + run.2 as u64 == addr => run.2 += pages.page,
+            _ => out.push((seg_id, addr, pages.page)),
+        }
+    }
+    out
+}
+
 /// `size` rounded up to [`BLOCK_ROUND`], or `None` on overflow.
 pub(crate) fn round_size(size: usize) -> Option<usize> {
     Some(size.checked_add(BLOCK_ROUND - 1)? & !(BLOCK_ROUND - 1))
@@ -125,10 +147,13 @@ pub(crate) struct Carved {
 }
 
 /// A segment taken out of the arena, to be released to the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FreedSegment {
     pub(crate) base: u64,
     pub(crate) size: usize,
+    /// For an expandable segment: the mapped runs to unmap before its
+    /// address range is released. `None` for a plain segment.
+    pub(crate) mapped: Option<Vec<(u64, usize)>>,
 }
 
 #[derive(Debug)]
@@ -148,7 +173,21 @@ struct Segment {
     stream: StreamTag,
     class: Class,
     head: u32,
+    /// For an expandable segment (address space reserved, memory mapped in
+    /// pages on demand): which pages are mapped. `None` for a plain segment,
+    /// all of which is memory.
+    pages: Option<PageMap>,
 }
+
+/// The mapped pages of an expandable segment.
+#[derive(Debug)]
+struct PageMap {
+    page: usize,
+    mapped: Vec<bool>,
+}
+
+/// A run of pages of an expandable segment: (segment slot, address, bytes).
+pub(crate) type PageRun = (u32, u64, usize);
 
 /// (stream, size, address, block slot)
 type FreeKey = (StreamTag, usize, u64, u32);
@@ -299,7 +338,47 @@ impl Arena {
 
     /// Adds a fresh segment `[base, base + size)` tagged with `stream`, as one
     /// free block. `size` must come from [`segment_size`] (so its class is right).
-    pub(crate) fn add_segment(&mut self, base: u64, size: usize, stream: StreamTag, class: Class) {
+    pub(crate) fn add_segment(
+        &mut self,
+        base: u64,
+        size: usize,
+        stream: StreamTag,
+        class: Class,
+    ) -> u32 {
+        let id = self.insert_segment(base, size, stream, class, None);
+        self.stats.on_reserve(size);
+        id
+    }
+
+    /// Adds an expandable segment: `size` bytes of address space at `base`
+    /// with no memory yet, mapped later in `page`-byte pages as blocks need
+    /// them. Only mapped pages count as reserved.
+    pub(crate) fn add_expandable_segment(
+        &mut self,
+        base: u64,
+        size: usize,
+        stream: StreamTag,
+        class: Class,
+        page: usize,
+    ) {
+        let pages = PageMap {
+            page,
+            mapped: vec![false; size.div_ceil(page)],
+        };
+        self.insert_segment(base, size, stream, class, Some(pages));
+        self.stats.segments += 1;
+        self.stats.segments_reserved += 1;
+    }
+
+    /// Adds a segment as one free block; returns its slot.
+    fn insert_segment(
+        &mut self,
+        base: u64,
+        size: usize,
+        stream: StreamTag,
+        class: Class,
+        pages: Option<PageMap>,
+    ) -> u32 {
         let segment = self.segments.vacant_key() as u32;
         let head = self.blocks.insert(Block {
             addr: base,
@@ -315,9 +394,83 @@ impl Arena {
             stream,
             class,
             head,
+            pages,
         });
         self.index_insert(head);
-        self.stats.on_reserve(size);
+        segment
+    }
+
+    /// The runs of unmapped pages under a block of `size` bytes (empty for
+    /// a plain segment).
+    pub(crate) fn unmapped_runs(&self, block: BlockRef, size: usize) -> Vec<PageRun> {
+        let seg_id = self.blocks[block.slot as usize].segment;
+        let seg = &self.segments[seg_id as usize];
+        let Some(pages) = &seg.pages else {
+            return Vec::new();
+        };
+        let first = ((block.addr - seg.base) / pages.page as u64) as usize;
+        let last = ((block.addr + size as u64 - 1 - seg.base) / pages.page as u64) as usize;
+        runs(seg_id, seg.base, pages, first..=last, false)
+    }
+
+    /// The runs of mapped pages that no live block touches: pages wholly
+    /// inside free blocks of expandable segments (quick blocks are merged
+    /// back first, so they count as free).
+    pub(crate) fn idle_mapped_runs(&mut self) -> Vec<PageRun> {
+        if self.quick_blocks > 0 {
+            self.flush_quick();
+        }
+        let mut out = Vec::new();
+        for (id, seg) in self.segments.iter() {
+            let Some(pages) = &seg.pages else { continue };
+            let page = pages.page as u64;
+            let mut slot = Some(seg.head);
+            while let Some(s) = slot {
+                let b = &self.blocks[s as usize];
+                if !b.allocated {
+                    let start = (b.addr - seg.base).next_multiple_of(page);
+                    let end = (b.addr + b.size as u64 - seg.base) / page * page;
+                    if start < end {
+                        let range = (start / page) as usize..=((end / page) as usize - 1);
+                        out.extend(runs(id as u32, seg.base, pages, range, true));
+                    }
+                }
+                slot = b.next;
+            }
+        }
+        out
+    }
+
+    /// Records that a run is now mapped (or unmapped), in the page map and
+    /// the reserved figures.
+    pub(crate) fn set_mapped(&mut self, run: PageRun, mapped: bool) {
+        let (seg_id, addr, len) = run;
+        let seg = &mut self.segments[seg_id as usize];
+        let pages = seg.pages.as_mut().expect("an expandable segment");
+        let first = ((addr - seg.base) / pages.page as u64) as usize;
+        for flag in &mut pages.mapped[first..first + len / pages.page] {
+            debug_assert_ne!(*flag, mapped);
+            *flag = mapped;
+        }
+        if mapped {
+            self.stats.reserved_bytes += len;
+            self.stats.peak_reserved_bytes = self
+                .stats
+                .peak_reserved_bytes
+                .max(self.stats.reserved_bytes);
+        } else {
+            self.stats.reserved_bytes -= len;
+        }
+    }
+
+    /// Takes back a block that `try_alloc` just carved but that cannot be
+    /// used (its pages could not be mapped): as if it was never handed out,
+    /// the allocated peak back at `peak_before`.
+    pub(crate) fn undo_alloc(&mut self, block: BlockRef, requested: usize, peak_before: usize) {
+        self.free(block, requested);
+        self.stats.allocations -= 1;
+        self.stats.frees -= 1;
+        self.stats.peak_allocated_bytes = peak_before;
     }
 
     /// Frees a live block, merging it with free neighbours. Returns the
@@ -431,13 +584,26 @@ impl Arena {
         let segments = self
             .segments
             .drain()
-            .map(|s| FreedSegment {
-                base: s.base,
-                size: s.size,
+            .map(|s| {
+                let mapped = s.pages.as_ref().map(|pages| {
+                    runs(0, s.base, pages, 0..=pages.mapped.len() - 1, true)
+                        .into_iter()
+                        .map(|(_, addr, len)| (addr, len))
+                        .collect::<Vec<_>>()
+                });
+                FreedSegment {
+                    base: s.base,
+                    size: s.size,
+                    mapped,
+                }
             })
             .collect::<Vec<_>>();
         for s in &segments {
-            self.stats.on_release(s.size);
+            let held = match &s.mapped {
+                Some(runs) => runs.iter().map(|r| r.1).sum(),
+                None => s.size,
+            };
+            self.stats.on_release(held);
         }
         self.blocks.clear();
         self.free.iter_mut().for_each(BTreeSet::clear);
@@ -461,7 +627,14 @@ impl Arena {
             .iter()
             .filter(|(_, s)| {
                 let head = &self.blocks[s.head as usize];
-                !head.allocated && head.size == s.size
+                // An expandable segment goes only once its pages are all
+                // unmapped (`idle_mapped_runs` first): then just its
+                // address range is left to release.
+                let unmapped = s
+                    .pages
+                    .as_ref()
+                    .is_none_or(|pages| pages.mapped.iter().all(|&m| !m));
+                unmapped && !head.allocated && head.size == s.size
             })
             .map(|(id, _)| id)
             .collect();
@@ -471,10 +644,12 @@ impl Arena {
                 self.index_remove(head);
                 self.blocks.remove(head as usize);
                 let s = self.segments.remove(id);
-                self.stats.on_release(s.size);
+                let expandable = s.pages.is_some();
+                self.stats.on_release(if expandable { 0 } else { s.size });
                 FreedSegment {
                     base: s.base,
                     size: s.size,
+                    mapped: expandable.then(Vec::new),
                 }
             })
             .collect()
@@ -523,7 +698,10 @@ impl Arena {
         let mut reserved = 0;
         let mut free_blocks = 0;
         for (_, seg) in &self.segments {
-            reserved += seg.size;
+            reserved += match &seg.pages {
+                Some(pages) => pages.mapped.iter().filter(|&&m| m).count() * pages.page,
+                None => seg.size,
+            };
             let mut slot = Some(seg.head);
             let mut expect_addr = seg.base;
             let mut prev: Option<u32> = None;

@@ -9,6 +9,7 @@
 //! | `host_capacity` | bytes, with an optional `KiB`/`MiB`/`GiB` suffix | `80GiB` |
 //! | `host_devices` | number of simulated devices on the host backend, 1 to 64 | `1` |
 //! | `memory_fraction` | fraction of each device's total memory graphalloc may reserve, in (0, 1] | `1` |
+//! | `expandable_segments` | `true`/`false`: large cache blocks from one address range per stream, memory mapped in 2 MiB pages | `false` |
 //! | `shards` | arenas per device cache, 1 to 64: more let threads allocate without meeting on one lock, and peaks become sums of per-shard peaks (upper bounds) | `1` |
 //!
 //! A malformed value is an [`Error::Config`] naming the key; an unknown key is
@@ -52,6 +53,11 @@ pub struct Config {
     /// Arenas per device cache; see [`Config::parse`]'s table. 1 (the
     /// default) keeps PyTorch's shape: one lock per device, exact peaks.
     pub shards: usize,
+    /// Serve the cache's large requests from expandable segments: one
+    /// address range per stream, with device memory mapped into it in 2 MiB
+    /// pages as blocks need it, and idle pages unmapped before the cache
+    /// would grow past its peak. Like PyTorch's `expandable_segments:True`.
+    pub expandable_segments: bool,
 }
 
 impl Default for Config {
@@ -62,6 +68,7 @@ impl Default for Config {
             host_devices: 1,
             memory_fraction: 1.0,
             shards: 1,
+            expandable_segments: false,
         }
     }
 }
@@ -131,6 +138,13 @@ impl Config {
                     .filter(|n| (1..=64).contains(n))
                     .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
             }
+            "expandable_segments" => {
+                self.expandable_segments = match value.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(bad("expected true or false")),
+                }
+            }
             "shards" => {
                 self.shards = value
                     .parse()
@@ -147,7 +161,7 @@ impl Config {
             }
             _ => return Err(bad(
                 "unknown key; known keys: backend, host_capacity, host_devices, memory_fraction, \
-                 shards",
+                 shards, expandable_segments",
             )),
         }
         Ok(())

@@ -7,11 +7,14 @@
 
 use crate::arena::{
     segment_size, tight_segment_size, Arena, BlockRef, Carved, Class, Deferred, FreedSegment,
-    StreamTag,
+    PageRun, StreamTag,
 };
 use crate::backend::{Backend, BackendError, CaptureStatus, MemInfo};
 use crate::stats::{Side, StatsBook};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
+
+/// The size classes served from expandable segments.
+const EXPANDABLE_CLASSES: &[Class] = &[Class::Small, Class::Large];
 
 /// Why a block could not be carved.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +38,9 @@ pub(crate) struct Device {
     pub(crate) book: Arc<StatsBook>,
     /// Fraction of the device's total memory graphalloc may hold.
     memory_fraction: f64,
+    /// Whether the caching allocator serves large requests from expandable
+    /// segments (address space reserved once, memory mapped in pages).
+    expandable: bool,
     /// `memory_fraction` of the device's total, computed on first need (so
     /// building an allocator touches no device).
     limit: std::sync::OnceLock<usize>,
@@ -51,11 +57,13 @@ impl Device {
         backend: std::sync::Arc<dyn Backend>,
         book: Arc<StatsBook>,
         memory_fraction: f64,
+        expandable: bool,
     ) -> Self {
         Device {
             backend,
             book,
             memory_fraction,
+            expandable,
             limit: std::sync::OnceLock::new(),
             total: std::sync::OnceLock::new(),
             reserved: AtomicUsize::new(0),
@@ -110,9 +118,32 @@ impl Device {
             // Best effort: a block whose events cannot be queried stays deferred.
             let _ = self.settle(arena, false);
         }
+        let peak_before = arena.stats.peak_allocated_bytes;
         if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
-            self.note_allocated(side, carved.size);
-            return Ok(carved);
+            return self.back(arena, side, carved, requested, peak_before);
+        }
+        // Expandable segments: one address range per stream for the cache's
+        // large blocks. (Graph pools keep plain segments: a replay may touch
+        // memory of blocks freed during its capture, which must stay mapped.)
+        if self.expandable
+            && side == Side::Caching
+            && EXPANDABLE_CLASSES.contains(&Class::of(rounded))
+        {
+            // A fresh range, twice the device (address space is cheap), so
+            // that fragmentation of the range never stands in for a full
+            // device; another range comes only if even that is cut up.
+            let class = Class::of(rounded);
+            let page = self.backend.page_size().map_err(Shortfall::Backend)?;
+            let size = self.capacity().saturating_mul(2).next_multiple_of(page);
+            let base = self.backend.reserve_range(size).map_err(|e| match e {
+                BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
+                other => Shortfall::Backend(other),
+            })?;
+            arena.add_expandable_segment(base, size, stream, class, page);
+            let carved = arena.try_alloc(stream, rounded, requested).expect(
+                "a range the size of the device fits any request that passed the size check",
+            );
+            return self.back(arena, side, carved, requested, peak_before);
         }
         let mut size = segment_size(rounded).ok_or(Shortfall::Overflow)?;
         let tight = tight_segment_size(rounded).ok_or(Shortfall::Overflow)?;
@@ -133,6 +164,88 @@ impl Device {
             .expect("a fresh segment of segment_size(rounded) fits the request");
         self.note_allocated(side, carved.size);
         Ok(carved)
+    }
+
+    /// Makes a freshly carved block usable: maps the pages under it that an
+    /// expandable segment has not mapped yet (unmapping idle pages first
+    /// when mapping would raise the arena past its peak), and books it.
+    fn back(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        carved: Carved,
+        requested: usize,
+        peak_before: usize,
+    ) -> Result<Carved, Shortfall> {
+        let mut runs = arena.unmapped_runs(carved.block, carved.size);
+        if !runs.is_empty() {
+            let needed: usize = runs.iter().map(|r| r.2).sum();
+            if arena.stats.reserved_bytes + needed > arena.stats.peak_reserved_bytes {
+                // Reuse memory sitting in free blocks rather than grow.
+                let _ = self.unmap_idle(arena, side);
+                runs = arena.unmapped_runs(carved.block, carved.size);
+            }
+            let mut done = Vec::new();
+            for run in runs {
+                if let Err(e) = self.map_run(run) {
+                    for &run in &done {
+                        let _ = self.unmap_run(run);
+                    }
+                    for &run in &done {
+                        arena.set_mapped(run, false);
+                    }
+                    arena.undo_alloc(carved.block, requested, peak_before);
+                    return Err(match e {
+                        BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
+                        other => Shortfall::Backend(other),
+                    });
+                }
+                arena.set_mapped(run, true);
+                self.book.reserved(side, run.2);
+                done.push(run);
+            }
+        }
+        self.note_allocated(side, carved.size);
+        Ok(carved)
+    }
+
+    /// Maps one run, within the limit.
+    fn map_run(&self, run: PageRun) -> Result<(), BackendError> {
+        let (_, addr, len) = run;
+        let claimed = self
+            .reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(len).filter(|&n| n <= self.limit())
+            });
+        if claimed.is_err() {
+            return Err(BackendError::OutOfMemory { requested: len });
+        }
+        self.backend.map(addr, len).inspect_err(|_| {
+            self.reserved.fetch_sub(len, Ordering::SeqCst);
+        })
+    }
+
+    /// Unmaps one run (the books are the caller's).
+    fn unmap_run(&self, run: PageRun) -> Result<(), BackendError> {
+        let (_, addr, len) = run;
+        self.reserved.fetch_sub(len, Ordering::SeqCst);
+        self.backend.unmap(addr, len)
+    }
+
+    /// Unmaps every page of `arena`'s expandable segments that no live
+    /// block touches. Returns the bytes unmapped.
+    fn unmap_idle(&self, arena: &mut Arena, side: Side) -> Result<usize, BackendError> {
+        let mut unmapped = 0;
+        let mut first_error = None;
+        for run in arena.idle_mapped_runs() {
+            if let Err(e) = self.unmap_run(run) {
+                first_error.get_or_insert(e);
+            }
+            arena.set_mapped(run, false);
+            self.book.released(side, run.2);
+            unmapped += run.2;
+        }
+        first_error.map_or(Ok(unmapped), Err)
     }
 
     /// Reserves a segment, within the limit.
@@ -305,8 +418,10 @@ impl Device {
         arena: &mut Arena,
         side: Side,
     ) -> Result<usize, BackendError> {
+        let unmapped = self.unmap_idle(arena, side);
         let segments = arena.take_free_segments();
-        self.release_segments(segments, side)
+        let released = self.release_segments(segments, side)?;
+        unmapped.map(|bytes| bytes + released)
     }
 
     /// Releases every segment of `arena`, live blocks and all: for an owner
@@ -326,12 +441,28 @@ impl Device {
         let mut released = 0;
         let mut first_error = None;
         for seg in segments {
-            if let Err(e) = self.backend.release(seg.base, seg.size) {
-                first_error.get_or_insert(e);
-            }
-            self.reserved.fetch_sub(seg.size, Ordering::SeqCst);
-            self.book.released(side, seg.size);
-            released += seg.size;
+            let held = match &seg.mapped {
+                None => {
+                    if let Err(e) = self.backend.release(seg.base, seg.size) {
+                        first_error.get_or_insert(e);
+                    }
+                    seg.size
+                }
+                Some(runs) => {
+                    for &(addr, len) in runs {
+                        if let Err(e) = self.backend.unmap(addr, len) {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                    if let Err(e) = self.backend.release_range(seg.base, seg.size) {
+                        first_error.get_or_insert(e);
+                    }
+                    runs.iter().map(|r| r.1).sum()
+                }
+            };
+            self.reserved.fetch_sub(held, Ordering::SeqCst);
+            self.book.released(side, held);
+            released += held;
         }
         first_error.map_or(Ok(released), Err)
     }

@@ -123,7 +123,12 @@ impl Allocator {
         let caches = backends
             .into_iter()
             .map(|b| {
-                let device = Device::new(b, book.clone(), config.memory_fraction);
+                let device = Device::new(
+                    b,
+                    book.clone(),
+                    config.memory_fraction,
+                    config.expandable_segments,
+                );
                 Arc::new(CachingAllocator::new(Arc::new(device), config.shards))
             })
             .collect();

@@ -70,3 +70,4 @@ pub use graph_pool::GraphPool;
 pub use mode::{graph_mode, is_graph_mode, with_graph_mode, GraphModeGuard};
 pub use stats::{MemoryUsageStats, PoolStats};
 pub use stream::{current_stream, use_stream, StreamGuard};
+pub use tensor::{DType, DeviceBuffer, Element, Tensor};

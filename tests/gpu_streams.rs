@@ -77,6 +77,16 @@ struct Gpu {
     spin_copy: CudaFunction,
 }
 
+/// One test at a time: a GLOBAL-mode capture in one test thread is
+/// invalidated by synchronous CUDA calls (memcpy, synchronize) in another.
+static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
+    GPU_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn gpu() -> Option<Gpu> {
     if !graphalloc::cuda_driver_available() {
         let _ = writeln!(
@@ -146,6 +156,7 @@ impl Gpu {
 
 #[test]
 fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
+    let _serial = gpu_lock();
     let Some(g) = gpu() else { return };
     let (a, b) = (g.ctx.new_stream().unwrap(), g.ctx.new_stream().unwrap());
     const N: usize = 8 << 20;
@@ -191,6 +202,7 @@ fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
 
 #[test]
 fn a_global_mode_capture_that_grows_a_pool_stays_valid_and_replays_right() {
+    let _serial = gpu_lock();
     let Some(g) = gpu() else { return };
     let s = g.ctx.new_stream().unwrap();
     const N: usize = 32 << 20; // needs a fresh pool segment during capture

@@ -86,6 +86,8 @@ pub struct CudaBackend {
     ordinal: usize,
     device: sys::CUdevice,
     context: OnceLock<Result<Context, BackendError>>,
+    /// Physical pages mapped by `map`: page address → allocation handle.
+    pages: std::sync::Mutex<std::collections::HashMap<u64, sys::CUmemGenericAllocationHandle>>,
 }
 
 impl CudaBackend {
@@ -106,6 +108,7 @@ impl CudaBackend {
             ordinal,
             device,
             context: OnceLock::new(),
+            pages: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -123,6 +126,33 @@ impl CudaBackend {
                 .map(|()| Context(ctx))
             })
             .clone()
+    }
+
+    /// The location of this device, for the virtual-memory calls.
+    fn location(&self) -> sys::CUmemLocation {
+        sys::CUmemLocation {
+            type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+            id: self.ordinal as i32,
+        }
+    }
+
+    /// Pinned device memory on this device.
+    fn allocation_prop(&self) -> sys::CUmemAllocationProp {
+        // SAFETY: a plain C struct for which all-zero bytes are valid (zero
+        // flags, null metadata); the fields that matter are set below.
+        let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+        prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop.location = self.location();
+        prop
+    }
+
+    fn lock_pages(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, sys::CUmemGenericAllocationHandle>>
+    {
+        self.pages
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Number of CUDA devices the driver reports (0 where none loads).
@@ -219,6 +249,123 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn page_size(&self) -> Result<usize, BackendError> {
+        self.with_context(|| {
+            let prop = self.allocation_prop();
+            let mut granularity = 0usize;
+            // SAFETY: valid out-pointer and property struct.
+            check("cuMemGetAllocationGranularity", unsafe {
+                sys::cuMemGetAllocationGranularity(
+                    &mut granularity,
+                    &prop,
+                    sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+                )
+            })?;
+            Ok(granularity)
+        })
+    }
+
+    fn reserve_range(&self, size: usize) -> Result<u64, BackendError> {
+        let page = self.page_size()?;
+        self.with_context(|| {
+            Self::relaxed_capture(|| {
+                let mut addr: sys::CUdeviceptr = 0;
+                // SAFETY: valid out-pointer; reserves address space only.
+                let rc = unsafe { sys::cuMemAddressReserve(&mut addr, size, page, 0, 0) };
+                if rc == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                    return Err(BackendError::OutOfMemory { requested: size });
+                }
+                check("cuMemAddressReserve", rc).map(|()| addr)
+            })
+        })
+    }
+
+    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        self.with_context(|| {
+            Self::relaxed_capture(|| {
+                // SAFETY: `addr, size` is a range from `reserve_range`, fully
+                // unmapped by the caller's contract.
+                check("cuMemAddressFree", unsafe {
+                    sys::cuMemAddressFree(addr, size)
+                })
+            })
+        })
+    }
+
+    fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        let page = self.page_size()?;
+        let prop = self.allocation_prop();
+        self.with_context(|| {
+            Self::relaxed_capture(|| {
+                let mut mapped = Vec::new();
+                let result = (|| {
+                    for at in (addr..addr + size as u64).step_by(page) {
+                        let mut handle: sys::CUmemGenericAllocationHandle = 0;
+                        // SAFETY: valid out-pointer and property struct.
+                        let rc = unsafe { sys::cuMemCreate(&mut handle, page, &prop, 0) };
+                        if rc == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                            return Err(BackendError::OutOfMemory { requested: size });
+                        }
+                        check("cuMemCreate", rc)?;
+                        // SAFETY: `at` is a page of a range we reserved and
+                        // did not map; `handle` is a fresh page of memory.
+                        let rc = unsafe { sys::cuMemMap(at, page, 0, handle, 0) };
+                        if let Err(e) = check("cuMemMap", rc) {
+                            // SAFETY: the handle was created above, mapped nowhere.
+                            unsafe { sys::cuMemRelease(handle) };
+                            return Err(e);
+                        }
+                        mapped.push((at, handle));
+                    }
+                    let desc = sys::CUmemAccessDesc {
+                        location: self.location(),
+                        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+                    };
+                    // SAFETY: the whole range was just mapped; one descriptor.
+                    check("cuMemSetAccess", unsafe {
+                        sys::cuMemSetAccess(addr, size, &desc, 1)
+                    })
+                })();
+                match result {
+                    Ok(()) => {
+                        self.lock_pages().extend(mapped);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        for (at, handle) in mapped {
+                            // SAFETY: undoing this call's own mappings.
+                            unsafe {
+                                sys::cuMemUnmap(at, page);
+                                sys::cuMemRelease(handle);
+                            }
+                        }
+                        Err(e)
+                    }
+                }
+            })
+        })
+    }
+
+    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        let page = self.page_size()?;
+        self.with_context(|| {
+            Self::relaxed_capture(|| {
+                // SAFETY: the caller unmaps only what `map` mapped; no work
+                // may still use it (the allocator unmaps free pages only).
+                check("cuMemUnmap", unsafe { sys::cuMemUnmap(addr, size) })?;
+                let mut pages = self.lock_pages();
+                for at in (addr..addr + size as u64).step_by(page) {
+                    if let Some(handle) = pages.remove(&at) {
+                        // SAFETY: the page's last mapping is gone; its
+                        // handle is released once (removed from the table).
+                        check("cuMemRelease", unsafe { sys::cuMemRelease(handle) })?;
+                    }
+                }
+                Ok(())
+            })
+        })
+    }
+
     fn create_event(&self) -> Result<u64, BackendError> {
         self.with_context(|| {
             let mut event: sys::CUevent = std::ptr::null_mut();
@@ -306,7 +453,10 @@ impl Backend for CudaBackend {
             // it owns; `src` is a valid host buffer of its length.
             check("cuMemcpyHtoD", unsafe {
                 sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len())
-            })
+            })?;
+            // SAFETY: no arguments. A copy from pageable memory may return
+            // before the data has landed; the contract is "complete".
+            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
         })
     }
 

@@ -8,6 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 /// Segment alignment on the host backend (a page).
 const HOST_SEGMENT_ALIGN: usize = 4096;
 
+/// The host backend's granularity for mapped ranges, like a GPU's.
+const HOST_PAGE: usize = 2 << 20;
+
 /// The first handle [`HostBackend::create_stream`] gives out.
 const FIRST_HOST_STREAM: u64 = 0x5757_0000;
 
@@ -57,6 +60,8 @@ pub struct HostBackend {
     /// 1-based reservation numbers that must fail.
     faults: Mutex<BTreeSet<u64>>,
     streams: Mutex<Streams>,
+    /// Address ranges: aligned start → (mmap address, mmap length).
+    ranges: Mutex<HashMap<u64, (u64, usize)>>,
 }
 
 impl HostBackend {
@@ -69,6 +74,7 @@ impl HostBackend {
             reservations: AtomicU64::new(0),
             releases: AtomicU64::new(0),
             faults: Mutex::new(BTreeSet::new()),
+            ranges: Mutex::new(HashMap::new()),
             streams: Mutex::new(Streams {
                 streams: HashMap::from([(0, (0, 0))]),
                 next_stream: FIRST_HOST_STREAM,
@@ -199,6 +205,87 @@ impl Backend for HostBackend {
             free: self.capacity.saturating_sub(used),
             total: self.capacity,
         })
+    }
+
+    fn page_size(&self) -> Result<usize, BackendError> {
+        Ok(HOST_PAGE)
+    }
+
+    fn reserve_range(&self, size: usize) -> Result<u64, BackendError> {
+        // SAFETY: an anonymous, private, inaccessible mapping at an address of
+        // the kernel's choosing: it touches no existing memory.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size + HOST_PAGE,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(BackendError::OutOfMemory { requested: size });
+        }
+        // Align the start to a page; the slack stays reserved with the range.
+        let start = (addr as u64).next_multiple_of(HOST_PAGE as u64);
+        self.ranges
+            .lock()
+            .insert(start, (addr as u64, size + HOST_PAGE));
+        Ok(start)
+    }
+
+    fn release_range(&self, addr: u64, _size: usize) -> Result<(), BackendError> {
+        let (raw, len) = self
+            .ranges
+            .lock()
+            .remove(&addr)
+            .ok_or(BackendError::Unavailable(format!("no range at {addr:#x}")))?;
+        // SAFETY: `raw, len` is exactly a mapping made by `reserve_range`,
+        // removed from the table so it is unmapped once.
+        unsafe { libc::munmap(raw as *mut libc::c_void, len) };
+        Ok(())
+    }
+
+    fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        let nth = self.reservations.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.faults.lock().remove(&nth) {
+            return Err(BackendError::Injected { nth });
+        }
+        let claimed = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(size).filter(|&n| n <= self.capacity)
+            });
+        if claimed.is_err() {
+            return Err(BackendError::OutOfMemory { requested: size });
+        }
+        // SAFETY: the caller maps only page-aligned parts of a range from
+        // `reserve_range`, which this process owns and nothing else uses.
+        let rc = unsafe {
+            libc::mprotect(
+                addr as *mut libc::c_void,
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc != 0 {
+            self.used.fetch_sub(size, Ordering::SeqCst);
+            return Err(BackendError::OutOfMemory { requested: size });
+        }
+        Ok(())
+    }
+
+    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        // SAFETY: as in `map`: a page-aligned part of our own range. The
+        // pages' contents are dropped, as device memory's would be.
+        unsafe {
+            libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED);
+            libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_NONE);
+        }
+        self.used.fetch_sub(size, Ordering::SeqCst);
+        self.releases.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     fn create_event(&self) -> Result<u64, BackendError> {

@@ -137,6 +137,28 @@ pub trait Backend: Send + Sync + fmt::Debug {
         len: usize,
     ) -> Result<(), BackendError>;
 
+    /// The granularity of [`Backend::map`]: physical memory comes in pages
+    /// of this many bytes (2 MiB on current NVIDIA GPUs).
+    fn page_size(&self) -> Result<usize, BackendError>;
+
+    /// Reserves `size` bytes of device address space, with no memory behind
+    /// it, aligned to [`Backend::page_size`]; `size` is a multiple of it.
+    /// The start of an expandable segment.
+    fn reserve_range(&self, size: usize) -> Result<u64, BackendError>;
+
+    /// Returns a range from [`Backend::reserve_range`]; all of it must be
+    /// unmapped.
+    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+
+    /// Backs `[addr, addr + size)`, page-aligned inside a reserved range and
+    /// not mapped yet, with device memory, readable and writable. Counts
+    /// against the device's capacity like [`Backend::reserve`].
+    fn map(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+
+    /// Gives back the memory behind `[addr, addr + size)`, page-aligned and
+    /// mapped by [`Backend::map`] (in one call or several).
+    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+
     /// Creates an event for stream ordering (timing disabled). Events are
     /// pooled and reused by the allocator, never destroyed.
     fn create_event(&self) -> Result<u64, BackendError>;
