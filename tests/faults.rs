@@ -463,3 +463,110 @@ fn faults_under_8_threads() {
     alloc.empty_cache().unwrap();
     assert_empty(&alloc, &backend);
 }
+
+/// A harness with expandable segments, or `None` (with a note) where this
+/// build has no such setting (parsed at run time, so this file builds
+/// either way).
+fn expandable_harness() -> Option<Harness> {
+    match graphalloc::Config::parse("expandable_segments:true") {
+        Ok(config) => Some(Harness::with_config(64 * GIB, 1, &config)),
+        Err(e) => {
+            println!("skipped: no expandable segments in this build ({e})");
+            None
+        }
+    }
+}
+
+/// Regression check: while expandable segments were being written, a
+/// failed page mapping undid the carve with `Arena::undo_alloc`, which
+/// restored the counts but not `peak_allocated_bytes` (raised by
+/// `try_alloc`), so a failed request left `caching.peak_allocated_bytes`
+/// raised by its size (12 MiB to 17 MiB here), against `Error`'s "the
+/// statistics are as before". Found by the fuzz body with
+/// `GRAPHALLOC_FUZZ_EXPANDABLE=1`; fixed in the working tree since
+/// (`undo_alloc` takes the peak from before).
+#[test]
+fn expandable_failed_mapping_changes_no_peak() {
+    let Some(mut h) = expandable_harness() else {
+        return;
+    };
+    let a = h.allocate(12 * MIB, 512).unwrap();
+    let before = h.alloc.stats();
+    h.backend.host().fail_reservation(1);
+    let err = h.allocate(5 * MIB, 512).unwrap_err();
+    assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
+    // (`Harness::allocate` already asserts the stats are unchanged.)
+    assert_eq!(before, h.alloc.stats());
+    h.free_block(a.ptr);
+    h.teardown();
+}
+
+/// BUG (src/device.rs, `Device::back`, expandable segments): when a block
+/// needs two runs of unmapped pages and the second fails to map, the first
+/// run is unmapped again (`unmap_run`), but the `book.reserved(side, len)`
+/// made for it is never matched by `book.released`, so the reserved gauges
+/// drift upward by that run for good and every later peak of the sums is
+/// too high: here `total.peak_reserved_bytes` reads 8 MiB although no more
+/// than 6 MiB was ever mapped. Fix: call `self.book.released(side, run.2)`
+/// for each run undone in the failure path.
+#[test]
+#[ignore = "BUG: a failed multi-run page mapping leaves the reserved gauges too high (src/device.rs, Device::back)"]
+fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
+    let Some(mut h) = expandable_harness() else {
+        return;
+    };
+    // Pages 0, 1, 2 of the range; 0 and 2 unmapped again, 1 still mapped.
+    let a = h.allocate(2 * MIB, 512).unwrap();
+    let b = h.allocate(2 * MIB, 512).unwrap();
+    let c = h.allocate(2 * MIB, 512).unwrap();
+    h.free_block(a.ptr);
+    h.free_block(c.ptr);
+    h.empty_cache();
+    h.free_block(b.ptr);
+    assert_eq!(h.backend.mapped_bytes(), 2 * MIB);
+    // 6 MiB over pages 0..3 needs two runs (pages 0 and 2); the second fails.
+    h.backend.host().fail_reservation(2);
+    let err = h.allocate(6 * MIB, 512).unwrap_err();
+    assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
+    h.check();
+    // Now for real: 6 MiB mapped at most, ever.
+    let d = h.allocate(6 * MIB, 512).unwrap();
+    assert_eq!(h.backend.mapped_bytes(), 6 * MIB);
+    let s = h.alloc.stats();
+    assert_eq!(
+        s.total.peak_reserved_bytes,
+        6 * MIB,
+        "the peak of reserved bytes counts memory that was never mapped"
+    );
+    h.free_block(d.ptr);
+    h.teardown();
+}
+
+/// BUG (src/device.rs, `Device::carve`, expandable segments): a request
+/// that needs a new expandable segment reserves its address range and adds
+/// it to the arena (`segments` + 1, `segments_reserved` + 1) before mapping
+/// the pages under the block; when the mapping then fails, the error is
+/// returned but the new, empty range stays, so the statistics are not "as
+/// before" (`Error`'s docs). No memory is held (only address space), so
+/// this is a bookkeeping mismatch rather than a leak. Found by the fuzz body
+/// with `GRAPHALLOC_FUZZ_EXPANDABLE=1`. Fix: on a failed first mapping of a
+/// fresh range, take the segment out of the arena again and
+/// `release_range` it (or document that a range may stay).
+#[test]
+#[ignore = "BUG: a failed first mapping leaves a new expandable segment counted (src/device.rs, Device::carve)"]
+fn expandable_failed_first_mapping_adds_no_segment() {
+    let Some(mut h) = expandable_harness() else {
+        return;
+    };
+    let before = h.alloc.stats();
+    h.backend.host().fail_reservation(1);
+    let err = h.alloc.allocate(12 * MIB, 512).unwrap_err();
+    assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
+    let after = h.alloc.stats();
+    assert_eq!(
+        (after.caching.segments, after.caching.segments_reserved),
+        (before.caching.segments, before.caching.segments_reserved),
+        "(segments, segments_reserved) after a failed request"
+    );
+    h.teardown();
+}
