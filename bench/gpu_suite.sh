@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Everything graphalloc checks on a GPU machine, in one call.
+#
+#   bash bench/gpu_suite.sh prepare   here (with Rust): build, fill .gpu/ (ignored by git)
+#   bash bench/gpu_suite.sh           there (no Rust), carrying .gpu: logs under $OUT
+#
+# Steps (each bounded, each logged; a failed step does not stop the others):
+#   GPU tests (one binary at a time), compute-sanitizer memcheck on the capture
+#   and stream tests, the capture and training-loop examples, trace replay with
+#   plain and expandable segments, criterion benchmarks (shards 1, and the thread
+#   scaling with shards 16), and the PyTorch plug-in comparison.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+G=.gpu
+
+if [ "${1:-}" = prepare ]; then
+    set -e
+    mkdir -p "$G" && rm -rf "${G:?}"/*
+    exe() { # cargo's JSON messages -> executables of the named targets
+        python3 -c 'import sys, json
+want = set(sys.argv[1:])
+for line in sys.stdin:
+    j = json.loads(line)
+    if j.get("executable") and j.get("target", {}).get("name") in want:
+        print(j["target"]["name"], j["executable"])' "$@"
+    }
+    cargo build --release --lib --examples
+    cp target/release/libgraphalloc.so target/release/examples/{replay,capture,training_loop} "$G"/
+    cargo test --release --no-run --message-format=json 2>/dev/null |
+        exe gpu_backend gpu_streams gpu_capture gpu_training gpu_pool_sharing gpu_two_devices tensor |
+        while read -r name path; do cp "$path" "$G/test_$name"; done
+    cargo bench --no-run --message-format=json 2>/dev/null | exe alloc streams |
+        while read -r name path; do cp "$path" "$G/bench_$name"; done
+    strip --strip-debug "$G"/* 2>/dev/null || true
+    cp ../shared/traces/*.trace.gz "$G"/
+    du -sh "$G"; ls "$G"
+    exit 0
+fi
+
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+S="$OUT/summary.txt"
+status=0
+step() { echo "== $*" | tee -a "$S"; }
+run() { # run NAME SECONDS CMD...: log to $OUT/NAME.log, note the result
+    local name=$1 secs=$2; shift 2
+    local t0=$SECONDS
+    if timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; then
+        echo "   ok   $name ($((SECONDS - t0)) s)" | tee -a "$S"
+    else
+        echo "!! FAIL $name (rc $?, $((SECONDS - t0)) s): tail of $name.log" | tee -a "$S"
+        tail -n 25 "$OUT/$name.log" | sed 's/^/   | /' | tee -a "$S"
+        status=1
+    fi
+}
+
+step machine
+{ date -u; nproc; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv; } >> "$S" 2>&1
+
+step "GPU tests"
+for t in "$G"/test_*; do
+    run "$(basename "$t")" 150 "$t" --test-threads=1 --nocapture
+done
+grep -h "test result\|skipping" "$OUT"/test_*.log | sed 's/^/   /' >> "$S"
+
+step "compute-sanitizer memcheck"
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$CS" ]; then
+    for t in gpu_capture gpu_pool_sharing; do
+        run "memcheck_$t" 150 "$CS" --tool memcheck --error-exitcode 1 "$G/test_$t" --test-threads=1
+        grep -h "ERROR SUMMARY" "$OUT/memcheck_$t.log" | sed 's/^/   /' >> "$S"
+    done
+else
+    echo "   compute-sanitizer not found" >> "$S"
+fi
+
+step examples
+run example_capture 60 "$G/capture"
+run example_training_loop 120 "$G/training_loop"
+head -3 "$OUT/example_capture.log" "$OUT/example_training_loop.log" | sed 's/^/   /' >> "$S"
+
+step "replay (plain segments, then expandable segments)"
+for conf in "" "expandable_segments:true"; do
+    for t in "$G"/*.trace.gz; do
+        GRAPHALLOC_CONF=$conf "$G/replay" --json --runs "${RUNS:-5}" "$t" >> "$OUT/replay.jsonl" 2>> "$OUT/replay.stderr" ||
+            { echo "!! FAIL replay $conf $t" | tee -a "$S"; status=1; }
+    done
+done
+sed 's/^/   /' "$OUT/replay.jsonl" >> "$S"
+
+step "criterion: alloc (shards 1)"
+run bench_alloc 200 "$G/bench_alloc" --bench --noplot --warm-up-time 0.5 --measurement-time 1.5
+step "criterion: thread scaling with shards:16"
+GRAPHALLOC_CONF=shards:16 run bench_alloc_shards16 90 "$G/bench_alloc" --bench --noplot threads
+step "criterion: stream machinery"
+run bench_streams 60 "$G/bench_streams" --bench --noplot
+for f in bench_alloc bench_alloc_shards16 bench_streams; do
+    grep -E "^[a-z_/0-9A-Z]+ +time:|thrpt:|^[a-z].*time:" "$OUT/$f.log" | sed "s/^/   [$f] /" >> "$S"
+done
+
+if [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
+    step "PyTorch plug-in"
+    GRAPHALLOC_LIB="$G/libgraphalloc.so" run torch_plugin 240 python3 bench/torch_plugin.py --timeout 100
+    tail -n 15 "$OUT/torch_plugin.log" | sed 's/^/   /' >> "$S"
+fi
+
+step "done, status $status"
+exit $status

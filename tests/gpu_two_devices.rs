@@ -1,0 +1,202 @@
+//! Two real GPUs: allocations on both devices from several threads, each
+//! pointer freed from a thread whose current device is the other one, a graph
+//! captured on each device into its own pool, and every byte back on its own
+//! device after `empty_cache`. Skips, saying so, with fewer than two devices.
+
+use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use graphalloc::{Allocator, BackendChoice, Config, DevicePtr};
+use std::io::Write;
+use std::sync::Arc;
+
+const FILL: &str = r#"
+.version 7.0
+.target sm_70
+.address_size 64
+.visible .entry fill(.param .u64 dst, .param .u64 n, .param .u32 value)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<5>;
+    .reg .b64 %rd<6>;
+    ld.param.u64 %rd1, [dst];
+    ld.param.u64 %rd2, [n];
+    ld.param.u32 %r4, [value];
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mul.wide.u32 %rd3, %r1, %r2;
+    cvt.u64.u32 %rd4, %r3;
+    add.u64 %rd3, %rd3, %rd4;
+    setp.ge.u64 %p1, %rd3, %rd2;
+    @%p1 bra DONE;
+    add.u64 %rd5, %rd1, %rd3;
+    st.global.u8 [%rd5], %r4;
+DONE:
+    ret;
+}
+"#;
+
+fn two_gpus() -> Option<Arc<Allocator>> {
+    let count = if graphalloc::cuda_driver_available() {
+        graphalloc::CudaBackend::device_count()
+    } else {
+        0
+    };
+    if count < 2 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping {}: needs two CUDA devices, found {count}",
+            module_path!()
+        );
+        return None;
+    }
+    let config = Config {
+        backend: BackendChoice::Cuda,
+        ..Config::default()
+    };
+    Some(Arc::new(Allocator::new(config).unwrap()))
+}
+
+fn free_bytes(alloc: &Allocator, device: usize) -> usize {
+    alloc.backend(device).unwrap().mem_info().unwrap().free
+}
+
+#[test]
+fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each() {
+    let Some(alloc) = two_gpus() else { return };
+    let ctxs = [CudaContext::new(0).unwrap(), CudaContext::new(1).unwrap()];
+    let start = [free_bytes(&alloc, 0), free_bytes(&alloc, 1)];
+
+    // Four threads allocate on both devices.
+    let sizes = [512usize, 1 << 20, 5 << 20, 48 << 20];
+    let mut handles = Vec::new();
+    for t in 0..4 {
+        let alloc = alloc.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut mine = Vec::new();
+            for i in 0..50 {
+                let device = (t + i) % 2;
+                let size = sizes[(t * 7 + i) % sizes.len()];
+                mine.push((device, alloc.allocate_on(device, 0, size, 512).unwrap()));
+            }
+            mine
+        }));
+    }
+    let blocks: Vec<(usize, DevicePtr)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    for &(device, p) in &blocks {
+        assert_eq!(alloc.device_of(p), Some(device));
+    }
+    let held = [
+        alloc.device_stats(0).unwrap(),
+        alloc.device_stats(1).unwrap(),
+    ];
+    assert!(held[0].live_blocks > 0 && held[1].live_blocks > 0);
+
+    // Each pointer is freed by a thread whose current context is the other device's.
+    let mut handles = Vec::new();
+    for other in 0..2usize {
+        let alloc = alloc.clone();
+        let ctx = ctxs[other].clone();
+        let mine: Vec<DevicePtr> = blocks
+            .iter()
+            .filter(|(d, _)| *d != other)
+            .map(|(_, p)| *p)
+            .collect();
+        handles.push(std::thread::spawn(move || {
+            ctx.bind_to_thread().unwrap();
+            for p in mine {
+                alloc.free(p).unwrap();
+            }
+        }));
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+    for d in 0..2 {
+        let s = alloc.device_stats(d).unwrap();
+        assert_eq!(s.live_blocks, 0, "device {d}");
+        assert_eq!(
+            s.frees, held[d].allocations,
+            "every free of device {d} reached device {d}"
+        );
+    }
+
+    // A graph on each device, each capturing into a pool of its own device.
+    let mut outputs = Vec::new();
+    let mut graphs = Vec::new();
+    for (d, ctx) in ctxs.iter().enumerate() {
+        let module = ctx.load_module(Ptx::from_src(FILL)).unwrap();
+        let fill = module.load_function("fill").unwrap();
+        let stream = ctx.new_stream().unwrap();
+        let pool = alloc.create_pool_on(d).unwrap();
+        alloc
+            .set_capture_pool(stream.cu_stream() as u64, &pool)
+            .unwrap();
+        const N: usize = 24 << 20;
+        stream
+            .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
+            .unwrap();
+        let out = alloc
+            .allocate_on(d, stream.cu_stream() as u64, N, 512)
+            .unwrap();
+        let (dst, n, v) = (out.addr(), N as u64, 0x40 + d as u32);
+        let mut launch = stream.launch_builder(&fill);
+        launch.arg(&dst).arg(&n).arg(&v);
+        // SAFETY: `out` is a live block of N bytes on this device, owned here.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(N as u32)) }.unwrap();
+        let graph = stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+            .unwrap()
+            .unwrap();
+        assert_eq!(alloc.pool_of(out), Some(pool.id()));
+        assert_eq!(pool.device(), d);
+        outputs.push((d, out, pool, stream.clone()));
+        graphs.push(graph);
+    }
+    for _ in 0..10 {
+        for g in &graphs {
+            g.launch().unwrap();
+        }
+    }
+    for (d, out, _, stream) in &outputs {
+        stream.synchronize().unwrap();
+        let mut host = vec![0u8; 24 << 20];
+        // SAFETY: `out` is live, 24 MiB, its stream synchronized.
+        unsafe {
+            alloc
+                .backend(*d)
+                .unwrap()
+                .copy_to_host(out.addr(), &mut host)
+        }
+        .unwrap();
+        assert!(
+            host.iter().all(|&b| b == 0x40 + *d as u8),
+            "replay on device {d}"
+        );
+    }
+    drop(graphs);
+    for (d, out, pool, stream) in outputs {
+        alloc.free(out).unwrap();
+        alloc.clear_capture_pool(d, stream.cu_stream() as u64);
+        drop(pool);
+    }
+    alloc.empty_cache().unwrap();
+    for d in 0..2 {
+        let now = free_bytes(&alloc, d);
+        let _ = writeln!(
+            std::io::stderr(),
+            "device {d}: free {} MiB at start, {} MiB after empty_cache",
+            start[d] >> 20,
+            now >> 20
+        );
+        // The driver's own bookkeeping may move by a page or two.
+        assert!(
+            now + (4 << 20) >= start[d],
+            "device {d} got its memory back"
+        );
+        assert_eq!(alloc.device_stats(d).unwrap().reserved_bytes, 0);
+    }
+}
