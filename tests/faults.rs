@@ -555,7 +555,7 @@ fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
 #[test]
 #[ignore = "BUG: a failed first mapping leaves a new expandable segment counted (src/device.rs, Device::carve)"]
 fn expandable_failed_first_mapping_adds_no_segment() {
-    let Some(mut h) = expandable_harness() else {
+    let Some(h) = expandable_harness() else {
         return;
     };
     let before = h.alloc.stats();
