@@ -37,7 +37,8 @@ for line in sys.stdin:
     exit 0
 fi
 
-OUT=${OUT:-out}
+FINAL=${OUT:-out}
+OUT=$FINAL/logs # every log here; tarred at the end (few files travel back)
 mkdir -p "$OUT"
 S="$OUT/summary.txt"
 status=0
@@ -65,7 +66,9 @@ grep -h "test result\|skipping" "$OUT"/test_*.log | sed 's/^/   /' >> "$S"
 
 step "compute-sanitizer memcheck"
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-if [ -n "$CS" ]; then
+if [ "${MEMCHECK:-1}" = 0 ]; then
+    echo "   skipped (MEMCHECK=0)" >> "$S"
+elif [ -n "$CS" ]; then
     for t in gpu_capture gpu_pool_sharing; do
         run "memcheck_$t" 150 "$CS" --tool memcheck --error-exitcode 1 "$G/test_$t" --test-threads=1
         grep -h "ERROR SUMMARY" "$OUT/memcheck_$t.log" | sed 's/^/   /' >> "$S"
@@ -105,4 +108,8 @@ if [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
 fi
 
 step "done, status $status"
+cp "$S" "$FINAL/summary.txt"
+[ -f "$OUT/torch_plugin.json" ] && cp "$OUT/torch_plugin.json" "$FINAL/"
+cp "$OUT/replay.jsonl" "$FINAL/" 2>/dev/null
+tar -czf "$FINAL/logs.tar.gz" -C "$FINAL" logs && rm -rf "$OUT"
 exit $status

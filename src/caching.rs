@@ -45,10 +45,23 @@ fn thread_shard(count: usize) -> usize {
     })
 }
 
+/// One shard on cache lines of its own, so that threads working in
+/// neighbouring shards do not share a line.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard(Mutex<Arena>);
+
+impl std::ops::Deref for Shard {
+    type Target = Mutex<Arena>;
+    fn deref(&self) -> &Mutex<Arena> {
+        &self.0
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct CachingAllocator {
     pub(crate) device: Arc<Device>,
-    shards: Box<[Mutex<Arena>]>,
+    shards: Box<[Shard]>,
 }
 
 impl CachingAllocator {
@@ -56,7 +69,7 @@ impl CachingAllocator {
         CachingAllocator {
             device,
             shards: (0..shards.max(1))
-                .map(|_| Mutex::new(Arena::new()))
+                .map(|_| Shard(Mutex::new(Arena::new())))
                 .collect(),
         }
     }

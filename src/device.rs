@@ -180,9 +180,13 @@ impl Device {
         let mut runs = arena.unmapped_runs(carved.block, carved.size);
         if !runs.is_empty() {
             let needed: usize = runs.iter().map(|r| r.2).sum();
-            if arena.stats.reserved_bytes + needed > arena.stats.peak_reserved_bytes {
-                // Reuse memory sitting in free blocks rather than grow.
-                let _ = self.unmap_idle(arena, side);
+            let excess = (arena.stats.reserved_bytes + needed)
+                .saturating_sub(arena.stats.peak_reserved_bytes);
+            if excess > 0 {
+                // Reuse memory sitting in free blocks rather than grow past
+                // the peak: unmap just as many idle pages (lowest addresses
+                // first, away from where the range grows).
+                let _ = self.unmap_idle(arena, side, excess);
                 runs = arena.unmapped_runs(carved.block, carved.size);
             }
             let mut done = Vec::new();
@@ -232,12 +236,28 @@ impl Device {
         self.backend.unmap(addr, len)
     }
 
-    /// Unmaps every page of `arena`'s expandable segments that no live
-    /// block touches. Returns the bytes unmapped.
-    fn unmap_idle(&self, arena: &mut Arena, side: Side) -> Result<usize, BackendError> {
+    /// Unmaps pages of `arena`'s expandable segments that no live block
+    /// touches, lowest addresses first, until `at_least` bytes are unmapped
+    /// (`usize::MAX`: all of them). Returns the bytes unmapped.
+    fn unmap_idle(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        at_least: usize,
+    ) -> Result<usize, BackendError> {
         let mut unmapped = 0;
         let mut first_error = None;
         for run in arena.idle_mapped_runs() {
+            if unmapped >= at_least {
+                break;
+            }
+            let (seg, addr, len) = run;
+            let page = self.backend.page_size()?;
+            let take = (at_least - unmapped)
+                .checked_next_multiple_of(page)
+                .unwrap_or(usize::MAX)
+                .min(len);
+            let run = (seg, addr, take);
             if let Err(e) = self.unmap_run(run) {
                 first_error.get_or_insert(e);
             }
@@ -418,7 +438,7 @@ impl Device {
         arena: &mut Arena,
         side: Side,
     ) -> Result<usize, BackendError> {
-        let unmapped = self.unmap_idle(arena, side);
+        let unmapped = self.unmap_idle(arena, side, usize::MAX);
         let segments = arena.take_free_segments();
         let released = self.release_segments(segments, side)?;
         unmapped.map(|bytes| bytes + released)

@@ -89,12 +89,12 @@ mod map {
     /// A concurrent hash map: `DashMap` with a fast hasher for pointer keys.
     #[derive(Debug)]
     pub(crate) struct ConcurrentMap<K: Eq + Hash, V>(
-        dashmap::DashMap<K, V, rustc_hash::FxBuildHasher>,
+        dashmap::DashMap<K, V, super::hash::SegmentAffine>,
     );
 
     impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
         pub(crate) fn new() -> Self {
-            ConcurrentMap(dashmap::DashMap::with_hasher(rustc_hash::FxBuildHasher))
+            ConcurrentMap(dashmap::DashMap::with_hasher(super::hash::SegmentAffine))
         }
         /// Inserts `value` unless `key` is present; returns whether it inserted.
         pub(crate) fn insert_new(&self, key: K, value: V) -> bool {
@@ -178,6 +178,59 @@ mod map {
 }
 
 pub(crate) use map::ConcurrentMap;
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod hash {
+    use std::hash::{BuildHasher, Hasher};
+
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    /// The hash bits `DashMap` picks its shard from: just below the top 7
+    /// (which hashbrown keeps for its tag), 16 of them.
+    const SHARD_BITS: u64 = 0xFFFF << 41;
+
+    /// Hashes pointer keys so that `DashMap`'s shard comes from the 2 MiB
+    /// window the pointer lies in, and the bits hashbrown uses from the
+    /// whole pointer. Blocks carved from one segment then share a few map
+    /// shards: a thread working in its own arena shard touches mostly its
+    /// own map shards, instead of a random one per call.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub(crate) struct SegmentAffine;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct State {
+        mixed: u64,
+        last: u64,
+    }
+
+    impl BuildHasher for SegmentAffine {
+        type Hasher = State;
+        fn build_hasher(&self) -> State {
+            State::default()
+        }
+    }
+
+    impl Hasher for State {
+        fn write(&mut self, bytes: &[u8]) {
+            for chunk in bytes.chunks(8) {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                self.write_u64(u64::from_le_bytes(word));
+            }
+        }
+        fn write_u64(&mut self, value: u64) {
+            self.mixed = (self.mixed.rotate_left(5) ^ value).wrapping_mul(K);
+            self.last = value;
+        }
+        fn write_usize(&mut self, value: usize) {
+            self.write_u64(value as u64);
+        }
+        fn finish(&self) -> u64 {
+            let window = (self.last >> 21).wrapping_mul(K);
+            let full = self.mixed ^ (self.mixed >> 29);
+            (full & !SHARD_BITS) | ((window >> 48) << 41)
+        }
+    }
+}
 
 #[cfg(not(all(loom, feature = "loom")))]
 mod once {

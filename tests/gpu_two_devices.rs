@@ -57,6 +57,11 @@ fn two_gpus() -> Option<Arc<Allocator>> {
     Some(Arc::new(Allocator::new(config).unwrap()))
 }
 
+/// A progress line straight to stderr, so a crash shows how far it got.
+fn step(what: &str) {
+    let _ = writeln!(std::io::stderr(), "two devices: {what}");
+}
+
 fn free_bytes(alloc: &Allocator, device: usize) -> usize {
     alloc.backend(device).unwrap().mem_info().unwrap().free
 }
@@ -64,9 +69,12 @@ fn free_bytes(alloc: &Allocator, device: usize) -> usize {
 #[test]
 fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each() {
     let Some(alloc) = two_gpus() else { return };
+    step("contexts");
     let ctxs = [CudaContext::new(0).unwrap(), CudaContext::new(1).unwrap()];
+    step("free memory at start");
     let start = [free_bytes(&alloc, 0), free_bytes(&alloc, 1)];
 
+    step("allocating from four threads");
     // Four threads allocate on both devices.
     let sizes = [512usize, 1 << 20, 5 << 20, 48 << 20];
     let mut handles = Vec::new();
@@ -95,6 +103,7 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
     ];
     assert!(held[0].live_blocks > 0 && held[1].live_blocks > 0);
 
+    step("freeing from the other device's threads");
     // Each pointer is freed by a thread whose current context is the other device's.
     let mut handles = Vec::new();
     for other in 0..2usize {
@@ -124,10 +133,12 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
         );
     }
 
+    step("capturing a graph on each device");
     // A graph on each device, each capturing into a pool of its own device.
     let mut outputs = Vec::new();
     let mut graphs = Vec::new();
     for (d, ctx) in ctxs.iter().enumerate() {
+        step(&format!("device {d}: module, stream, pool"));
         let module = ctx.load_module(Ptx::from_src(FILL)).unwrap();
         let fill = module.load_function("fill").unwrap();
         let stream = ctx.new_stream().unwrap();
@@ -139,14 +150,17 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
         stream
             .begin_capture(cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL)
             .unwrap();
+        step(&format!("device {d}: allocating during the capture"));
         let out = alloc
             .allocate_on(d, stream.cu_stream() as u64, N, 512)
             .unwrap();
+        step(&format!("device {d}: launching"));
         let (dst, n, v) = (out.addr(), N as u64, 0x40 + d as u32);
         let mut launch = stream.launch_builder(&fill);
         launch.arg(&dst).arg(&n).arg(&v);
         // SAFETY: `out` is a live block of N bytes on this device, owned here.
         unsafe { launch.launch(LaunchConfig::for_num_elems(N as u32)) }.unwrap();
+        step(&format!("device {d}: ending the capture"));
         let graph = stream
             .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
             .unwrap()
@@ -156,6 +170,7 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
         outputs.push((d, out, pool, stream.clone()));
         graphs.push(graph);
     }
+    step("replaying");
     for _ in 0..10 {
         for g in &graphs {
             g.launch().unwrap();
@@ -177,6 +192,7 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
             "replay on device {d}"
         );
     }
+    step("releasing");
     drop(graphs);
     for (d, out, pool, stream) in outputs {
         alloc.free(out).unwrap();
