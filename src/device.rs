@@ -13,6 +13,10 @@ use crate::backend::{Backend, BackendError, CaptureStatus, MemInfo};
 use crate::stats::{Side, StatsBook};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 
+/// An expandable cache may hold 1/EXPANDABLE_SLACK more than its peak
+/// allocated bytes before it unmaps idle pages to grow.
+const EXPANDABLE_SLACK: usize = 40;
+
 /// The size classes served from expandable segments.
 const EXPANDABLE_CLASSES: &[Class] = &[Class::Small, Class::Large];
 
@@ -180,12 +184,18 @@ impl Device {
         let mut runs = arena.unmapped_runs(carved.block, carved.size);
         if !runs.is_empty() {
             let needed: usize = runs.iter().map(|r| r.2).sum();
-            let excess = (arena.stats.reserved_bytes + needed)
-                .saturating_sub(arena.stats.peak_reserved_bytes);
+            // Grow freely up to the peak reserved so far, or a little above
+            // the peak allocated (mapping and unmapping cost tens of
+            // microseconds a page on a GPU: the slack keeps that rare).
+            let ceiling = arena.stats.peak_reserved_bytes.max(
+                arena.stats.peak_allocated_bytes
+                    + arena.stats.peak_allocated_bytes / EXPANDABLE_SLACK,
+            );
+            let excess = (arena.stats.reserved_bytes + needed).saturating_sub(ceiling);
             if excess > 0 {
                 // Reuse memory sitting in free blocks rather than grow past
-                // the peak: unmap just as many idle pages (lowest addresses
-                // first, away from where the range grows).
+                // the ceiling: unmap just as many idle pages (lowest
+                // addresses first, away from where the range grows).
                 let _ = self.unmap_idle(arena, side, excess);
                 runs = arena.unmapped_runs(carved.block, carved.size);
             }

@@ -137,10 +137,13 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
     // A graph on each device, each capturing into a pool of its own device.
     let mut outputs = Vec::new();
     let mut graphs = Vec::new();
+    // The kernels must outlive the graphs that launch them.
+    let mut kernels = Vec::new();
     for (d, ctx) in ctxs.iter().enumerate() {
         step(&format!("device {d}: module, stream, pool"));
         let module = ctx.load_module(Ptx::from_src(FILL)).unwrap();
         let fill = module.load_function("fill").unwrap();
+        kernels.push(fill.clone());
         let stream = ctx.new_stream().unwrap();
         let pool = alloc.create_pool_on(d).unwrap();
         alloc
@@ -194,6 +197,7 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
     }
     step("releasing");
     drop(graphs);
+    drop(kernels);
     for (d, out, pool, stream) in outputs {
         alloc.free(out).unwrap();
         alloc.clear_capture_pool(d, stream.cu_stream() as u64);
