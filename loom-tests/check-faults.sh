@@ -24,6 +24,7 @@ models=(
   "graph_pools reset_races_last_free 4"
   "graph_pools last_handle_drop_races_last_free 5"
   "slot first_use_get_races_install 6"
+  "streams an_event_completing_races_an_allocation 7"
 )
 cd "$scratch"
 for diff in "$root"/loom-tests/faults/${1:-}*.diff; do
