@@ -360,14 +360,39 @@ impl Arena {
         stream: StreamTag,
         class: Class,
         page: usize,
-    ) {
+    ) -> u32 {
         let pages = PageMap {
             page,
             mapped: vec![false; size.div_ceil(page)],
         };
-        self.insert_segment(base, size, stream, class, Some(pages));
+        let id = self.insert_segment(base, size, stream, class, Some(pages));
         self.stats.segments += 1;
         self.stats.segments_reserved += 1;
+        id
+    }
+
+    /// Takes out an expandable segment just added by
+    /// [`Arena::add_expandable_segment`] if nothing was ever carved from it
+    /// for good (one free block, no page mapped), undoing its count, and
+    /// returns its range for release.
+    pub(crate) fn remove_fresh_segment(&mut self, id: u32) -> Option<FreedSegment> {
+        let seg = self.segments.get(id as usize)?;
+        let head = &self.blocks[seg.head as usize];
+        let unmapped = seg.pages.as_ref()?.mapped.iter().all(|&m| !m);
+        if !unmapped || head.allocated || head.size != seg.size {
+            return None;
+        }
+        let head = seg.head;
+        self.index_remove(head);
+        self.blocks.remove(head as usize);
+        let seg = self.segments.remove(id as usize);
+        self.stats.segments -= 1;
+        self.stats.segments_reserved -= 1;
+        Some(FreedSegment {
+            base: seg.base,
+            size: seg.size,
+            mapped: Some(Vec::new()),
+        })
     }
 
     /// Adds a segment as one free block; returns its slot.

@@ -143,11 +143,19 @@ impl Device {
                 BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
                 other => Shortfall::Backend(other),
             })?;
-            arena.add_expandable_segment(base, size, stream, class, page);
+            let segment = arena.add_expandable_segment(base, size, stream, class, page);
             let carved = arena.try_alloc(stream, rounded, requested).expect(
                 "a range the size of the device fits any request that passed the size check",
             );
-            return self.back(arena, side, carved, requested, peak_before);
+            let backed = self.back(arena, side, carved, requested, peak_before);
+            if backed.is_err() {
+                // The first mapping failed: the range goes again, so the
+                // failed request leaves nothing behind.
+                if let Some(range) = arena.remove_fresh_segment(segment) {
+                    let _ = self.backend.release_range(range.base, range.size);
+                }
+            }
+            return backed;
         }
         let mut size = segment_size(rounded).ok_or(Shortfall::Overflow)?;
         let tight = tight_segment_size(rounded).ok_or(Shortfall::Overflow)?;
@@ -204,9 +212,8 @@ impl Device {
                 if let Err(e) = self.map_run(run) {
                     for &run in &done {
                         let _ = self.unmap_run(run);
-                    }
-                    for &run in &done {
                         arena.set_mapped(run, false);
+                        self.book.released(side, run.2);
                     }
                     arena.undo_alloc(carved.block, requested, peak_before);
                     return Err(match e {

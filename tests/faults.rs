@@ -510,7 +510,6 @@ fn expandable_failed_mapping_changes_no_peak() {
 /// than 6 MiB was ever mapped. Fix: call `self.book.released(side, run.2)`
 /// for each run undone in the failure path.
 #[test]
-#[ignore = "BUG: a failed multi-run page mapping leaves the reserved gauges too high (src/device.rs, Device::back)"]
 fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
     let Some(mut h) = expandable_harness() else {
         return;
@@ -553,7 +552,6 @@ fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
 /// fresh range, take the segment out of the arena again and
 /// `release_range` it (or document that a range may stay).
 #[test]
-#[ignore = "BUG: a failed first mapping leaves a new expandable segment counted (src/device.rs, Device::carve)"]
 fn expandable_failed_first_mapping_adds_no_segment() {
     let Some(h) = expandable_harness() else {
         return;

@@ -2,24 +2,13 @@
 //! primary context on threads that never used CUDA, and out-of-memory.
 //! Skips, saying so, where no CUDA driver loads.
 
-use graphalloc::{Allocator, BackendChoice, BackendKind, Config, Error};
-use std::io::Write;
+mod gpu_support;
+
+use gpu_support::bytes;
+use graphalloc::{Allocator, BackendKind, Error};
 
 fn cuda_allocator() -> Option<Allocator> {
-    if !graphalloc::cuda_driver_available() {
-        // Straight to stderr, past the test harness's capture, so CI shows it.
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping {}: no CUDA driver or device on this machine",
-            module_path!()
-        );
-        return None;
-    }
-    let config = Config {
-        backend: BackendChoice::Cuda,
-        ..Config::default()
-    };
-    Some(Allocator::new(config).expect("CUDA allocator"))
+    bytes::cuda_allocator(module_path!(), 1)
 }
 
 /// Fills `len` bytes at `ptr` with `byte` through the device and reads them back.

@@ -5,70 +5,12 @@
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
-use graphalloc::{Allocator, BackendChoice, Config, DevicePtr};
+mod gpu_support;
+
+use gpu_support::bytes;
+use graphalloc::{Allocator, DevicePtr};
 use std::io::Write;
 use std::sync::Arc;
-
-/// `fill(dst, n, value)`: dst[i] = value; `spin_copy(dst, src, n, ns)`: spin
-/// for `ns` nanoseconds, then dst[i] = src[i].
-const KERNELS: &str = r#"
-.version 7.0
-.target sm_70
-.address_size 64
-
-.visible .entry fill(.param .u64 dst, .param .u64 n, .param .u32 value)
-{
-    .reg .pred %p<2>;
-    .reg .b32 %r<5>;
-    .reg .b64 %rd<8>;
-    ld.param.u64 %rd1, [dst];
-    ld.param.u64 %rd2, [n];
-    ld.param.u32 %r4, [value];
-    mov.u32 %r1, %ctaid.x;
-    mov.u32 %r2, %ntid.x;
-    mov.u32 %r3, %tid.x;
-    mul.wide.u32 %rd3, %r1, %r2;
-    cvt.u64.u32 %rd4, %r3;
-    add.u64 %rd3, %rd3, %rd4;
-    setp.ge.u64 %p1, %rd3, %rd2;
-    @%p1 bra DONE;
-    add.u64 %rd5, %rd1, %rd3;
-    st.global.u8 [%rd5], %r4;
-DONE:
-    ret;
-}
-
-.visible .entry spin_copy(.param .u64 dst, .param .u64 src, .param .u64 n, .param .u64 ns)
-{
-    .reg .pred %p<3>;
-    .reg .b32 %r<5>;
-    .reg .b64 %rd<12>;
-    ld.param.u64 %rd1, [dst];
-    ld.param.u64 %rd2, [src];
-    ld.param.u64 %rd3, [n];
-    ld.param.u64 %rd4, [ns];
-    mov.u64 %rd5, %globaltimer;
-    add.u64 %rd6, %rd5, %rd4;
-SPIN:
-    mov.u64 %rd7, %globaltimer;
-    setp.lt.u64 %p1, %rd7, %rd6;
-    @%p1 bra SPIN;
-    mov.u32 %r1, %ctaid.x;
-    mov.u32 %r2, %ntid.x;
-    mov.u32 %r3, %tid.x;
-    mul.wide.u32 %rd8, %r1, %r2;
-    cvt.u64.u32 %rd9, %r3;
-    add.u64 %rd8, %rd8, %rd9;
-    setp.ge.u64 %p2, %rd8, %rd3;
-    @%p2 bra DONE;
-    add.u64 %rd10, %rd2, %rd8;
-    ld.global.u8 %r4, [%rd10];
-    add.u64 %rd11, %rd1, %rd8;
-    st.global.u8 [%rd11], %r4;
-DONE:
-    ret;
-}
-"#;
 
 struct Gpu {
     alloc: Allocator,
@@ -77,32 +19,10 @@ struct Gpu {
     spin_copy: CudaFunction,
 }
 
-/// One test at a time: a GLOBAL-mode capture in one test thread is
-/// invalidated by synchronous CUDA calls (memcpy, synchronize) in another.
-static GPU_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn gpu_lock() -> std::sync::MutexGuard<'static, ()> {
-    GPU_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn gpu() -> Option<Gpu> {
-    if !graphalloc::cuda_driver_available() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping {}: no CUDA driver or device on this machine",
-            module_path!()
-        );
-        return None;
-    }
-    let config = Config {
-        backend: BackendChoice::Cuda,
-        ..Config::default()
-    };
-    let alloc = Allocator::new(config).unwrap();
+    let alloc = bytes::cuda_allocator(module_path!(), 1)?;
     let ctx = CudaContext::new(0).unwrap();
-    let module = ctx.load_module(Ptx::from_src(KERNELS)).unwrap();
+    let module = ctx.load_module(Ptx::from_src(bytes::BYTE_KERNELS)).unwrap();
     Some(Gpu {
         alloc,
         fill: module.load_function("fill").unwrap(),
@@ -156,7 +76,7 @@ impl Gpu {
 
 #[test]
 fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
-    let _serial = gpu_lock();
+    let _serial = gpu_support::gpu_lock();
     let Some(g) = gpu() else { return };
     let (a, b) = (g.ctx.new_stream().unwrap(), g.ctx.new_stream().unwrap());
     const N: usize = 8 << 20;
@@ -202,7 +122,7 @@ fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
 
 #[test]
 fn a_global_mode_capture_that_grows_a_pool_stays_valid_and_replays_right() {
-    let _serial = gpu_lock();
+    let _serial = gpu_support::gpu_lock();
     let Some(g) = gpu() else { return };
     let s = g.ctx.new_stream().unwrap();
     const N: usize = 32 << 20; // needs a fresh pool segment during capture

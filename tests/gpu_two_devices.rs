@@ -2,59 +2,20 @@
 //! pointer freed from a thread whose current device is the other one, a graph
 //! captured on each device into its own pool, and every byte back on its own
 //! device after `empty_cache`. Skips, saying so, with fewer than two devices.
+// Device ordinals index several per-device arrays here.
+#![allow(clippy::needless_range_loop)]
 
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
-use graphalloc::{Allocator, BackendChoice, Config, DevicePtr};
+mod gpu_support;
+
+use gpu_support::bytes;
+use graphalloc::{Allocator, DevicePtr};
 use std::io::Write;
 use std::sync::Arc;
 
-const FILL: &str = r#"
-.version 7.0
-.target sm_70
-.address_size 64
-.visible .entry fill(.param .u64 dst, .param .u64 n, .param .u32 value)
-{
-    .reg .pred %p<2>;
-    .reg .b32 %r<5>;
-    .reg .b64 %rd<6>;
-    ld.param.u64 %rd1, [dst];
-    ld.param.u64 %rd2, [n];
-    ld.param.u32 %r4, [value];
-    mov.u32 %r1, %ctaid.x;
-    mov.u32 %r2, %ntid.x;
-    mov.u32 %r3, %tid.x;
-    mul.wide.u32 %rd3, %r1, %r2;
-    cvt.u64.u32 %rd4, %r3;
-    add.u64 %rd3, %rd3, %rd4;
-    setp.ge.u64 %p1, %rd3, %rd2;
-    @%p1 bra DONE;
-    add.u64 %rd5, %rd1, %rd3;
-    st.global.u8 [%rd5], %r4;
-DONE:
-    ret;
-}
-"#;
-
 fn two_gpus() -> Option<Arc<Allocator>> {
-    let count = if graphalloc::cuda_driver_available() {
-        graphalloc::CudaBackend::device_count()
-    } else {
-        0
-    };
-    if count < 2 {
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping {}: needs two CUDA devices, found {count}",
-            module_path!()
-        );
-        return None;
-    }
-    let config = Config {
-        backend: BackendChoice::Cuda,
-        ..Config::default()
-    };
-    Some(Arc::new(Allocator::new(config).unwrap()))
+    bytes::cuda_allocator(module_path!(), 2).map(Arc::new)
 }
 
 /// A progress line straight to stderr, so a crash shows how far it got.
@@ -141,7 +102,7 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
     let mut kernels = Vec::new();
     for (d, ctx) in ctxs.iter().enumerate() {
         step(&format!("device {d}: module, stream, pool"));
-        let module = ctx.load_module(Ptx::from_src(FILL)).unwrap();
+        let module = ctx.load_module(Ptx::from_src(bytes::BYTE_KERNELS)).unwrap();
         let fill = module.load_function("fill").unwrap();
         kernels.push(fill.clone());
         let stream = ctx.new_stream().unwrap();

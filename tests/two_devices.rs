@@ -80,9 +80,9 @@ fn pools_on_each_device_hold_their_own_memory() {
         assert_eq!(pool.stats().live_blocks, 1);
     }
     // Each device reserved for its pool only.
-    for d in 0..2 {
+    for (d, pool) in pools.iter().enumerate() {
         let info = alloc.backend(d).unwrap().mem_info().unwrap();
-        assert_eq!(info.total - info.free, pools[d].stats().reserved_bytes);
+        assert_eq!(info.total - info.free, pool.stats().reserved_bytes);
     }
     std::thread::spawn({
         let alloc = alloc.clone();

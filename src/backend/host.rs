@@ -149,6 +149,22 @@ impl HostBackend {
         self.capacity
     }
 
+    /// Counts one reservation (a segment or mapped pages) of `size` bytes:
+    /// fails it if a test injected a fault at this number, else claims the
+    /// capacity, so that concurrent reservations never exceed it.
+    fn admit(&self, size: usize) -> Result<(), BackendError> {
+        let nth = self.reservations.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.faults.lock().remove(&nth) {
+            return Err(BackendError::Injected { nth });
+        }
+        self.used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(size).filter(|&n| n <= self.capacity)
+            })
+            .map(|_| ())
+            .map_err(|_| BackendError::OutOfMemory { requested: size })
+    }
+
     fn layout(size: usize) -> Result<Layout, BackendError> {
         Layout::from_size_align(size, HOST_SEGMENT_ALIGN)
             .map_err(|_| BackendError::OutOfMemory { requested: size })
@@ -165,20 +181,8 @@ impl Backend for HostBackend {
     }
 
     fn reserve(&self, size: usize) -> Result<u64, BackendError> {
-        let nth = self.reservations.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.faults.lock().remove(&nth) {
-            return Err(BackendError::Injected { nth });
-        }
         let layout = Self::layout(size.max(1))?;
-        // Claim capacity first, so concurrent reservations never exceed it.
-        let claimed = self
-            .used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(size).filter(|&n| n <= self.capacity)
-            });
-        if claimed.is_err() {
-            return Err(BackendError::OutOfMemory { requested: size });
-        }
+        self.admit(size)?;
         // SAFETY: `layout` has a non-zero size (at least 1 byte).
         let ptr = unsafe { alloc(layout) };
         if ptr.is_null() {
@@ -248,18 +252,7 @@ impl Backend for HostBackend {
     }
 
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        let nth = self.reservations.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.faults.lock().remove(&nth) {
-            return Err(BackendError::Injected { nth });
-        }
-        let claimed = self
-            .used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                used.checked_add(size).filter(|&n| n <= self.capacity)
-            });
-        if claimed.is_err() {
-            return Err(BackendError::OutOfMemory { requested: size });
-        }
+        self.admit(size)?;
         // SAFETY: the caller maps only page-aligned parts of a range from
         // `reserve_range`, which this process owns and nothing else uses.
         let rc = unsafe {

@@ -6,6 +6,8 @@
 #[path = "../../examples/common/mod.rs"]
 mod common;
 
+pub mod bytes;
+
 pub use common::*;
 
 use graphalloc::{Allocator, BackendChoice, Config};
@@ -25,6 +27,13 @@ pub struct Gpu {
 /// capture is invalidated by another thread's synchronous CUDA calls: each
 /// GPU test holds this lock throughout.
 static GPU_LOCK: Mutex<()> = Mutex::new(());
+
+/// Holds the GPU lock: one GPU test of a binary at a time.
+pub fn gpu_lock() -> MutexGuard<'static, ()> {
+    GPU_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The GPU, or `None` (printing `skipping: no CUDA driver`) without one.
 pub fn gpu() -> Option<Gpu> {
