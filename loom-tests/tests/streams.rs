@@ -46,7 +46,7 @@ fn an_event_completing_races_an_allocation() {
             let r = alloc.allocate_on(0, a, 4096, 512).unwrap();
             assert_eq!(alloc.stats().caching.pending_frees, 0);
             alloc.free(r).unwrap();
-            },
+        },
     );
     tally.expect(&["reused after the event", "not yet reusable"]);
 }
