@@ -71,8 +71,9 @@ fn graph_mode_allocations_during_a_global_capture_replay_at_fixed_addresses() {
         temps
             .borrow_mut()
             .extend([t1.device_ptr(), t2.device_ptr()]);
-        drop(t1); // back to the pool, for the rest of this capture
-                  // SAFETY: written in full by the scale kernel before any read.
+        // Back to the pool, for the rest of this capture.
+        drop(t1);
+        // SAFETY: written in full by the scale kernel before any read.
         let mut t3 = unsafe { DeviceBuffer::<f32>::uninit(alloc, N)? };
         engine.scale(&mut t3, 0.5, &t2)?;
         engine.saxpy(&mut y.borrow_mut(), 1.0, &t3)?;
