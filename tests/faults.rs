@@ -501,14 +501,13 @@ fn expandable_failed_mapping_changes_no_peak() {
     h.teardown();
 }
 
-/// BUG (src/device.rs, `Device::back`, expandable segments): when a block
-/// needs two runs of unmapped pages and the second fails to map, the first
-/// run is unmapped again (`unmap_run`), but the `book.reserved(side, len)`
-/// made for it is never matched by `book.released`, so the reserved gauges
-/// drift upward by that run for good and every later peak of the sums is
-/// too high: here `total.peak_reserved_bytes` reads 8 MiB although no more
-/// than 6 MiB was ever mapped. Fix: call `self.book.released(side, run.2)`
-/// for each run undone in the failure path.
+/// Regression check (found by this test while expandable segments were
+/// being written; fixed in aa9dfbb): when a block needed two runs of
+/// unmapped pages and the second failed to map, the first run was unmapped
+/// again but the `book.reserved` made for it was never matched by
+/// `book.released`, so the reserved gauges drifted upward for good and
+/// every later peak of the sums was too high (8 MiB here, with no more than
+/// 6 MiB ever mapped).
 #[test]
 fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
     let Some(mut h) = expandable_harness() else {
@@ -541,16 +540,12 @@ fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
     h.teardown();
 }
 
-/// BUG (src/device.rs, `Device::carve`, expandable segments): a request
-/// that needs a new expandable segment reserves its address range and adds
-/// it to the arena (`segments` + 1, `segments_reserved` + 1) before mapping
-/// the pages under the block; when the mapping then fails, the error is
-/// returned but the new, empty range stays, so the statistics are not "as
-/// before" (`Error`'s docs). No memory is held (only address space), so
-/// this is a bookkeeping mismatch rather than a leak. Found by the fuzz body
-/// with `GRAPHALLOC_FUZZ_EXPANDABLE=1`. Fix: on a failed first mapping of a
-/// fresh range, take the segment out of the arena again and
-/// `release_range` it (or document that a range may stay).
+/// Regression check (found by the fuzz body with
+/// `GRAPHALLOC_FUZZ_EXPANDABLE=1`; fixed in aa9dfbb for large requests): a
+/// request that needs a new expandable segment reserved its address range
+/// and added it to the arena (`segments` + 1, `segments_reserved` + 1)
+/// before mapping the pages under the block; when the mapping failed, the
+/// new, empty range stayed.
 #[test]
 fn expandable_failed_first_mapping_adds_no_segment() {
     let Some(h) = expandable_harness() else {
@@ -565,6 +560,38 @@ fn expandable_failed_first_mapping_adds_no_segment() {
         (after.caching.segments, after.caching.segments_reserved),
         (before.caching.segments, before.caching.segments_reserved),
         "(segments, segments_reserved) after a failed request"
+    );
+    h.teardown();
+}
+
+/// BUG (src/arena.rs, `Arena::undo_alloc`, with src/device.rs
+/// `Device::carve`): the same as above for a *small* request. After the
+/// failed first mapping, `undo_alloc` frees the block through `Arena::free`,
+/// which puts a small block into a quick bin, where it stays "allocated"
+/// inside the arena; `Arena::remove_fresh_segment` then sees a segment that
+/// is not one free block and keeps it, so the failed request leaves the new
+/// range counted (`segments` and `segments_reserved` + 1, 0 to 1 here) and
+/// its address space reserved. Found by the fuzz body with
+/// `GRAPHALLOC_FUZZ_EXPANDABLE=1` (input, after minimising:
+/// `[91, 140, 120, 132, 133, 204, 131, 41, 131, 196, 53, 42, 81, 154, 158,
+/// 238, 208, 26]`). Fix: have `undo_alloc` return the block straight to the
+/// free index (`recycle`), bypassing the quick bins, so an undone carve
+/// leaves the arena exactly as before.
+#[test]
+#[ignore = "BUG: a failed first mapping of a small request leaves its new expandable segment (src/arena.rs, Arena::undo_alloc)"]
+fn expandable_failed_first_small_mapping_adds_no_segment() {
+    let Some(h) = expandable_harness() else {
+        return;
+    };
+    let before = h.alloc.stats();
+    h.backend.host().fail_reservation(1);
+    let err = h.alloc.allocate(1, 1).unwrap_err();
+    assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
+    let after = h.alloc.stats();
+    assert_eq!(
+        (after.caching.segments, after.caching.segments_reserved),
+        (before.caching.segments, before.caching.segments_reserved),
+        "(segments, segments_reserved) after a failed 1-byte request"
     );
     h.teardown();
 }

@@ -1164,9 +1164,9 @@ pub fn run_ops(data: &[u8]) -> OpsSummary {
     let mut bytes = Bytes { data, pos: 0 };
     // The first byte picks the allocator's settings (parsed at run time: a
     // build without a key falls back to the defaults). Expandable segments
-    // only with GRAPHALLOC_FUZZ_EXPANDABLE=1, until the two bugs shown by
-    // the ignored tests in tests/faults.rs are fixed (a failed page mapping
-    // leaves peaks raised), which the oracle would report at once.
+    // only with GRAPHALLOC_FUZZ_EXPANDABLE=1, until the bug shown by the
+    // ignored `expandable_failed_first_small_mapping_adds_no_segment` in
+    // tests/faults.rs is fixed (the oracle reports it at once).
     let expandable = std::env::var_os("GRAPHALLOC_FUZZ_EXPANDABLE").is_some_and(|v| v == "1");
     let text = match (bytes.u8() % 4, expandable) {
         (0 | 2, false) | (0, true) => "",
