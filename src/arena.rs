@@ -492,7 +492,10 @@ impl Arena {
     /// used (its pages could not be mapped): as if it was never handed out,
     /// the allocated peak back at `peak_before`.
     pub(crate) fn undo_alloc(&mut self, block: BlockRef, requested: usize, peak_before: usize) {
-        self.free(block, requested);
+        // Straight back into the index, not a quick bin: the block was
+        // never used, and its segment may have to go with it.
+        self.account_free(block, requested);
+        self.recycle(block);
         self.stats.allocations -= 1;
         self.stats.frees -= 1;
         self.stats.peak_allocated_bytes = peak_before;

@@ -578,7 +578,6 @@ fn expandable_failed_first_mapping_adds_no_segment() {
 /// free index (`recycle`), bypassing the quick bins, so an undone carve
 /// leaves the arena exactly as before.
 #[test]
-#[ignore = "BUG: a failed first mapping of a small request leaves its new expandable segment (src/arena.rs, Arena::undo_alloc)"]
 fn expandable_failed_first_small_mapping_adds_no_segment() {
     let Some(h) = expandable_harness() else {
         return;
