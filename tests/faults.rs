@@ -564,19 +564,12 @@ fn expandable_failed_first_mapping_adds_no_segment() {
     h.teardown();
 }
 
-/// BUG (src/arena.rs, `Arena::undo_alloc`, with src/device.rs
-/// `Device::carve`): the same as above for a *small* request. After the
-/// failed first mapping, `undo_alloc` frees the block through `Arena::free`,
-/// which puts a small block into a quick bin, where it stays "allocated"
-/// inside the arena; `Arena::remove_fresh_segment` then sees a segment that
-/// is not one free block and keeps it, so the failed request leaves the new
-/// range counted (`segments` and `segments_reserved` + 1, 0 to 1 here) and
-/// its address space reserved. Found by the fuzz body with
-/// `GRAPHALLOC_FUZZ_EXPANDABLE=1` (input, after minimising:
-/// `[91, 140, 120, 132, 133, 204, 131, 41, 131, 196, 53, 42, 81, 154, 158,
-/// 238, 208, 26]`). Fix: have `undo_alloc` return the block straight to the
-/// free index (`recycle`), bypassing the quick bins, so an undone carve
-/// leaves the arena exactly as before.
+/// Regression check (found by the fuzz body with
+/// `GRAPHALLOC_FUZZ_EXPANDABLE=1`; fixed in f46d518): the same as above for
+/// a *small* request. After the failed first mapping, `undo_alloc` freed
+/// the block into a quick bin, where it stayed "allocated" inside the
+/// arena, so `Arena::remove_fresh_segment` kept the new range (`segments`
+/// and `segments_reserved` + 1).
 #[test]
 fn expandable_failed_first_small_mapping_adds_no_segment() {
     let Some(h) = expandable_harness() else {
@@ -592,5 +585,54 @@ fn expandable_failed_first_small_mapping_adds_no_segment() {
         (before.caching.segments, before.caching.segments_reserved),
         "(segments, segments_reserved) after a failed 1-byte request"
     );
+    h.teardown();
+}
+
+/// BUG (src/device.rs, `Device::back`, expandable segments): a request whose
+/// pages come in two runs, where the first run maps and the second fails,
+/// returns the error and unmaps the first run again, but the peaks raised
+/// by mapping it stay: `Arena::set_mapped(run, true)` raised the arena's
+/// `peak_reserved_bytes` (and `book.reserved` the gauges' peaks), and
+/// neither is put back. Here `caching.peak_reserved_bytes` goes from 6 MiB
+/// to 8 MiB for a request that failed, against `Error`'s "the statistics
+/// are as before". Found by the fuzz body with `GRAPHALLOC_FUZZ_EXPANDABLE=1`
+/// (after the fix of `expandable_failed_mapping_changes_no_peak`, the same
+/// shape for `peak_allocated_bytes`). Fix: keep the arena's reserved peak
+/// from before the mapping and restore it on failure, and book the runs in
+/// the gauges only once all of them are mapped.
+#[test]
+#[ignore = "BUG: a failed second page run leaves peak_reserved_bytes raised (src/device.rs, Device::back)"]
+fn expandable_failed_second_run_changes_no_peak() {
+    let Some(mut h) = expandable_harness() else {
+        return;
+    };
+    // Leaves the large range with 6 MiB mapped and idle, and a small block live.
+    let a = h.allocate(4_524_033, 256).unwrap();
+    h.free_block(a.ptr);
+    let x = h.allocate(29_915, 512).unwrap();
+    let y = h.allocate(941_153, 8).unwrap();
+    h.free_block(y.ptr);
+    h.free_block(x.ptr);
+    let z = h.allocate(1_011_585, 2048).unwrap();
+    let before = h.alloc.stats();
+    // 48 MiB: mapped in two runs; the second fails.
+    h.backend.host().fail_reservation(2);
+    let err = h.alloc.allocate(50_575_361, 1).unwrap_err();
+    assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
+    let after = h.alloc.stats();
+    assert_eq!(
+        (
+            after.caching.peak_reserved_bytes,
+            after.total.peak_reserved_bytes
+        ),
+        (
+            before.caching.peak_reserved_bytes,
+            before.total.peak_reserved_bytes
+        ),
+        "(caching, total) peak reserved after a failed request"
+    );
+    assert_eq!(before, after);
+    h.check();
+    h.free_block(z.ptr);
     h.teardown();
 }
