@@ -207,14 +207,17 @@ impl Device {
                 let _ = self.unmap_idle(arena, side, excess);
                 runs = arena.unmapped_runs(carved.block, carved.size);
             }
+            // All runs or none: on a failure the runs mapped so far go
+            // again and every figure, peaks included, is as before.
+            let reserved_peak = arena.stats.peak_reserved_bytes;
             let mut done = Vec::new();
             for run in runs {
                 if let Err(e) = self.map_run(run) {
                     for &run in &done {
                         let _ = self.unmap_run(run);
                         arena.set_mapped(run, false);
-                        self.book.released(side, run.2);
                     }
+                    arena.stats.peak_reserved_bytes = reserved_peak;
                     arena.undo_alloc(carved.block, requested, peak_before);
                     return Err(match e {
                         BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
@@ -222,9 +225,9 @@ impl Device {
                     });
                 }
                 arena.set_mapped(run, true);
-                self.book.reserved(side, run.2);
                 done.push(run);
             }
+            self.book.reserved(side, done.iter().map(|r| r.2).sum());
         }
         self.note_allocated(side, carved.size);
         Ok(carved)

@@ -601,7 +601,6 @@ fn expandable_failed_first_small_mapping_adds_no_segment() {
 /// from before the mapping and restore it on failure, and book the runs in
 /// the gauges only once all of them are mapped.
 #[test]
-#[ignore = "BUG: a failed second page run leaves peak_reserved_bytes raised (src/device.rs, Device::back)"]
 fn expandable_failed_second_run_changes_no_peak() {
     let Some(mut h) = expandable_harness() else {
         return;

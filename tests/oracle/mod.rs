@@ -1193,16 +1193,12 @@ impl Bytes<'_> {
 pub fn run_ops(data: &[u8]) -> OpsSummary {
     let mut bytes = Bytes { data, pos: 0 };
     // The first byte picks the allocator's settings (parsed at run time: a
-    // build without a key falls back to the defaults). Expandable segments
-    // only with GRAPHALLOC_FUZZ_EXPANDABLE=1, until the bug shown by the
-    // ignored `expandable_failed_second_run_changes_no_peak` in
-    // tests/faults.rs is fixed (the oracle reports it at once).
-    let expandable = std::env::var_os("GRAPHALLOC_FUZZ_EXPANDABLE").is_some_and(|v| v == "1");
-    let text = match (bytes.u8() % 4, expandable) {
-        (0 | 2, false) | (0, true) => "",
-        (1, _) | (_, false) => "shards:2",
-        (2, true) => "expandable_segments:true",
-        (_, true) => "shards:3,expandable_segments:true",
+    // build without a key falls back to the defaults).
+    let text = match bytes.u8() % 4 {
+        0 => "",
+        1 => "shards:2",
+        2 => "expandable_segments:true",
+        _ => "shards:3,expandable_segments:true",
     };
     let config = graphalloc::Config::parse(text).unwrap_or_default();
     let mut h = Harness::with_config(OPS_CAPACITY, 2, &config);
