@@ -267,12 +267,16 @@ impl Device {
     ) -> Result<usize, BackendError> {
         let mut unmapped = 0;
         let mut first_error = None;
-        for run in arena.idle_mapped_runs() {
+        let runs = arena.idle_mapped_runs();
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let page = self.backend.page_size()?;
+        for run in runs {
             if unmapped >= at_least {
                 break;
             }
             let (seg, addr, len) = run;
-            let page = self.backend.page_size()?;
             let take = (at_least - unmapped)
                 .checked_next_multiple_of(page)
                 .unwrap_or(usize::MAX)

@@ -86,6 +86,8 @@ pub struct CudaBackend {
     ordinal: usize,
     device: sys::CUdevice,
     context: OnceLock<Result<Context, BackendError>>,
+    /// The mapping granularity, read from the driver once.
+    page: OnceLock<Result<usize, BackendError>>,
     /// Physical pages mapped by `map`: page address → allocation handle.
     pages: std::sync::Mutex<std::collections::HashMap<u64, sys::CUmemGenericAllocationHandle>>,
 }
@@ -108,6 +110,7 @@ impl CudaBackend {
             ordinal,
             device,
             context: OnceLock::new(),
+            page: OnceLock::new(),
             pages: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -250,19 +253,23 @@ impl Backend for CudaBackend {
     }
 
     fn page_size(&self) -> Result<usize, BackendError> {
-        self.with_context(|| {
-            let prop = self.allocation_prop();
-            let mut granularity = 0usize;
-            // SAFETY: valid out-pointer and property struct.
-            check("cuMemGetAllocationGranularity", unsafe {
-                sys::cuMemGetAllocationGranularity(
-                    &mut granularity,
-                    &prop,
-                    sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
-                )
-            })?;
-            Ok(granularity)
-        })
+        self.page
+            .get_or_init(|| {
+                self.with_context(|| {
+                    let prop = self.allocation_prop();
+                    let mut granularity = 0usize;
+                    // SAFETY: valid out-pointer and property struct.
+                    check("cuMemGetAllocationGranularity", unsafe {
+                        sys::cuMemGetAllocationGranularity(
+                            &mut granularity,
+                            &prop,
+                            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+                        )
+                    })?;
+                    Ok(granularity)
+                })
+            })
+            .clone()
     }
 
     fn reserve_range(&self, size: usize) -> Result<u64, BackendError> {
