@@ -1,0 +1,152 @@
+//! Stream-ordered frees: a block used by other streams, or freed while its
+//! stream is being captured, waits for events (from a reusable pool) before
+//! it is reused.
+
+use super::Device;
+use crate::arena::{Arena, BlockRef, Deferred, StreamTag};
+use crate::backend::{BackendError, CaptureStatus};
+use crate::stats::Side;
+
+impl Device {
+    /// Whether `stream` is being captured. The default stream (0) is never
+    /// captured (CUDA forbids capturing the legacy stream), which keeps the
+    /// common path free of driver calls.
+    pub(crate) fn capturing(&self, stream: StreamTag) -> Result<bool, BackendError> {
+        if stream == 0 {
+            return Ok(false);
+        }
+        Ok(self.backend.capture_status(stream)? != CaptureStatus::Idle)
+    }
+
+    /// The capture in progress on `stream`, if any.
+    pub(crate) fn capture_id(&self, stream: StreamTag) -> Result<Option<u64>, BackendError> {
+        if stream == 0 {
+            return Ok(None);
+        }
+        Ok(match self.backend.capture_status(stream)? {
+            CaptureStatus::Capturing(id) => Some(id),
+            _ => None,
+        })
+    }
+
+    fn event(&self) -> Result<u64, BackendError> {
+        match self.events.lock().pop() {
+            Some(event) => Ok(event),
+            None => self.backend.create_event(),
+        }
+    }
+
+    /// Records an event on `stream` and returns it.
+    fn record_on(&self, stream: StreamTag) -> Result<u64, BackendError> {
+        let event = self.event()?;
+        match self.backend.record_event(event, stream) {
+            Ok(()) => Ok(event),
+            Err(e) => {
+                self.events.lock().push(event);
+                Err(e)
+            }
+        }
+    }
+
+    /// Frees a live block of `arena`. The block becomes reusable at once
+    /// unless other streams used it (`uses`, from `record_stream`): then an
+    /// event is recorded on each and the block waits for them. A caching
+    /// allocator's block freed while its own stream is being captured also
+    /// waits, until the capture has ended, so no eager work can reuse memory
+    /// the capture touched. (A pool's block freed during its capture is
+    /// reusable at once: only the pool hands it out, to the same capture.)
+    pub(crate) fn free_block(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        block: BlockRef,
+        requested: usize,
+        stream: StreamTag,
+        uses: &[StreamTag],
+    ) {
+        // A failed capture query defers, to be safe.
+        let own_capturing = side == Side::Caching && self.capturing(stream).unwrap_or(true);
+        if uses.is_empty() && !own_capturing {
+            let size = arena.free(block, requested);
+            self.freed(side, size);
+            return;
+        }
+        let mut deferred = Deferred {
+            block,
+            events: Vec::new(),
+            unrecorded: Vec::new(),
+        };
+        if own_capturing {
+            deferred.unrecorded.push(stream);
+        }
+        for &s in uses {
+            match self.capturing(s) {
+                Ok(false) => match self.record_on(s) {
+                    Ok(event) => deferred.events.push(event),
+                    Err(_) => deferred.unrecorded.push(s),
+                },
+                Ok(true) => deferred.unrecorded.push(s),
+                // A stream that no longer exists has no pending work.
+                Err(BackendError::UnknownStream { .. }) => {}
+                Err(_) => deferred.unrecorded.push(s),
+            }
+        }
+        let size = arena.defer_free(deferred, requested);
+        self.freed(side, size);
+    }
+
+    /// Makes deferred blocks whose stream work is done reusable. Streams
+    /// whose capture has ended get their event now. With `wait`, blocks
+    /// until every recorded event has completed (blocks whose stream is
+    /// still being captured stay deferred: no wait can end a capture).
+    pub(crate) fn settle(&self, arena: &mut Arena, wait: bool) -> Result<(), BackendError> {
+        let mut first_error = None;
+        let mut i = 0;
+        while i < arena.deferred.len() {
+            let d = &mut arena.deferred[i];
+            let mut still = Vec::new();
+            for s in d.unrecorded.drain(..) {
+                match self.capturing(s) {
+                    Ok(false) => match self.record_on(s) {
+                        Ok(event) => d.events.push(event),
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                            still.push(s);
+                        }
+                    },
+                    Err(BackendError::UnknownStream { .. }) => {}
+                    Ok(true) => still.push(s),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        still.push(s);
+                    }
+                }
+            }
+            d.unrecorded = still;
+            let mut pending = Vec::new();
+            for event in d.events.drain(..) {
+                let done = if wait {
+                    self.backend.wait_event(event).map(|()| true)
+                } else {
+                    self.backend.event_complete(event)
+                };
+                match done {
+                    Ok(true) => self.events.lock().push(event),
+                    Ok(false) => pending.push(event),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        pending.push(event);
+                    }
+                }
+            }
+            d.events = pending;
+            if d.events.is_empty() && d.unrecorded.is_empty() {
+                let done = arena.deferred.swap_remove(i);
+                arena.complete_deferred(done.block);
+            } else {
+                i += 1;
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
