@@ -3,7 +3,7 @@
 //! Each owner of blocks (a device's caching allocator, a graph pool) keeps a
 //! [`PoolStats`] under the same lock as its blocks, so its figures are exact.
 //! Sums across owners are taken when asked, except the peaks of sums, which
-//! no per-owner figure can give: those come from [`Gauge`]s, one atomic
+//! no per-owner figure can give: those come from gauges, one atomic
 //! counter each whose successive values are totally ordered, so the recorded
 //! peak is the exact maximum the sum ever reached.
 
