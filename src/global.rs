@@ -181,7 +181,7 @@ impl Allocator {
     /// from the thread's current graph pool in graph mode (on the pool's
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let device = mode::current_pool(self.id).map_or(0, |p| p.device());
+        let device = mode::current_pool_device(self.id).unwrap_or(0);
         self.allocate_on(device, crate::stream::current_stream(), size, align)
     }
 

@@ -89,6 +89,18 @@ pub(crate) fn current_pool(allocator_id: u64) -> Option<Arc<PoolCore>> {
     })
 }
 
+/// The device of the innermost pool of allocator `allocator_id` that the
+/// calling thread is in graph mode on (no `Arc` traffic: the hot path).
+pub(crate) fn current_pool_device(allocator_id: u64) -> Option<usize> {
+    STACK.with(|s| {
+        s.borrow()
+            .iter()
+            .rev()
+            .find(|e| e.pool.allocator_id == allocator_id)
+            .map(|e| e.pool.device())
+    })
+}
+
 /// Whether the calling thread is in graph mode for allocator `allocator_id`.
 pub(crate) fn in_graph_mode_for(allocator_id: u64) -> bool {
     STACK.with(|s| {
