@@ -464,17 +464,10 @@ fn faults_under_8_threads() {
     assert_empty(&alloc, &backend);
 }
 
-/// A harness with expandable segments, or `None` (with a note) where this
-/// build has no such setting (parsed at run time, so this file builds
-/// either way).
-fn expandable_harness() -> Option<Harness> {
-    match graphalloc::Config::parse("expandable_segments:true") {
-        Ok(config) => Some(Harness::with_config(64 * GIB, 1, &config)),
-        Err(e) => {
-            println!("skipped: no expandable segments in this build ({e})");
-            None
-        }
-    }
+/// A harness with expandable segments.
+fn expandable_harness() -> Harness {
+    let config = graphalloc::Config::parse("expandable_segments:true").expect("a valid key");
+    Harness::with_config(64 * GIB, 1, &config)
 }
 
 /// Regression check: while expandable segments were being written, a
@@ -487,9 +480,7 @@ fn expandable_harness() -> Option<Harness> {
 /// (`undo_alloc` takes the peak from before).
 #[test]
 fn expandable_failed_mapping_changes_no_peak() {
-    let Some(mut h) = expandable_harness() else {
-        return;
-    };
+    let mut h = expandable_harness();
     let a = h.allocate(12 * MIB, 512).unwrap();
     let before = h.alloc.stats();
     h.backend.host().fail_reservation(1);
@@ -510,9 +501,7 @@ fn expandable_failed_mapping_changes_no_peak() {
 /// 6 MiB ever mapped).
 #[test]
 fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
-    let Some(mut h) = expandable_harness() else {
-        return;
-    };
+    let mut h = expandable_harness();
     // Pages 0, 1, 2 of the range; 0 and 2 unmapped again, 1 still mapped.
     let a = h.allocate(2 * MIB, 512).unwrap();
     let b = h.allocate(2 * MIB, 512).unwrap();
@@ -548,9 +537,7 @@ fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
 /// new, empty range stayed.
 #[test]
 fn expandable_failed_first_mapping_adds_no_segment() {
-    let Some(h) = expandable_harness() else {
-        return;
-    };
+    let h = expandable_harness();
     let before = h.alloc.stats();
     h.backend.host().fail_reservation(1);
     let err = h.alloc.allocate(12 * MIB, 512).unwrap_err();
@@ -572,9 +559,7 @@ fn expandable_failed_first_mapping_adds_no_segment() {
 /// and `segments_reserved` + 1).
 #[test]
 fn expandable_failed_first_small_mapping_adds_no_segment() {
-    let Some(h) = expandable_harness() else {
-        return;
-    };
+    let h = expandable_harness();
     let before = h.alloc.stats();
     h.backend.host().fail_reservation(1);
     let err = h.alloc.allocate(1, 1).unwrap_err();
@@ -602,9 +587,7 @@ fn expandable_failed_first_small_mapping_adds_no_segment() {
 /// the gauges only once all of them are mapped.
 #[test]
 fn expandable_failed_second_run_changes_no_peak() {
-    let Some(mut h) = expandable_harness() else {
-        return;
-    };
+    let mut h = expandable_harness();
     // Leaves the large range with 6 MiB mapped and idle, and a small block live.
     let a = h.allocate(4_524_033, 256).unwrap();
     h.free_block(a.ptr);

@@ -397,16 +397,11 @@ fn stress_16_threads_sharded() {
 }
 
 /// The same with large blocks from expandable segments (address ranges
-/// mapped in 2 MiB pages). The configuration is parsed at run time, so this
-/// file builds whether or not the key exists. (While expandable segments
+/// mapped in 2 MiB pages). (While expandable segments
 /// were being written, this run ended with pages still mapped; see the two
 /// regression tests at the end of this file.)
 #[test]
 fn stress_16_threads_sharded_expandable() {
-    if Config::parse("expandable_segments:true").is_err() {
-        println!("skipped: no expandable segments in this build");
-        return;
-    }
     run_stress(Plan {
         threads: 16,
         ops_per_thread: 6_250,
@@ -537,16 +532,10 @@ fn allocation_cost_does_not_grow_with_the_sizes_freed_before() {
     );
 }
 
-/// An allocator with expandable segments, or `None` (with a note) where
-/// this build has no such setting.
-fn expandable_allocator() -> Option<(Allocator, Arc<TrackingBackend>)> {
-    match Config::parse("expandable_segments:true") {
-        Ok(config) => Some(tracked_allocator_with(64 * GIB, &config)),
-        Err(e) => {
-            println!("skipped: no expandable segments in this build ({e})");
-            None
-        }
-    }
+/// An allocator with expandable segments.
+fn expandable_allocator() -> (Allocator, Arc<TrackingBackend>) {
+    let config = Config::parse("expandable_segments:true").expect("a valid key");
+    tracked_allocator_with(64 * GIB, &config)
 }
 
 /// Regression check: while expandable segments were being written (in the
@@ -558,9 +547,7 @@ fn expandable_allocator() -> Option<(Allocator, Arc<TrackingBackend>)> {
 /// `stress_16_threads_sharded_expandable` (pages left mapped at the end).
 #[test]
 fn expandable_empty_cache_releases_a_block_just_freed() {
-    let Some((alloc, backend)) = expandable_allocator() else {
-        return;
-    };
+    let (alloc, backend) = expandable_allocator();
     let p = alloc.allocate(381_190, 8).unwrap();
     alloc.free(p).unwrap();
     let released = alloc.empty_cache().unwrap();
@@ -582,9 +569,7 @@ fn expandable_empty_cache_releases_a_block_just_freed() {
 /// held, so idle pages were never unmapped before growing.
 #[test]
 fn expandable_segment_peaks_count_mapped_memory_only() {
-    let Some((alloc, backend)) = expandable_allocator() else {
-        return;
-    };
+    let (alloc, backend) = expandable_allocator();
     let p = alloc.allocate(12 * MIB, 512).unwrap();
     let s = alloc.stats();
     assert_eq!(s.caching.reserved_bytes, 12 * MIB);

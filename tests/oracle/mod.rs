@@ -1192,15 +1192,14 @@ impl Bytes<'_> {
 /// replace a pool, and odd requests (size 0, huge, bad alignments).
 pub fn run_ops(data: &[u8]) -> OpsSummary {
     let mut bytes = Bytes { data, pos: 0 };
-    // The first byte picks the allocator's settings (parsed at run time: a
-    // build without a key falls back to the defaults).
+    // The first byte picks the allocator's settings.
     let text = match bytes.u8() % 4 {
         0 => "",
         1 => "shards:2",
         2 => "expandable_segments:true",
         _ => "shards:3,expandable_segments:true",
     };
-    let config = graphalloc::Config::parse(text).unwrap_or_default();
+    let config = graphalloc::Config::parse(text).expect("a valid configuration");
     let mut h = Harness::with_config(OPS_CAPACITY, 2, &config);
     // GRAPHALLOC_OPS_TRACE=1 prints each operation (to replay a failure).
     let trace = std::env::var_os("GRAPHALLOC_OPS_TRACE").is_some();
