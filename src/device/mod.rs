@@ -47,10 +47,8 @@ pub(crate) struct Device {
     /// Whether the caching allocator serves large requests from expandable
     /// segments (address space reserved once, memory mapped in pages).
     expandable: bool,
-    /// `memory_fraction` of the device's total, computed on first need (so
-    /// building an allocator touches no device).
-    limit: std::sync::OnceLock<usize>,
-    /// The device's total memory, read on first need.
+    /// The device's total memory, read on first need (so building an
+    /// allocator touches no device); the limit derives from it.
     total: std::sync::OnceLock<usize>,
     /// Bytes held in segments now, caches and pools together.
     reserved: AtomicUsize,
@@ -70,7 +68,6 @@ impl Device {
             book,
             memory_fraction,
             expandable,
-            limit: std::sync::OnceLock::new(),
             total: std::sync::OnceLock::new(),
             reserved: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
@@ -87,16 +84,26 @@ impl Device {
         if self.memory_fraction >= 1.0 {
             return usize::MAX;
         }
-        *self
-            .limit
-            .get_or_init(|| (self.mem_info().total as f64 * self.memory_fraction) as usize)
+        self.total().map_or(usize::MAX, |total| {
+            (total as f64 * self.memory_fraction) as usize
+        })
     }
 
     /// The most any single request can get: the device's total memory, or
-    /// the limit if lower. Read from the backend once.
+    /// the limit if lower.
     pub(crate) fn capacity(&self) -> usize {
-        let total = *self.total.get_or_init(|| self.mem_info().total);
-        total.min(self.limit())
+        self.total().unwrap_or(usize::MAX).min(self.limit())
+    }
+
+    /// The device's total memory, read from the backend once it answers.
+    /// `None` while it cannot be read: then no bound of ours applies and the
+    /// backend's own out-of-memory decides (a failed read is not cached).
+    fn total(&self) -> Option<usize> {
+        if let Some(&total) = self.total.get() {
+            return Some(total);
+        }
+        let total = self.backend.mem_info().ok()?.total;
+        Some(*self.total.get_or_init(|| total))
     }
 
     pub(crate) fn reserved(&self) -> usize {
