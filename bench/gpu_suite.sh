@@ -96,11 +96,19 @@ sed 's/^/   /' "$OUT/replay.jsonl" >> "$S"
 
 step "criterion: alloc (shards 1)"
 run bench_alloc 200 "$G/bench_alloc" --bench --noplot --warm-up-time 0.5 --measurement-time 1.5
+# Before/after in one run: BEFORE=DIR holds bench_alloc/bench_streams built from an earlier commit
+# (e.g. `git worktree add /tmp/b REV && (cd /tmp/b && bash bench/gpu_suite.sh prepare)`).
+if [ -n "${BEFORE:-}" ] && [ -x "$BEFORE/bench_alloc" ]; then
+    step "criterion: alloc, the build in $BEFORE (before)"
+    run before_bench_alloc 200 "$BEFORE/bench_alloc" --bench --noplot --warm-up-time 0.5 \
+        --measurement-time 1.5 'pair|threads'
+fi
 step "criterion: thread scaling with shards:16"
 GRAPHALLOC_CONF=shards:16 run bench_alloc_shards16 90 "$G/bench_alloc" --bench --noplot threads
 step "criterion: stream machinery"
 run bench_streams 60 "$G/bench_streams" --bench --noplot
-for f in bench_alloc bench_alloc_shards16 bench_streams; do
+for f in bench_alloc before_bench_alloc bench_alloc_shards16 bench_streams; do
+    [ -f "$OUT/$f.log" ] || continue
     grep -E "^[a-z_/0-9A-Z]+ +time:|thrpt:|^[a-z].*time:" "$OUT/$f.log" | sed "s/^/   [$f] /" >> "$S"
 done
 
