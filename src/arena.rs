@@ -855,22 +855,16 @@ mod tests {
     #[test]
     fn exact_size_reuse_takes_the_lowest_address_whatever_the_free_order() {
         let mut a = arena_with(SMALL_SEGMENT);
-        let x = a.try_alloc(0, 512, 512).unwrap();
-        let y = a.try_alloc(0, 512, 512).unwrap();
-        let _z = a.try_alloc(0, 512, 512).unwrap();
+        let [x, y, _z] = [(); 3].map(|()| a.try_alloc(0, 512, 512).unwrap().block);
         // Freed lowest first: the same blocks must come back in the same
         // places as when freed in the other order.
-        a.free(x.block, 512);
-        a.free(y.block, 512);
+        a.free(x, 512);
+        a.free(y, 512);
         a.check_invariants();
-        assert_eq!(
-            a.try_alloc(0, 512, 512).unwrap().block.addr(),
-            x.block.addr()
-        );
-        assert_eq!(
-            a.try_alloc(0, 512, 512).unwrap().block.addr(),
-            y.block.addr()
-        );
+        for expected in [x, y] {
+            let got = a.try_alloc(0, 512, 512).unwrap().block;
+            assert_eq!(got.addr(), expected.addr());
+        }
         a.check_invariants();
     }
 
