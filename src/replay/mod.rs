@@ -13,7 +13,7 @@
 //! [`Event`]s, with each block ID mapped to a dense slot, so that a replay
 //! spends its time in the allocator, not in parsing or hashing;
 //! [`Trace::write_to`] writes one back as text. [`Player`]
-//! runs the events through an [`Allocator`] once; [`replay`] does the full
+//! runs the events through an [`Allocator`](crate::Allocator) once; [`replay`] does the full
 //! measurement: cold passes (each on a fresh allocator, so each starts from
 //! an empty cache), warm passes (again on a cache that already holds the
 //! segments of a pass), and optionally the allocated and reserved bytes over

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::mem::size_of;
 
-/// The element type of a [`Tensor`].
+/// The element type of a [`Tensor`](super::Tensor).
 ///
 /// ```
 /// use graphalloc::tensor::DType;

@@ -266,7 +266,7 @@ impl Tensor<'_> {
     /// ```
     ///
     /// # Panics
-    /// If the dtype does not accept `T` ([`DType::accepts`]).
+    /// If the dtype does not accept `T` ([`DType::accepts`](super::DType::accepts)).
     pub fn on_stream<'b, T: Element>(
         &'b self,
         stream: &'b Arc<CudaStream>,
@@ -295,7 +295,7 @@ impl Tensor<'_> {
     /// ```
     ///
     /// # Panics
-    /// If the dtype does not accept `T` ([`DType::accepts`]).
+    /// If the dtype does not accept `T` ([`DType::accepts`](super::DType::accepts)).
     pub fn on_stream_mut<'b, T: Element>(
         &'b mut self,
         stream: &'b Arc<CudaStream>,
