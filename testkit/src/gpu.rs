@@ -9,9 +9,9 @@ use std::io::Write;
 use std::panic::Location;
 use std::sync::{Mutex, MutexGuard};
 
-/// Byte kernels (`ptx/bytes.ptx`): `fill(dst, n, value)`: dst[i] = value;
+/// Byte kernels (`ptx/bytes.ptx`): `fill(dst, n, value)`: `dst[i] = value`;
 /// `spin_copy(dst, src, n, ns)`: spin for `ns` nanoseconds, then
-/// dst[i] = src[i].
+/// `dst[i] = src[i]`.
 pub const BYTE_KERNELS: &str = include_str!("../ptx/bytes.ptx");
 
 /// A CUDA allocator and an engine on device 0, holding the GPU lock.
