@@ -11,11 +11,9 @@
 //! graph mode, and the example checks that the temporaries land at the same
 //! addresses every time and that the pool does not grow.
 
-mod common;
-
-use common::{cpu, Captured, Engine, Res};
 use graphalloc::tensor::{DeviceBuffer, Tensor};
 use graphalloc::{Allocator, Config, DevicePtr};
+use graphalloc_testkit::{cpu, Captured, Engine, Res};
 use std::cell::RefCell;
 
 /// Elements per buffer on CUDA: 4 Mi floats, 16 MiB (less on the host,
@@ -52,7 +50,7 @@ fn main() -> Res<()> {
     // 1. Static input and output. The input is an ordinary (eager) tensor,
     //    moved into the pool in graph mode before the capture, so the graph
     //    can keep its address; the output is allocated in the pool.
-    let x_host: Vec<f32> = (0..n).map(|i| common::noise(i, 7)).collect();
+    let x_host: Vec<f32> = (0..n).map(|i| graphalloc_testkit::noise(i, 7)).collect();
     let x = Tensor::from_slice(&alloc, &x_host, &[n])?;
     let (x, y) = {
         let _g = alloc.enter_graph_mode(&pool)?;

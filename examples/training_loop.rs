@@ -12,11 +12,11 @@
 //! allocating its temporaries from the pool again, and the example checks
 //! that memory stays flat.
 
-mod common;
-
-use common::{max_rel_diff, regression_data, train_step, Captured, Engine, LinReg, Res};
 use graphalloc::tensor::DeviceBuffer;
 use graphalloc::{Allocator, Config};
+use graphalloc_testkit::{
+    max_rel_diff, regression_data, train_step, Captured, Engine, LinReg, Res,
+};
 use std::cell::RefCell;
 
 const SAMPLES: usize = 1024;

@@ -19,11 +19,13 @@
 //!
 //! Freed small blocks (of small segments, at most [`SMALL_REQUEST_MAX`]) first
 //! go to a quick bin for their exact (stream, size), from which a request of
-//! that size takes them back without touching the free index (the common
-//! pattern in training loops: the same sizes again and again). A request that
-//! finds no exact fit there first merges the quick blocks back into the
-//! index, so the best-fit search sees every free byte coalesced. Large
-//! blocks, where placement decides fragmentation, always go through best fit.
+//! that size takes them back lowest address first, as best fit would (so
+//! placement does not depend on the order of frees), without touching the
+//! free index (training loops ask for the same sizes again and again). A
+//! request that finds no exact fit there first merges the quick blocks back
+//! into the index, so the best-fit search sees every free byte coalesced.
+//! Large blocks, where placement decides fragmentation, always go through
+//! best fit.
 
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;
@@ -204,10 +206,11 @@ pub(crate) struct Deferred {
     pub(crate) unrecorded: Vec<StreamTag>,
 }
 
-/// Freed blocks of one (stream, size), taken back most recent first.
+/// Freed blocks of one (stream, size), taken back lowest address first.
 #[derive(Debug, Default)]
 struct QuickBin {
-    slots: Vec<u32>,
+    /// (address, slot), ordered by address from highest to lowest.
+    slots: Vec<(u64, u32)>,
     /// Whether the bin is in `Arena::quick_listed`.
     listed: bool,
 }
@@ -221,8 +224,8 @@ pub(crate) struct Arena {
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
-    /// (stream, block size) → freed small blocks of exactly that size, most
-    /// recent last; "allocated" inside the arena like deferred blocks.
+    /// (stream, block size) → freed small blocks of exactly that size;
+    /// "allocated" inside the arena like deferred blocks.
     quick: FxHashMap<(StreamTag, usize), QuickBin>,
     /// The bins that got a block since the last flush (each listed once).
     quick_listed: Vec<(StreamTag, usize)>,
@@ -280,7 +283,7 @@ impl Arena {
         rounded: usize,
         requested: usize,
     ) -> Option<Carved> {
-        if let Some(slot) = self
+        if let Some((_, slot)) = self
             .quick
             .get_mut(&(stream, rounded))
             .and_then(|bin| bin.slots.pop())
@@ -511,7 +514,8 @@ impl Arena {
             let key = (segment.stream, size);
             let bin = self.quick.entry(key).or_default();
             if bin.slots.len() < QUICK_BIN_CAPACITY {
-                bin.slots.push(block.slot);
+                let at = bin.slots.partition_point(|&(addr, _)| addr > block.addr);
+                bin.slots.insert(at, (block.addr, block.slot));
                 if !bin.listed {
                     bin.listed = true;
                     self.quick_listed.push(key);
@@ -532,8 +536,7 @@ impl Arena {
                 continue;
             };
             bin.listed = false;
-            for slot in std::mem::take(&mut bin.slots) {
-                let addr = self.blocks[slot as usize].addr;
+            for (addr, slot) in std::mem::take(&mut bin.slots) {
                 self.recycle(BlockRef { slot, addr });
             }
         }
@@ -545,7 +548,7 @@ impl Arena {
         let stream = self.segments[b.segment as usize].stream;
         self.quick
             .get(&(stream, b.size))
-            .is_some_and(|bin| bin.slots.contains(&slot))
+            .is_some_and(|bin| bin.slots.iter().any(|&(_, s)| s == slot))
     }
 
     /// Frees a live block in the books but keeps it out of reuse until the
@@ -844,6 +847,18 @@ mod tests {
             blocks[2].block.addr(),
             "took the 2048 hole"
         );
+        a.check_invariants();
+    }
+
+    #[test]
+    fn exact_size_reuse_takes_the_lowest_address_whatever_the_free_order() {
+        let mut a = arena_with(SMALL_SEGMENT);
+        let [x, y, _z] = [(); 3].map(|()| a.try_alloc(0, 512, 512).unwrap().block);
+        a.free(x, 512); // the lowest first: most recent first would give `y`
+        a.free(y, 512);
+        for expected in [x, y] {
+            assert_eq!(a.try_alloc(0, 512, 512).unwrap().block, expected);
+        }
         a.check_invariants();
     }
 

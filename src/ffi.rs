@@ -38,7 +38,11 @@
 // normal build.
 #![cfg(not(all(loom, feature = "loom")))]
 
-use crate::{Allocator, DevicePtr, GraphModeGuard, GraphPool, PoolStats};
+use crate::device_ptr::DevicePtr;
+use crate::global::Allocator;
+use crate::graph_pool::GraphPool;
+use crate::mode::GraphModeGuard;
+use crate::stats::PoolStats;
 use std::any::Any;
 use std::cell::RefCell;
 use std::collections::BTreeMap;

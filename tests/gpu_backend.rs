@@ -2,13 +2,11 @@
 //! primary context on threads that never used CUDA, and out-of-memory.
 //! Skips, saying so, where no CUDA driver loads.
 
-mod gpu_support;
-
-use gpu_support::bytes;
 use graphalloc::{Allocator, BackendKind, Error};
+use graphalloc_testkit::gpu;
 
 fn cuda_allocator() -> Option<Allocator> {
-    bytes::cuda_allocator(module_path!(), 1)
+    gpu::cuda_allocator(module_path!(), 1)
 }
 
 /// Fills `len` bytes at `ptr` with `byte` through the device and reads them back.

@@ -3,19 +3,18 @@
 //! capture valid, and 100 replays give the right results at unchanged
 //! addresses. Skips, saying so, where no CUDA driver loads.
 
-mod gpu_support;
-
 use cudarc::driver::sys::CUstreamCaptureStatus;
-use gpu_support::{cpu, gpu, ok, Captured, Engine};
 use graphalloc::tensor::{DType, DeviceBuffer, Tensor};
 use graphalloc::DevicePtr;
+use graphalloc_testkit::gpu::{gpu, ok};
+use graphalloc_testkit::{cpu, Captured, Engine};
 use std::cell::RefCell;
 
 /// 8 Mi floats: 32 MiB, so every buffer needs a segment of its own.
 const N: usize = 8 << 20;
 
 fn host_input(seed: u64) -> Vec<f32> {
-    (0..N).map(|i| gpu_support::noise(i, seed)).collect()
+    (0..N).map(|i| graphalloc_testkit::noise(i, seed)).collect()
 }
 
 #[test]

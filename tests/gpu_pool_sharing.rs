@@ -3,12 +3,11 @@
 //! second capture reuses the first one's freed temporaries), and both replay
 //! correctly in capture order. Skips, saying so, where no CUDA driver loads.
 
-mod gpu_support;
-
 use cudarc::driver::CudaStream;
-use gpu_support::{cpu, gpu, ok, Engine, Gpu};
 use graphalloc::tensor::DeviceBuffer;
 use graphalloc::DevicePtr;
+use graphalloc_testkit::gpu::{gpu, ok, Gpu};
+use graphalloc_testkit::{cpu, Engine};
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -22,7 +21,9 @@ struct Outcome {
 }
 
 fn input(round: u64) -> Vec<f32> {
-    (0..N).map(|i| gpu_support::noise(i, 100 + round)).collect()
+    (0..N)
+        .map(|i| graphalloc_testkit::noise(i, 100 + round))
+        .collect()
 }
 
 /// Captures A (`out_a = 2x + x`) then B (`out_b = 0.5 out_a + x`), each

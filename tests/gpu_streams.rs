@@ -5,10 +5,9 @@
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
-mod gpu_support;
 
-use gpu_support::bytes;
 use graphalloc::{Allocator, DevicePtr};
+use graphalloc_testkit::gpu;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -20,9 +19,9 @@ struct Gpu {
 }
 
 fn gpu() -> Option<Gpu> {
-    let alloc = bytes::cuda_allocator(module_path!(), 1)?;
+    let alloc = gpu::cuda_allocator(module_path!(), 1)?;
     let ctx = CudaContext::new(0).unwrap();
-    let module = ctx.load_module(Ptx::from_src(bytes::BYTE_KERNELS)).unwrap();
+    let module = ctx.load_module(Ptx::from_src(gpu::BYTE_KERNELS)).unwrap();
     Some(Gpu {
         alloc,
         fill: module.load_function("fill").unwrap(),
@@ -76,7 +75,7 @@ impl Gpu {
 
 #[test]
 fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
-    let _serial = gpu_support::gpu_lock();
+    let _serial = gpu::gpu_lock();
     let Some(g) = gpu() else { return };
     let (a, b) = (g.ctx.new_stream().unwrap(), g.ctx.new_stream().unwrap());
     const N: usize = 8 << 20;
@@ -122,7 +121,7 @@ fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
 
 #[test]
 fn a_global_mode_capture_that_grows_a_pool_stays_valid_and_replays_right() {
-    let _serial = gpu_support::gpu_lock();
+    let _serial = gpu::gpu_lock();
     let Some(g) = gpu() else { return };
     let s = g.ctx.new_stream().unwrap();
     const N: usize = 32 << 20; // needs a fresh pool segment during capture

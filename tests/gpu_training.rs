@@ -5,10 +5,9 @@
 //! trajectory equals the eager run's. Skips, saying so, where no CUDA driver
 //! loads.
 
-mod gpu_support;
-
-use gpu_support::{cpu_train, gpu, max_rel_diff, ok, regression_data, train_step, LinReg};
 use graphalloc::tensor::DeviceBuffer;
+use graphalloc_testkit::gpu::{gpu, ok};
+use graphalloc_testkit::{cpu_train, max_rel_diff, regression_data, train_step, LinReg};
 use std::cell::RefCell;
 
 const N: usize = 1024;

@@ -7,15 +7,14 @@
 
 use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
-mod gpu_support;
 
-use gpu_support::bytes;
 use graphalloc::{Allocator, DevicePtr};
+use graphalloc_testkit::gpu;
 use std::io::Write;
 use std::sync::Arc;
 
 fn two_gpus() -> Option<Arc<Allocator>> {
-    bytes::cuda_allocator(module_path!(), 2).map(Arc::new)
+    gpu::cuda_allocator(module_path!(), 2).map(Arc::new)
 }
 
 /// A progress line straight to stderr, so a crash shows how far it got.
@@ -102,7 +101,7 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
     let mut kernels = Vec::new();
     for (d, ctx) in ctxs.iter().enumerate() {
         step(&format!("device {d}: module, stream, pool"));
-        let module = ctx.load_module(Ptx::from_src(bytes::BYTE_KERNELS)).unwrap();
+        let module = ctx.load_module(Ptx::from_src(gpu::BYTE_KERNELS)).unwrap();
         let fill = module.load_function("fill").unwrap();
         kernels.push(fill.clone());
         let stream = ctx.new_stream().unwrap();

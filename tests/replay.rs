@@ -228,6 +228,36 @@ fn line_numbers_count_lines_of_the_decompressed_file() {
 }
 
 #[test]
+fn live_bytes_past_usize_max_are_a_parse_error_naming_the_line() {
+    // Each size alone is valid; together they do not fit in memory, and the
+    // frees must not take back what was never counted (this used to panic
+    // in debug builds and wrap around in release builds).
+    let max = usize::MAX;
+    let text = format!("# h\na 1 {max} 0\na 2 {max} 0\nf 1\nf 2\n");
+    let err = error_at(&text, 3);
+    assert!(matches!(err, TraceError::LiveBytesOverflow { .. }), "{err}");
+    // Up to the limit is fine.
+    let text = format!("# h\na 1 {} 0\na 2 1 0\nf 1\nf 2\n", max - 1);
+    assert_eq!(
+        Trace::parse_str("edge", &text).unwrap().peak_requested(),
+        max
+    );
+}
+
+#[test]
+fn a_written_trace_parses_back_to_the_same_events() {
+    let trace = Trace::from_path(BUNDLED).unwrap();
+    let mut text = Vec::new();
+    trace.write_to(&mut text).unwrap();
+    let back = Trace::from_reader("back", &text[..]).unwrap();
+    assert_eq!(back.events(), trace.events());
+    assert_eq!(back.peak_requested(), trace.peak_requested());
+    for slot in [0, trace.allocations() as u32 - 1] {
+        assert_eq!(back.id_of(slot), trace.id_of(slot));
+    }
+}
+
+#[test]
 fn an_empty_trace_is_an_error() {
     let err = Trace::parse_str("empty", "# nothing\n").unwrap_err();
     assert!(matches!(err, TraceError::Empty { .. }), "{err}");
