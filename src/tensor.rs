@@ -292,9 +292,11 @@ unsafe fn copy_between(
     if dst_dev == src_dev {
         // SAFETY: per this function's contract; distinct blocks don't overlap.
         unsafe {
-            alloc
-                .backend(dst_dev)?
-                .copy_device_to_device(dst.addr(), src.addr(), bytes)?
+            alloc.backend(dst_dev)?.copies()?.copy_device_to_device(
+                dst.addr(),
+                src.addr(),
+                bytes,
+            )?
         };
     } else {
         let mut staging = vec![0u8; bytes];
@@ -303,9 +305,11 @@ unsafe fn copy_between(
         unsafe {
             alloc
                 .backend(src_dev)?
+                .copies()?
                 .copy_to_host(src.addr(), &mut staging)?;
             alloc
                 .backend(dst_dev)?
+                .copies()?
                 .copy_to_device(dst.addr(), &staging)?;
         }
     }
@@ -548,6 +552,7 @@ impl<'a, T: Element> DeviceBuffer<'a, T> {
         unsafe {
             self.alloc
                 .backend(self.device)?
+                .copies()?
                 .copy_to_device(self.ptr.addr(), bytes_of(src))?
         };
         Ok(())
@@ -583,6 +588,7 @@ impl<'a, T: Element> DeviceBuffer<'a, T> {
         unsafe {
             self.alloc
                 .backend(self.device)?
+                .copies()?
                 .copy_to_host(self.ptr.addr(), bytes_of_mut(dst))?
         };
         Ok(())
@@ -659,6 +665,7 @@ impl<'a, T: Element> DeviceBuffer<'a, T> {
         unsafe {
             self.alloc
                 .backend(self.device)?
+                .copies()?
                 .fill(self.ptr.addr(), 0, self.num_bytes())?
         };
         Ok(())
