@@ -296,3 +296,44 @@ fn a_backend_of_segments_only_serves_the_default_stream() {
     alloc.free(p).unwrap();
     assert_eq!(alloc.stats().caching.live_blocks, 0);
 }
+
+#[test]
+fn a_partly_failed_unmap_is_booked_exactly_by_every_layer() {
+    let stack = TrackingAdaptor::new(LimitAdaptor::new(
+        FaultAdaptor::new(HostBackend::new(0, 64 * MIB)),
+        64 * MIB,
+    ));
+    let faults = stack.inner().inner();
+    let vmm = stack.vmm().unwrap();
+    let range = vmm.reserve_range(4 * PAGE).unwrap();
+    vmm.map(range, 3 * PAGE).unwrap();
+    faults.fail_unmap(1, 1);
+    let e = vmm.unmap(range, 3 * PAGE).unwrap_err();
+    assert_eq!(
+        e,
+        BackendError::PartlyUnmapped {
+            unmapped: PAGE,
+            requested: 3 * PAGE,
+            cause: Box::new(BackendError::Injected { nth: 1 }),
+        }
+    );
+    assert_eq!(faults.inner().outstanding_bytes(), 2 * PAGE);
+    assert_eq!(stack.inner().held(), 2 * PAGE);
+    assert_eq!(stack.mapped_bytes(), 2 * PAGE);
+    assert!(!stack.contains(range, 1) && stack.contains(range + PAGE as u64, 2 * PAGE));
+    // A fault with no page first changes nothing.
+    faults.fail_unmap(1, 0);
+    let rest = range + PAGE as u64;
+    assert_eq!(
+        vmm.unmap(rest, 2 * PAGE),
+        Err(BackendError::Injected { nth: 2 })
+    );
+    assert_eq!(stack.inner().held(), 2 * PAGE);
+    vmm.unmap(rest, 2 * PAGE).unwrap();
+    vmm.release_range(range, 4 * PAGE).unwrap();
+    assert_eq!(
+        (stack.inner().held(), faults.inner().outstanding_bytes()),
+        (0, 0)
+    );
+    assert!(stack.violations().is_empty(), "{:?}", stack.violations());
+}

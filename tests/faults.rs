@@ -1,4 +1,4 @@
-//! Fault injection: `HostBackend::fail_reservation(n)` makes the `n`th
+//! Fault injection: `FaultAdaptor::fail_reservation(n)` makes the `n`th
 //! segment reservation from now fail. For every fault point of a scripted
 //! workload (caching allocations, graph-mode scopes, nested scopes, pool
 //! growth, allocation after a pool reset, out-of-order guards), the failure
@@ -616,5 +616,34 @@ fn expandable_failed_second_run_changes_no_peak() {
     assert_eq!(before, after);
     h.check();
     h.free_block(z.ptr);
+    h.teardown();
+}
+
+/// OPEN BUG (src/device/mod.rs, `unmap_idle` and `release_segments`: the
+/// expandable-segment mapping code): a failed unmap still marks its pages
+/// unmapped and books them as released, although the backend says which
+/// prefix really went (`BackendError::PartlyUnmapped { unmapped }`; on CUDA
+/// a failed `cuMemUnmap` in the middle of a run). Here `empty_cache`
+/// unmaps the 6 MiB of idle pages of a range; the backend unmaps one 2 MiB
+/// page and fails: the statistics say nothing is reserved while the device
+/// still holds 4 MiB, and those pages can never be unmapped again (the
+/// range's release is refused: pages still mapped). Fix (device/): on an
+/// error, mark only `e.unmapped_bytes()` from the run's start unmapped and
+/// book only those as released; the rest stays mapped and idle, for the
+/// next `empty_cache`.
+#[test]
+#[ignore = "open bug in the device mapping code (see the comment)"]
+fn expandable_failed_unmap_keeps_the_books_exact() {
+    let mut h = expandable_harness();
+    let a = h.allocate(6 * MIB, 512).unwrap();
+    h.free_block(a.ptr);
+    h.backend.faults().fail_unmap(1, 1);
+    assert!(h.alloc.empty_cache().is_err());
+    assert_eq!(
+        h.alloc.stats().total.reserved_bytes,
+        h.backend.host().outstanding_bytes(),
+        "reserved bytes in the statistics and on the device"
+    );
+    h.backend.faults().clear_faults();
     h.teardown();
 }

@@ -7,7 +7,7 @@
 
 use super::{Backend, BackendError, BackendKind, Copies, MemInfo, StreamOrder, VirtualMemory};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// The identity methods of [`Backend`], forwarded to `self.inner`.
@@ -204,11 +204,12 @@ impl<B: Backend> VirtualMemory for LimitAdaptor<B> {
     }
 }
 
-/// A backend whose chosen reservations fail: for tests of the error paths,
-/// like RMM's `failure_callback_resource_adaptor`. Reservations are counted
-/// from 1 across [`Backend::reserve`] and [`VirtualMemory::map`]; a call
-/// picked by [`FaultAdaptor::fail_reservation`] fails with
-/// [`BackendError::Injected`] without reaching the inner backend.
+/// A backend whose chosen reservations (or unmaps) fail: for tests of the
+/// error paths, like RMM's `failure_callback_resource_adaptor`. Reservations
+/// are counted from 1 across [`Backend::reserve`] and [`VirtualMemory::map`];
+/// a call picked by [`FaultAdaptor::fail_reservation`] fails with
+/// [`BackendError::Injected`] without reaching the inner backend. Unmaps are
+/// counted apart ([`FaultAdaptor::fail_unmap`]).
 ///
 /// ```
 /// use graphalloc::backend::{Backend, FaultAdaptor, HostBackend};
@@ -225,6 +226,10 @@ pub struct FaultAdaptor<B> {
     reservations: AtomicU64,
     /// 1-based reservation numbers that must fail.
     faults: Mutex<BTreeSet<u64>>,
+    /// Unmap calls so far.
+    unmaps: AtomicU64,
+    /// 1-based unmap numbers that must fail → pages unmapped first.
+    unmap_faults: Mutex<BTreeMap<u64, usize>>,
 }
 
 impl<B: fmt::Debug> fmt::Debug for FaultAdaptor<B> {
@@ -244,7 +249,21 @@ impl<B> FaultAdaptor<B> {
             inner,
             reservations: AtomicU64::new(0),
             faults: Mutex::new(BTreeSet::new()),
+            unmaps: AtomicU64::new(0),
+            unmap_faults: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Makes the `n`th [`VirtualMemory::unmap`] from now (`1` = the next
+    /// one; `0` counts as `1`) fail after unmapping only its first
+    /// `pages_first` pages: with none, [`BackendError::Injected`] and nothing
+    /// changed; else [`BackendError::PartlyUnmapped`] saying how many bytes
+    /// went, as a driver failing part way through would.
+    pub fn fail_unmap(&self, n: u64, pages_first: usize) {
+        let base = self.unmaps.load(Ordering::SeqCst);
+        self.unmap_faults
+            .lock()
+            .insert(base.saturating_add(n.max(1)), pages_first);
     }
 
     /// Makes the `n`th reservation from now fail (`1` = the next one; `0`
@@ -258,6 +277,7 @@ impl<B> FaultAdaptor<B> {
     /// Drops every pending injected fault.
     pub fn clear_faults(&self) {
         self.faults.lock().clear();
+        self.unmap_faults.lock().clear();
     }
 
     /// Reservation attempts seen so far (segments and mappings), injected
@@ -306,6 +326,21 @@ impl<B: Backend> VirtualMemory for FaultAdaptor<B> {
     }
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.inner.vmm()?.unmap(addr, size)
+        let vmm = self.inner.vmm()?;
+        let nth = self.unmaps.fetch_add(1, Ordering::SeqCst) + 1;
+        let Some(pages) = self.unmap_faults.lock().remove(&nth) else {
+            return vmm.unmap(addr, size);
+        };
+        let cause = BackendError::Injected { nth };
+        let done = pages.saturating_mul(vmm.page_size()?).min(size);
+        if done == 0 {
+            return Err(cause);
+        }
+        vmm.unmap(addr, done)?;
+        Err(BackendError::PartlyUnmapped {
+            unmapped: done,
+            requested: size,
+            cause: Box::new(cause),
+        })
     }
 }

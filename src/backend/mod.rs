@@ -71,10 +71,11 @@ pub enum BackendError {
         /// Segment bytes asked for.
         requested: usize,
     },
-    /// A fault injected by a test ([`FaultAdaptor::fail_reservation`]).
-    #[error("injected fault at reservation {nth}")]
+    /// A fault injected by a test ([`FaultAdaptor::fail_reservation`],
+    /// [`FaultAdaptor::fail_unmap`]).
+    #[error("injected fault at call {nth}")]
     Injected {
-        /// The 1-based number of the reservation that failed.
+        /// The 1-based number of the reservation (or unmap) that failed.
         nth: u64,
     },
     /// A CUDA driver call failed.
