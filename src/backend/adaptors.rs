@@ -62,7 +62,23 @@ macro_rules! forward_ranges {
         }
     };
 }
-pub(super) use {forward_capabilities, forward_identity};
+/// The capability accessors of a backend that has every capability itself.
+macro_rules! all_capabilities {
+    () => {
+        fn as_virtual_memory(&self) -> Option<&dyn VirtualMemory> {
+            Some(self)
+        }
+
+        fn as_stream_order(&self) -> Option<&dyn StreamOrder> {
+            Some(self)
+        }
+
+        fn as_copies(&self) -> Option<&dyn Copies> {
+            Some(self)
+        }
+    };
+}
+pub(super) use {all_capabilities, forward_capabilities, forward_identity};
 
 /// Where a [`LimitAdaptor`]'s limit comes from.
 #[derive(Debug)]

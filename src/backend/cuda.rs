@@ -5,6 +5,7 @@
 //! one, has no context of its own) and with the previous context restored
 //! afterwards, so callers on any thread see no change.
 
+use super::adaptors::all_capabilities;
 use super::{
     Backend, BackendError, BackendKind, CaptureStatus, Copies, MemInfo, StreamOrder, VirtualMemory,
 };
@@ -402,6 +403,18 @@ impl CudaBackend {
     }
 }
 
+/// The end of `[addr, addr + size)`, or an error if it passes the address
+/// space.
+fn range_end(call: &'static str, addr: u64, size: usize) -> Result<u64, BackendError> {
+    addr.checked_add(size as u64)
+        .ok_or(BackendError::InvalidAddress {
+            call,
+            addr,
+            size,
+            why: "past the address space",
+        })
+}
+
 /// Whether the driver rejected a handle.
 fn is_bad_handle(e: DriverError) -> bool {
     matches!(
@@ -444,17 +457,7 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn as_virtual_memory(&self) -> Option<&dyn VirtualMemory> {
-        Some(self)
-    }
-
-    fn as_stream_order(&self) -> Option<&dyn StreamOrder> {
-        Some(self)
-    }
-
-    fn as_copies(&self) -> Option<&dyn Copies> {
-        Some(self)
-    }
+    all_capabilities!();
 }
 
 impl CudaBackend {
@@ -526,14 +529,7 @@ impl VirtualMemory for CudaBackend {
 
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let page = self.page_size()?;
-        let end = addr
-            .checked_add(size as u64)
-            .ok_or(BackendError::InvalidAddress {
-                call: "map",
-                addr,
-                size,
-                why: "past the address space",
-            })?;
+        let end = range_end("map", addr, size)?;
         let prop = self.allocation_prop();
         self.managed(|| {
             let mut mapped = Vec::new();
@@ -575,14 +571,7 @@ impl VirtualMemory for CudaBackend {
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let page = self.page_size()?;
-        let end = addr
-            .checked_add(size as u64)
-            .ok_or(BackendError::InvalidAddress {
-                call: "unmap",
-                addr,
-                size,
-                why: "past the address space",
-            })?;
+        let end = range_end("unmap", addr, size)?;
         self.managed(|| {
             // Page by page, as mapped: a failure stops at that page, so the
             // caller learns exactly which prefix is unmapped; a handle that

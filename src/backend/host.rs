@@ -1,5 +1,6 @@
 //! Host memory standing in for a device.
 
+use super::adaptors::all_capabilities;
 use super::{
     Backend, BackendError, BackendKind, CaptureStatus, Copies, MemInfo, StreamOrder, VirtualMemory,
 };
@@ -283,17 +284,7 @@ impl Backend for HostBackend {
         })
     }
 
-    fn as_virtual_memory(&self) -> Option<&dyn VirtualMemory> {
-        Some(self)
-    }
-
-    fn as_stream_order(&self) -> Option<&dyn StreamOrder> {
-        Some(self)
-    }
-
-    fn as_copies(&self) -> Option<&dyn Copies> {
-        Some(self)
-    }
+    all_capabilities!();
 }
 
 impl VirtualMemory for HostBackend {

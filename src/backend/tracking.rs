@@ -156,20 +156,46 @@ impl<B: Backend> TrackingAdaptor<B> {
 
 /// Records `why` as a violation and returns it as an error.
 fn refuse(
-    books: &mut Books,
+    violations: &mut Vec<String>,
     call: &'static str,
     addr: u64,
     size: usize,
     why: &'static str,
 ) -> BackendError {
-    books
-        .violations
-        .push(format!("{call} of {addr:#x}+{size}: {why}"));
+    violations.push(format!("{call} of {addr:#x}+{size}: {why}"));
     BackendError::InvalidAddress {
         call,
         addr,
         size,
         why,
+    }
+}
+
+impl Books {
+    /// Takes `addr` out of the segments (or, with `range`, the address
+    /// ranges) if it is held there with `size`; else records the violation
+    /// and refuses.
+    fn take_held(
+        &mut self,
+        range: bool,
+        call: &'static str,
+        addr: u64,
+        size: usize,
+    ) -> Result<(), BackendError> {
+        let held = if range {
+            &mut self.ranges
+        } else {
+            &mut self.segments
+        };
+        let why = match held.get(&addr) {
+            Some(&s) if s == size => {
+                held.remove(&addr);
+                return Ok(());
+            }
+            Some(_) => "held with another size",
+            None => "not held",
+        };
+        Err(refuse(&mut self.violations, call, addr, size, why))
     }
 }
 
@@ -206,32 +232,7 @@ impl<B: Backend> Backend for TrackingAdaptor<B> {
     }
 
     fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        {
-            let mut books = self.books.lock();
-            match books.segments.get(&addr) {
-                Some(&held) if held == size => {
-                    books.segments.remove(&addr);
-                }
-                Some(_) => {
-                    return Err(refuse(
-                        &mut books,
-                        "release",
-                        addr,
-                        size,
-                        "reserved with another size",
-                    ))
-                }
-                None => {
-                    return Err(refuse(
-                        &mut books,
-                        "release",
-                        addr,
-                        size,
-                        "not a held segment",
-                    ))
-                }
-            }
-        }
+        self.books.lock().take_held(false, "release", addr, size)?;
         self.inner.release(addr, size)
     }
 
@@ -250,23 +251,9 @@ impl<B: Backend> VirtualMemory for TrackingAdaptor<B> {
     }
 
     fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        {
-            let mut books = self.books.lock();
-            match books.ranges.get(&addr) {
-                Some(&held) if held == size => {
-                    books.ranges.remove(&addr);
-                }
-                _ => {
-                    return Err(refuse(
-                        &mut books,
-                        "release_range",
-                        addr,
-                        size,
-                        "not a held range",
-                    ))
-                }
-            }
-        }
+        self.books
+            .lock()
+            .take_held(true, "release_range", addr, size)?;
         self.inner.vmm()?.release_range(addr, size)
     }
 
@@ -293,7 +280,15 @@ impl<B: Backend> VirtualMemory for TrackingAdaptor<B> {
                     }
                     pages
                 }
-                _ => return Err(refuse(&mut books, "unmap", addr, size, "not mapped")),
+                _ => {
+                    return Err(refuse(
+                        &mut books.violations,
+                        "unmap",
+                        addr,
+                        size,
+                        "not mapped",
+                    ))
+                }
             }
         };
         self.inner.vmm()?.unmap(addr, size).inspect_err(|e| {
