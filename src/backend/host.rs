@@ -66,8 +66,10 @@ pub struct HostBackend {
     used: AtomicUsize,
     reservations: AtomicU64,
     releases: AtomicU64,
-    /// Segments held: address → size.
-    segments: Mutex<HashMap<u64, usize>>,
+    /// Segments held: address → size. A std mutex in both builds: the
+    /// simulated device's own table, not part of the concurrent core the
+    /// loom models explore (nothing modelled runs while it is held).
+    segments: std::sync::Mutex<HashMap<u64, usize>>,
     streams: Mutex<Streams>,
     /// Address ranges: aligned start → the range.
     ranges: Mutex<HashMap<u64, Range>>,
@@ -93,7 +95,7 @@ impl HostBackend {
             used: AtomicUsize::new(0),
             reservations: AtomicU64::new(0),
             releases: AtomicU64::new(0),
-            segments: Mutex::new(HashMap::new()),
+            segments: std::sync::Mutex::new(HashMap::new()),
             ranges: Mutex::new(HashMap::new()),
             streams: Mutex::new(Streams {
                 streams: HashMap::from([(0, (0, 0))]),
@@ -175,6 +177,12 @@ impl HostBackend {
             .map_err(|_| BackendError::OutOfMemory { requested: size })
     }
 
+    fn lock_segments(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.segments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn layout(size: usize) -> Result<Layout, BackendError> {
         Layout::from_size_align(size, HOST_SEGMENT_ALIGN)
             .map_err(|_| BackendError::OutOfMemory { requested: size })
@@ -250,13 +258,13 @@ impl Backend for HostBackend {
             self.used.fetch_sub(size, Ordering::SeqCst);
             return Err(BackendError::OutOfMemory { requested: size });
         }
-        self.segments.lock().insert(ptr as u64, size);
+        self.lock_segments().insert(ptr as u64, size);
         Ok(ptr as u64)
     }
 
     fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         {
-            let mut segments = self.segments.lock();
+            let mut segments = self.lock_segments();
             match segments.get(&addr) {
                 Some(&held) if held == size => segments.remove(&addr),
                 Some(_) => {
