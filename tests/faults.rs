@@ -1,4 +1,4 @@
-//! Fault injection: `HostBackend::fail_reservation(n)` makes the `n`th
+//! Fault injection: `FaultAdaptor::fail_reservation(n)` makes the `n`th
 //! segment reservation from now fail. For every fault point of a scripted
 //! workload (caching allocations, graph-mode scopes, nested scopes, pool
 //! growth, allocation after a pool reset, out-of-order guards), the failure
@@ -43,7 +43,7 @@ impl Run {
     fn new(fault_at: Option<u64>) -> Self {
         let h = Harness::new(64 * GIB, 2);
         if let Some(n) = fault_at {
-            h.backend.host().fail_reservation(n);
+            h.backend.faults().fail_reservation(n);
         }
         Run {
             h,
@@ -199,7 +199,7 @@ fn every_reservation_of_the_workload_can_fail() {
     // The clean run: how many reservations the workload makes.
     let mut clean = Run::new(None);
     workload(&mut clean);
-    let reservations = clean.h.backend.host().reservations();
+    let reservations = clean.h.backend.faults().reservations();
     let allocations = clean.h.alloc.stats().total.allocations;
     clean.h.teardown();
     assert!(reservations >= 40, "only {reservations} reservations");
@@ -216,7 +216,7 @@ fn every_reservation_of_the_workload_can_fail() {
         // The retried request succeeded, so the run did what the clean one did.
         assert_eq!(run.h.alloc.stats().total.allocations, allocations);
         // One reservation more than the clean run: the failed one.
-        assert_eq!(run.h.backend.host().reservations(), reservations + 1);
+        assert_eq!(run.h.backend.faults().reservations(), reservations + 1);
         run.h.teardown();
         points.push(point);
     }
@@ -274,8 +274,8 @@ fn fault_in_the_retry_after_a_reclaim() {
         assert_eq!(before.caching.reserved_bytes, 48 * MIB);
         // 30 MiB: the first reservation finds the device full (48 + 30 > 64),
         // the reclaim releases 36 MiB, the retry is the injected fault.
-        h.backend.host().fail_reservation(2);
-        let target = h.backend.host().reservations() + 2;
+        h.backend.faults().fail_reservation(2);
+        let target = h.backend.faults().reservations() + 2;
         let err = h.allocate(30 * MIB, 512).unwrap_err();
         assert_eq!(err, Error::Backend(BackendError::Injected { nth: target }));
         let after = h.alloc.stats();
@@ -307,7 +307,7 @@ fn fault_before_the_reclaim_changes_nothing() {
         h.free_block(b.ptr);
     }
     let before = h.alloc.stats();
-    h.backend.host().fail_reservation(1);
+    h.backend.faults().fail_reservation(1);
     let err = h.allocate(30 * MIB, 512).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
     assert_eq!(before, h.alloc.stats());
@@ -322,9 +322,9 @@ fn fault_before_the_reclaim_changes_nothing() {
 fn several_pending_faults_fail_in_order() {
     let mut h = Harness::new(GIB, 2);
     h.enter(1);
-    let base = h.backend.host().reservations();
+    let base = h.backend.faults().reservations();
     for n in 1..=3 {
-        h.backend.host().fail_reservation(n);
+        h.backend.faults().fail_reservation(n);
     }
     for n in 1..=3 {
         let err = h.allocate(12 * MIB, 512).unwrap_err();
@@ -336,8 +336,8 @@ fn several_pending_faults_fail_in_order() {
     }
     h.allocate(12 * MIB, 512).expect("faults used up");
     // A fault armed and cleared never fires.
-    h.backend.host().fail_reservation(1);
-    h.backend.host().clear_faults();
+    h.backend.faults().fail_reservation(1);
+    h.backend.faults().clear_faults();
     h.allocate(13 * MIB, 512).expect("cleared");
     h.check();
     h.teardown();
@@ -367,13 +367,13 @@ fn faults_under_8_threads() {
         let controller = s.spawn(|| {
             let mut rng = StdRng::seed_from_u64(0xFA17);
             for _ in 0..PHASES {
-                let base = backend.host().reservations();
+                let base = backend.faults().reservations();
                 let mut a = lock(&armed);
                 for _ in 0..rng.random_range(1..=3) {
                     let n = rng.random_range(1..=12);
                     if a.insert(base + n) {
                         armed_all.insert(base + n);
-                        backend.host().fail_reservation(n);
+                        backend.faults().fail_reservation(n);
                     }
                 }
                 drop(a);
@@ -442,7 +442,7 @@ fn faults_under_8_threads() {
 
     // Every armed fault whose reservation came fired and was seen once;
     // those whose reservation never came are still pending.
-    let reached = backend.host().reservations();
+    let reached = backend.faults().reservations();
     let due: BTreeSet<u64> = armed_all
         .iter()
         .copied()
@@ -457,7 +457,7 @@ fn faults_under_8_threads() {
         seen.len(),
         armed_all.len() - due.len()
     );
-    backend.host().clear_faults();
+    backend.faults().clear_faults();
     assert!(lock(&model).is_empty());
     drop(pools);
     alloc.empty_cache().unwrap();
@@ -483,7 +483,7 @@ fn expandable_failed_mapping_changes_no_peak() {
     let mut h = expandable_harness();
     let a = h.allocate(12 * MIB, 512).unwrap();
     let before = h.alloc.stats();
-    h.backend.host().fail_reservation(1);
+    h.backend.faults().fail_reservation(1);
     let err = h.allocate(5 * MIB, 512).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
     // (`Harness::allocate` already asserts the stats are unchanged.)
@@ -512,7 +512,7 @@ fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
     h.free_block(b.ptr);
     assert_eq!(h.backend.mapped_bytes(), 2 * MIB);
     // 6 MiB over pages 0..3 needs two runs (pages 0 and 2); the second fails.
-    h.backend.host().fail_reservation(2);
+    h.backend.faults().fail_reservation(2);
     let err = h.allocate(6 * MIB, 512).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
     h.check();
@@ -539,7 +539,7 @@ fn expandable_failed_partial_mapping_keeps_the_gauges_right() {
 fn expandable_failed_first_mapping_adds_no_segment() {
     let h = expandable_harness();
     let before = h.alloc.stats();
-    h.backend.host().fail_reservation(1);
+    h.backend.faults().fail_reservation(1);
     let err = h.alloc.allocate(12 * MIB, 512).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
     let after = h.alloc.stats();
@@ -561,7 +561,7 @@ fn expandable_failed_first_mapping_adds_no_segment() {
 fn expandable_failed_first_small_mapping_adds_no_segment() {
     let h = expandable_harness();
     let before = h.alloc.stats();
-    h.backend.host().fail_reservation(1);
+    h.backend.faults().fail_reservation(1);
     let err = h.alloc.allocate(1, 1).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
     let after = h.alloc.stats();
@@ -598,7 +598,7 @@ fn expandable_failed_second_run_changes_no_peak() {
     let z = h.allocate(1_011_585, 2048).unwrap();
     let before = h.alloc.stats();
     // 48 MiB: mapped in two runs; the second fails.
-    h.backend.host().fail_reservation(2);
+    h.backend.faults().fail_reservation(2);
     let err = h.alloc.allocate(50_575_361, 1).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
     let after = h.alloc.stats();
@@ -616,5 +616,34 @@ fn expandable_failed_second_run_changes_no_peak() {
     assert_eq!(before, after);
     h.check();
     h.free_block(z.ptr);
+    h.teardown();
+}
+
+/// OPEN BUG (src/device/mod.rs, `unmap_idle` and `release_segments`: the
+/// expandable-segment mapping code): a failed unmap still marks its pages
+/// unmapped and books them as released, although the backend says which
+/// prefix really went (`BackendError::PartlyUnmapped { unmapped }`; on CUDA
+/// a failed `cuMemUnmap` in the middle of a run). Here `empty_cache`
+/// unmaps the 6 MiB of idle pages of a range; the backend unmaps one 2 MiB
+/// page and fails: the statistics say nothing is reserved while the device
+/// still holds 4 MiB, and those pages can never be unmapped again (the
+/// range's release is refused: pages still mapped). Fix (device/): on an
+/// error, mark only `e.unmapped_bytes()` from the run's start unmapped and
+/// book only those as released; the rest stays mapped and idle, for the
+/// next `empty_cache`.
+#[test]
+#[ignore = "open bug in the device mapping code (see the comment)"]
+fn expandable_failed_unmap_keeps_the_books_exact() {
+    let mut h = expandable_harness();
+    let a = h.allocate(6 * MIB, 512).unwrap();
+    h.free_block(a.ptr);
+    h.backend.faults().fail_unmap(1, 1);
+    assert!(h.alloc.empty_cache().is_err());
+    assert_eq!(
+        h.alloc.stats().total.reserved_bytes,
+        h.backend.host().outstanding_bytes(),
+        "reserved bytes in the statistics and on the device"
+    );
+    h.backend.faults().clear_faults();
     h.teardown();
 }

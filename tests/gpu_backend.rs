@@ -11,7 +11,7 @@ fn cuda_allocator() -> Option<Allocator> {
 
 /// Fills `len` bytes at `ptr` with `byte` through the device and reads them back.
 fn fill_and_read(alloc: &Allocator, ptr: graphalloc::DevicePtr, byte: u8, len: usize) -> Vec<u8> {
-    let backend = alloc.backend(0).unwrap();
+    let backend = alloc.backend(0).unwrap().copies().unwrap();
     let mut out = vec![0u8; len];
     // SAFETY: `ptr` is a live block of at least `len` bytes on device 0 that
     // this test owns, and no other work uses it.
@@ -41,7 +41,7 @@ fn cuda_blocks_hold_what_is_written_and_are_cached_after_free() {
         live.push((p, size, byte));
     }
     // Every block still holds its own pattern (no overlap between blocks).
-    let backend = alloc.backend(0).unwrap();
+    let backend = alloc.backend(0).unwrap().copies().unwrap();
     for &(p, size, byte) in &live {
         let mut out = vec![0u8; size];
         // SAFETY: `p` is live, `size` bytes, owned by this test.

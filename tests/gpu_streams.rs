@@ -66,6 +66,8 @@ impl Gpu {
             self.alloc
                 .backend(0)
                 .unwrap()
+                .copies()
+                .unwrap()
                 .copy_to_host(ptr.addr(), &mut out)
         }
         .unwrap();

@@ -147,6 +147,8 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
             alloc
                 .backend(*d)
                 .unwrap()
+                .copies()
+                .unwrap()
                 .copy_to_host(out.addr(), &mut host)
         }
         .unwrap();

@@ -5,9 +5,12 @@
 //! one, has no context of its own) and with the previous context restored
 //! afterwards, so callers on any thread see no change.
 
-use super::{Backend, BackendError, BackendKind, CaptureStatus, MemInfo};
+use super::adaptors::all_capabilities;
+use super::{
+    Backend, BackendError, BackendKind, CaptureStatus, Copies, MemInfo, StreamOrder, VirtualMemory,
+};
+use cudarc::driver::result::{self, DriverError};
 use cudarc::driver::sys;
-use std::ffi::CStr;
 use std::sync::OnceLock;
 
 /// Whether a CUDA driver can be loaded, initialised, and has a device.
@@ -27,41 +30,202 @@ fn device_count() -> Result<usize, BackendError> {
             "libcuda could not be loaded".into(),
         ));
     }
-    // SAFETY: the library is present, so the lazily loaded entry points
-    // resolve; cuInit takes flags 0 and may be called any number of times.
-    check("cuInit", unsafe { sys::cuInit(0) })
-        .map_err(|e| BackendError::Unavailable(e.to_string()))?;
-    let mut count = 0;
-    // SAFETY: `count` is a valid out-pointer; the driver is initialised.
-    check("cuDeviceGetCount", unsafe {
-        sys::cuDeviceGetCount(&mut count)
-    })?;
+    // The library is present, so the lazily loaded entry points resolve;
+    // cuInit may be called any number of times.
+    result::init().map_err(|e| BackendError::Unavailable(driver("cuInit")(e).to_string()))?;
+    let count = result::device::get_count().map_err(driver("cuDeviceGetCount"))?;
     Ok(count.max(0) as usize)
 }
 
-fn error_name(code: sys::CUresult) -> String {
-    let mut name: *const std::ffi::c_char = std::ptr::null();
-    // SAFETY: `name` is a valid out-pointer; on success the driver points it
-    // at a static NUL-terminated string.
-    let rc = unsafe { sys::cuGetErrorName(code, &mut name) };
-    if rc == sys::CUresult::CUDA_SUCCESS && !name.is_null() {
-        // SAFETY: checked non-null; the string is static and NUL-terminated.
-        unsafe { CStr::from_ptr(name) }
-            .to_string_lossy()
-            .into_owned()
-    } else {
-        format!("{code:?}")
+/// Turns a driver error of `call` into a [`BackendError::Driver`].
+fn driver(call: &'static str) -> impl Fn(DriverError) -> BackendError {
+    move |e| BackendError::Driver {
+        call,
+        code: e
+            .error_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| format!("{:?}", e.0)),
     }
 }
 
-fn check(call: &'static str, code: sys::CUresult) -> Result<(), BackendError> {
-    if code == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(BackendError::Driver {
-            call,
-            code: error_name(code),
-        })
+/// As [`driver`], but out-of-memory is [`BackendError::OutOfMemory`] for
+/// `requested` bytes.
+fn driver_or_oom(call: &'static str, requested: usize) -> impl Fn(DriverError) -> BackendError {
+    move |e| match e.0 {
+        sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => BackendError::OutOfMemory { requested },
+        _ => driver(call)(e),
+    }
+}
+
+/// The driver calls cudarc's `result` layer lacks (virtual memory, capture
+/// info, capture mode, a stream's context), each wrapped once: the call,
+/// its result checked, its output returned.
+mod raw {
+    use super::sys;
+    use cudarc::driver::result::DriverError;
+
+    /// `cuMemGetAllocationGranularity` (minimum).
+    ///
+    /// # Safety
+    /// A context is current.
+    pub(super) unsafe fn granularity(
+        prop: &sys::CUmemAllocationProp,
+    ) -> Result<usize, DriverError> {
+        let mut granularity = 0usize;
+        // SAFETY: valid out-pointer and property struct; a context is
+        // current per this function's contract.
+        unsafe {
+            sys::cuMemGetAllocationGranularity(
+                &mut granularity,
+                prop,
+                sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+            )
+        }
+        .result()?;
+        Ok(granularity)
+    }
+
+    /// `cuMemAddressReserve` of `size` bytes aligned to `align`.
+    ///
+    /// # Safety
+    /// A context is current.
+    pub(super) unsafe fn address_reserve(size: usize, align: usize) -> Result<u64, DriverError> {
+        let mut addr: sys::CUdeviceptr = 0;
+        // SAFETY: valid out-pointer; reserves address space only.
+        unsafe { sys::cuMemAddressReserve(&mut addr, size, align, 0, 0) }.result()?;
+        Ok(addr)
+    }
+
+    /// `cuMemAddressFree`.
+    ///
+    /// # Safety
+    /// `addr, size` is a range from [`address_reserve`], fully unmapped,
+    /// freed once.
+    pub(super) unsafe fn address_free(addr: u64, size: usize) -> Result<(), DriverError> {
+        // SAFETY: per this function's contract.
+        unsafe { sys::cuMemAddressFree(addr, size) }.result()
+    }
+
+    /// `cuMemCreate`: `size` bytes of physical memory.
+    ///
+    /// # Safety
+    /// A context is current.
+    pub(super) unsafe fn create(
+        size: usize,
+        prop: &sys::CUmemAllocationProp,
+    ) -> Result<sys::CUmemGenericAllocationHandle, DriverError> {
+        let mut handle: sys::CUmemGenericAllocationHandle = 0;
+        // SAFETY: valid out-pointer and property struct.
+        unsafe { sys::cuMemCreate(&mut handle, size, prop, 0) }.result()?;
+        Ok(handle)
+    }
+
+    /// `cuMemMap` of `handle` at `addr`.
+    ///
+    /// # Safety
+    /// `addr, size` is reserved address space not mapped yet; `handle` is a
+    /// live allocation of `size` bytes.
+    pub(super) unsafe fn map(
+        addr: u64,
+        size: usize,
+        handle: sys::CUmemGenericAllocationHandle,
+    ) -> Result<(), DriverError> {
+        // SAFETY: per this function's contract.
+        unsafe { sys::cuMemMap(addr, size, 0, handle, 0) }.result()
+    }
+
+    /// `cuMemSetAccess` with one descriptor.
+    ///
+    /// # Safety
+    /// `addr, size` is mapped.
+    pub(super) unsafe fn set_access(
+        addr: u64,
+        size: usize,
+        desc: &sys::CUmemAccessDesc,
+    ) -> Result<(), DriverError> {
+        // SAFETY: per this function's contract; one descriptor.
+        unsafe { sys::cuMemSetAccess(addr, size, desc, 1) }.result()
+    }
+
+    /// `cuMemUnmap`.
+    ///
+    /// # Safety
+    /// `addr, size` is exactly one mapping made by [`map`], which no device
+    /// work uses any more.
+    pub(super) unsafe fn unmap(addr: u64, size: usize) -> Result<(), DriverError> {
+        // SAFETY: per this function's contract.
+        unsafe { sys::cuMemUnmap(addr, size) }.result()
+    }
+
+    /// `cuMemRelease`.
+    ///
+    /// # Safety
+    /// `handle` came from [`create`] and is released once.
+    pub(super) unsafe fn release(
+        handle: sys::CUmemGenericAllocationHandle,
+    ) -> Result<(), DriverError> {
+        // SAFETY: per this function's contract.
+        unsafe { sys::cuMemRelease(handle) }.result()
+    }
+
+    /// `cuStreamGetCaptureInfo`: the capture status of `stream` and the
+    /// capture's id.
+    ///
+    /// # Safety
+    /// A context is current. (An invalid stream handle makes the driver
+    /// return an error rather than touch memory.)
+    pub(super) unsafe fn capture_info(
+        stream: sys::CUstream,
+    ) -> Result<(sys::CUstreamCaptureStatus, u64), DriverError> {
+        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        let mut id: sys::cuuint64_t = 0;
+        // SAFETY: valid out-pointers; the optional outputs are null, which
+        // the driver allows.
+        unsafe {
+            sys::cuStreamGetCaptureInfo_v2(
+                stream,
+                &mut status,
+                &mut id,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
+        Ok((status, id))
+    }
+
+    /// `cuStreamGetCtx`: the context `stream` belongs to.
+    ///
+    /// # Safety
+    /// As [`capture_info`].
+    pub(super) unsafe fn stream_context(
+        stream: sys::CUstream,
+    ) -> Result<sys::CUcontext, DriverError> {
+        let mut ctx: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        unsafe { sys::cuStreamGetCtx(stream, &mut ctx) }.result()?;
+        Ok(ctx)
+    }
+
+    /// `cuCtxGetDevice`: the device of the current context.
+    pub(super) fn current_device() -> Result<sys::CUdevice, DriverError> {
+        let mut device: sys::CUdevice = 0;
+        // SAFETY: valid out-pointer; with no context current the driver
+        // returns an error.
+        unsafe { sys::cuCtxGetDevice(&mut device) }.result()?;
+        Ok(device)
+    }
+
+    /// `cuThreadExchangeStreamCaptureMode`: sets this thread's capture mode
+    /// and returns the previous one.
+    pub(super) fn exchange_capture_mode(
+        mode: sys::CUstreamCaptureMode,
+    ) -> Result<sys::CUstreamCaptureMode, DriverError> {
+        let mut mode = mode;
+        // SAFETY: valid in/out pointer to a capture mode.
+        unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) }.result()?;
+        Ok(mode)
     }
 }
 
@@ -92,6 +256,10 @@ pub struct CudaBackend {
     pages: std::sync::Mutex<std::collections::HashMap<u64, sys::CUmemGenericAllocationHandle>>,
 }
 
+/// The handles `cuStreamGetCtx` resolves to the current context: the legacy
+/// default stream (0 and `CU_STREAM_LEGACY`) and the per-thread one.
+const CURRENT_CONTEXT_STREAMS: u64 = 2;
+
 impl CudaBackend {
     /// The backend for device `ordinal`.
     pub fn new(ordinal: usize) -> Result<Self, BackendError> {
@@ -101,11 +269,8 @@ impl CudaBackend {
                 "device {ordinal} requested, the driver reports {count}"
             )));
         }
-        let mut device: sys::CUdevice = 0;
-        // SAFETY: valid out-pointer; ordinal checked against the device count.
-        check("cuDeviceGet", unsafe {
-            sys::cuDeviceGet(&mut device, ordinal as i32)
-        })?;
+        // The ordinal was checked against the device count.
+        let device = result::device::get(ordinal as i32).map_err(driver("cuDeviceGet"))?;
         Ok(CudaBackend {
             ordinal,
             device,
@@ -119,14 +284,12 @@ impl CudaBackend {
     fn context(&self) -> Result<Context, BackendError> {
         self.context
             .get_or_init(|| {
-                let mut ctx: sys::CUcontext = std::ptr::null_mut();
-                // SAFETY: valid out-pointer and device handle. The retained
-                // context is kept for the life of the process (never
-                // released), as the CUDA runtime does with primary contexts.
-                check("cuDevicePrimaryCtxRetain", unsafe {
-                    sys::cuDevicePrimaryCtxRetain(&mut ctx, self.device)
-                })
-                .map(|()| Context(ctx))
+                // SAFETY: a valid device handle. The retained context is kept
+                // for the life of the process (never released), as the CUDA
+                // runtime does with primary contexts.
+                unsafe { result::primary_ctx::retain(self.device) }
+                    .map(Context)
+                    .map_err(driver("cuDevicePrimaryCtxRetain"))
             })
             .clone()
     }
@@ -170,24 +333,19 @@ impl CudaBackend {
         f: impl FnOnce() -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let context = self.context()?;
-        let mut previous: sys::CUcontext = std::ptr::null_mut();
-        // SAFETY: valid out-pointer; the driver was initialised in `new`.
-        check("cuCtxGetCurrent", unsafe {
-            sys::cuCtxGetCurrent(&mut previous)
-        })?;
-        if previous == context.0 {
+        let previous = result::ctx::get_current().map_err(driver("cuCtxGetCurrent"))?;
+        if previous == Some(context.0) {
             return f();
         }
         // SAFETY: the context is retained for the life of the process.
-        check("cuCtxSetCurrent", unsafe {
-            sys::cuCtxSetCurrent(context.0)
-        })?;
+        unsafe { result::ctx::set_current(context.0) }.map_err(driver("cuCtxSetCurrent"))?;
         let _restore = scopeguard::guard(previous, |previous| {
-            if !previous.is_null() {
+            if let Some(previous) = previous {
                 // SAFETY: `previous` was current on this thread a moment ago
-                // and the caller still holds it; a null one is left alone, so
-                // our primary context stays current for later calls.
-                unsafe { sys::cuCtxSetCurrent(previous) };
+                // and the caller still holds it; with none, our primary
+                // context stays current for later calls. A failure leaves
+                // ours current, which is no worse.
+                let _ = unsafe { result::ctx::set_current(previous) };
             }
         });
         f()
@@ -197,15 +355,74 @@ impl CudaBackend {
     /// that memory management during a GLOBAL-mode capture does not
     /// invalidate it; restores the previous mode afterwards.
     fn relaxed_capture<T>(f: impl FnOnce() -> T) -> T {
-        let mut mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
-        // SAFETY: valid in/out pointer to a capture mode.
-        unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
-        let _restore = scopeguard::guard(mode, |mut mode| {
-            // SAFETY: puts back the mode read above.
-            unsafe { sys::cuThreadExchangeStreamCaptureMode(&mut mode) };
+        let relaxed = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        let previous = raw::exchange_capture_mode(relaxed).ok();
+        let _restore = scopeguard::guard(previous, |previous| {
+            if let Some(mode) = previous {
+                // Puts back the mode read above; nothing to do on a failure.
+                let _ = raw::exchange_capture_mode(mode);
+            }
         });
         f()
     }
+
+    /// Runs `f` with the primary context current and the capture mode relaxed.
+    fn managed<T>(&self, f: impl FnOnce() -> Result<T, BackendError>) -> Result<T, BackendError> {
+        self.with_context(|| Self::relaxed_capture(f))
+    }
+
+    /// Checks that `stream` belongs to this device's primary context
+    /// (called with it current): an event of this device recorded on a
+    /// stream of another context would never be usable.
+    fn check_stream(&self, stream: u64, context: Context) -> Result<(), BackendError> {
+        if stream <= CURRENT_CONTEXT_STREAMS {
+            return Ok(());
+        }
+        // SAFETY: a context is current (the caller's `with_context`).
+        let owner = match unsafe { raw::stream_context(stream as sys::CUstream) } {
+            Ok(owner) => owner,
+            Err(e) if is_bad_handle(e) => return Err(BackendError::UnknownStream { stream }),
+            Err(e) => return Err(driver("cuStreamGetCtx")(e)),
+        };
+        if owner == context.0 {
+            return Ok(());
+        }
+        // Name the stream's device: make its context current a moment.
+        // SAFETY: `owner` is a live context (the driver just returned it as
+        // the stream's); ours is made current again right after.
+        let device = unsafe { result::ctx::set_current(owner) }
+            .and_then(|()| raw::current_device())
+            .ok();
+        // SAFETY: our context is retained for the life of the process.
+        unsafe { result::ctx::set_current(context.0) }.map_err(driver("cuCtxSetCurrent"))?;
+        Err(BackendError::ForeignStream {
+            stream,
+            stream_device: device.map_or(usize::MAX, |d| d.max(0) as usize),
+            device: self.ordinal,
+        })
+    }
+}
+
+/// The end of `[addr, addr + size)`, or an error if it passes the address
+/// space.
+fn range_end(call: &'static str, addr: u64, size: usize) -> Result<u64, BackendError> {
+    addr.checked_add(size as u64)
+        .ok_or(BackendError::InvalidAddress {
+            call,
+            addr,
+            size,
+            why: "past the address space",
+        })
+}
+
+/// Whether the driver rejected a handle.
+fn is_bad_handle(e: DriverError) -> bool {
+    matches!(
+        e.0,
+        sys::CUresult::CUDA_ERROR_INVALID_HANDLE
+            | sys::CUresult::CUDA_ERROR_INVALID_VALUE
+            | sys::CUresult::CUDA_ERROR_INVALID_CONTEXT
+    )
 }
 
 impl Backend for CudaBackend {
@@ -218,55 +435,76 @@ impl Backend for CudaBackend {
     }
 
     fn reserve(&self, size: usize) -> Result<u64, BackendError> {
-        self.with_context(|| {
-            Self::relaxed_capture(|| {
-                let mut ptr: sys::CUdeviceptr = 0;
-                // SAFETY: valid out-pointer; a context is current.
-                let rc = unsafe { sys::cuMemAlloc_v2(&mut ptr, size) };
-                if rc == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                    return Err(BackendError::OutOfMemory { requested: size });
-                }
-                check("cuMemAlloc", rc).map(|()| ptr)
-            })
+        self.managed(|| {
+            // SAFETY: a context is current; the memory is handed out
+            // uninitialised, which device memory may be.
+            unsafe { result::malloc_sync(size) }.map_err(driver_or_oom("cuMemAlloc", size))
         })
     }
 
     fn release(&self, addr: u64, _size: usize) -> Result<(), BackendError> {
-        self.with_context(|| {
-            Self::relaxed_capture(|| {
-                // SAFETY: the pools release only addresses returned by
-                // `reserve` on this backend, each exactly once.
-                check("cuMemFree", unsafe { sys::cuMemFree_v2(addr) })
-            })
+        self.managed(|| {
+            // SAFETY: the pools release only addresses returned by `reserve`
+            // on this backend, each exactly once, after the work using them.
+            unsafe { result::free_sync(addr) }.map_err(driver("cuMemFree"))
         })
     }
 
     fn mem_info(&self) -> Result<MemInfo, BackendError> {
         self.with_context(|| {
-            let (mut free, mut total) = (0usize, 0usize);
-            // SAFETY: valid out-pointers; a context is current.
-            check("cuMemGetInfo", unsafe {
-                sys::cuMemGetInfo_v2(&mut free, &mut total)
-            })?;
+            let (free, total) = result::mem_get_info().map_err(driver("cuMemGetInfo"))?;
             Ok(MemInfo { free, total })
         })
     }
 
+    all_capabilities!();
+}
+
+impl CudaBackend {
+    /// Creates and maps one page at `at`; on a failure nothing is left.
+    fn map_page(
+        &self,
+        at: u64,
+        page: usize,
+        prop: &sys::CUmemAllocationProp,
+    ) -> Result<sys::CUmemGenericAllocationHandle, BackendError> {
+        // SAFETY: a context is current (the caller's `managed`).
+        let handle =
+            unsafe { raw::create(page, prop) }.map_err(driver_or_oom("cuMemCreate", page))?;
+        // SAFETY: `at` is a page of a range we reserved and did not map;
+        // `handle` is a fresh page of memory.
+        if let Err(e) = unsafe { raw::map(at, page, handle) } {
+            // SAFETY: the handle was created above and is mapped nowhere.
+            let _ = unsafe { raw::release(handle) };
+            return Err(driver("cuMemMap")(e));
+        }
+        Ok(handle)
+    }
+
+    /// Unmaps the page at `at` and gives back its memory. `Ok(Err(_))`: the
+    /// mapping is gone but the memory could not be given back.
+    fn unmap_page(&self, at: u64, page: usize) -> Result<Result<(), BackendError>, BackendError> {
+        // SAFETY: the caller unmaps only what `map` mapped, one page per
+        // mapping; no work may still use it (the allocator unmaps free
+        // pages only).
+        unsafe { raw::unmap(at, page) }.map_err(driver("cuMemUnmap"))?;
+        Ok(match self.lock_pages().remove(&at) {
+            // SAFETY: the page's only mapping is gone; its handle is
+            // released once (removed from the table).
+            Some(handle) => unsafe { raw::release(handle) }.map_err(driver("cuMemRelease")),
+            None => Ok(()),
+        })
+    }
+}
+
+impl VirtualMemory for CudaBackend {
     fn page_size(&self) -> Result<usize, BackendError> {
         self.page
             .get_or_init(|| {
                 self.with_context(|| {
-                    let prop = self.allocation_prop();
-                    let mut granularity = 0usize;
-                    // SAFETY: valid out-pointer and property struct.
-                    check("cuMemGetAllocationGranularity", unsafe {
-                        sys::cuMemGetAllocationGranularity(
-                            &mut granularity,
-                            &prop,
-                            sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
-                        )
-                    })?;
-                    Ok(granularity)
+                    // SAFETY: a context is current.
+                    unsafe { raw::granularity(&self.allocation_prop()) }
+                        .map_err(driver("cuMemGetAllocationGranularity"))
                 })
             })
             .clone()
@@ -274,117 +512,115 @@ impl Backend for CudaBackend {
 
     fn reserve_range(&self, size: usize) -> Result<u64, BackendError> {
         let page = self.page_size()?;
-        self.with_context(|| {
-            Self::relaxed_capture(|| {
-                let mut addr: sys::CUdeviceptr = 0;
-                // SAFETY: valid out-pointer; reserves address space only.
-                let rc = unsafe { sys::cuMemAddressReserve(&mut addr, size, page, 0, 0) };
-                if rc == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                    return Err(BackendError::OutOfMemory { requested: size });
-                }
-                check("cuMemAddressReserve", rc).map(|()| addr)
-            })
+        self.managed(|| {
+            // SAFETY: a context is current; reserves address space only.
+            unsafe { raw::address_reserve(size, page) }
+                .map_err(driver_or_oom("cuMemAddressReserve", size))
         })
     }
 
     fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.with_context(|| {
-            Self::relaxed_capture(|| {
-                // SAFETY: `addr, size` is a range from `reserve_range`, fully
-                // unmapped by the caller's contract.
-                check("cuMemAddressFree", unsafe {
-                    sys::cuMemAddressFree(addr, size)
-                })
-            })
+        self.managed(|| {
+            // SAFETY: `addr, size` is a range from `reserve_range`, fully
+            // unmapped by the caller's contract.
+            unsafe { raw::address_free(addr, size) }.map_err(driver("cuMemAddressFree"))
         })
     }
 
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let page = self.page_size()?;
+        let end = range_end("map", addr, size)?;
         let prop = self.allocation_prop();
-        self.with_context(|| {
-            Self::relaxed_capture(|| {
-                let mut mapped = Vec::new();
-                let result = (|| {
-                    for at in (addr..addr + size as u64).step_by(page) {
-                        let mut handle: sys::CUmemGenericAllocationHandle = 0;
-                        // SAFETY: valid out-pointer and property struct.
-                        let rc = unsafe { sys::cuMemCreate(&mut handle, page, &prop, 0) };
-                        if rc == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
-                            return Err(BackendError::OutOfMemory { requested: size });
-                        }
-                        check("cuMemCreate", rc)?;
-                        // SAFETY: `at` is a page of a range we reserved and
-                        // did not map; `handle` is a fresh page of memory.
-                        let rc = unsafe { sys::cuMemMap(at, page, 0, handle, 0) };
-                        if let Err(e) = check("cuMemMap", rc) {
-                            // SAFETY: the handle was created above, mapped nowhere.
-                            unsafe { sys::cuMemRelease(handle) };
-                            return Err(e);
-                        }
-                        mapped.push((at, handle));
-                    }
-                    let desc = sys::CUmemAccessDesc {
-                        location: self.location(),
-                        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-                    };
-                    // SAFETY: the whole range was just mapped; one descriptor.
-                    check("cuMemSetAccess", unsafe {
-                        sys::cuMemSetAccess(addr, size, &desc, 1)
-                    })
-                })();
-                match result {
-                    Ok(()) => {
-                        self.lock_pages().extend(mapped);
-                        Ok(())
-                    }
+        self.managed(|| {
+            let mut mapped = Vec::new();
+            let mut result = Ok(());
+            for at in (addr..end).step_by(page) {
+                match self.map_page(at, page, &prop) {
+                    Ok(handle) => mapped.push((at, handle)),
                     Err(e) => {
-                        for (at, handle) in mapped {
-                            // SAFETY: undoing this call's own mappings.
-                            unsafe {
-                                sys::cuMemUnmap(at, page);
-                                sys::cuMemRelease(handle);
-                            }
-                        }
-                        Err(e)
+                        result = Err(e);
+                        break;
                     }
                 }
-            })
+            }
+            if result.is_ok() {
+                let desc = sys::CUmemAccessDesc {
+                    location: self.location(),
+                    flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+                };
+                // SAFETY: the whole range was just mapped.
+                result =
+                    unsafe { raw::set_access(addr, size, &desc) }.map_err(driver("cuMemSetAccess"));
+            }
+            match result {
+                Ok(()) => self.lock_pages().extend(mapped),
+                Err(_) => {
+                    for (at, handle) in mapped {
+                        // SAFETY: undoing this call's own mappings, each
+                        // unmapped and released once.
+                        unsafe {
+                            let _ = raw::unmap(at, page);
+                            let _ = raw::release(handle);
+                        }
+                    }
+                }
+            }
+            result
         })
     }
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let page = self.page_size()?;
-        self.with_context(|| {
-            Self::relaxed_capture(|| {
-                // SAFETY: the caller unmaps only what `map` mapped; no work
-                // may still use it (the allocator unmaps free pages only).
-                check("cuMemUnmap", unsafe { sys::cuMemUnmap(addr, size) })?;
-                let mut pages = self.lock_pages();
-                for at in (addr..addr + size as u64).step_by(page) {
-                    if let Some(handle) = pages.remove(&at) {
-                        // SAFETY: the page's last mapping is gone; its
-                        // handle is released once (removed from the table).
-                        check("cuMemRelease", unsafe { sys::cuMemRelease(handle) })?;
+        let end = range_end("unmap", addr, size)?;
+        self.managed(|| {
+            // Page by page, as mapped: a failure stops at that page, so the
+            // caller learns exactly which prefix is unmapped; a handle that
+            // cannot be released is reported but does not stop the rest.
+            let mut release_error = None;
+            for at in (addr..end).step_by(page) {
+                match self.unmap_page(at, page) {
+                    Ok(released) => {
+                        if let Err(e) = released {
+                            release_error.get_or_insert(e);
+                        }
+                    }
+                    Err(e) if at == addr && release_error.is_none() => return Err(e),
+                    Err(e) => {
+                        return Err(BackendError::PartlyUnmapped {
+                            unmapped: (at - addr) as usize,
+                            requested: size,
+                            cause: Box::new(e),
+                        })
                     }
                 }
-                Ok(())
+            }
+            release_error.map_or(Ok(()), |e| {
+                Err(BackendError::PartlyUnmapped {
+                    unmapped: size,
+                    requested: size,
+                    cause: Box::new(e),
+                })
             })
         })
     }
+}
 
+impl StreamOrder for CudaBackend {
     fn create_event(&self) -> Result<u64, BackendError> {
         self.with_context(|| {
-            let mut event: sys::CUevent = std::ptr::null_mut();
-            // SAFETY: valid out-pointer; a context is current. The event is
-            // pooled by the allocator for the life of the process.
-            check("cuEventCreate", unsafe {
-                sys::cuEventCreate(
-                    &mut event,
-                    sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32,
-                )
-            })?;
-            Ok(event as u64)
+            result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+                .map(|event| event as u64)
+                .map_err(driver("cuEventCreate"))
+        })
+    }
+
+    fn destroy_event(&self, event: u64) -> Result<(), BackendError> {
+        self.with_context(|| {
+            // SAFETY: `event` came from `create_event` on this device and is
+            // destroyed once (the allocator drops it from its pool first).
+            // An event still pending is released once it completes.
+            unsafe { result::event::destroy(event as sys::CUevent) }
+                .map_err(driver("cuEventDestroy"))
         })
     }
 
@@ -393,20 +629,18 @@ impl Backend for CudaBackend {
             // SAFETY: `event` came from `create_event` on this device; the
             // stream handle is the caller's, and an invalid one makes the
             // driver return an error rather than touch memory.
-            check("cuEventRecord", unsafe {
-                sys::cuEventRecord(event as sys::CUevent, stream as sys::CUstream)
-            })
+            unsafe { result::event::record(event as sys::CUevent, stream as sys::CUstream) }
+                .map_err(driver("cuEventRecord"))
         })
     }
 
     fn event_complete(&self, event: u64) -> Result<bool, BackendError> {
         self.with_context(|| {
             // SAFETY: `event` came from `create_event` on this device.
-            let rc = unsafe { sys::cuEventQuery(event as sys::CUevent) };
-            match rc {
-                sys::CUresult::CUDA_SUCCESS => Ok(true),
-                sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
-                other => check("cuEventQuery", other).map(|()| false),
+            match unsafe { result::event::query(event as sys::CUevent) } {
+                Ok(()) => Ok(true),
+                Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+                Err(e) => Err(driver("cuEventQuery")(e)),
             }
         })
     }
@@ -414,36 +648,21 @@ impl Backend for CudaBackend {
     fn wait_event(&self, event: u64) -> Result<(), BackendError> {
         self.with_context(|| {
             // SAFETY: `event` came from `create_event` on this device.
-            check("cuEventSynchronize", unsafe {
-                sys::cuEventSynchronize(event as sys::CUevent)
-            })
+            unsafe { result::event::synchronize(event as sys::CUevent) }
+                .map_err(driver("cuEventSynchronize"))
         })
     }
 
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
+        let context = self.context()?;
         self.with_context(|| {
-            let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-            let mut id: sys::cuuint64_t = 0;
-            // SAFETY: valid out-pointers; the optional outputs are null,
-            // which the driver allows. An invalid stream handle makes the
-            // driver return CUDA_ERROR_INVALID_HANDLE.
-            let rc = unsafe {
-                sys::cuStreamGetCaptureInfo_v2(
-                    stream as sys::CUstream,
-                    &mut status,
-                    &mut id,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
+            self.check_stream(stream, context)?;
+            // SAFETY: a context is current.
+            let (status, id) = match unsafe { raw::capture_info(stream as sys::CUstream) } {
+                Ok(info) => info,
+                Err(e) if is_bad_handle(e) => return Err(BackendError::UnknownStream { stream }),
+                Err(e) => return Err(driver("cuStreamGetCaptureInfo")(e)),
             };
-            if matches!(
-                rc,
-                sys::CUresult::CUDA_ERROR_INVALID_HANDLE | sys::CUresult::CUDA_ERROR_INVALID_VALUE
-            ) {
-                return Err(BackendError::UnknownStream { stream });
-            }
-            check("cuStreamGetCaptureInfo", rc)?;
             Ok(match status {
                 sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE => {
                     CaptureStatus::Capturing(id)
@@ -453,17 +672,17 @@ impl Backend for CudaBackend {
             })
         })
     }
+}
 
+impl Copies for CudaBackend {
     unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<(), BackendError> {
         self.with_context(|| {
             // SAFETY: the caller guarantees the device range is a live block
             // it owns; `src` is a valid host buffer of its length.
-            check("cuMemcpyHtoD", unsafe {
-                sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len())
-            })?;
-            // SAFETY: no arguments. A copy from pageable memory may return
-            // before the data has landed; the contract is "complete".
-            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+            unsafe { result::memcpy_htod_sync(dst, src) }.map_err(driver("cuMemcpyHtoD"))?;
+            // A copy from pageable memory may return before the data has
+            // landed; the contract is "complete".
+            result::ctx::synchronize().map_err(driver("cuCtxSynchronize"))
         })
     }
 
@@ -471,9 +690,7 @@ impl Backend for CudaBackend {
         self.with_context(|| {
             // SAFETY: `dst` is a valid host buffer of its length; the device
             // range is owned per the caller's contract.
-            check("cuMemcpyDtoH", unsafe {
-                sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), src, dst.len())
-            })
+            unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(driver("cuMemcpyDtoH"))
         })
     }
 
@@ -486,21 +703,18 @@ impl Backend for CudaBackend {
         self.with_context(|| {
             // SAFETY: both ranges are live, owned and disjoint per the
             // caller's contract.
-            check("cuMemcpyDtoD", unsafe {
-                sys::cuMemcpyDtoD_v2(dst, src, len)
-            })?;
-            // SAFETY: no arguments; waits for the copy (it is asynchronous
-            // for device-to-device).
-            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+            unsafe { result::memcpy_dtod_sync(dst, src, len) }.map_err(driver("cuMemcpyDtoD"))?;
+            // Waits for the copy (it is asynchronous for device-to-device).
+            result::ctx::synchronize().map_err(driver("cuCtxSynchronize"))
         })
     }
 
     unsafe fn fill(&self, dst: u64, value: u8, len: usize) -> Result<(), BackendError> {
         self.with_context(|| {
             // SAFETY: the caller guarantees the range is a live block it owns.
-            check("cuMemsetD8", unsafe { sys::cuMemsetD8_v2(dst, value, len) })?;
-            // SAFETY: no arguments; waits for the memset.
-            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+            unsafe { result::memset_d8_sync(dst, value, len) }.map_err(driver("cuMemsetD8"))?;
+            // Waits for the memset.
+            result::ctx::synchronize().map_err(driver("cuCtxSynchronize"))
         })
     }
 }

@@ -1,6 +1,9 @@
 //! Host memory standing in for a device.
 
-use super::{Backend, BackendError, BackendKind, CaptureStatus, MemInfo};
+use super::adaptors::all_capabilities;
+use super::{
+    Backend, BackendError, BackendKind, CaptureStatus, Copies, MemInfo, StreamOrder, VirtualMemory,
+};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::{BTreeSet, HashMap};
@@ -19,8 +22,9 @@ const FIRST_HOST_STREAM: u64 = 0x5757_0000;
 struct Streams {
     /// stream → (events recorded on it so far, events completed so far)
     streams: HashMap<u64, (u64, u64)>,
-    /// event → (stream, its sequence number on that stream); 0 = never recorded
-    events: Vec<(u64, u64)>,
+    /// event → (stream, its sequence number on that stream), 0 = never
+    /// recorded; `None` once destroyed
+    events: Vec<Option<(u64, u64)>>,
     /// stream → id of the capture in progress on it
     captures: HashMap<u64, u64>,
     next_stream: u64,
@@ -30,8 +34,14 @@ struct Streams {
 /// A device simulated in host memory.
 ///
 /// Segments are real host allocations, so blocks can be written and read
-/// back. It has a fixed capacity, so out-of-memory paths are testable, and
-/// tests can make chosen reservations fail.
+/// back. It has a fixed capacity, so out-of-memory paths are testable.
+/// (Injected failures are an adaptor: [`super::FaultAdaptor`].)
+///
+/// Like a driver, it checks what it is given against what it handed out: a
+/// release of an address that is not a held segment (or with another
+/// size), a map or unmap outside a reserved range, unaligned, or of pages
+/// not in the state the call needs, is [`BackendError::InvalidAddress`]
+/// and changes nothing; an unknown event is [`BackendError::UnknownEvent`].
 ///
 /// Streams and events are simulated too: an event recorded on a stream
 /// completes only when a test says the stream's work is done
@@ -43,10 +53,9 @@ struct Streams {
 /// ```
 /// use graphalloc::{Backend, HostBackend};
 /// let host = HostBackend::new(0, 1 << 20);
-/// host.fail_reservation(1); // the next reservation fails
-/// assert!(host.reserve(4096).is_err());
 /// let seg = host.reserve(4096).unwrap();
 /// assert_eq!(host.outstanding_bytes(), 4096);
+/// assert!(host.release(0x1000, 4096).is_err()); // never handed out
 /// host.release(seg, 4096).unwrap();
 /// assert_eq!(host.outstanding_bytes(), 0);
 /// ```
@@ -57,11 +66,24 @@ pub struct HostBackend {
     used: AtomicUsize,
     reservations: AtomicU64,
     releases: AtomicU64,
-    /// 1-based reservation numbers that must fail.
-    faults: Mutex<BTreeSet<u64>>,
+    /// Segments held: address → size. A std mutex in both builds: the
+    /// simulated device's own table, not part of the concurrent core the
+    /// loom models explore (nothing modelled runs while it is held).
+    segments: std::sync::Mutex<HashMap<u64, usize>>,
     streams: Mutex<Streams>,
-    /// Address ranges: aligned start → (mmap address, mmap length).
-    ranges: Mutex<HashMap<u64, (u64, usize)>>,
+    /// Address ranges: aligned start → the range.
+    ranges: Mutex<HashMap<u64, Range>>,
+}
+
+/// An address range from `reserve_range`.
+#[derive(Debug)]
+struct Range {
+    /// The mmap address and length (the range plus alignment slack).
+    raw: (u64, usize),
+    /// The size asked for.
+    size: usize,
+    /// Pages mapped now.
+    mapped: BTreeSet<u64>,
 }
 
 impl HostBackend {
@@ -73,7 +95,7 @@ impl HostBackend {
             used: AtomicUsize::new(0),
             reservations: AtomicU64::new(0),
             releases: AtomicU64::new(0),
-            faults: Mutex::new(BTreeSet::new()),
+            segments: std::sync::Mutex::new(HashMap::new()),
             ranges: Mutex::new(HashMap::new()),
             streams: Mutex::new(Streams {
                 streams: HashMap::from([(0, (0, 0))]),
@@ -116,25 +138,13 @@ impl HostBackend {
         self.streams.lock().captures.remove(&stream);
     }
 
-    /// Makes the `n`th reservation from now fail (`1` = the next one) with
-    /// [`BackendError::Injected`]. Calls add up: several can be pending.
-    pub fn fail_reservation(&self, n: u64) {
-        assert!(n > 0, "n counts from 1");
-        let base = self.reservations.load(Ordering::SeqCst);
-        self.faults.lock().insert(base + n);
-    }
-
-    /// Drops every pending injected fault.
-    pub fn clear_faults(&self) {
-        self.faults.lock().clear();
-    }
-
     /// Bytes in segments reserved and not yet released.
     pub fn outstanding_bytes(&self) -> usize {
         self.used.load(Ordering::SeqCst)
     }
 
-    /// Reservation attempts so far, failed ones included.
+    /// Reservation attempts (segments and mappings) that reached this
+    /// backend, failed ones included.
     pub fn reservations(&self) -> u64 {
         self.reservations.load(Ordering::SeqCst)
     }
@@ -149,14 +159,16 @@ impl HostBackend {
         self.capacity
     }
 
-    /// Counts one reservation (a segment or mapped pages) of `size` bytes:
-    /// fails it if a test injected a fault at this number, else claims the
-    /// capacity, so that concurrent reservations never exceed it.
+    /// Events created and not yet destroyed.
+    pub fn live_events(&self) -> usize {
+        self.streams.lock().events.iter().flatten().count()
+    }
+
+    /// Counts one reservation (a segment or mapped pages) of `size` bytes
+    /// and claims the capacity, so that concurrent reservations never
+    /// exceed it.
     fn admit(&self, size: usize) -> Result<(), BackendError> {
-        let nth = self.reservations.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.faults.lock().remove(&nth) {
-            return Err(BackendError::Injected { nth });
-        }
+        self.reservations.fetch_add(1, Ordering::SeqCst);
         self.used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 used.checked_add(size).filter(|&n| n <= self.capacity)
@@ -165,9 +177,66 @@ impl HostBackend {
             .map_err(|_| BackendError::OutOfMemory { requested: size })
     }
 
+    fn lock_segments(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.segments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn layout(size: usize) -> Result<Layout, BackendError> {
         Layout::from_size_align(size, HOST_SEGMENT_ALIGN)
             .map_err(|_| BackendError::OutOfMemory { requested: size })
+    }
+}
+
+/// An [`BackendError::InvalidAddress`] for `call`.
+fn invalid(call: &'static str, addr: u64, size: usize, why: &'static str) -> BackendError {
+    BackendError::InvalidAddress {
+        call,
+        addr,
+        size,
+        why,
+    }
+}
+
+impl HostBackend {
+    /// Checks that `[addr, addr + size)` is a non-empty, page-aligned part
+    /// of a reserved range whose pages are all mapped (`mapped`) or all not,
+    /// and returns the pages; `f` then changes them under the same lock.
+    fn with_pages<T>(
+        &self,
+        call: &'static str,
+        addr: u64,
+        size: usize,
+        mapped: bool,
+        f: impl FnOnce(&mut BTreeSet<u64>, &[u64]) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
+        let page = HOST_PAGE as u64;
+        if size == 0 || addr % page != 0 || size as u64 % page != 0 {
+            return Err(invalid(call, addr, size, "empty or not page-aligned"));
+        }
+        let end = addr.checked_add(size as u64).ok_or(invalid(
+            call,
+            addr,
+            size,
+            "past the address space",
+        ))?;
+        let mut ranges = self.ranges.lock();
+        let range = ranges
+            .iter_mut()
+            .find(|(&start, r)| start <= addr && end <= start + r.size as u64)
+            .map(|(_, r)| r)
+            .ok_or(invalid(call, addr, size, "not inside a reserved range"))?;
+        let pages: Vec<u64> = (addr..end).step_by(HOST_PAGE).collect();
+        if pages.iter().any(|p| range.mapped.contains(p) != mapped) {
+            let why = if mapped {
+                "pages not mapped"
+            } else {
+                "pages already mapped"
+            };
+            return Err(invalid(call, addr, size, why));
+        }
+        f(&mut range.mapped, &pages)
     }
 }
 
@@ -189,14 +258,26 @@ impl Backend for HostBackend {
             self.used.fetch_sub(size, Ordering::SeqCst);
             return Err(BackendError::OutOfMemory { requested: size });
         }
+        self.lock_segments().insert(ptr as u64, size);
         Ok(ptr as u64)
     }
 
     fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        {
+            let mut segments = self.lock_segments();
+            match segments.get(&addr) {
+                Some(&held) if held == size => segments.remove(&addr),
+                Some(_) => {
+                    return Err(invalid("release", addr, size, "reserved with another size"))
+                }
+                None => return Err(invalid("release", addr, size, "not a held segment")),
+            };
+        }
         let layout = Self::layout(size.max(1))?;
-        // SAFETY: the pools release only addresses this backend returned from
-        // `reserve` with the same `size`, each exactly once, so `addr` came
-        // from `alloc(layout)` with this very layout and is still allocated.
+        // SAFETY: `addr` was a held segment of exactly `size` bytes, so it
+        // came from `alloc(layout)` with this very layout and is still
+        // allocated; it was taken out of the table above, so it is
+        // deallocated once.
         unsafe { dealloc(addr as *mut u8, layout) };
         self.used.fetch_sub(size, Ordering::SeqCst);
         self.releases.fetch_add(1, Ordering::SeqCst);
@@ -211,17 +292,24 @@ impl Backend for HostBackend {
         })
     }
 
+    all_capabilities!();
+}
+
+impl VirtualMemory for HostBackend {
     fn page_size(&self) -> Result<usize, BackendError> {
         Ok(HOST_PAGE)
     }
 
     fn reserve_range(&self, size: usize) -> Result<u64, BackendError> {
+        let len = size
+            .checked_add(HOST_PAGE)
+            .ok_or(BackendError::OutOfMemory { requested: size })?;
         // SAFETY: an anonymous, private, inaccessible mapping at an address of
         // the kernel's choosing: it touches no existing memory.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                size + HOST_PAGE,
+                len,
                 libc::PROT_NONE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
@@ -233,18 +321,34 @@ impl Backend for HostBackend {
         }
         // Align the start to a page; the slack stays reserved with the range.
         let start = (addr as u64).next_multiple_of(HOST_PAGE as u64);
-        self.ranges
-            .lock()
-            .insert(start, (addr as u64, size + HOST_PAGE));
+        let range = Range {
+            raw: (addr as u64, len),
+            size,
+            mapped: BTreeSet::new(),
+        };
+        self.ranges.lock().insert(start, range);
         Ok(start)
     }
 
-    fn release_range(&self, addr: u64, _size: usize) -> Result<(), BackendError> {
-        let (raw, len) = self
-            .ranges
-            .lock()
-            .remove(&addr)
-            .ok_or(BackendError::Unavailable(format!("no range at {addr:#x}")))?;
+    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        let (raw, len) = {
+            let mut ranges = self.ranges.lock();
+            match ranges.get(&addr) {
+                None => return Err(invalid("release_range", addr, size, "not a held range")),
+                Some(r) if r.size != size => {
+                    return Err(invalid(
+                        "release_range",
+                        addr,
+                        size,
+                        "reserved with another size",
+                    ))
+                }
+                Some(r) if !r.mapped.is_empty() => {
+                    return Err(invalid("release_range", addr, size, "pages still mapped"))
+                }
+                Some(_) => ranges.remove(&addr).map(|r| r.raw).unwrap_or_default(),
+            }
+        };
         // SAFETY: `raw, len` is exactly a mapping made by `reserve_range`,
         // removed from the table so it is unmapped once.
         unsafe { libc::munmap(raw as *mut libc::c_void, len) };
@@ -252,62 +356,92 @@ impl Backend for HostBackend {
     }
 
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.admit(size)?;
-        // SAFETY: the caller maps only page-aligned parts of a range from
-        // `reserve_range`, which this process owns and nothing else uses.
-        let rc = unsafe {
-            libc::mprotect(
-                addr as *mut libc::c_void,
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        if rc != 0 {
-            self.used.fetch_sub(size, Ordering::SeqCst);
-            return Err(BackendError::OutOfMemory { requested: size });
-        }
-        Ok(())
+        self.with_pages("map", addr, size, false, |mapped, pages| {
+            self.admit(size)?;
+            // SAFETY: `[addr, addr + size)` is page-aligned, inside a range
+            // from `reserve_range` (checked above), which this process owns
+            // and nothing else uses.
+            let rc = unsafe {
+                libc::mprotect(
+                    addr as *mut libc::c_void,
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                )
+            };
+            if rc != 0 {
+                self.used.fetch_sub(size, Ordering::SeqCst);
+                return Err(BackendError::OutOfMemory { requested: size });
+            }
+            mapped.extend(pages);
+            Ok(())
+        })
     }
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        // SAFETY: as in `map`: a page-aligned part of our own range. The
-        // pages' contents are dropped, as device memory's would be.
-        unsafe {
-            libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED);
-            libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_NONE);
-        }
-        self.used.fetch_sub(size, Ordering::SeqCst);
-        self.releases.fetch_add(1, Ordering::SeqCst);
-        Ok(())
+        self.with_pages("unmap", addr, size, true, |mapped, pages| {
+            // SAFETY: as in `map`: page-aligned, mapped pages of our own
+            // range (checked above). The pages' contents are dropped, as
+            // device memory's would be.
+            unsafe {
+                libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED);
+                libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_NONE);
+            }
+            for p in pages {
+                mapped.remove(p);
+            }
+            self.used.fetch_sub(size, Ordering::SeqCst);
+            self.releases.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
     }
+}
 
+impl StreamOrder for HostBackend {
     fn create_event(&self) -> Result<u64, BackendError> {
         let mut s = self.streams.lock();
-        s.events.push((0, 0));
+        s.events.push(Some((0, 0)));
         Ok(s.events.len() as u64 - 1)
+    }
+
+    fn destroy_event(&self, event: u64) -> Result<(), BackendError> {
+        let mut s = self.streams.lock();
+        match s.events.get_mut(event as usize) {
+            Some(slot @ Some(_)) => {
+                *slot = None;
+                Ok(())
+            }
+            _ => Err(BackendError::UnknownEvent { event }),
+        }
     }
 
     fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError> {
         let mut s = self.streams.lock();
+        if !matches!(s.events.get(event as usize), Some(Some(_))) {
+            return Err(BackendError::UnknownEvent { event });
+        }
         let (recorded, _) = s
             .streams
             .get_mut(&stream)
             .ok_or(BackendError::UnknownStream { stream })?;
         *recorded += 1;
         let seq = *recorded;
-        s.events[event as usize] = (stream, seq);
+        s.events[event as usize] = Some((stream, seq));
         Ok(())
     }
 
     fn event_complete(&self, event: u64) -> Result<bool, BackendError> {
         let s = self.streams.lock();
-        let (stream, seq) = s.events[event as usize];
-        Ok(seq == 0 || s.streams[&stream].1 >= seq)
+        let Some(&Some((stream, seq))) = s.events.get(event as usize) else {
+            return Err(BackendError::UnknownEvent { event });
+        };
+        Ok(seq == 0 || s.streams.get(&stream).is_some_and(|&(_, done)| done >= seq))
     }
 
     fn wait_event(&self, event: u64) -> Result<(), BackendError> {
         let mut s = self.streams.lock();
-        let (stream, seq) = s.events[event as usize];
+        let Some(&Some((stream, seq))) = s.events.get(event as usize) else {
+            return Err(BackendError::UnknownEvent { event });
+        };
         if let Some((_, completed)) = s.streams.get_mut(&stream) {
             *completed = (*completed).max(seq);
         }
@@ -324,7 +458,9 @@ impl Backend for HostBackend {
             None => CaptureStatus::Idle,
         })
     }
+}
 
+impl Copies for HostBackend {
     unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<(), BackendError> {
         // SAFETY: the caller guarantees `dst..dst + len` is a live block it
         // owns: host memory from `reserve`, disjoint from `src`.

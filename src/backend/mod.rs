@@ -1,16 +1,36 @@
 //! Device backends: where segments of device memory come from.
 //!
-//! [`Backend`] is the one safe interface the pools use. [`CudaBackend`] is the
-//! only code in the crate that calls CUDA (and the only `unsafe` CUDA code);
-//! [`HostBackend`] stands in for a device with host memory, with a capacity
-//! and injectable faults, so everything above it runs and is tested on a
-//! machine with no GPU.
+//! The interface is split the way RMM splits its memory resources: a narrow
+//! core and layers around it.
+//!
+//! - [`Backend`] is the core every device offers: reserve and release a
+//!   segment, read the memory figures, say its kind and ordinal.
+//! - Capabilities sit beside it, each its own trait, reached through the
+//!   core's accessors: [`VirtualMemory`] (address ranges with pages mapped
+//!   into them: expandable segments), [`StreamOrder`] (events, capture
+//!   status) and [`Copies`] (synchronous copies and fills).
+//!   [`Backend::vmm`], [`Backend::streams`] and [`Backend::copies`] give the
+//!   capability or [`BackendError::Unsupported`], so a call site reads
+//!   `backend.vmm()?.map(addr, len)`.
+//! - Adaptors wrap any backend and add one behaviour, forwarding the rest:
+//!   [`LimitAdaptor`] (a memory limit: `memory_fraction`),
+//!   [`FaultAdaptor`] (injected failures, for tests) and [`TrackingAdaptor`]
+//!   (a record of every segment, range and page handed out, for checking).
+//!
+//! [`CudaBackend`] is the only code in the crate that calls CUDA (and the
+//! only `unsafe` CUDA code); [`HostBackend`] simulates a device in host
+//! memory, so everything above it runs and is tested on a machine with no
+//! GPU.
 
+mod adaptors;
 mod cuda;
 mod host;
+mod tracking;
 
+pub use adaptors::{FaultAdaptor, LimitAdaptor};
 pub use cuda::{cuda_driver_available, CudaBackend};
 pub use host::HostBackend;
+pub use tracking::TrackingAdaptor;
 
 use std::fmt;
 
@@ -51,10 +71,11 @@ pub enum BackendError {
         /// Segment bytes asked for.
         requested: usize,
     },
-    /// A fault injected by a test ([`HostBackend::fail_reservation`]).
-    #[error("injected fault at reservation {nth}")]
+    /// A fault injected by a test ([`FaultAdaptor::fail_reservation`],
+    /// [`FaultAdaptor::fail_unmap`]).
+    #[error("injected fault at call {nth}")]
     Injected {
-        /// The 1-based number of the reservation that failed.
+        /// The 1-based number of the reservation (or unmap) that failed.
         nth: u64,
     },
     /// A CUDA driver call failed.
@@ -74,6 +95,70 @@ pub enum BackendError {
         /// The handle.
         stream: u64,
     },
+    /// An event handle the backend did not create, or destroyed.
+    #[error("unknown event {event:#x}")]
+    UnknownEvent {
+        /// The handle.
+        event: u64,
+    },
+    /// A stream of another device (or another context of this device):
+    /// work ordered on it cannot order this device's memory (on CUDA an
+    /// event of this device recorded there would never complete a free).
+    #[error("stream {stream:#x} belongs to device {stream_device}, not device {device}")]
+    ForeignStream {
+        /// The handle.
+        stream: u64,
+        /// The device the stream belongs to (`usize::MAX` if the driver
+        /// would not say).
+        stream_device: usize,
+        /// The device asked about.
+        device: usize,
+    },
+    /// An address (and size) this backend did not hand out in that form: a
+    /// release of something that is not a held segment, a map or unmap
+    /// outside a reserved range, of pages not in the state the call needs,
+    /// or not aligned to the page size. Nothing was changed.
+    #[error("{call} of {addr:#x}+{size}: {why}")]
+    InvalidAddress {
+        /// The backend method.
+        call: &'static str,
+        /// The address passed.
+        addr: u64,
+        /// The size passed.
+        size: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// [`VirtualMemory::unmap`] failed part way. Exactly the first
+    /// `unmapped` bytes of the range are no longer mapped (their memory is
+    /// given back); the rest is still mapped and held.
+    #[error("unmapped {unmapped} of {requested} bytes: {cause}")]
+    PartlyUnmapped {
+        /// Bytes unmapped, from the start of the range.
+        unmapped: usize,
+        /// Bytes asked to unmap.
+        requested: usize,
+        /// The failure that stopped it (or, with `unmapped == requested`,
+        /// a failure to give back a page whose mapping is gone).
+        cause: Box<BackendError>,
+    },
+    /// The backend lacks a capability (virtual memory, stream order, copies).
+    #[error("the backend has no {capability} capability")]
+    Unsupported {
+        /// The capability's name.
+        capability: &'static str,
+    },
+}
+
+impl BackendError {
+    /// Bytes of a failed [`VirtualMemory::unmap`] that are unmapped all the
+    /// same: `unmapped` of [`BackendError::PartlyUnmapped`], 0 otherwise.
+    pub fn unmapped_bytes(&self) -> usize {
+        match self {
+            BackendError::PartlyUnmapped { unmapped, .. } => *unmapped,
+            _ => 0,
+        }
+    }
 }
 
 /// Whether a stream is being captured into a CUDA graph.
@@ -87,10 +172,15 @@ pub enum CaptureStatus {
     Invalidated,
 }
 
-/// A source of device memory for one device.
+/// A source of device memory for one device: the core every backend offers.
 ///
 /// Implementations are thread-safe: the pools call them from any thread,
-/// sometimes concurrently.
+/// sometimes concurrently. Capabilities beyond segments are separate traits,
+/// reached through the `as_*` accessors (default: absent; implement these),
+/// or through [`Backend::vmm`], [`Backend::streams`] and [`Backend::copies`]
+/// (the capability or a typed error; leave these as they are). An adaptor
+/// forwards the capabilities it does not change by returning its inner
+/// backend's.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The kind of memory.
     fn kind(&self) -> BackendKind;
@@ -102,12 +192,147 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// aligned to at least [`crate::BLOCK_ROUND`] bytes.
     fn reserve(&self, size: usize) -> Result<u64, BackendError>;
 
-    /// Returns a segment obtained from [`Backend::reserve`] with the same `size`.
+    /// Returns a segment obtained from [`Backend::reserve`] with the same
+    /// `size`. Anything else is an error that changes nothing
+    /// ([`BackendError::InvalidAddress`] where the backend can tell).
     fn release(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 
     /// Free and total device memory.
     fn mem_info(&self) -> Result<MemInfo, BackendError>;
 
+    /// Address ranges with memory mapped into them, if the device has them.
+    fn as_virtual_memory(&self) -> Option<&dyn VirtualMemory> {
+        None
+    }
+
+    /// Stream ordering (events, capture status), if the device has streams.
+    fn as_stream_order(&self) -> Option<&dyn StreamOrder> {
+        None
+    }
+
+    /// Copies between host and device memory, if the device offers them.
+    fn as_copies(&self) -> Option<&dyn Copies> {
+        None
+    }
+
+    /// The virtual-memory capability, or [`BackendError::Unsupported`].
+    fn vmm(&self) -> Result<&dyn VirtualMemory, BackendError> {
+        self.as_virtual_memory().ok_or(BackendError::Unsupported {
+            capability: "virtual memory",
+        })
+    }
+
+    /// The stream-order capability, or [`BackendError::Unsupported`].
+    fn streams(&self) -> Result<&dyn StreamOrder, BackendError> {
+        self.as_stream_order().ok_or(BackendError::Unsupported {
+            capability: "stream order",
+        })
+    }
+
+    /// The copy capability, or [`BackendError::Unsupported`].
+    fn copies(&self) -> Result<&dyn Copies, BackendError> {
+        self.as_copies().ok_or(BackendError::Unsupported {
+            capability: "copies",
+        })
+    }
+}
+
+/// A shared backend is a backend: adaptors can wrap an `Arc<dyn Backend>`.
+impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
+    fn kind(&self) -> BackendKind {
+        (**self).kind()
+    }
+
+    fn ordinal(&self) -> usize {
+        (**self).ordinal()
+    }
+
+    fn reserve(&self, size: usize) -> Result<u64, BackendError> {
+        (**self).reserve(size)
+    }
+
+    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        (**self).release(addr, size)
+    }
+
+    fn mem_info(&self) -> Result<MemInfo, BackendError> {
+        (**self).mem_info()
+    }
+
+    fn as_virtual_memory(&self) -> Option<&dyn VirtualMemory> {
+        (**self).as_virtual_memory()
+    }
+
+    fn as_stream_order(&self) -> Option<&dyn StreamOrder> {
+        (**self).as_stream_order()
+    }
+
+    fn as_copies(&self) -> Option<&dyn Copies> {
+        (**self).as_copies()
+    }
+}
+
+/// Device address space with physical memory mapped into it page by page:
+/// what expandable segments are built on (`cuMemAddressReserve`,
+/// `cuMemCreate` + `cuMemMap`, `cuMemUnmap` + `cuMemRelease`,
+/// `cuMemAddressFree`).
+pub trait VirtualMemory: Send + Sync {
+    /// The granularity of [`VirtualMemory::map`]: physical memory comes in
+    /// pages of this many bytes (2 MiB on current NVIDIA GPUs).
+    fn page_size(&self) -> Result<usize, BackendError>;
+
+    /// Reserves `size` bytes of device address space, with no memory behind
+    /// it, aligned to [`VirtualMemory::page_size`]; `size` is a multiple of
+    /// it. The start of an expandable segment.
+    fn reserve_range(&self, size: usize) -> Result<u64, BackendError>;
+
+    /// Returns a range from [`VirtualMemory::reserve_range`]; all of it must
+    /// be unmapped.
+    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+
+    /// Creates memory for `[addr, addr + size)`, page-aligned inside a
+    /// reserved range and not mapped yet, and maps it there, readable and
+    /// writable. Counts against the device's capacity like
+    /// [`Backend::reserve`]. All or nothing: on an error no page is mapped.
+    fn map(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+
+    /// Unmaps `[addr, addr + size)`, page-aligned and mapped by
+    /// [`VirtualMemory::map`] (in one call or several), and gives its memory
+    /// back, page by page in address order. On an error, nothing changed,
+    /// except for [`BackendError::PartlyUnmapped`], which says how many
+    /// bytes from `addr` are unmapped all the same.
+    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+}
+
+/// Streams and events: what stream-ordered frees are built on.
+pub trait StreamOrder: Send + Sync {
+    /// Creates an event for stream ordering (timing disabled). The
+    /// allocator pools events and destroys them with
+    /// [`StreamOrder::destroy_event`] when its device goes away.
+    fn create_event(&self) -> Result<u64, BackendError>;
+
+    /// Destroys an event from [`StreamOrder::create_event`]; it must not be
+    /// used again.
+    fn destroy_event(&self, event: u64) -> Result<(), BackendError>;
+
+    /// Records `event` on `stream`: it completes when the work queued on
+    /// `stream` so far has finished.
+    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError>;
+
+    /// Whether `event` has completed (`cuEventQuery`), without blocking.
+    fn event_complete(&self, event: u64) -> Result<bool, BackendError>;
+
+    /// Blocks until `event` has completed.
+    fn wait_event(&self, event: u64) -> Result<(), BackendError>;
+
+    /// Whether `stream` is being captured (`cuStreamGetCaptureInfo`); an
+    /// unknown handle is [`BackendError::UnknownStream`], a stream of another
+    /// device [`BackendError::ForeignStream`].
+    fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError>;
+}
+
+/// Synchronous copies into, out of and within device memory.
+pub trait Copies: Send + Sync {
     /// Copies `src` from the host to device memory at `dst`; returns when the
     /// copy is complete.
     ///
@@ -136,46 +361,6 @@ pub trait Backend: Send + Sync + fmt::Debug {
         src: u64,
         len: usize,
     ) -> Result<(), BackendError>;
-
-    /// The granularity of [`Backend::map`]: physical memory comes in pages
-    /// of this many bytes (2 MiB on current NVIDIA GPUs).
-    fn page_size(&self) -> Result<usize, BackendError>;
-
-    /// Reserves `size` bytes of device address space, with no memory behind
-    /// it, aligned to [`Backend::page_size`]; `size` is a multiple of it.
-    /// The start of an expandable segment.
-    fn reserve_range(&self, size: usize) -> Result<u64, BackendError>;
-
-    /// Returns a range from [`Backend::reserve_range`]; all of it must be
-    /// unmapped.
-    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError>;
-
-    /// Backs `[addr, addr + size)`, page-aligned inside a reserved range and
-    /// not mapped yet, with device memory, readable and writable. Counts
-    /// against the device's capacity like [`Backend::reserve`].
-    fn map(&self, addr: u64, size: usize) -> Result<(), BackendError>;
-
-    /// Gives back the memory behind `[addr, addr + size)`, page-aligned and
-    /// mapped by [`Backend::map`] (in one call or several).
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError>;
-
-    /// Creates an event for stream ordering (timing disabled). Events are
-    /// pooled and reused by the allocator, never destroyed.
-    fn create_event(&self) -> Result<u64, BackendError>;
-
-    /// Records `event` on `stream`: it completes when the work queued on
-    /// `stream` so far has finished.
-    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError>;
-
-    /// Whether `event` has completed (`cuEventQuery`), without blocking.
-    fn event_complete(&self, event: u64) -> Result<bool, BackendError>;
-
-    /// Blocks until `event` has completed.
-    fn wait_event(&self, event: u64) -> Result<(), BackendError>;
-
-    /// Whether `stream` is being captured (`cuStreamGetCaptureInfo`); an
-    /// unknown handle is [`BackendError::UnknownStream`].
-    fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError>;
 
     /// Sets `len` bytes at `dst` to `value`; returns when done.
     ///

@@ -15,7 +15,7 @@ impl Device {
         if stream == 0 {
             return Ok(false);
         }
-        Ok(self.backend.capture_status(stream)? != CaptureStatus::Idle)
+        Ok(self.capture_status(stream)? != CaptureStatus::Idle)
     }
 
     /// The capture in progress on `stream`, if any.
@@ -23,23 +23,44 @@ impl Device {
         if stream == 0 {
             return Ok(None);
         }
-        Ok(match self.backend.capture_status(stream)? {
+        Ok(match self.capture_status(stream)? {
             CaptureStatus::Capturing(id) => Some(id),
             _ => None,
         })
     }
 
+    /// The capture status of `stream`; a device without streams has only
+    /// the default stream.
+    fn capture_status(&self, stream: StreamTag) -> Result<CaptureStatus, BackendError> {
+        match self.backend.as_stream_order() {
+            Some(streams) => streams.capture_status(stream),
+            None => Err(BackendError::UnknownStream { stream }),
+        }
+    }
+
     fn event(&self) -> Result<u64, BackendError> {
         match self.events.lock().pop() {
             Some(event) => Ok(event),
-            None => self.backend.create_event(),
+            None => self.backend.streams()?.create_event(),
         }
+    }
+
+    /// Puts the events of `arena`'s deferred frees back in the pool, for an
+    /// arena whose blocks are going away (so the events are destroyed with
+    /// the device instead of leaking).
+    pub(crate) fn recycle_deferred_events(&self, arena: &Arena) {
+        let events = arena.deferred.iter().flat_map(|d| d.events.iter().copied());
+        self.events.lock().extend(events);
     }
 
     /// Records an event on `stream` and returns it.
     fn record_on(&self, stream: StreamTag) -> Result<u64, BackendError> {
         let event = self.event()?;
-        match self.backend.record_event(event, stream) {
+        match self
+            .backend
+            .streams()
+            .and_then(|s| s.record_event(event, stream))
+        {
             Ok(()) => Ok(event),
             Err(e) => {
                 self.events.lock().push(event);
@@ -126,9 +147,12 @@ impl Device {
             let mut pending = Vec::new();
             for event in d.events.drain(..) {
                 let done = if wait {
-                    self.backend.wait_event(event).map(|()| true)
+                    self.backend
+                        .streams()
+                        .and_then(|s| s.wait_event(event))
+                        .map(|()| true)
                 } else {
-                    self.backend.event_complete(event)
+                    self.backend.streams().and_then(|s| s.event_complete(event))
                 };
                 match done {
                     Ok(true) => self.events.lock().push(event),
@@ -148,5 +172,19 @@ impl Device {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Device {
+    /// Destroys the pooled events: the pools that used them are gone (they
+    /// hold the device), and their deferred frees' events were recycled
+    /// into the pool by `release_all`.
+    fn drop(&mut self) {
+        let events = std::mem::take(&mut *self.events.lock());
+        if let Some(streams) = self.backend.as_stream_order() {
+            for event in events {
+                let _ = streams.destroy_event(event);
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ mod events;
 use crate::arena::{
     segment_size, tight_segment_size, Arena, Carved, Class, FreedSegment, PageRun, StreamTag,
 };
-use crate::backend::{Backend, BackendError, MemInfo};
+use crate::backend::{Backend, BackendError, LimitAdaptor, MemInfo};
 use crate::stats::{Side, StatsBook};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 
@@ -42,8 +42,9 @@ pub(crate) enum Shortfall {
 pub(crate) struct Device {
     pub(crate) backend: std::sync::Arc<dyn Backend>,
     pub(crate) book: Arc<StatsBook>,
-    /// Fraction of the device's total memory graphalloc may hold.
-    memory_fraction: f64,
+    /// The limit (`memory_fraction` below 1): an adaptor around the
+    /// backend, which `backend` then is.
+    limiter: Option<std::sync::Arc<LimitAdaptor<std::sync::Arc<dyn Backend>>>>,
     /// Whether the caching allocator serves large requests from expandable
     /// segments (address space reserved once, memory mapped in pages).
     expandable: bool,
@@ -52,7 +53,7 @@ pub(crate) struct Device {
     total: std::sync::OnceLock<usize>,
     /// Bytes held in segments now, caches and pools together.
     reserved: AtomicUsize,
-    /// Idle events, reused for stream ordering (never destroyed).
+    /// Idle events, reused for stream ordering (destroyed with the device).
     events: Mutex<Vec<u64>>,
 }
 
@@ -63,10 +64,20 @@ impl Device {
         memory_fraction: f64,
         expandable: bool,
     ) -> Self {
+        let (backend, limiter) = if memory_fraction < 1.0 {
+            let limiter =
+                std::sync::Arc::new(LimitAdaptor::with_fraction(backend, memory_fraction));
+            (
+                limiter.clone() as std::sync::Arc<dyn Backend>,
+                Some(limiter),
+            )
+        } else {
+            (backend, None)
+        };
         Device {
             backend,
             book,
-            memory_fraction,
+            limiter,
             expandable,
             total: std::sync::OnceLock::new(),
             reserved: AtomicUsize::new(0),
@@ -81,12 +92,10 @@ impl Device {
     /// Bytes graphalloc may reserve on this device: `usize::MAX` (no limit
     /// of ours) with a memory fraction of 1, else that fraction of the total.
     pub(crate) fn limit(&self) -> usize {
-        if self.memory_fraction >= 1.0 {
-            return usize::MAX;
-        }
-        self.total().map_or(usize::MAX, |total| {
-            (total as f64 * self.memory_fraction) as usize
-        })
+        self.limiter
+            .as_ref()
+            .and_then(|l| l.limit())
+            .unwrap_or(usize::MAX)
     }
 
     /// The most any single request can get: the device's total memory, or
@@ -146,12 +155,20 @@ impl Device {
             // that fragmentation of the range never stands in for a full
             // device; another range comes only if even that is cut up.
             let class = Class::of(rounded);
-            let page = self.backend.page_size().map_err(Shortfall::Backend)?;
+            let page = self
+                .backend
+                .vmm()
+                .and_then(|v| v.page_size())
+                .map_err(Shortfall::Backend)?;
             let size = self.capacity().saturating_mul(2).next_multiple_of(page);
-            let base = self.backend.reserve_range(size).map_err(|e| match e {
-                BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
-                other => Shortfall::Backend(other),
-            })?;
+            let base = self
+                .backend
+                .vmm()
+                .and_then(|v| v.reserve_range(size))
+                .map_err(|e| match e {
+                    BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
+                    other => Shortfall::Backend(other),
+                })?;
             let segment = arena.add_expandable_segment(base, size, stream, class, page);
             let carved = arena.try_alloc(stream, rounded, requested).expect(
                 "a range the size of the device fits any request that passed the size check",
@@ -161,7 +178,10 @@ impl Device {
                 // The first mapping failed: the range goes again, so the
                 // failed request leaves nothing behind.
                 if let Some(range) = arena.remove_fresh_segment(segment) {
-                    let _ = self.backend.release_range(range.base, range.size);
+                    let _ = self
+                        .backend
+                        .vmm()
+                        .and_then(|v| v.release_range(range.base, range.size));
                 }
             }
             return backed;
@@ -253,16 +273,19 @@ impl Device {
         if claimed.is_err() {
             return Err(BackendError::OutOfMemory { requested: len });
         }
-        self.backend.map(addr, len).inspect_err(|_| {
-            self.reserved.fetch_sub(len, Ordering::SeqCst);
-        })
+        self.backend
+            .vmm()
+            .and_then(|v| v.map(addr, len))
+            .inspect_err(|_| {
+                self.reserved.fetch_sub(len, Ordering::SeqCst);
+            })
     }
 
     /// Unmaps one run (the books are the caller's).
     fn unmap_run(&self, run: PageRun) -> Result<(), BackendError> {
         let (_, addr, len) = run;
         self.reserved.fetch_sub(len, Ordering::SeqCst);
-        self.backend.unmap(addr, len)
+        self.backend.vmm()?.unmap(addr, len)
     }
 
     /// Unmaps pages of `arena`'s expandable segments that no live block
@@ -280,7 +303,7 @@ impl Device {
         if runs.is_empty() {
             return Ok(0);
         }
-        let page = self.backend.page_size()?;
+        let page = self.backend.vmm()?.page_size()?;
         for run in runs {
             if unmapped >= at_least {
                 break;
@@ -301,23 +324,14 @@ impl Device {
         first_error.map_or(Ok(unmapped), Err)
     }
 
-    /// Reserves a segment, within the limit.
+    /// Reserves a segment (within the limit: the backend's adaptor keeps it).
     fn reserve(&self, size: usize) -> Result<u64, Shortfall> {
-        let claimed = self
-            .reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
-                held.checked_add(size).filter(|&n| n <= self.limit())
-            });
-        if claimed.is_err() {
-            return Err(Shortfall::Exhausted);
-        }
-        self.backend.reserve(size).map_err(|e| {
-            self.reserved.fetch_sub(size, Ordering::SeqCst);
-            match e {
-                BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
-                other => Shortfall::Backend(other),
-            }
-        })
+        let base = self.backend.reserve(size).map_err(|e| match e {
+            BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
+            other => Shortfall::Backend(other),
+        })?;
+        self.reserved.fetch_add(size, Ordering::SeqCst);
+        Ok(base)
     }
 
     /// Takes every fully free segment out of `arena` and releases it to the
@@ -339,6 +353,7 @@ impl Device {
     /// that is going away. Returns the bytes released.
     pub(crate) fn release_all(&self, arena: &mut Arena, side: Side) -> Result<usize, BackendError> {
         let allocated = arena.stats.allocated_bytes;
+        self.recycle_deferred_events(arena);
         let segments = arena.take_all_segments();
         self.book.freed(side, allocated);
         self.release_segments(segments, side)
@@ -361,11 +376,15 @@ impl Device {
                 }
                 Some(runs) => {
                     for &(addr, len) in runs {
-                        if let Err(e) = self.backend.unmap(addr, len) {
+                        if let Err(e) = self.backend.vmm().and_then(|v| v.unmap(addr, len)) {
                             first_error.get_or_insert(e);
                         }
                     }
-                    if let Err(e) = self.backend.release_range(seg.base, seg.size) {
+                    if let Err(e) = self
+                        .backend
+                        .vmm()
+                        .and_then(|v| v.release_range(seg.base, seg.size))
+                    {
                         first_error.get_or_insert(e);
                     }
                     runs.iter().map(|r| r.1).sum()

@@ -3,7 +3,7 @@
 
 use super::element::{bytes_of, bytes_of_mut, zeroed_vec, Element};
 use crate::arena::BLOCK_ROUND;
-use crate::backend::Backend;
+use crate::backend::Copies;
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
 use crate::global::Allocator;
@@ -85,9 +85,11 @@ unsafe fn copy_between(
     if dst_dev == src_dev {
         // SAFETY: per this function's contract; distinct blocks don't overlap.
         unsafe {
-            alloc
-                .backend(dst_dev)?
-                .copy_device_to_device(dst.addr(), src.addr(), bytes)?
+            alloc.backend(dst_dev)?.copies()?.copy_device_to_device(
+                dst.addr(),
+                src.addr(),
+                bytes,
+            )?
         };
     } else {
         let mut staging = vec![0u8; bytes];
@@ -96,9 +98,11 @@ unsafe fn copy_between(
         unsafe {
             alloc
                 .backend(src_dev)?
+                .copies()?
                 .copy_to_host(src.addr(), &mut staging)?;
             alloc
                 .backend(dst_dev)?
+                .copies()?
                 .copy_to_device(dst.addr(), &staging)?;
         }
     }
@@ -361,15 +365,15 @@ impl<'a, T: Element> DeviceBuffer<'a, T> {
         Ok(unsafe { backend.copy_to_host(self.ptr.addr(), bytes_of_mut(dst)) }?)
     }
 
-    /// The backend of the buffer's device.
-    fn backend(&self) -> Result<&dyn Backend> {
-        Ok(self.alloc.backend(self.device)?.as_ref())
+    /// The copy capability of the buffer's device.
+    fn backend(&self) -> Result<&dyn Copies> {
+        Ok(self.alloc.backend(self.device)?.copies()?)
     }
 
     /// Panics unless a host slice of `len` elements matches the buffer, as
     /// `what` (`"copy_to_host: destination"`) says; the backend to copy
     /// with, or `None` if there are no bytes to copy.
-    fn host_copy(&self, what: &str, len: usize) -> Result<Option<&dyn Backend>> {
+    fn host_copy(&self, what: &str, len: usize) -> Result<Option<&dyn Copies>> {
         assert_eq!(len, self.len, "{what} length differs from the buffer's");
         if self.len == 0 {
             return Ok(None);

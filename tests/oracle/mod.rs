@@ -5,10 +5,11 @@
 //! It keeps a model of what must be true of an [`Allocator`] on the host
 //! backend and checks the allocator against it:
 //!
-//! - [`TrackingBackend`] wraps a [`HostBackend`] and records every segment the
-//!   allocator reserves and releases, so the oracle can check that every live
-//!   block lies inside one reserved segment, that segments never overlap, and
-//!   that every release names exactly a segment that was reserved (base and
+//! - [`TrackingBackend`] is the library's tracking adaptor over a fault
+//!   adaptor over a [`HostBackend`]: it records every segment the allocator
+//!   reserves and releases, so the oracle can check that every live block
+//!   lies inside one reserved segment, that segments never overlap, and that
+//!   every release names exactly a segment that was reserved (base and
 //!   size), once.
 //! - [`Model`] mirrors every live block as an interval `[ptr, ptr + extent)`
 //!   (`extent` = the request rounded up to 512 B, which the block is
@@ -25,14 +26,12 @@
 //! can include it as is.
 #![allow(dead_code)]
 
-use graphalloc::backend::CaptureStatus;
+use graphalloc::backend::{FaultAdaptor, TrackingAdaptor};
 use graphalloc::{
-    Allocator, Backend, BackendError, BackendKind, DevicePtr, Error, GraphModeGuard, GraphPool,
-    HostBackend, MemInfo, MemoryUsageStats, PoolStats, BLOCK_ROUND, MAX_ALIGNMENT,
-    SMALL_REQUEST_MAX,
+    Allocator, Backend, BackendError, DevicePtr, Error, GraphModeGuard, GraphPool, HostBackend,
+    MemoryUsageStats, PoolStats, BLOCK_ROUND, MAX_ALIGNMENT, SMALL_REQUEST_MAX,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -154,27 +153,25 @@ pub fn run_threads(n: usize, barrier: &Rendezvous, body: impl Fn(usize) + Sync) 
 // The tracking backend
 // ---------------------------------------------------------------------------
 
-/// A [`HostBackend`] that records every segment it hands out, so the oracle
-/// can see the segments the allocator holds (the allocator does not list
-/// them). Anything the allocator does wrong with segments (a release of a
-/// segment it does not hold, with the wrong size, twice; an overlap) is
-/// recorded as a violation instead of reaching the host allocator.
+/// The layers the oracle runs on: a [`HostBackend`] behind a [`FaultAdaptor`]
+/// (so tests can fail chosen reservations) behind the library's
+/// [`TrackingAdaptor`].
+type Tracked = TrackingAdaptor<FaultAdaptor<HostBackend>>;
+
+/// The backend the oracle runs on: it records every segment, range and page
+/// the allocator holds (the allocator does not list them) and every call it
+/// makes wrong (a release of a segment it does not hold, with the wrong
+/// size, twice; an overlap) as a violation instead of reaching the host. It
+/// derefs to the tracking adaptor (`segments`, `violations`, `contains`).
 pub struct TrackingBackend {
-    host: HostBackend,
-    segments: Mutex<BTreeMap<u64, usize>>,
-    /// Address ranges reserved for expandable segments: base → size.
-    ranges: Mutex<BTreeMap<u64, usize>>,
-    /// Pages mapped into reserved address ranges (expandable segments).
-    pages: Mutex<BTreeSet<u64>>,
-    violations: Mutex<Vec<String>>,
+    tracked: Arc<Tracked>,
 }
 
-impl fmt::Debug for TrackingBackend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrackingBackend")
-            .field("host", &self.host)
-            .field("segments", &lock(&self.segments).len())
-            .finish()
+impl std::ops::Deref for TrackingBackend {
+    type Target = Tracked;
+
+    fn deref(&self) -> &Tracked {
+        &self.tracked
     }
 }
 
@@ -186,238 +183,25 @@ impl TrackingBackend {
 
     /// A tracked host device `ordinal` of `capacity` bytes.
     pub fn with_ordinal(ordinal: usize, capacity: usize) -> Arc<Self> {
+        let host = HostBackend::new(ordinal, capacity);
         Arc::new(TrackingBackend {
-            host: HostBackend::new(ordinal, capacity),
-            segments: Mutex::new(BTreeMap::new()),
-            ranges: Mutex::new(BTreeMap::new()),
-            pages: Mutex::new(BTreeSet::new()),
-            violations: Mutex::new(Vec::new()),
+            tracked: Arc::new(TrackingAdaptor::new(FaultAdaptor::new(host))),
         })
     }
 
-    /// The wrapped host backend (for `fail_reservation`, `outstanding_bytes`).
+    /// The backend to build an allocator on.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        self.tracked.clone()
+    }
+
+    /// The fault-injecting layer (`fail_reservation`, `reservations`).
+    pub fn faults(&self) -> &FaultAdaptor<HostBackend> {
+        self.tracked.inner()
+    }
+
+    /// The simulated device (`outstanding_bytes`, streams).
     pub fn host(&self) -> &HostBackend {
-        &self.host
-    }
-
-    /// The segments held now: base → size.
-    pub fn segments(&self) -> BTreeMap<u64, usize> {
-        lock(&self.segments).clone()
-    }
-
-    /// Everything the allocator did wrong with segments so far.
-    pub fn violations(&self) -> Vec<String> {
-        lock(&self.violations).clone()
-    }
-
-    /// Bytes mapped into address ranges now (expandable segments).
-    pub fn mapped_bytes(&self) -> usize {
-        let page = self.host.page_size().unwrap_or(1);
-        lock(&self.pages).len() * page
-    }
-
-    /// Whether `[addr, addr + len)` lies inside one held segment, or inside
-    /// pages mapped into a reserved range.
-    pub fn contains(&self, addr: u64, len: usize) -> bool {
-        let in_segment = match lock(&self.segments).range(..=addr).next_back() {
-            Some((&base, &size)) => {
-                let off = addr - base;
-                off < size as u64 && len as u64 <= size as u64 - off
-            }
-            None => false,
-        };
-        in_segment || self.mapped(addr, len)
-    }
-
-    /// Whether `addr` lies in a held segment or in a reserved address range
-    /// (mapped or not): memory the allocator still answers for, so a free
-    /// there is diagnosed from its books rather than as unknown.
-    pub fn in_address_space(&self, addr: u64) -> bool {
-        let in_range = match lock(&self.ranges).range(..=addr).next_back() {
-            Some((&base, &size)) => addr - base < size as u64,
-            None => false,
-        };
-        in_range || self.contains(addr, 1)
-    }
-
-    /// Address ranges held now (expandable segments): base → size.
-    pub fn ranges(&self) -> BTreeMap<u64, usize> {
-        lock(&self.ranges).clone()
-    }
-
-    /// Whether every page touching `[addr, addr + len)` is mapped.
-    fn mapped(&self, addr: u64, len: usize) -> bool {
-        let pages = lock(&self.pages);
-        if pages.is_empty() || len == 0 {
-            return false;
-        }
-        let page = self.host.page_size().unwrap_or(1) as u64;
-        let Some(last) = addr.checked_add(len as u64 - 1) else {
-            return false;
-        };
-        let mut p = addr - addr % page;
-        while p <= last {
-            if !pages.contains(&p) {
-                return false;
-            }
-            p += page;
-        }
-        true
-    }
-
-    fn violation(&self, what: String) {
-        lock(&self.violations).push(what);
-    }
-}
-
-impl Backend for TrackingBackend {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Host
-    }
-
-    fn ordinal(&self) -> usize {
-        self.host.ordinal()
-    }
-
-    fn reserve(&self, size: usize) -> Result<u64, BackendError> {
-        let base = self.host.reserve(size)?;
-        // Recorded after the host hands the segment out and removed before
-        // it is given back (in `release`), so the recorded set is always a
-        // subset of what is really held: an overlap seen here is real.
-        let mut segments = lock(&self.segments);
-        if base % BLOCK_ROUND as u64 != 0 {
-            self.violation(format!("segment {base:#x} is not 512-byte aligned"));
-        }
-        if let Some((&b, &s)) = segments.range(..=base).next_back() {
-            if base < b + s as u64 {
-                self.violation(format!(
-                    "segment {base:#x}+{size} overlaps held segment {b:#x}+{s}"
-                ));
-            }
-        }
-        if let Some((&b, &s)) = segments.range(base + 1..).next() {
-            if b < base + size as u64 {
-                self.violation(format!(
-                    "segment {base:#x}+{size} overlaps held segment {b:#x}+{s}"
-                ));
-            }
-        }
-        segments.insert(base, size);
-        Ok(base)
-    }
-
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        let held = lock(&self.segments).remove(&addr);
-        match held {
-            Some(s) if s == size => self.host.release(addr, size),
-            Some(s) => {
-                // Put it back: the host still holds it with its real size.
-                lock(&self.segments).insert(addr, s);
-                self.violation(format!(
-                    "release of segment {addr:#x} with size {size}, reserved with {s}"
-                ));
-                Ok(())
-            }
-            None => {
-                self.violation(format!(
-                    "release of {addr:#x}+{size}, which is not a held segment"
-                ));
-                Ok(())
-            }
-        }
-    }
-
-    fn mem_info(&self) -> Result<MemInfo, BackendError> {
-        self.host.mem_info()
-    }
-
-    fn page_size(&self) -> Result<usize, BackendError> {
-        self.host.page_size()
-    }
-
-    fn reserve_range(&self, size: usize) -> Result<u64, BackendError> {
-        let base = self.host.reserve_range(size)?;
-        lock(&self.ranges).insert(base, size);
-        Ok(base)
-    }
-
-    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        match lock(&self.ranges).remove(&addr) {
-            Some(s) if s == size => {}
-            held => self.violation(format!("release of range {addr:#x}+{size}; held: {held:?}")),
-        }
-        self.host.release_range(addr, size)
-    }
-
-    fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.host.map(addr, size)?;
-        let page = self.host.page_size()? as u64;
-        let mut pages = lock(&self.pages);
-        for p in (addr..addr + size as u64).step_by(page as usize) {
-            if !pages.insert(p) {
-                self.violation(format!("page {p:#x} mapped twice"));
-            }
-        }
-        Ok(())
-    }
-
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        {
-            // Removed before the host gives the memory back (see `release`).
-            let page = self.host.page_size()? as u64;
-            let mut pages = lock(&self.pages);
-            for p in (addr..addr + size as u64).step_by(page as usize) {
-                if !pages.remove(&p) {
-                    self.violation(format!("unmap of page {p:#x}, which is not mapped"));
-                }
-            }
-        }
-        self.host.unmap(addr, size)
-    }
-
-    fn create_event(&self) -> Result<u64, BackendError> {
-        self.host.create_event()
-    }
-
-    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError> {
-        self.host.record_event(event, stream)
-    }
-
-    fn event_complete(&self, event: u64) -> Result<bool, BackendError> {
-        self.host.event_complete(event)
-    }
-
-    fn wait_event(&self, event: u64) -> Result<(), BackendError> {
-        self.host.wait_event(event)
-    }
-
-    fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
-        self.host.capture_status(stream)
-    }
-
-    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<(), BackendError> {
-        // SAFETY: the caller upholds the same contract for us as for the host.
-        unsafe { self.host.copy_to_device(dst, src) }
-    }
-
-    unsafe fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<(), BackendError> {
-        // SAFETY: as above.
-        unsafe { self.host.copy_to_host(src, dst) }
-    }
-
-    unsafe fn copy_device_to_device(
-        &self,
-        dst: u64,
-        src: u64,
-        len: usize,
-    ) -> Result<(), BackendError> {
-        // SAFETY: as above.
-        unsafe { self.host.copy_device_to_device(dst, src, len) }
-    }
-
-    unsafe fn fill(&self, dst: u64, value: u8, len: usize) -> Result<(), BackendError> {
-        // SAFETY: as above.
-        unsafe { self.host.fill(dst, value, len) }
+        self.tracked.inner().inner()
     }
 }
 
@@ -433,8 +217,8 @@ pub fn tracked_allocator_with(
     config: &graphalloc::Config,
 ) -> (Allocator, Arc<TrackingBackend>) {
     let backend = TrackingBackend::new(capacity);
-    let alloc = Allocator::from_backends_with(vec![backend.clone() as Arc<dyn Backend>], config)
-        .expect("one backend given");
+    let alloc =
+        Allocator::from_backends_with(vec![backend.backend()], config).expect("one backend given");
     (alloc, backend)
 }
 
@@ -444,9 +228,8 @@ pub fn tracked_allocator_with_fraction(
     memory_fraction: f64,
 ) -> (Allocator, Arc<TrackingBackend>) {
     let backend = TrackingBackend::new(capacity);
-    let alloc =
-        Allocator::from_backends(vec![backend.clone() as Arc<dyn Backend>], memory_fraction)
-            .expect("one backend given");
+    let alloc = Allocator::from_backends(vec![backend.backend()], memory_fraction)
+        .expect("one backend given");
     (alloc, backend)
 }
 
@@ -674,7 +457,7 @@ impl Model {
             let seg = segments.range(..=b.ptr).next_back();
             assert!(
                 matches!(seg, Some((&base, &size)) if b.end() <= base + size as u64)
-                    || backend.mapped(b.ptr, b.extent()),
+                    || backend.contains(b.ptr, b.extent()),
                 "live block {b:?} is not inside a held segment (nearest below: {seg:?})"
             );
         }
@@ -1122,7 +905,7 @@ impl Harness {
     /// cache, and asserts that nothing is left: no block, no reserved byte,
     /// no segment held by the backend.
     pub fn teardown(mut self) {
-        self.backend.host().clear_faults();
+        self.backend.faults().clear_faults();
         self.exit_all();
         let ptrs: Vec<u64> = self.model.blocks().map(|b| b.ptr).collect();
         for p in ptrs {
@@ -1226,7 +1009,7 @@ pub fn run_ops(data: &[u8]) -> OpsSummary {
                 s.caching.peak_reserved_bytes,
                 s.pools.reserved_bytes,
                 h.backend.mapped_bytes(),
-                h.backend.host().reservations()
+                h.backend.faults().reservations()
             );
         }
         match op {
@@ -1286,8 +1069,8 @@ pub fn run_ops(data: &[u8]) -> OpsSummary {
             }
             10 => {
                 let n = 1 + (bytes.u8() % 4) as u64;
-                armed.insert(h.backend.host().reservations() + n);
-                h.backend.host().fail_reservation(n);
+                armed.insert(h.backend.faults().reservations() + n);
+                h.backend.faults().fail_reservation(n);
             }
             _ => {
                 let which = bytes.u8();
@@ -1299,7 +1082,7 @@ pub fn run_ops(data: &[u8]) -> OpsSummary {
         }
         // Every armed fault whose reservation has come must have surfaced
         // as an error (seen in `allocate_op`).
-        let reached = h.backend.host().reservations();
+        let reached = h.backend.faults().reservations();
         assert!(
             armed.iter().all(|&n| n > reached),
             "an injected fault fired without surfacing: armed {armed:?}, reservations {reached}"

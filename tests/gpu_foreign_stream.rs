@@ -1,0 +1,44 @@
+//! A stream of another device is refused (issue 13): before, `record_stream`
+//! with device 1's stream on a device-0 block was accepted, the event could
+//! not be recorded there, and the block never became reusable. Skips, saying
+//! so, with fewer than two devices.
+
+use cudarc::driver::CudaContext;
+mod gpu_support;
+
+use gpu_support::bytes;
+use graphalloc::{BackendError, Error};
+
+#[test]
+fn a_stream_of_another_device_is_a_typed_error() {
+    let Some(alloc) = bytes::cuda_allocator(module_path!(), 2) else {
+        return;
+    };
+    let other = CudaContext::new(1).unwrap().new_stream().unwrap();
+    let foreign = other.cu_stream() as u64;
+    let p = alloc.allocate_on(0, 0, 1 << 20, 512).unwrap();
+    let before = alloc.stats();
+    let refused = |e: Error| {
+        matches!(
+            e,
+            Error::Backend(BackendError::ForeignStream {
+                stream_device: 1,
+                device: 0,
+                ..
+            })
+        )
+    };
+    let e = alloc.record_stream(p, foreign).unwrap_err();
+    assert!(refused(e.clone()), "{e:?}");
+    let e = alloc.allocate_on(0, foreign, 4096, 512).unwrap_err();
+    assert!(refused(e.clone()), "{e:?}");
+    assert_eq!(alloc.stats(), before);
+    // A stream of the block's own device is fine.
+    let own = CudaContext::new(0).unwrap().new_stream().unwrap();
+    alloc.record_stream(p, own.cu_stream() as u64).unwrap();
+    alloc.free(p).unwrap();
+    own.synchronize().unwrap();
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().caching.pending_frees, 0);
+    assert_eq!(alloc.stats().caching.reserved_bytes, 0);
+}
