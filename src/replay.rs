@@ -34,7 +34,7 @@
 use crate::backend::BackendKind;
 use crate::device_ptr::DevicePtr;
 use crate::error::Error;
-use crate::global::Allocator;
+use crate::allocator::Allocator;
 use rustc_hash::FxHashMap;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};

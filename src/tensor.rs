@@ -64,7 +64,7 @@
 use crate::backend::{BackendError, BackendKind};
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
-use crate::global::Allocator;
+use crate::allocator::Allocator;
 use crate::graph_pool::GraphPool;
 use crate::BLOCK_ROUND;
 use cudarc::driver::{sys, CudaStream, DeviceSlice, LaunchArgs, PushKernelArg, SyncOnDrop};
