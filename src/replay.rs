@@ -31,10 +31,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::allocator::Allocator;
 use crate::backend::BackendKind;
 use crate::device_ptr::DevicePtr;
 use crate::error::Error;
-use crate::allocator::Allocator;
 use rustc_hash::FxHashMap;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read};

@@ -61,10 +61,10 @@
 //! requires a `&Arc<CudaStream>` that the buffer does not have (it may live
 //! on the host backend, where no CUDA stream can exist), hence the views.
 
+use crate::allocator::Allocator;
 use crate::backend::{BackendError, BackendKind};
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
-use crate::allocator::Allocator;
 use crate::graph_pool::GraphPool;
 use crate::BLOCK_ROUND;
 use cudarc::driver::{sys, CudaStream, DeviceSlice, LaunchArgs, PushKernelArg, SyncOnDrop};
