@@ -10,7 +10,7 @@ use crate::config::{BackendChoice, Config};
 use crate::device::{Device, Shortfall};
 use crate::device_ptr::DevicePtr;
 use crate::error::{Error, Result};
-use crate::graph_pool::{GraphPool, PoolCore};
+use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
@@ -44,6 +44,8 @@ pub struct Allocator {
     caches: Vec<Arc<CachingAllocator>>,
     ownership: OwnershipMap,
     book: Arc<StatsBook>,
+    /// The live graph pools of this allocator and the counts of dropped ones.
+    pools: Arc<PoolRegistry>,
     kind: BackendKind,
     /// (device, stream) → the pool registered for captures on that stream.
     stream_pools: ConcurrentMap<(usize, u64), GraphPool>,
@@ -137,6 +139,7 @@ impl Allocator {
             caches,
             ownership: OwnershipMap::new(),
             book,
+            pools: Arc::new(PoolRegistry::new()),
             kind,
             stream_pools: ConcurrentMap::new(),
             capture_pools: ConcurrentMap::new(),
@@ -283,7 +286,7 @@ impl Allocator {
         {
             return Ok(Some(core));
         }
-        let pool = GraphPool::create(self.id, self.caches[device].clone());
+        let pool = GraphPool::create(self.id, self.caches[device].clone(), &self.pools);
         let core = pool.core.clone();
         if !self.capture_pools.insert_new((device, capture), pool) {
             // Another thread made it first: use theirs (ours is dropped empty).
@@ -361,7 +364,7 @@ impl Allocator {
             requested,
             reserved: d.reserved(),
             allocated: self.caches[device].stats().allocated_bytes
-                + self.book.live_pool_stats(Some(device)).allocated_bytes,
+                + self.pools.stats(Some(device), false).allocated_bytes,
             device_free: info.free,
             device_total: info.total,
         }
@@ -393,9 +396,7 @@ impl Allocator {
     /// Why `addr` is not a live pointer (slow; only on the error path).
     fn diagnose(&self, addr: u64) -> Error {
         let mut kinds: Vec<AddressKind> = self.caches.iter().map(|c| c.classify(addr)).collect();
-        self.book
-            .live_pools
-            .for_each(|_, (_, arena)| kinds.push(arena.lock().classify(addr)));
+        kinds.extend(self.pools.classify(addr));
         for kind in kinds {
             match kind {
                 AddressKind::Inside {
@@ -446,12 +447,16 @@ impl Allocator {
 
     /// A new, empty graph pool on device 0.
     pub fn create_pool(&self) -> GraphPool {
-        GraphPool::create(self.id, self.caches[0].clone())
+        GraphPool::create(self.id, self.caches[0].clone(), &self.pools)
     }
 
     /// A new, empty graph pool on `device`.
     pub fn create_pool_on(&self, device: usize) -> Result<GraphPool> {
-        Ok(GraphPool::create(self.id, self.cache(device)?.clone()))
+        Ok(GraphPool::create(
+            self.id,
+            self.cache(device)?.clone(),
+            &self.pools,
+        ))
     }
 
     /// Enters graph mode on `pool` for the calling thread; see
@@ -511,7 +516,8 @@ impl Allocator {
         for cache in &self.caches {
             caching.add(&cache.stats());
         }
-        self.book.summarize(caching, self.is_graph_mode())
+        let pools = self.pools.stats(None, true);
+        self.book.summarize(caching, pools, self.is_graph_mode())
     }
 
     /// Statistics of one device's caching allocator.

@@ -7,8 +7,7 @@
 //! counter each whose successive values are totally ordered, so the recorded
 //! peak is the exact maximum the sum ever reached.
 
-use crate::arena::Arena;
-use crate::sync::{Arc, AtomicUsize, ConcurrentMap, Mutex, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
 use std::fmt;
 
 /// Figures for one owner of blocks, or a sum of owners.
@@ -155,16 +154,12 @@ impl GaugePair {
 }
 
 /// An allocator's shared book of sums: gauges for the caching allocators,
-/// for all pools, and for everything, plus the counts of pools that are gone.
+/// for all pools, and for everything.
 #[derive(Debug)]
 pub(crate) struct StatsBook {
     pub(crate) caching: GaugePair,
     pub(crate) pools: GaugePair,
     pub(crate) total: GaugePair,
-    /// The device and arena of each pool alive now, by pool id.
-    pub(crate) live_pools: ConcurrentMap<u64, (usize, Arc<Mutex<Arena>>)>,
-    /// The cumulative counts of pools already dropped.
-    pub(crate) retired_pools: Mutex<PoolStats>,
     /// Which gauges the caching side keeps.
     caching_sums: CachingSums,
 }
@@ -195,21 +190,8 @@ impl StatsBook {
             caching: GaugePair::default(),
             pools: GaugePair::default(),
             total: GaugePair::default(),
-            live_pools: ConcurrentMap::new(),
-            retired_pools: Mutex::new(PoolStats::default()),
             caching_sums,
         }
-    }
-
-    /// The sum of the figures of the pools alive now, on `device` or on all.
-    pub(crate) fn live_pool_stats(&self, device: Option<usize>) -> PoolStats {
-        let mut sum = PoolStats::default();
-        self.live_pools.for_each(|_, (d, arena)| {
-            if device.is_none_or(|want| want == *d) {
-                sum.add(&arena.lock().stats)
-            }
-        });
-        sum
     }
 
     /// The gauges that an event of `side` updates: its group's, where
@@ -244,14 +226,19 @@ impl StatsBook {
         }
     }
 
-    /// Builds the summed view from per-owner figures.
-    pub(crate) fn summarize(&self, caching: PoolStats, in_graph_mode: bool) -> MemoryUsageStats {
-        let mut caching = caching;
+    /// Builds the summed view from per-owner figures: the caching
+    /// allocators' sum and the pools' (live pools' figures plus the counts
+    /// of those dropped).
+    pub(crate) fn summarize(
+        &self,
+        caching: PoolStats,
+        pools: PoolStats,
+        in_graph_mode: bool,
+    ) -> MemoryUsageStats {
+        let (mut caching, mut pools) = (caching, pools);
         if self.caching_sums == CachingSums::Gauged {
             self.caching.apply_peaks(&mut caching);
         }
-        let mut pools = self.live_pool_stats(None);
-        pools.add_counts(&self.retired_pools.lock());
         self.pools.apply_peaks(&mut pools);
         let mut total = caching;
         total.add(&pools);
