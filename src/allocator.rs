@@ -14,7 +14,8 @@ use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
-use crate::sync::{Arc, ConcurrentMap};
+use crate::stream::current_stream;
+use crate::sync::{next_id, Arc, ConcurrentMap};
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
 /// large segments (2 MiB). Blocks are always aligned to 512 bytes; larger
@@ -135,7 +136,7 @@ impl Allocator {
             })
             .collect();
         Ok(Allocator {
-            id: crate::sync::next_id(),
+            id: next_id(),
             caches,
             ownership: OwnershipMap::new(),
             book,
@@ -185,7 +186,7 @@ impl Allocator {
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
         let device = mode::current_pool_device(self.id).unwrap_or(0);
-        self.allocate_on(device, crate::stream::current_stream(), size, align)
+        self.allocate_on(device, current_stream(), size, align)
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on

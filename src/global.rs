@@ -4,6 +4,8 @@
 use crate::allocator::Allocator;
 use crate::config::Config;
 use crate::error::{Error, Result};
+#[cfg(not(all(loom, feature = "loom")))]
+use crate::graph_pool::GraphPool;
 use crate::sync::OnceSlot;
 
 /// A cell holding at most one [`Allocator`], set once.
@@ -107,3 +109,17 @@ mod process {
 
 #[cfg(not(all(loom, feature = "loom")))]
 pub use process::{global, install, try_global};
+
+#[cfg(not(all(loom, feature = "loom")))]
+impl GraphPool {
+    /// A new, empty pool on device 0 of the process-wide allocator
+    /// ([`global`]); [`Allocator::create_pool_on`] makes one on another
+    /// device.
+    ///
+    /// # Panics
+    /// As [`global`] does, when `GRAPHALLOC_CONF` is malformed.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        global().create_pool()
+    }
+}

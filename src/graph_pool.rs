@@ -5,7 +5,7 @@ use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
 use crate::stats::{PoolStats, Side};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{next_id, Arc, Mutex};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -205,16 +205,6 @@ impl fmt::Debug for GraphPool {
 }
 
 impl GraphPool {
-    /// A new, empty pool on the process-wide allocator's current device.
-    ///
-    /// # Panics
-    /// As [`crate::global`] does, when `GRAPHALLOC_CONF` is malformed.
-    #[allow(clippy::new_without_default)]
-    #[cfg(not(all(loom, feature = "loom")))]
-    pub fn new() -> Self {
-        crate::global().create_pool()
-    }
-
     /// A new pool of allocator `allocator_id` on `cache`'s device, entered
     /// in the allocator's `registry`.
     pub(crate) fn create(
@@ -223,7 +213,7 @@ impl GraphPool {
         registry: &Arc<PoolRegistry>,
     ) -> Self {
         let arena = Arc::new(Mutex::new(Arena::new()));
-        let id = crate::sync::next_id();
+        let id = next_id();
         registry.register(id, cache.device.ordinal(), arena.clone());
         GraphPool {
             core: Arc::new(PoolCore {
