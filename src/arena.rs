@@ -366,8 +366,7 @@ impl Arena {
             mapped: vec![false; size.div_ceil(page)],
         };
         let id = self.insert_segment(base, size, stream, class, Some(pages));
-        self.stats.segments += 1;
-        self.stats.segments_reserved += 1;
+        self.stats.on_reserve(0);
         id
     }
 
@@ -386,8 +385,7 @@ impl Arena {
         self.index_remove(head);
         self.blocks.remove(head as usize);
         let seg = self.segments.remove(id as usize);
-        self.stats.segments -= 1;
-        self.stats.segments_reserved -= 1;
+        self.stats.on_reserve_undone();
         Some(FreedSegment {
             base: seg.base,
             size: seg.size,
@@ -478,13 +476,9 @@ impl Arena {
             *flag = mapped;
         }
         if mapped {
-            self.stats.reserved_bytes += len;
-            self.stats.peak_reserved_bytes = self
-                .stats
-                .peak_reserved_bytes
-                .max(self.stats.reserved_bytes);
+            self.stats.on_map(len);
         } else {
-            self.stats.reserved_bytes -= len;
+            self.stats.on_unmap(len);
         }
     }
 
@@ -496,9 +490,7 @@ impl Arena {
         // never used, and its segment may have to go with it.
         self.account_free(block, requested);
         self.recycle(block);
-        self.stats.allocations -= 1;
-        self.stats.frees -= 1;
-        self.stats.peak_allocated_bytes = peak_before;
+        self.stats.on_alloc_undone(peak_before);
     }
 
     /// Frees a live block, merging it with free neighbours. Returns the
@@ -552,14 +544,14 @@ impl Arena {
     /// owner calls [`Arena::complete_deferred`] for it. Returns its size.
     pub(crate) fn defer_free(&mut self, deferred: Deferred, requested: usize) -> usize {
         let size = self.account_free(deferred.block, requested);
-        self.stats.pending_frees += 1;
+        self.stats.on_defer();
         self.deferred.push(deferred);
         size
     }
 
     /// Makes a block deferred by [`Arena::defer_free`] reusable.
     pub(crate) fn complete_deferred(&mut self, block: BlockRef) {
-        self.stats.pending_frees -= 1;
+        self.stats.on_deferred_done();
         self.recycle(block);
     }
 
@@ -639,10 +631,7 @@ impl Arena {
         self.quick_listed.clear();
         self.quick_blocks = 0;
         self.deferred.clear();
-        self.stats.allocated_bytes = 0;
-        self.stats.requested_bytes = 0;
-        self.stats.live_blocks = 0;
-        self.stats.pending_frees = 0;
+        self.stats.on_blocks_dropped();
         segments
     }
 

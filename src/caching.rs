@@ -97,7 +97,7 @@ impl CachingAllocator {
         // reports as out of memory.
         let _ = self.empty_cache();
         let mut arena = self.shards[shard].lock();
-        arena.stats.oom_retries += 1;
+        arena.stats.on_oom_retry();
         self.device
             .carve(&mut arena, Side::Caching, stream, rounded, requested)
             .map(|carved| (shard, carved))

@@ -116,7 +116,7 @@ impl PoolCore {
         // The device is full. Pool segments must stay (graphs replay into
         // them); what can go is the device cache's idle memory. Blocks of
         // the pool waiting for stream work may become reusable too.
-        arena.stats.oom_retries += 1;
+        arena.stats.on_oom_retry();
         let _ = device.settle(&mut arena, true);
         let _ = self.cache.empty_cache();
         device.carve(&mut arena, Side::Pools, stream, rounded, requested)

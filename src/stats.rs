@@ -70,6 +70,68 @@ impl PoolStats {
         self.segments -= 1;
     }
 
+    /// Takes back an [`PoolStats::on_reserve`] of a segment that was never
+    /// used (its bytes, if any, were unmapped already).
+    pub(crate) fn on_reserve_undone(&mut self) {
+        self.segments -= 1;
+        self.segments_reserved -= 1;
+    }
+
+    /// Pages of an expandable segment mapped: `bytes` more reserved.
+    pub(crate) fn on_map(&mut self, bytes: usize) {
+        self.reserved_bytes += bytes;
+        self.peak_reserved_bytes = self.peak_reserved_bytes.max(self.reserved_bytes);
+    }
+
+    /// Pages of an expandable segment unmapped: `bytes` less reserved.
+    pub(crate) fn on_unmap(&mut self, bytes: usize) {
+        self.reserved_bytes -= bytes;
+    }
+
+    /// Puts the reserved peak back to `peak` after mappings were undone.
+    pub(crate) fn restore_reserved_peak(&mut self, peak: usize) {
+        self.peak_reserved_bytes = peak;
+    }
+
+    /// Takes back an allocation that was freed at once without being used
+    /// (after [`PoolStats::on_free`]): as if it never happened, the
+    /// allocated peak back at `peak_before`.
+    pub(crate) fn on_alloc_undone(&mut self, peak_before: usize) {
+        self.allocations -= 1;
+        self.frees -= 1;
+        self.peak_allocated_bytes = peak_before;
+    }
+
+    /// A freed block waits for stream work before it is reusable.
+    pub(crate) fn on_defer(&mut self) {
+        self.pending_frees += 1;
+    }
+
+    /// A waiting freed block became reusable.
+    pub(crate) fn on_deferred_done(&mut self) {
+        self.pending_frees -= 1;
+    }
+
+    /// Every block is gone with its segments (the owner is going away):
+    /// no live or pending block remains.
+    pub(crate) fn on_blocks_dropped(&mut self) {
+        self.allocated_bytes = 0;
+        self.requested_bytes = 0;
+        self.live_blocks = 0;
+        self.pending_frees = 0;
+    }
+
+    /// An allocation found the device full and retried.
+    pub(crate) fn on_oom_retry(&mut self) {
+        self.oom_retries += 1;
+    }
+
+    /// Sets both peaks to figures known exactly elsewhere (a sum's gauges).
+    fn set_peaks(&mut self, allocated: usize, reserved: usize) {
+        self.peak_allocated_bytes = allocated;
+        self.peak_reserved_bytes = reserved;
+    }
+
     /// Restarts both peaks from the current figures.
     pub(crate) fn reset_peaks(&mut self) {
         self.peak_allocated_bytes = self.allocated_bytes;
@@ -148,8 +210,7 @@ impl GaugePair {
     }
 
     fn apply_peaks(&self, stats: &mut PoolStats) {
-        stats.peak_allocated_bytes = self.allocated.peak();
-        stats.peak_reserved_bytes = self.reserved.peak();
+        stats.set_peaks(self.allocated.peak(), self.reserved.peak());
     }
 }
 
