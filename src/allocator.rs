@@ -12,7 +12,7 @@ use crate::device_ptr::DevicePtr;
 use crate::error::{Error, Result};
 use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
 use crate::mode::{self, GraphModeGuard};
-use crate::ownership::{Owner, OwnershipMap, Record};
+use crate::ownership::{Claim, Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
 use crate::stream::current_stream;
 use crate::sync::{next_id, Arc, ConcurrentMap};
@@ -96,6 +96,8 @@ impl Allocator {
     /// Builds an allocator over the given backends, one per device, in
     /// ordinal order, with `memory_fraction` and otherwise default settings.
     /// Tests use this to keep a handle on a [`HostBackend`].
+    ///
+    /// Fails with [`Error::BackendOrder`] unless backend `i` has ordinal `i`.
     pub fn from_backends(
         backends: Vec<std::sync::Arc<dyn Backend>>,
         memory_fraction: f64,
@@ -116,6 +118,14 @@ impl Allocator {
         let Some(first) = backends.first() else {
             return Err(BackendError::Unavailable("no device backends given".into()).into());
         };
+        // Devices are indexed by ordinal everywhere (ownership records,
+        // capture pools): the list must be the ordinals in order.
+        if let Some((position, b)) = backends.iter().enumerate().find(|(i, b)| b.ordinal() != *i) {
+            return Err(Error::BackendOrder {
+                position,
+                ordinal: b.ordinal(),
+            });
+        }
         let kind = first.kind();
         let sums = match (backends.len(), config.shards) {
             (_, shards) if shards > 1 => CachingSums::Sharded,
@@ -186,13 +196,23 @@ impl Allocator {
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
         let device = mode::current_pool_device(self.id).unwrap_or(0);
-        self.allocate_on(device, current_stream(), size, align)
+        self.allocate_as(device, current_stream(), size, align, false)
+    }
+
+    /// As [`Allocator::allocate`], for an owning handle (a `DeviceBuffer`):
+    /// the block is marked held, so [`Allocator::free`] refuses it and only
+    /// [`Allocator::free_held`] (the handle's drop) frees it.
+    pub(crate) fn allocate_held(&self, size: usize, align: usize) -> Result<DevicePtr> {
+        let device = mode::current_pool_device(self.id).unwrap_or(0);
+        self.allocate_as(device, current_stream(), size, align, true)
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on
     /// `stream`. The block comes from, in this order:
-    /// 1. the calling thread's graph pool, in graph mode on a pool of that
-    ///    device (the explicit way; it wins when both apply);
+    /// 1. the calling thread's graph pool for that device: the innermost
+    ///    graph-mode guard on a pool of `device` (guards on pools of other
+    ///    devices are looked through; the explicit way, it wins when both
+    ///    apply);
     /// 2. a graph pool for the capture, while `stream` is being captured into
     ///    a CUDA graph: the pool registered for the stream with
     ///    [`Allocator::set_capture_pool`], else one made on demand per
@@ -211,6 +231,19 @@ impl Allocator {
         stream: u64,
         size: usize,
         align: usize,
+    ) -> Result<DevicePtr> {
+        self.allocate_as(device, stream, size, align, false)
+    }
+
+    /// [`Allocator::allocate_on`]; `held` marks the block as an owning
+    /// handle's.
+    fn allocate_as(
+        &self,
+        device: usize,
+        stream: u64,
+        size: usize,
+        align: usize,
+        held: bool,
     ) -> Result<DevicePtr> {
         if size == 0 {
             return Err(Error::ZeroSize);
@@ -233,7 +266,7 @@ impl Allocator {
             .and_then(round_size)
             .filter(|&r| tight_segment_size(r).is_some_and(|s| s <= cache.device.capacity()))
             .ok_or_else(too_large)?;
-        let pool = match mode::current_pool(self.id).filter(|p| p.device() == device) {
+        let pool = match mode::current_pool(self.id, device) {
             Some(pool) => Some(pool),
             None => self.pool_for_capture(device, stream)?,
         };
@@ -260,6 +293,7 @@ impl Allocator {
                 requested: size,
                 stream,
                 uses: Vec::new(),
+                held,
             },
         );
         Ok(DevicePtr::new(addr))
@@ -305,9 +339,12 @@ impl Allocator {
         if pool.core.allocator_id != self.id {
             return Err(Error::ForeignPool { pool: pool.id() });
         }
-        let key = (pool.device(), stream);
-        self.stream_pools.remove(&key);
-        self.stream_pools.insert_new(key, pool.clone());
+        // One step: an allocation meanwhile sees the old pool or the new
+        // one, never none.
+        let replaced = self
+            .stream_pools
+            .replace((pool.device(), stream), pool.clone());
+        drop(replaced);
         Ok(())
     }
 
@@ -379,9 +416,35 @@ impl Allocator {
     /// free one pointer at once, exactly one succeeds; the other gets
     /// `DoubleFree`, or `UnknownPointer` if it looks while the block is
     /// between its owner's map and its arena.
+    ///
+    /// The block of a live [`crate::tensor::DeviceBuffer`] (or `Tensor`)
+    /// belongs to the buffer, which frees it when dropped: `free` of its
+    /// pointer is [`Error::BufferHeld`] and changes nothing, so safe code
+    /// cannot free memory a buffer still reads and writes.
+    ///
+    /// ```
+    /// use graphalloc::{tensor::DeviceBuffer, Allocator, Config, Error};
+    /// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
+    /// let buf = DeviceBuffer::from_slice(&alloc, &[1u32, 2, 3]).unwrap();
+    /// let p = buf.device_ptr();
+    /// assert_eq!(alloc.free(p), Err(Error::BufferHeld { ptr: p.addr() }));
+    /// drop(buf); // frees the block
+    /// assert!(alloc.free(p).is_err());
+    /// ```
     pub fn free(&self, ptr: DevicePtr) -> Result<()> {
-        let Some(record) = self.ownership.claim(ptr.addr()) else {
-            return Err(self.diagnose(ptr.addr()));
+        self.free_as(ptr, false)
+    }
+
+    /// Frees the block of an owning handle (from [`Allocator::allocate_held`]).
+    pub(crate) fn free_held(&self, ptr: DevicePtr) -> Result<()> {
+        self.free_as(ptr, true)
+    }
+
+    fn free_as(&self, ptr: DevicePtr, held: bool) -> Result<()> {
+        let record = match self.ownership.claim(ptr.addr(), held) {
+            Claim::Claimed(record) => record,
+            Claim::Held => return Err(Error::BufferHeld { ptr: ptr.addr() }),
+            Claim::NotLive => return Err(self.diagnose(ptr.addr())),
         };
         let (block, requested, stream, uses) =
             (record.block, record.requested, record.stream, &record.uses);
@@ -490,13 +553,20 @@ impl Allocator {
     }
 
     /// Releases every cached, unused segment of every device's caching
-    /// allocator. Graph pools keep theirs. Returns the bytes released.
+    /// allocator. Graph pools keep theirs. Returns the bytes released, or,
+    /// if a device failed, the first error, after every device was tried.
     pub fn empty_cache(&self) -> Result<usize> {
         let mut released = 0;
+        let mut first_error = None;
         for cache in &self.caches {
-            released += cache.empty_cache()?;
+            match cache.empty_cache() {
+                Ok(bytes) => released += bytes,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(released)
+        first_error.map_or(Ok(released), |e| Err(e.into()))
     }
 
     /// Restarts the peaks of [`Allocator::stats`] from now: the caching

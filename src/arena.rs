@@ -691,7 +691,11 @@ impl Arena {
         while let Some(s) = slot {
             let b = &self.blocks[s as usize];
             if b.addr <= addr && addr < b.addr + b.size as u64 {
-                let allocated = b.allocated && !self.is_quick(s);
+                // Quick-binned and deferred blocks are freed, though not
+                // yet back in the free index.
+                let allocated = b.allocated
+                    && !self.is_quick(s)
+                    && !self.deferred.iter().any(|d| d.block.slot == s);
                 return match (b.addr == addr, allocated) {
                     (true, true) => AddressKind::LiveBlockStart,
                     (true, false) => AddressKind::FreeBlockStart,

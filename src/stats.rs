@@ -173,10 +173,27 @@ pub(crate) struct Gauge {
 
 impl Gauge {
     pub(crate) fn add(&self, bytes: usize) {
-        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if now > self.peak.load(Ordering::Relaxed) {
+        // SeqCst on `current`'s increment and the `peak` load here, and on
+        // the store and load of `reset_peak`: with anything weaker, each side
+        // could miss the other's write (the store-buffering pattern) and the
+        // peak end below the current value. (On x86 both cost what Relaxed
+        // costs: the increment is a locked instruction either way.)
+        let now = self.current.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        if now > self.peak.load(Ordering::SeqCst) {
             self.peak.fetch_max(now, Ordering::Relaxed);
         }
+    }
+
+    /// Restarts the peak from the current value. An `add` racing with the
+    /// reset may raise `current` after it was read here and see the old,
+    /// higher peak (so skip its `fetch_max`) before the store below lowers
+    /// it: reading `current` again after the store and raising the peak to
+    /// it keeps the peak at or above every value reached since.
+    pub(crate) fn reset_peak(&self) {
+        self.peak
+            .store(self.current.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.peak
+            .fetch_max(self.current.load(Ordering::SeqCst), Ordering::Relaxed);
     }
 
     pub(crate) fn sub(&self, bytes: usize) {
@@ -204,8 +221,7 @@ impl GaugePair {
     /// Restarts both peaks from the current values.
     pub(crate) fn reset_peaks(&self) {
         for g in [&self.allocated, &self.reserved] {
-            g.peak
-                .store(g.current.load(Ordering::Relaxed), Ordering::Relaxed);
+            g.reset_peak();
         }
     }
 
