@@ -173,27 +173,31 @@ pub(crate) struct Gauge {
 
 impl Gauge {
     pub(crate) fn add(&self, bytes: usize) {
-        // SeqCst on `current`'s increment and the `peak` load here, and on
-        // the store and load of `reset_peak`: with anything weaker, each side
-        // could miss the other's write (the store-buffering pattern) and the
-        // peak end below the current value. (On x86 both cost what Relaxed
-        // costs: the increment is a locked instruction either way.)
-        let now = self.current.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        if now > self.peak.load(Ordering::SeqCst) {
+        // Acquire on the increment: see `reset_peak`. (On x86 it costs what
+        // Relaxed costs: a locked add either way.)
+        let now = self.current.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if now > self.peak.load(Ordering::Relaxed) {
             self.peak.fetch_max(now, Ordering::Relaxed);
         }
     }
 
-    /// Restarts the peak from the current value. An `add` racing with the
-    /// reset may raise `current` after it was read here and see the old,
-    /// higher peak (so skip its `fetch_max`) before the store below lowers
-    /// it: reading `current` again after the store and raising the peak to
-    /// it keeps the peak at or above every value reached since.
+    /// Restarts the peak from the current value, never leaving it below the
+    /// current value.
+    ///
+    /// An `add` racing with the reset may raise `current` after the first
+    /// read here and see the old, higher peak (so skip its `fetch_max`)
+    /// before the store lowers it. The second read of `current` is an
+    /// AcqRel read-modify-write, so it reads the latest value: either it
+    /// includes that `add`, and the peak is raised to it; or the `add`'s own
+    /// increment comes later and reads from it (Acquire on Release), so the
+    /// store happens before the `add` looks at the peak, and the `add` then
+    /// raises the peak itself. (Plain loads would allow the store-buffering
+    /// outcome where both sides miss each other.)
     pub(crate) fn reset_peak(&self) {
-        self.peak
-            .store(self.current.load(Ordering::SeqCst), Ordering::SeqCst);
-        self.peak
-            .fetch_max(self.current.load(Ordering::SeqCst), Ordering::Relaxed);
+        let now = self.current.fetch_add(0, Ordering::AcqRel);
+        self.peak.store(now, Ordering::Relaxed);
+        let now = self.current.fetch_add(0, Ordering::AcqRel);
+        self.peak.fetch_max(now, Ordering::Relaxed);
     }
 
     pub(crate) fn sub(&self, bytes: usize) {

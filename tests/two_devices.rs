@@ -1,10 +1,10 @@
 //! Two simulated devices on the host backend: allocations on each, frees from
 //! other threads, pools per device, statistics per device.
 
-use graphalloc::{
-    Allocator, Backend, BackendError, BackendKind, Config, Error, HostBackend, MemInfo,
-};
-use std::sync::atomic::{AtomicBool, Ordering};
+mod oracle;
+
+use graphalloc::{Allocator, Backend, BackendError, Config, Error, HostBackend};
+use oracle::TrackingBackend;
 use std::sync::Arc;
 
 fn two_devices() -> Arc<Allocator> {
@@ -150,94 +150,9 @@ fn nested_guards_on_two_devices_serve_each_device_from_its_innermost_pool() {
     }
 }
 
-/// A host device whose segment releases fail while `fail` is set.
-#[derive(Debug)]
-struct FailingRelease {
-    host: HostBackend,
-    fail: AtomicBool,
-}
-
-impl Backend for FailingRelease {
-    fn kind(&self) -> BackendKind {
-        self.host.kind()
-    }
-    fn ordinal(&self) -> usize {
-        self.host.ordinal()
-    }
-    fn reserve(&self, size: usize) -> Result<u64, BackendError> {
-        self.host.reserve(size)
-    }
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(BackendError::Injected { nth: 0 });
-        }
-        self.host.release(addr, size)
-    }
-    fn mem_info(&self) -> Result<MemInfo, BackendError> {
-        self.host.mem_info()
-    }
-    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> Result<(), BackendError> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.host.copy_to_device(dst, src) }
-    }
-    unsafe fn copy_to_host(&self, src: u64, dst: &mut [u8]) -> Result<(), BackendError> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.host.copy_to_host(src, dst) }
-    }
-    unsafe fn copy_device_to_device(
-        &self,
-        dst: u64,
-        src: u64,
-        len: usize,
-    ) -> Result<(), BackendError> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.host.copy_device_to_device(dst, src, len) }
-    }
-    fn page_size(&self) -> Result<usize, BackendError> {
-        self.host.page_size()
-    }
-    fn reserve_range(&self, size: usize) -> Result<u64, BackendError> {
-        self.host.reserve_range(size)
-    }
-    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.host.release_range(addr, size)
-    }
-    fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.host.map(addr, size)
-    }
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.host.unmap(addr, size)
-    }
-    fn create_event(&self) -> Result<u64, BackendError> {
-        self.host.create_event()
-    }
-    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError> {
-        self.host.record_event(event, stream)
-    }
-    fn event_complete(&self, event: u64) -> Result<bool, BackendError> {
-        self.host.event_complete(event)
-    }
-    fn wait_event(&self, event: u64) -> Result<(), BackendError> {
-        self.host.wait_event(event)
-    }
-    fn capture_status(
-        &self,
-        stream: u64,
-    ) -> Result<graphalloc::backend::CaptureStatus, BackendError> {
-        self.host.capture_status(stream)
-    }
-    unsafe fn fill(&self, dst: u64, value: u8, len: usize) -> Result<(), BackendError> {
-        // SAFETY: forwarded under the caller's contract.
-        unsafe { self.host.fill(dst, value, len) }
-    }
-}
-
 #[test]
 fn empty_cache_tries_every_device_and_reports_the_first_error() {
-    let failing = Arc::new(FailingRelease {
-        host: HostBackend::new(0, 64 << 20),
-        fail: AtomicBool::new(false),
-    });
+    let failing = TrackingBackend::with_ordinal(0, 64 << 20);
     let healthy = Arc::new(HostBackend::new(1, 64 << 20));
     let backends: Vec<Arc<dyn Backend>> = vec![failing.clone(), healthy.clone()];
     let alloc = Allocator::from_backends(backends, 1.0).unwrap();
@@ -246,7 +161,7 @@ fn empty_cache_tries_every_device_and_reports_the_first_error() {
         alloc.free(p).unwrap();
     }
     assert!(healthy.outstanding_bytes() > 0);
-    failing.fail.store(true, Ordering::SeqCst);
+    failing.fail_releases(true);
     assert_eq!(
         alloc.empty_cache(),
         Err(Error::Backend(BackendError::Injected { nth: 0 }))
@@ -256,5 +171,5 @@ fn empty_cache_tries_every_device_and_reports_the_first_error() {
         0,
         "device 1 was emptied although device 0 failed first"
     );
-    failing.fail.store(false, Ordering::SeqCst);
+    failing.fail_releases(false);
 }

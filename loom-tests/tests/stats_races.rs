@@ -41,27 +41,31 @@ fn reset_peak_stats_races_an_allocation() {
 /// the old pool or the new one, never in a pool made on demand.
 #[test]
 fn replacing_a_capture_pool_races_an_allocation() {
-    let tally = explore("9 capture pool replaced during an allocation", None, |tally| {
-        let (alloc, host) = host_allocator();
-        let s = host.create_stream();
-        let (old, new) = (alloc.create_pool(), alloc.create_pool());
-        alloc.set_capture_pool(s, &old).unwrap();
-        host.begin_capture(s);
-        let replacer = {
-            let (alloc, new) = (alloc.clone(), new.clone());
-            thread::spawn(move || alloc.set_capture_pool(s, &new).unwrap())
-        };
-        let p = alloc.allocate_on(0, s, 1000, 512).unwrap();
-        replacer.join().unwrap();
-        let pool = alloc.pool_of(p);
-        tally.note(match pool {
-            Some(id) if id == old.id() => "the old pool",
-            Some(id) if id == new.id() => "the new pool",
-            other => panic!("allocation went to {other:?}, not a registered pool"),
-        });
-        alloc.free(p).unwrap();
-        host.end_capture(s);
-    });
+    let tally = explore(
+        "9 capture pool replaced during an allocation",
+        None,
+        |tally| {
+            let (alloc, host) = host_allocator();
+            let s = host.create_stream();
+            let (old, new) = (alloc.create_pool(), alloc.create_pool());
+            alloc.set_capture_pool(s, &old).unwrap();
+            host.begin_capture(s);
+            let replacer = {
+                let (alloc, new) = (alloc.clone(), new.clone());
+                thread::spawn(move || alloc.set_capture_pool(s, &new).unwrap())
+            };
+            let p = alloc.allocate_on(0, s, 1000, 512).unwrap();
+            replacer.join().unwrap();
+            let pool = alloc.pool_of(p);
+            tally.note(match pool {
+                Some(id) if id == old.id() => "the old pool",
+                Some(id) if id == new.id() => "the new pool",
+                other => panic!("allocation went to {other:?}, not a registered pool"),
+            });
+            alloc.free(p).unwrap();
+            host.end_capture(s);
+        },
+    );
     tally.expect(&["the old pool", "the new pool"]);
 }
 

@@ -167,6 +167,8 @@ pub struct TrackingBackend {
     /// Pages mapped into reserved address ranges (expandable segments).
     pages: Mutex<BTreeSet<u64>>,
     violations: Mutex<Vec<String>>,
+    /// While set, every segment release fails (and keeps the segment).
+    failing_releases: AtomicBool,
 }
 
 impl fmt::Debug for TrackingBackend {
@@ -192,12 +194,19 @@ impl TrackingBackend {
             ranges: Mutex::new(BTreeMap::new()),
             pages: Mutex::new(BTreeSet::new()),
             violations: Mutex::new(Vec::new()),
+            failing_releases: AtomicBool::new(false),
         })
     }
 
     /// The wrapped host backend (for `fail_reservation`, `outstanding_bytes`).
     pub fn host(&self) -> &HostBackend {
         &self.host
+    }
+
+    /// Makes every segment release fail with [`BackendError::Injected`]
+    /// (`nth` 0) while `on`.
+    pub fn fail_releases(&self, on: bool) {
+        self.failing_releases.store(on, Ordering::SeqCst);
     }
 
     /// The segments held now: base → size.
@@ -307,6 +316,9 @@ impl Backend for TrackingBackend {
     }
 
     fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        if self.failing_releases.load(Ordering::SeqCst) {
+            return Err(BackendError::Injected { nth: 0 });
+        }
         let held = lock(&self.segments).remove(&addr);
         match held {
             Some(s) if s == size => self.host.release(addr, size),
