@@ -369,8 +369,7 @@ impl Arena {
             mapped: vec![false; size.div_ceil(page)],
         };
         let id = self.insert_segment(base, size, stream, class, Some(pages));
-        self.stats.segments += 1;
-        self.stats.segments_reserved += 1;
+        self.stats.on_reserve(0);
         id
     }
 
@@ -389,8 +388,7 @@ impl Arena {
         self.index_remove(head);
         self.blocks.remove(head as usize);
         let seg = self.segments.remove(id as usize);
-        self.stats.segments -= 1;
-        self.stats.segments_reserved -= 1;
+        self.stats.on_reserve_undone();
         Some(FreedSegment {
             base: seg.base,
             size: seg.size,
@@ -481,13 +479,9 @@ impl Arena {
             *flag = mapped;
         }
         if mapped {
-            self.stats.reserved_bytes += len;
-            self.stats.peak_reserved_bytes = self
-                .stats
-                .peak_reserved_bytes
-                .max(self.stats.reserved_bytes);
+            self.stats.on_map(len);
         } else {
-            self.stats.reserved_bytes -= len;
+            self.stats.on_unmap(len);
         }
     }
 
@@ -499,9 +493,7 @@ impl Arena {
         // never used, and its segment may have to go with it.
         self.account_free(block, requested);
         self.recycle(block);
-        self.stats.allocations -= 1;
-        self.stats.frees -= 1;
-        self.stats.peak_allocated_bytes = peak_before;
+        self.stats.on_alloc_undone(peak_before);
     }
 
     /// Frees a live block, merging it with free neighbours. Returns the
@@ -555,14 +547,14 @@ impl Arena {
     /// owner calls [`Arena::complete_deferred`] for it. Returns its size.
     pub(crate) fn defer_free(&mut self, deferred: Deferred, requested: usize) -> usize {
         let size = self.account_free(deferred.block, requested);
-        self.stats.pending_frees += 1;
+        self.stats.on_defer();
         self.deferred.push(deferred);
         size
     }
 
     /// Makes a block deferred by [`Arena::defer_free`] reusable.
     pub(crate) fn complete_deferred(&mut self, block: BlockRef) {
-        self.stats.pending_frees -= 1;
+        self.stats.on_deferred_done();
         self.recycle(block);
     }
 
@@ -642,10 +634,7 @@ impl Arena {
         self.quick_listed.clear();
         self.quick_blocks = 0;
         self.deferred.clear();
-        self.stats.allocated_bytes = 0;
-        self.stats.requested_bytes = 0;
-        self.stats.live_blocks = 0;
-        self.stats.pending_frees = 0;
+        self.stats.on_blocks_dropped();
         segments
     }
 
@@ -705,7 +694,11 @@ impl Arena {
         while let Some(s) = slot {
             let b = &self.blocks[s as usize];
             if b.addr <= addr && addr < b.addr + b.size as u64 {
-                let allocated = b.allocated && !self.is_quick(s);
+                // Quick-binned and deferred blocks are freed, though not
+                // yet back in the free index.
+                let allocated = b.allocated
+                    && !self.is_quick(s)
+                    && !self.deferred.iter().any(|d| d.block.slot == s);
                 return match (b.addr == addr, allocated) {
                     (true, true) => AddressKind::LiveBlockStart,
                     (true, false) => AddressKind::FreeBlockStart,

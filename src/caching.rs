@@ -33,16 +33,20 @@ fn thread_shard(count: usize) -> usize {
     if count == 1 {
         return 0;
     }
-    THREAD_SHARD.with(|slot| {
-        let n = slot.get().unwrap_or_else(|| {
-            // Spreads threads over shards; not part of any synchronisation.
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            slot.set(Some(n));
-            n
-        });
-        n % count
-    })
+    // Late in thread teardown the slot may be gone: shard 0 then.
+    THREAD_SHARD
+        .try_with(|slot| {
+            let n = slot.get().unwrap_or_else(|| {
+                // Spreads threads over shards; not part of any synchronisation.
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                slot.set(Some(n));
+                n
+            });
+            n % count
+        })
+        .unwrap_or(0)
 }
 
 /// One shard on cache lines of its own, so that threads working in
@@ -97,7 +101,7 @@ impl CachingAllocator {
         // reports as out of memory.
         let _ = self.empty_cache();
         let mut arena = self.shards[shard].lock();
-        arena.stats.oom_retries += 1;
+        arena.stats.on_oom_retry();
         self.device
             .carve(&mut arena, Side::Caching, stream, rounded, requested)
             .map(|carved| (shard, carved))

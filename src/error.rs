@@ -80,6 +80,15 @@ pub enum Error {
         block: u64,
     },
 
+    /// `free` of a pointer that an owning handle holds (the block of a live
+    /// [`crate::tensor::DeviceBuffer`] or [`crate::tensor::Tensor`]): only
+    /// dropping the handle frees it. Nothing changed.
+    #[error("free of pointer {ptr:#x}, which a live buffer owns: drop the buffer instead")]
+    BufferHeld {
+        /// The pointer passed to `free`.
+        ptr: u64,
+    },
+
     /// `GraphPool::reset` while blocks of the pool are still live.
     #[error("graph pool {pool} is busy: {live_blocks} live blocks ({allocated} bytes)")]
     PoolBusy {
@@ -105,6 +114,16 @@ pub enum Error {
         device: usize,
         /// How many devices the allocator manages.
         count: usize,
+    },
+
+    /// Backends given to [`crate::Allocator::from_backends`] whose ordinals
+    /// are not 0, 1, 2, ... in the order given.
+    #[error("backend at position {position} has ordinal {ordinal}: backends must be given in ordinal order 0, 1, ...")]
+    BackendOrder {
+        /// Index in the list given.
+        position: usize,
+        /// The ordinal that backend reports.
+        ordinal: usize,
     },
 
     /// A stream handle the device does not know.

@@ -38,8 +38,8 @@
 // normal build.
 #![cfg(not(all(loom, feature = "loom")))]
 
+use crate::allocator::Allocator;
 use crate::device_ptr::DevicePtr;
-use crate::global::Allocator;
 use crate::graph_pool::GraphPool;
 use crate::mode::GraphModeGuard;
 use crate::stats::PoolStats;

@@ -1,12 +1,78 @@
 //! [`GraphPool`]: the private pool that a CUDA graph capture allocates from.
 
-use crate::arena::{Arena, BlockRef, Carved, StreamTag};
+use crate::arena::{AddressKind, Arena, BlockRef, Carved, StreamTag};
 use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
 use crate::stats::{PoolStats, Side};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{next_id, Arc, Mutex};
+use std::collections::HashMap;
 use std::fmt;
+
+/// The pools of one allocator: the arena of each pool alive now, and the
+/// cumulative counts of the pools already dropped.
+///
+/// Owned by the allocator and shared with each of its pools, which leaves
+/// it when dropped. Both halves sit under one lock, so a pool moves from
+/// live to retired in one step: a sum taken meanwhile ([`PoolRegistry::stats`])
+/// counts it exactly once. Lock order: the registry, then a pool's arena.
+#[derive(Debug)]
+pub(crate) struct PoolRegistry {
+    inner: Mutex<Registered>,
+}
+
+#[derive(Debug, Default)]
+struct Registered {
+    /// Pool id → the pool's device and arena.
+    live: HashMap<u64, (usize, Arc<Mutex<Arena>>)>,
+    /// The cumulative counts of pools already dropped.
+    retired: PoolStats,
+}
+
+impl PoolRegistry {
+    pub(crate) fn new() -> Self {
+        PoolRegistry {
+            inner: Mutex::new(Registered::default()),
+        }
+    }
+
+    fn register(&self, id: u64, device: usize, arena: Arc<Mutex<Arena>>) {
+        self.inner.lock().live.insert(id, (device, arena));
+    }
+
+    /// Moves pool `id` from the live set to the retired counts, in one step.
+    fn retire(&self, id: u64, last: &PoolStats) {
+        let mut inner = self.inner.lock();
+        inner.live.remove(&id);
+        inner.retired.add_counts(last);
+    }
+
+    /// The sum of the figures of the pools alive now, on `device` or on all;
+    /// with `retired`, plus the cumulative counts of the pools dropped.
+    pub(crate) fn stats(&self, device: Option<usize>, retired: bool) -> PoolStats {
+        let inner = self.inner.lock();
+        let mut sum = PoolStats::default();
+        for (d, arena) in inner.live.values() {
+            if device.is_none_or(|want| want == *d) {
+                sum.add(&arena.lock().stats);
+            }
+        }
+        if retired {
+            sum.add_counts(&inner.retired);
+        }
+        sum
+    }
+
+    /// What `addr` is in each live pool's arena.
+    pub(crate) fn classify(&self, addr: u64) -> Vec<AddressKind> {
+        let inner = self.inner.lock();
+        inner
+            .live
+            .values()
+            .map(|(_, arena)| arena.lock().classify(addr))
+            .collect()
+    }
+}
 
 /// The shared state of a pool. Every [`GraphPool`] handle, every live block
 /// of the pool (through its ownership record) and every active graph-mode
@@ -20,6 +86,8 @@ pub(crate) struct PoolCore {
     /// from, and the cache emptied when the device is full.
     cache: Arc<CachingAllocator>,
     arena: Arc<Mutex<Arena>>,
+    /// The allocator's registry, which this pool leaves when dropped.
+    registry: Arc<PoolRegistry>,
 }
 
 impl fmt::Debug for PoolCore {
@@ -48,7 +116,7 @@ impl PoolCore {
         // The device is full. Pool segments must stay (graphs replay into
         // them); what can go is the device cache's idle memory. Blocks of
         // the pool waiting for stream work may become reusable too.
-        arena.stats.oom_retries += 1;
+        arena.stats.on_oom_retry();
         let _ = device.settle(&mut arena, true);
         let _ = self.cache.empty_cache();
         device.carve(&mut arena, Side::Pools, stream, rounded, requested)
@@ -89,10 +157,9 @@ impl Drop for PoolCore {
             let _ = device.release_all(&mut arena, Side::Pools);
             arena.stats
         };
-        // Not under the arena lock: `StatsBook::live_pool_stats` takes the
-        // registry first and the arena second.
-        device.book.live_pools.remove(&self.id);
-        device.book.retired_pools.lock().add_counts(&stats);
+        // Not under the arena lock: the registry is locked first and the
+        // arena second.
+        self.registry.retire(self.id, &stats);
     }
 }
 
@@ -138,31 +205,23 @@ impl fmt::Debug for GraphPool {
 }
 
 impl GraphPool {
-    /// A new, empty pool on the process-wide allocator's current device.
-    ///
-    /// # Panics
-    /// As [`crate::global`] does, when `GRAPHALLOC_CONF` is malformed.
-    #[allow(clippy::new_without_default)]
-    #[cfg(not(all(loom, feature = "loom")))]
-    pub fn new() -> Self {
-        crate::global().create_pool()
-    }
-
-    pub(crate) fn create(allocator_id: u64, cache: Arc<CachingAllocator>) -> Self {
+    /// A new pool of allocator `allocator_id` on `cache`'s device, entered
+    /// in the allocator's `registry`.
+    pub(crate) fn create(
+        allocator_id: u64,
+        cache: Arc<CachingAllocator>,
+        registry: &Arc<PoolRegistry>,
+    ) -> Self {
         let arena = Arc::new(Mutex::new(Arena::new()));
-        let id = crate::sync::next_id();
-        let device = cache.device.ordinal();
-        cache
-            .device
-            .book
-            .live_pools
-            .insert_new(id, (device, arena.clone()));
+        let id = next_id();
+        registry.register(id, cache.device.ordinal(), arena.clone());
         GraphPool {
             core: Arc::new(PoolCore {
                 id,
                 allocator_id,
                 cache,
                 arena,
+                registry: registry.clone(),
             }),
         }
     }

@@ -38,6 +38,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod allocator;
 mod arena;
 pub mod backend;
 mod caching;
@@ -56,6 +57,7 @@ mod stream;
 mod sync;
 pub mod tensor;
 
+pub use allocator::{Allocator, DeviceAllocator, DEFAULT_STREAM, MAX_ALIGNMENT};
 pub use arena::{BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
 pub use backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend, MemInfo,
@@ -63,9 +65,9 @@ pub use backend::{
 pub use config::{BackendChoice, Config};
 pub use device_ptr::DevicePtr;
 pub use error::{Error, Result};
+pub use global::AllocatorSlot;
 #[cfg(not(all(loom, feature = "loom")))]
 pub use global::{global, install, try_global};
-pub use global::{Allocator, AllocatorSlot, DeviceAllocator, DEFAULT_STREAM, MAX_ALIGNMENT};
 pub use graph_pool::GraphPool;
 pub use mode::{graph_mode, is_graph_mode, with_graph_mode, GraphModeGuard};
 pub use stats::{MemoryUsageStats, PoolStats};

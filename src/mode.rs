@@ -4,7 +4,13 @@
 //! allocating from the caching allocator (PyTorch had to add the same filter
 //! after allocations from other threads leaked into capture pools). Each
 //! entry names its pool, and each pool its allocator, so an allocator looks
-//! only at the entries of its own pools.
+//! only at the entries of its own pools, and for a device only at the
+//! entries of that device's pools.
+//!
+//! A thread whose thread-locals are being destroyed (code running in a
+//! late thread-local destructor) has no stack any more: it is in graph mode
+//! on no pool, allocations go where they would outside graph mode, and a
+//! guard made then does nothing. Nothing panics.
 
 use crate::graph_pool::{GraphPool, PoolCore};
 use crate::sync::{thread_local, Arc};
@@ -47,12 +53,16 @@ impl std::fmt::Debug for GraphModeGuard {
 
 /// Pushes `pool` on the calling thread's stack.
 pub(crate) fn enter(pool: &GraphPool) -> GraphModeGuard {
-    let token = NEXT_TOKEN.with(|t| {
-        let token = t.get();
-        t.set(token + 1);
-        token
-    });
-    STACK.with(|s| {
+    // Late in thread teardown the stack may be gone: the guard then does
+    // nothing (its token matches no entry).
+    let token = NEXT_TOKEN
+        .try_with(|t| {
+            let token = t.get();
+            t.set(token + 1);
+            token
+        })
+        .unwrap_or(u64::MAX);
+    let _ = STACK.try_with(|s| {
         s.borrow_mut().push(Entry {
             token,
             pool: pool.core.clone(),
@@ -77,42 +87,51 @@ impl Drop for GraphModeGuard {
     }
 }
 
-/// The innermost pool of allocator `allocator_id` that the calling thread is
-/// in graph mode on.
-pub(crate) fn current_pool(allocator_id: u64) -> Option<Arc<PoolCore>> {
-    STACK.with(|s| {
-        s.borrow()
-            .iter()
-            .rev()
-            .find(|e| e.pool.allocator_id == allocator_id)
-            .map(|e| e.pool.clone())
-    })
+/// The innermost pool of allocator `allocator_id` on `device` that the
+/// calling thread is in graph mode on (guards on other devices' pools are
+/// looked through).
+pub(crate) fn current_pool(allocator_id: u64, device: usize) -> Option<Arc<PoolCore>> {
+    STACK
+        .try_with(|s| {
+            s.borrow()
+                .iter()
+                .rev()
+                .find(|e| e.pool.allocator_id == allocator_id && e.pool.device() == device)
+                .map(|e| e.pool.clone())
+        })
+        .ok()
+        .flatten()
 }
 
 /// The device of the innermost pool of allocator `allocator_id` that the
 /// calling thread is in graph mode on (no `Arc` traffic: the hot path).
 pub(crate) fn current_pool_device(allocator_id: u64) -> Option<usize> {
-    STACK.with(|s| {
-        s.borrow()
-            .iter()
-            .rev()
-            .find(|e| e.pool.allocator_id == allocator_id)
-            .map(|e| e.pool.device())
-    })
+    STACK
+        .try_with(|s| {
+            s.borrow()
+                .iter()
+                .rev()
+                .find(|e| e.pool.allocator_id == allocator_id)
+                .map(|e| e.pool.device())
+        })
+        .ok()
+        .flatten()
 }
 
 /// Whether the calling thread is in graph mode for allocator `allocator_id`.
 pub(crate) fn in_graph_mode_for(allocator_id: u64) -> bool {
-    STACK.with(|s| {
-        s.borrow()
-            .iter()
-            .any(|e| e.pool.allocator_id == allocator_id)
-    })
+    STACK
+        .try_with(|s| {
+            s.borrow()
+                .iter()
+                .any(|e| e.pool.allocator_id == allocator_id)
+        })
+        .unwrap_or(false)
 }
 
 /// Whether the calling thread is in graph mode on any pool.
 pub fn is_graph_mode() -> bool {
-    STACK.with(|s| !s.borrow().is_empty())
+    STACK.try_with(|s| !s.borrow().is_empty()).unwrap_or(false)
 }
 
 /// Enters graph mode on `pool` for the calling thread until the returned

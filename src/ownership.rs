@@ -29,6 +29,21 @@ pub(crate) struct Record {
     pub(crate) stream: u64,
     /// Other streams that used the block (`record_stream`).
     pub(crate) uses: Vec<u64>,
+    /// Whether an owning handle (a `DeviceBuffer`) holds the block: then
+    /// only that handle frees it ([`OwnershipMap::claim`] with `held`).
+    pub(crate) held: bool,
+}
+
+/// What [`OwnershipMap::claim`] found.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// The pointer's record, removed: the caller frees the block.
+    Claimed(Record),
+    /// The pointer is live but held by an owning handle, which alone may
+    /// free it; nothing changed.
+    Held,
+    /// The pointer is not live.
+    NotLive,
 }
 
 /// Live pointer → owner. Removing a pointer's entry is what claims the right
@@ -52,9 +67,17 @@ impl OwnershipMap {
         assert!(fresh, "pointer {ptr:#x} handed out twice");
     }
 
-    /// Claims a pointer for freeing: its record, or `None` if it is not live.
-    pub(crate) fn claim(&self, ptr: u64) -> Option<Record> {
-        self.map.remove(&ptr)
+    /// Claims a pointer for freeing. `held` says who frees: the owning
+    /// handle of a held block (`true`), or a plain `free` (`false`), which
+    /// may not take a held block.
+    pub(crate) fn claim(&self, ptr: u64, held: bool) -> Claim {
+        if let Some(record) = self.map.remove_if(&ptr, |r| r.held == held) {
+            return Claim::Claimed(record);
+        }
+        match self.map.with(&ptr, |r| r.held) {
+            Some(true) if !held => Claim::Held,
+            _ => Claim::NotLive,
+        }
     }
 
     /// Notes that `stream` uses the live pointer `ptr`; `false` if `ptr` is

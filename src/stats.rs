@@ -7,8 +7,7 @@
 //! counter each whose successive values are totally ordered, so the recorded
 //! peak is the exact maximum the sum ever reached.
 
-use crate::arena::Arena;
-use crate::sync::{Arc, AtomicUsize, ConcurrentMap, Mutex, Ordering};
+use crate::sync::{AtomicUsize, Ordering};
 use std::fmt;
 
 /// Figures for one owner of blocks, or a sum of owners.
@@ -71,6 +70,68 @@ impl PoolStats {
         self.segments -= 1;
     }
 
+    /// Takes back an [`PoolStats::on_reserve`] of a segment that was never
+    /// used (its bytes, if any, were unmapped already).
+    pub(crate) fn on_reserve_undone(&mut self) {
+        self.segments -= 1;
+        self.segments_reserved -= 1;
+    }
+
+    /// Pages of an expandable segment mapped: `bytes` more reserved.
+    pub(crate) fn on_map(&mut self, bytes: usize) {
+        self.reserved_bytes += bytes;
+        self.peak_reserved_bytes = self.peak_reserved_bytes.max(self.reserved_bytes);
+    }
+
+    /// Pages of an expandable segment unmapped: `bytes` less reserved.
+    pub(crate) fn on_unmap(&mut self, bytes: usize) {
+        self.reserved_bytes -= bytes;
+    }
+
+    /// Puts the reserved peak back to `peak` after mappings were undone.
+    pub(crate) fn restore_reserved_peak(&mut self, peak: usize) {
+        self.peak_reserved_bytes = peak;
+    }
+
+    /// Takes back an allocation that was freed at once without being used
+    /// (after [`PoolStats::on_free`]): as if it never happened, the
+    /// allocated peak back at `peak_before`.
+    pub(crate) fn on_alloc_undone(&mut self, peak_before: usize) {
+        self.allocations -= 1;
+        self.frees -= 1;
+        self.peak_allocated_bytes = peak_before;
+    }
+
+    /// A freed block waits for stream work before it is reusable.
+    pub(crate) fn on_defer(&mut self) {
+        self.pending_frees += 1;
+    }
+
+    /// A waiting freed block became reusable.
+    pub(crate) fn on_deferred_done(&mut self) {
+        self.pending_frees -= 1;
+    }
+
+    /// Every block is gone with its segments (the owner is going away):
+    /// no live or pending block remains.
+    pub(crate) fn on_blocks_dropped(&mut self) {
+        self.allocated_bytes = 0;
+        self.requested_bytes = 0;
+        self.live_blocks = 0;
+        self.pending_frees = 0;
+    }
+
+    /// An allocation found the device full and retried.
+    pub(crate) fn on_oom_retry(&mut self) {
+        self.oom_retries += 1;
+    }
+
+    /// Sets both peaks to figures known exactly elsewhere (a sum's gauges).
+    fn set_peaks(&mut self, allocated: usize, reserved: usize) {
+        self.peak_allocated_bytes = allocated;
+        self.peak_reserved_bytes = reserved;
+    }
+
     /// Restarts both peaks from the current figures.
     pub(crate) fn reset_peaks(&mut self) {
         self.peak_allocated_bytes = self.allocated_bytes;
@@ -112,10 +173,31 @@ pub(crate) struct Gauge {
 
 impl Gauge {
     pub(crate) fn add(&self, bytes: usize) {
-        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        // Acquire on the increment: see `reset_peak`. (On x86 it costs what
+        // Relaxed costs: a locked add either way.)
+        let now = self.current.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if now > self.peak.load(Ordering::Relaxed) {
             self.peak.fetch_max(now, Ordering::Relaxed);
         }
+    }
+
+    /// Restarts the peak from the current value, never leaving it below the
+    /// current value.
+    ///
+    /// An `add` racing with the reset may raise `current` after the first
+    /// read here and see the old, higher peak (so skip its `fetch_max`)
+    /// before the store lowers it. The second read of `current` is an
+    /// AcqRel read-modify-write, so it reads the latest value: either it
+    /// includes that `add`, and the peak is raised to it; or the `add`'s own
+    /// increment comes later and reads from it (Acquire on Release), so the
+    /// store happens before the `add` looks at the peak, and the `add` then
+    /// raises the peak itself. (Plain loads would allow the store-buffering
+    /// outcome where both sides miss each other.)
+    pub(crate) fn reset_peak(&self) {
+        let now = self.current.fetch_add(0, Ordering::AcqRel);
+        self.peak.store(now, Ordering::Relaxed);
+        let now = self.current.fetch_add(0, Ordering::AcqRel);
+        self.peak.fetch_max(now, Ordering::Relaxed);
     }
 
     pub(crate) fn sub(&self, bytes: usize) {
@@ -143,28 +225,22 @@ impl GaugePair {
     /// Restarts both peaks from the current values.
     pub(crate) fn reset_peaks(&self) {
         for g in [&self.allocated, &self.reserved] {
-            g.peak
-                .store(g.current.load(Ordering::Relaxed), Ordering::Relaxed);
+            g.reset_peak();
         }
     }
 
     fn apply_peaks(&self, stats: &mut PoolStats) {
-        stats.peak_allocated_bytes = self.allocated.peak();
-        stats.peak_reserved_bytes = self.reserved.peak();
+        stats.set_peaks(self.allocated.peak(), self.reserved.peak());
     }
 }
 
 /// An allocator's shared book of sums: gauges for the caching allocators,
-/// for all pools, and for everything, plus the counts of pools that are gone.
+/// for all pools, and for everything.
 #[derive(Debug)]
 pub(crate) struct StatsBook {
     pub(crate) caching: GaugePair,
     pub(crate) pools: GaugePair,
     pub(crate) total: GaugePair,
-    /// The device and arena of each pool alive now, by pool id.
-    pub(crate) live_pools: ConcurrentMap<u64, (usize, Arc<Mutex<Arena>>)>,
-    /// The cumulative counts of pools already dropped.
-    pub(crate) retired_pools: Mutex<PoolStats>,
     /// Which gauges the caching side keeps.
     caching_sums: CachingSums,
 }
@@ -195,21 +271,8 @@ impl StatsBook {
             caching: GaugePair::default(),
             pools: GaugePair::default(),
             total: GaugePair::default(),
-            live_pools: ConcurrentMap::new(),
-            retired_pools: Mutex::new(PoolStats::default()),
             caching_sums,
         }
-    }
-
-    /// The sum of the figures of the pools alive now, on `device` or on all.
-    pub(crate) fn live_pool_stats(&self, device: Option<usize>) -> PoolStats {
-        let mut sum = PoolStats::default();
-        self.live_pools.for_each(|_, (d, arena)| {
-            if device.is_none_or(|want| want == *d) {
-                sum.add(&arena.lock().stats)
-            }
-        });
-        sum
     }
 
     /// The gauges that an event of `side` updates: its group's, where
@@ -244,14 +307,19 @@ impl StatsBook {
         }
     }
 
-    /// Builds the summed view from per-owner figures.
-    pub(crate) fn summarize(&self, caching: PoolStats, in_graph_mode: bool) -> MemoryUsageStats {
-        let mut caching = caching;
+    /// Builds the summed view from per-owner figures: the caching
+    /// allocators' sum and the pools' (live pools' figures plus the counts
+    /// of those dropped).
+    pub(crate) fn summarize(
+        &self,
+        caching: PoolStats,
+        pools: PoolStats,
+        in_graph_mode: bool,
+    ) -> MemoryUsageStats {
+        let (mut caching, mut pools) = (caching, pools);
         if self.caching_sums == CachingSums::Gauged {
             self.caching.apply_peaks(&mut caching);
         }
-        let mut pools = self.live_pool_stats(None);
-        pools.add_counts(&self.retired_pools.lock());
         self.pools.apply_peaks(&mut pools);
         let mut total = caching;
         total.add(&pools);

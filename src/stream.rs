@@ -9,9 +9,10 @@ thread_local! {
 }
 
 /// The calling thread's current stream (0, the default stream, unless a
-/// [`StreamGuard`] says otherwise).
+/// [`StreamGuard`] says otherwise; also 0 late in thread teardown, once the
+/// thread-local is gone).
 pub fn current_stream() -> u64 {
-    CURRENT.with(Cell::get)
+    CURRENT.try_with(Cell::get).unwrap_or(0)
 }
 
 /// Makes `stream` the calling thread's current stream until the guard is
@@ -24,7 +25,8 @@ pub fn current_stream() -> u64 {
 /// assert_eq!(graphalloc::current_stream(), 0);
 /// ```
 pub fn use_stream(stream: u64) -> StreamGuard {
-    let previous = CURRENT.with(|c| c.replace(stream));
+    // Late in thread teardown the guard changes nothing (and restores 0).
+    let previous = CURRENT.try_with(|c| c.replace(stream)).unwrap_or(0);
     StreamGuard {
         previous,
         _not_send: PhantomData,

@@ -14,7 +14,7 @@
 
 #[cfg(all(loom, feature = "loom"))]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use loom::sync::Arc;
 
     /// `loom::thread_local!` with the `const { .. }` initialiser form of
@@ -44,14 +44,14 @@ mod imp {
 
 #[cfg(not(all(loom, feature = "loom")))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     pub(crate) use std::sync::Arc;
     pub(crate) use std::thread_local;
     pub(crate) type RawMutex<T> = std::sync::Mutex<T>;
     pub(crate) type RawGuard<'a, T> = std::sync::MutexGuard<'a, T>;
 }
 
-pub(crate) use imp::{thread_local, Arc, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use imp::{thread_local, Arc, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// A mutex whose `lock` never fails.
 ///
@@ -109,6 +109,14 @@ mod map {
         pub(crate) fn remove(&self, key: &K) -> Option<V> {
             self.0.remove(key).map(|(_, v)| v)
         }
+        /// Removes `key`'s value if `take` says so, in one step.
+        pub(crate) fn remove_if(&self, key: &K, take: impl FnOnce(&V) -> bool) -> Option<V> {
+            self.0.remove_if(key, |_, v| take(v)).map(|(_, v)| v)
+        }
+        /// Sets `key`'s value, returning the one it replaces, in one step.
+        pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
+            self.0.insert(key, value)
+        }
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.get(key).map(|v| f(&v))
         }
@@ -153,6 +161,18 @@ mod map {
         }
         pub(crate) fn remove(&self, key: &K) -> Option<V> {
             self.0.lock().remove(key)
+        }
+        pub(crate) fn remove_if(&self, key: &K, take: impl FnOnce(&V) -> bool) -> Option<V> {
+            let mut map = self.0.lock();
+            if map.get(key).is_some_and(take) {
+                map.remove(key)
+            } else {
+                None
+            }
+        }
+        pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
+            // Dropped by the caller, outside the lock (it may be a pool).
+            self.0.lock().insert(key, value)
         }
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.lock().get(key).map(f)

@@ -4,14 +4,13 @@
 //! so, with fewer than two devices.
 
 use cudarc::driver::CudaContext;
-mod gpu_support;
 
-use gpu_support::bytes;
 use graphalloc::{BackendError, Error};
+use graphalloc_testkit::gpu;
 
 #[test]
 fn a_stream_of_another_device_is_a_typed_error() {
-    let Some(alloc) = bytes::cuda_allocator(module_path!(), 2) else {
+    let Some(alloc) = gpu::cuda_allocator(module_path!(), 2) else {
         return;
     };
     let other = CudaContext::new(1).unwrap().new_stream().unwrap();

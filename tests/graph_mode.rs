@@ -396,3 +396,72 @@ fn a_forgotten_guard_keeps_only_its_own_thread_in_graph_mode() {
     assert_eq!(pool.stats().allocations, 1);
     alloc.free(p).unwrap();
 }
+
+// ---------------------------------------------------------------------------
+// Late thread-local destructors (issue 13, item 8)
+// ---------------------------------------------------------------------------
+
+/// Allocates and frees one block when dropped, and says how that went.
+struct AllocatesOnDrop {
+    alloc: std::sync::Arc<Allocator>,
+    pool: GraphPool,
+    outcome: std::sync::mpsc::Sender<Result<Option<u64>, String>>,
+}
+
+impl Drop for AllocatesOnDrop {
+    fn drop(&mut self) {
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            let _g = graph_mode(&self.pool); // does nothing this late
+            let p = self.alloc.allocate(4096, 512).unwrap();
+            let pool = self.alloc.pool_of(p);
+            self.alloc.free(p).unwrap();
+            pool
+        }));
+        let _ = self.outcome.send(run.map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        }));
+    }
+}
+
+thread_local! {
+    static LATE: std::cell::RefCell<Option<AllocatesOnDrop>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn allocating_from_a_late_thread_local_destructor_does_not_panic() {
+    let (_host, alloc) = host_allocator(64 * MIB);
+    let alloc = std::sync::Arc::new(alloc);
+    let pool = alloc.create_pool();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn({
+        let alloc = alloc.clone();
+        let pool = pool.clone();
+        move || {
+            // Registered first, so destroyed after graphalloc's own
+            // thread-locals, which the graph-mode use below registers.
+            LATE.with(|l| {
+                *l.borrow_mut() = Some(AllocatesOnDrop {
+                    alloc: alloc.clone(),
+                    pool: pool.clone(),
+                    outcome: tx,
+                })
+            });
+            let _g = alloc.enter_graph_mode(&pool).unwrap();
+            let p = alloc.allocate(4096, 512).unwrap();
+            alloc.free(p).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let outcome = rx.recv().expect("the destructor ran");
+    assert_eq!(
+        outcome,
+        Ok(None),
+        "served from the cache: the thread's graph mode is gone"
+    );
+    assert_eq!(alloc.live_pointers(), 0);
+}

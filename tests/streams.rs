@@ -237,3 +237,18 @@ fn allocate_uses_the_threads_current_stream() {
     alloc.free(on_default).unwrap();
     alloc.free(on_s).unwrap();
 }
+
+#[test]
+fn a_second_free_of_a_block_waiting_for_events_is_a_double_free() {
+    let (host, alloc) = setup();
+    let (a, b) = (host.create_stream(), host.create_stream());
+    let p = alloc.allocate_on(0, a, 1 << 16, 512).unwrap();
+    alloc.record_stream(p, b).unwrap();
+    alloc.free(p).unwrap();
+    assert_eq!(alloc.stats().caching.pending_frees, 1, "waiting for B");
+    let before = alloc.stats();
+    assert_eq!(alloc.free(p), Err(Error::DoubleFree { ptr: p.addr() }));
+    assert_eq!(alloc.stats(), before, "and changes nothing");
+    host.complete_stream(b);
+    assert_eq!(alloc.free(p), Err(Error::DoubleFree { ptr: p.addr() }));
+}

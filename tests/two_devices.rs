@@ -1,7 +1,10 @@
 //! Two simulated devices on the host backend: allocations on each, frees from
 //! other threads, pools per device, statistics per device.
 
-use graphalloc::{Allocator, Config};
+mod oracle;
+
+use graphalloc::{Allocator, Backend, BackendError, Config, Error, HostBackend};
+use oracle::TrackingBackend;
 use std::sync::Arc;
 
 fn two_devices() -> Arc<Allocator> {
@@ -95,4 +98,78 @@ fn pools_on_each_device_hold_their_own_memory() {
     let stats = alloc.stats();
     assert_eq!(stats.pools.allocations, 2);
     assert_eq!(stats.pools.frees, 2);
+}
+
+#[test]
+fn backends_out_of_ordinal_order_are_a_typed_error() {
+    let swapped: Vec<Arc<dyn Backend>> = vec![
+        Arc::new(HostBackend::new(1, 64 << 20)),
+        Arc::new(HostBackend::new(0, 64 << 20)),
+    ];
+    let e = Allocator::from_backends(swapped, 1.0).unwrap_err();
+    assert_eq!(
+        e,
+        Error::BackendOrder {
+            position: 0,
+            ordinal: 1
+        }
+    );
+    let gap: Vec<Arc<dyn Backend>> = vec![
+        Arc::new(HostBackend::new(0, 64 << 20)),
+        Arc::new(HostBackend::new(2, 64 << 20)),
+    ];
+    assert!(matches!(
+        Allocator::from_backends(gap, 1.0),
+        Err(Error::BackendOrder {
+            position: 1,
+            ordinal: 2
+        })
+    ));
+}
+
+#[test]
+fn nested_guards_on_two_devices_serve_each_device_from_its_innermost_pool() {
+    let alloc = two_devices();
+    let p0 = alloc.create_pool_on(0).unwrap();
+    let p1 = alloc.create_pool_on(1).unwrap();
+    let _g0 = alloc.enter_graph_mode(&p0).unwrap();
+    let _g1 = alloc.enter_graph_mode(&p1).unwrap();
+    let on0 = alloc.allocate_on(0, 0, 4096, 512).unwrap();
+    let on1 = alloc.allocate_on(1, 0, 4096, 512).unwrap();
+    let plain = alloc.allocate(4096, 512).unwrap();
+    assert_eq!(alloc.pool_of(on0), Some(p0.id()), "device 0: p0's guard");
+    assert_eq!(alloc.pool_of(on1), Some(p1.id()), "device 1: p1's guard");
+    assert_eq!(
+        alloc.pool_of(plain),
+        Some(p1.id()),
+        "a plain allocate: the innermost guard's device and pool"
+    );
+    assert_eq!(alloc.device_stats(0).unwrap().allocations, 0);
+    for p in [on0, on1, plain] {
+        alloc.free(p).unwrap();
+    }
+}
+
+#[test]
+fn empty_cache_tries_every_device_and_reports_the_first_error() {
+    let failing = TrackingBackend::with_ordinal(0, 64 << 20);
+    let healthy = Arc::new(HostBackend::new(1, 64 << 20));
+    let backends: Vec<Arc<dyn Backend>> = vec![failing.backend(), healthy.clone()];
+    let alloc = Allocator::from_backends(backends, 1.0).unwrap();
+    for device in 0..2 {
+        let p = alloc.allocate_on(device, 0, 1 << 20, 512).unwrap();
+        alloc.free(p).unwrap();
+    }
+    assert!(healthy.outstanding_bytes() > 0);
+    failing.faults().fail_releases(true);
+    assert_eq!(
+        alloc.empty_cache(),
+        Err(Error::Backend(BackendError::Injected { nth: 0 }))
+    );
+    assert_eq!(
+        healthy.outstanding_bytes(),
+        0,
+        "device 1 was emptied although device 0 failed first"
+    );
+    failing.faults().fail_releases(false);
 }

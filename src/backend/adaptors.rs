@@ -6,7 +6,7 @@
 //! order and copies pass through untouched, as the inner backend's own.
 
 use super::{Backend, BackendError, BackendKind, Copies, MemInfo, StreamOrder, VirtualMemory};
-use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -246,6 +246,8 @@ pub struct FaultAdaptor<B> {
     unmaps: AtomicU64,
     /// 1-based unmap numbers that must fail → pages unmapped first.
     unmap_faults: Mutex<BTreeMap<u64, usize>>,
+    /// While set, every segment release fails (and keeps the segment).
+    failing_releases: AtomicBool,
 }
 
 impl<B: fmt::Debug> fmt::Debug for FaultAdaptor<B> {
@@ -267,7 +269,14 @@ impl<B> FaultAdaptor<B> {
             faults: Mutex::new(BTreeSet::new()),
             unmaps: AtomicU64::new(0),
             unmap_faults: Mutex::new(BTreeMap::new()),
+            failing_releases: AtomicBool::new(false),
         }
+    }
+
+    /// Makes every segment release fail with [`BackendError::Injected`]
+    /// (`nth` 0), keeping the segment, while `on`.
+    pub fn fail_releases(&self, on: bool) {
+        self.failing_releases.store(on, Ordering::SeqCst);
     }
 
     /// Makes the `n`th [`VirtualMemory::unmap`] from now (`1` = the next
@@ -326,6 +335,9 @@ impl<B: Backend> Backend for FaultAdaptor<B> {
     }
 
     fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        if self.failing_releases.load(Ordering::SeqCst) {
+            return Err(BackendError::Injected { nth: 0 });
+        }
         self.inner.release(addr, size)
     }
 

@@ -246,7 +246,7 @@ impl Device {
                         let _ = self.unmap_run(run);
                         arena.set_mapped(run, false);
                     }
-                    arena.stats.peak_reserved_bytes = reserved_peak;
+                    arena.stats.restore_reserved_peak(reserved_peak);
                     arena.undo_alloc(carved.block, requested, peak_before);
                     return Err(match e {
                         BackendError::OutOfMemory { .. } => Shortfall::Exhausted,

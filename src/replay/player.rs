@@ -2,10 +2,10 @@
 //! ([`Series`]), with the one event loop both share.
 
 use super::trace::{Event, Trace};
+use crate::allocator::Allocator;
 use crate::arena::BLOCK_ROUND;
 use crate::device_ptr::DevicePtr;
 use crate::error::Error;
-use crate::global::Allocator;
 use std::time::{Duration, Instant};
 
 /// Why a replay stopped.

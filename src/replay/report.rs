@@ -3,10 +3,10 @@
 
 use super::player::{Player, ReplayError, Series};
 use super::trace::Trace;
+use crate::allocator::Allocator;
 use crate::arena::BLOCK_ROUND;
 use crate::backend::BackendKind;
 use crate::error::Error;
-use crate::global::Allocator;
 use std::fmt;
 use std::time::Duration;
 

@@ -2,11 +2,11 @@
 //! [`Element`] type, with its host-side copies (through the backend).
 
 use super::element::{bytes_of, bytes_of_mut, zeroed_vec, Element};
+use crate::allocator::Allocator;
 use crate::arena::BLOCK_ROUND;
 use crate::backend::Copies;
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
-use crate::global::Allocator;
 use crate::graph_pool::GraphPool;
 use crate::stream::current_stream;
 use std::fmt;
@@ -147,7 +147,7 @@ impl<'a, T: Element> DeviceBuffer<'a, T> {
             });
         }
         // An overflowing size saturates, and the allocator reports it as too large.
-        let ptr = alloc.allocate(len.saturating_mul(size_of::<T>()), BLOCK_ROUND)?;
+        let ptr = alloc.allocate_held(len.saturating_mul(size_of::<T>()), BLOCK_ROUND)?;
         Ok(DeviceBuffer {
             alloc,
             ptr,
@@ -517,7 +517,7 @@ impl<T: Element> Drop for DeviceBuffer<'_, T> {
         if !self.ptr.is_null() {
             // The buffer owns a live pointer of this allocator, so the free
             // cannot fail; a drop could not report it anyway.
-            let freed = self.alloc.free(self.ptr);
+            let freed = self.alloc.free_held(self.ptr);
             debug_assert!(freed.is_ok(), "freeing an owned buffer: {freed:?}");
         }
     }

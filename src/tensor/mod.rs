@@ -69,9 +69,9 @@ pub use buffer::DeviceBuffer;
 pub use element::{DType, Element};
 pub use views::{StreamView, StreamViewMut};
 
+use crate::allocator::Allocator;
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
-use crate::global::Allocator;
 use crate::graph_pool::GraphPool;
 use element::{bytes_of, bytes_of_mut, zeroed_vec};
 use std::fmt;

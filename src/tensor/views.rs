@@ -6,10 +6,10 @@
 use super::buffer::DeviceBuffer;
 use super::element::Element;
 use super::Tensor;
+use crate::allocator::Allocator;
 use crate::backend::{BackendError, BackendKind};
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
-use crate::global::Allocator;
 use cudarc::driver::{sys, CudaStream, DeviceSlice, LaunchArgs, PushKernelArg, SyncOnDrop};
 use std::fmt;
 use std::marker::PhantomData;
