@@ -61,6 +61,7 @@ pub use backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend, MemInfo,
 };
 pub use config::{BackendChoice, Config};
+pub use device::MappingStats;
 pub use device_ptr::DevicePtr;
 pub use error::{Error, Result};
 #[cfg(not(all(loom, feature = "loom")))]
