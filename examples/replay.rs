@@ -390,7 +390,11 @@ fn to_json(r: &ReplayReport, runs: usize) -> String {
     field("unmaps", r.maps.unmaps.to_string());
     field("map_ns", r.maps.map_ns.to_string());
     field("unmap_ns", r.maps.unmap_ns.to_string());
-    let warm = |f: fn(&graphalloc::MappingStats) -> u64| r.warm_maps.as_ref().map_or("null".into(), |m| f(m).to_string());
+    let warm = |f: fn(&graphalloc::MappingStats) -> u64| {
+        r.warm_maps
+            .as_ref()
+            .map_or("null".into(), |m| f(m).to_string())
+    };
     field("warm_maps", warm(|m| m.maps));
     field("warm_unmaps", warm(|m| m.unmaps));
     field("warm_map_ns", warm(|m| m.map_ns));

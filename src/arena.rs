@@ -663,7 +663,9 @@ impl Arena {
                 assert_eq!(b.addr, expect_addr, "blocks tile the segment");
                 assert_eq!(b.prev, prev);
                 assert!(
-                    !prev_free || b.allocated || prev.is_some_and(|p| self.blocks[p as usize].mapped != b.mapped),
+                    !prev_free
+                        || b.allocated
+                        || prev.is_some_and(|p| self.blocks[p as usize].mapped != b.mapped),
                     "free neighbours merged"
                 );
                 let key = self.key(s);
@@ -696,7 +698,12 @@ impl Arena {
                 assert_eq!(pages.mapped + unmapped, seg.size, "mapped bytes");
             }
         }
-        let indexed: usize = self.free.iter().chain(&self.unmapped).map(BTreeSet::len).sum();
+        let indexed: usize = self
+            .free
+            .iter()
+            .chain(&self.unmapped)
+            .map(BTreeSet::len)
+            .sum();
         assert_eq!(indexed, free_blocks);
         let deferred: usize = self
             .deferred

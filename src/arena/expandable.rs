@@ -119,17 +119,26 @@ impl Arena {
     pub(crate) fn mark_mapped(&mut self, growth: &Growth) {
         let seg = self.blocks[growth.slot as usize].segment;
         self.set_state(growth.slot, growth.addr, growth.len, true);
-        let pages = self.segments[seg as usize].pages.as_mut().expect("expandable");
+        let pages = self.segments[seg as usize]
+            .pages
+            .as_mut()
+            .expect("expandable");
         pages.mapped += growth.len;
         self.stats.reserved_bytes += growth.len;
-        self.stats.peak_reserved_bytes = self.stats.peak_reserved_bytes.max(self.stats.reserved_bytes);
+        self.stats.peak_reserved_bytes = self
+            .stats
+            .peak_reserved_bytes
+            .max(self.stats.reserved_bytes);
     }
 
     /// Books an idle run as unmapped: it becomes an unmapped free block.
     pub(crate) fn mark_unmapped(&mut self, run: &IdleRun) {
         let seg = self.blocks[run.slot as usize].segment;
         self.set_state(run.slot, run.addr, run.len, false);
-        let pages = self.segments[seg as usize].pages.as_mut().expect("expandable");
+        let pages = self.segments[seg as usize]
+            .pages
+            .as_mut()
+            .expect("expandable");
         pages.mapped -= run.len;
         self.stats.reserved_bytes -= run.len;
     }
@@ -179,8 +188,8 @@ impl Arena {
     }
 
     /// The idle pages of the expandable segments: page-aligned runs inside
-    /// mapped free blocks (quick-bin blocks merged back first), largest
-    /// first, none inside the blocks of `keep`.
+    /// mapped free blocks (quick-bin blocks merged back first), lowest
+    /// addresses first, none inside the blocks of `keep`.
     pub(crate) fn idle_runs(&mut self, keep: &[Option<u32>]) -> Vec<IdleRun> {
         if self.quick_blocks > 0 {
             self.flush_quick();
@@ -193,7 +202,10 @@ impl Arena {
                 continue;
             }
             let page = pages.page as u64;
-            let (start, end) = (addr.next_multiple_of(page), (addr + size as u64) / page * page);
+            let (start, end) = (
+                addr.next_multiple_of(page),
+                (addr + size as u64) / page * page,
+            );
             if start < end {
                 out.push(IdleRun {
                     slot,
@@ -203,7 +215,9 @@ impl Arena {
                 });
             }
         }
-        out.sort_by_key(|r| std::cmp::Reverse(r.len));
+        // Ordered by address already (the index is by (stream, size,
+        // address)): lowest first, away from where ranges grow.
+        out.sort_by_key(|r| r.addr);
         out
     }
 

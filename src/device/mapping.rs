@@ -7,7 +7,8 @@
 //!   ([`crate::arena::Arena::plan_growth`]), widened to a granule of
 //!   [`GROWTH_GRANULE`] bytes (in one call) while the budget allows.
 //! - Nothing is unmapped on free. Idle pages (mapped, under no live block)
-//!   are unmapped in a batch, largest runs first, only when it matters:
+//!   are unmapped in a batch, lowest addresses first (away from where
+//!   ranges grow), only when it matters:
 //!   a mapping would take the cache's reserved bytes past its budget
 //!   (the peak reserved so far, or the peak allocated bytes plus
 //!   1/[`IDLE_BUDGET`] of them, whichever is higher), the device limit
@@ -152,7 +153,9 @@ impl Device {
             }
         };
         let stats = &arena.stats;
-        let peak = stats.peak_allocated_bytes.max(stats.allocated_bytes + rounded);
+        let peak = stats
+            .peak_allocated_bytes
+            .max(stats.allocated_bytes + rounded);
         let budget = stats.peak_reserved_bytes.max(peak + peak / IDLE_BUDGET);
         let reserved = stats.reserved_bytes;
         let mut growth = need;
@@ -160,7 +163,11 @@ impl Device {
             // Best effort: what cannot be unmapped only leaves more mapped.
             let _ = self.reclaim(arena, side, reserved + need.len - budget, &need.keep);
         } else {
-            growth.widen(GROWTH_GRANULE.saturating_sub(need.len).min(budget - reserved - need.len));
+            growth.widen(
+                GROWTH_GRANULE
+                    .saturating_sub(need.len)
+                    .min(budget - reserved - need.len),
+            );
         }
         let mut mapped = self.map_pages(growth.addr, growth.len);
         if let Err(BackendError::OutOfMemory { .. }) = mapped {
@@ -189,8 +196,8 @@ impl Device {
     }
 
     /// Unmaps idle pages of `arena`'s expandable segments, at least
-    /// `at_least` bytes if there are (`usize::MAX`: all), largest runs
-    /// first and none in the blocks of `keep`, after the work queued on
+    /// `at_least` bytes if there are (`usize::MAX`: all), lowest
+    /// addresses first and none in the blocks of `keep`, after the work queued on
     /// their streams has completed. Returns the bytes unmapped, or the
     /// first error (pages whose unmapping failed stay mapped and booked).
     pub(super) fn reclaim(
@@ -279,7 +286,8 @@ impl Device {
         let start = Instant::now();
         let result = self.backend.map(addr, len);
         let c = &self.mapping;
-        c.map_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.map_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         c.maps.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(()) => {
@@ -299,7 +307,8 @@ impl Device {
         let start = Instant::now();
         let result = self.backend.unmap(addr, len);
         let c = &self.mapping;
-        c.unmap_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.unmap_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         c.unmaps.fetch_add(1, Ordering::Relaxed);
         if result.is_ok() {
             c.unmapped_bytes.fetch_add(len as u64, Ordering::Relaxed);

@@ -11,7 +11,9 @@ mod mapping;
 
 pub use mapping::MappingStats;
 
-use crate::arena::{segment_size, tight_segment_size, Arena, Carved, Class, FreedSegment, StreamTag};
+use crate::arena::{
+    segment_size, tight_segment_size, Arena, Carved, Class, FreedSegment, StreamTag,
+};
 use crate::backend::{Backend, BackendError, MemInfo};
 use crate::stats::{Side, StatsBook};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
