@@ -172,12 +172,11 @@ impl Device {
         let mut mapped = self.map_pages(growth.addr, growth.len);
         if let Err(BackendError::OutOfMemory { .. }) = mapped {
             // The limit or the device is full: unmap idle pages, then map
-            // just what the request needs.
-            growth = need;
-            if let Ok(freed) = self.reclaim(arena, side, need.len, &need.keep) {
-                if freed > 0 {
-                    mapped = self.map_pages(growth.addr, growth.len);
-                }
+            // just what the request needs (if that can change anything).
+            let freed = self.reclaim(arena, side, need.len, &need.keep).unwrap_or(0);
+            if freed > 0 || growth != need {
+                growth = need;
+                mapped = self.map_pages(growth.addr, growth.len);
             }
         }
         if let Err(e) = mapped {
@@ -234,9 +233,13 @@ impl Device {
         let mut first_error = None;
         let mut busy = Vec::new();
         for stream in streams {
-            if let Err(e) = self.drain_stream(stream) {
-                first_error.get_or_insert(e);
-                busy.push(stream);
+            match self.drain_stream(stream) {
+                Ok(true) => {}
+                Ok(false) => busy.push(stream),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    busy.push(stream);
+                }
             }
         }
         let mut unmapped = 0;
@@ -259,18 +262,21 @@ impl Device {
         }
     }
 
-    /// Waits until the work queued on `stream` so far has completed. A
-    /// stream being captured cannot be waited on: an error then.
-    fn drain_stream(&self, stream: StreamTag) -> Result<(), BackendError> {
-        if self.capturing(stream)? {
-            return Err(BackendError::Unavailable(format!(
-                "stream {stream:#x} is being captured"
-            )));
+    /// Waits until the work queued on `stream` so far has completed, and
+    /// says so; `false` for a stream being captured, which no wait can
+    /// drain (its pages then stay mapped). A stream that no longer exists
+    /// has no work left.
+    fn drain_stream(&self, stream: StreamTag) -> Result<bool, BackendError> {
+        match self.capturing(stream) {
+            Ok(true) => return Ok(false),
+            Ok(false) => {}
+            Err(BackendError::UnknownStream { .. }) => return Ok(true),
+            Err(e) => return Err(e),
         }
         let event = self.record_on(stream)?;
         let waited = self.backend.wait_event(event);
         self.recycle_event(event);
-        waited
+        waited.map(|()| true)
     }
 
     /// Maps `[addr, addr + len)`, within the limit, counting the call.

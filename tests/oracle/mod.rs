@@ -166,6 +166,8 @@ pub struct TrackingBackend {
     ranges: Mutex<BTreeMap<u64, usize>>,
     /// Pages mapped into reserved address ranges (expandable segments).
     pages: Mutex<BTreeSet<u64>>,
+    /// Unmap calls still to fail ([`TrackingBackend::fail_unmaps`]).
+    failing_unmaps: Mutex<usize>,
     violations: Mutex<Vec<String>>,
 }
 
@@ -191,6 +193,7 @@ impl TrackingBackend {
             segments: Mutex::new(BTreeMap::new()),
             ranges: Mutex::new(BTreeMap::new()),
             pages: Mutex::new(BTreeSet::new()),
+            failing_unmaps: Mutex::new(0),
             violations: Mutex::new(Vec::new()),
         })
     }
@@ -198,6 +201,12 @@ impl TrackingBackend {
     /// The wrapped host backend (for `fail_reservation`, `outstanding_bytes`).
     pub fn host(&self) -> &HostBackend {
         &self.host
+    }
+
+    /// Makes the next `n` unmap calls fail (with nothing unmapped), as a
+    /// failed `cuMemUnmap` would.
+    pub fn fail_unmaps(&self, n: usize) {
+        *lock(&self.failing_unmaps) = n;
     }
 
     /// The segments held now: base → size.
@@ -363,6 +372,16 @@ impl Backend for TrackingBackend {
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         {
+            let mut failing = lock(&self.failing_unmaps);
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(BackendError::Driver {
+                    call: "cuMemUnmap",
+                    code: "CUDA_ERROR_INJECTED".into(),
+                });
+            }
+        }
+        {
             // Removed before the host gives the memory back (see `release`).
             let page = self.host.page_size()? as u64;
             let mut pages = lock(&self.pages);
@@ -444,10 +463,19 @@ pub fn tracked_allocator_with_fraction(
     memory_fraction: f64,
 ) -> (Allocator, Arc<TrackingBackend>) {
     let backend = TrackingBackend::new(capacity);
-    let alloc =
-        Allocator::from_backends(vec![backend.clone() as Arc<dyn Backend>], memory_fraction)
-            .expect("one backend given");
+    let config = plain(memory_fraction);
+    let alloc = Allocator::from_backends_with(vec![backend.clone() as Arc<dyn Backend>], &config)
+        .expect("one backend given");
     (alloc, backend)
+}
+
+/// Plain segments under a memory fraction.
+pub fn plain(memory_fraction: f64) -> graphalloc::Config {
+    graphalloc::Config {
+        memory_fraction,
+        expandable_segments: false,
+        ..graphalloc::Config::default()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -895,8 +923,10 @@ pub struct Harness {
 
 impl Harness {
     /// A harness over a device of `capacity` bytes with `pools` graph pools.
+    /// Plain segments (`expandable_segments:false`): the harness's
+    /// expectations of segment sizes are theirs; `with_config` for others.
     pub fn new(capacity: usize, pools: usize) -> Self {
-        Harness::with_config(capacity, pools, &graphalloc::Config::default())
+        Harness::with_config(capacity, pools, &plain(1.0))
     }
 
     /// A harness whose allocator has the settings of `config`.
@@ -1194,10 +1224,10 @@ pub fn run_ops(data: &[u8]) -> OpsSummary {
     let mut bytes = Bytes { data, pos: 0 };
     // The first byte picks the allocator's settings.
     let text = match bytes.u8() % 4 {
-        0 => "",
-        1 => "shards:2",
-        2 => "expandable_segments:true",
-        _ => "shards:3,expandable_segments:true",
+        0 => "expandable_segments:false",
+        1 => "shards:2,expandable_segments:false",
+        2 => "",
+        _ => "shards:3",
     };
     let config = graphalloc::Config::parse(text).expect("a valid configuration");
     let mut h = Harness::with_config(OPS_CAPACITY, 2, &config);
