@@ -53,7 +53,11 @@ fn large_blocks_share_one_range_and_only_touched_pages_are_reserved() {
     assert!(check(a, 3 * MIB, 0xa1) && check(b, 5 * MIB, 0xb2));
     alloc.free(a).unwrap();
     alloc.free(b).unwrap();
-    assert_eq!(alloc.stats().caching.reserved_bytes, 10 * MIB, "kept cached");
+    assert_eq!(
+        alloc.stats().caching.reserved_bytes,
+        10 * MIB,
+        "kept cached"
+    );
     alloc.empty_cache().unwrap();
     assert_eq!(
         alloc.stats().caching.reserved_bytes,
@@ -161,10 +165,16 @@ fn empty_cache_waits_for_the_stream_before_unmapping() {
     let kernel = host.create_event().unwrap();
     host.record_event(kernel, s).unwrap(); // a kernel using x, still queued
     alloc.free(x).unwrap();
-    assert!(!host.event_complete(kernel).unwrap(), "the kernel is queued");
+    assert!(
+        !host.event_complete(kernel).unwrap(),
+        "the kernel is queued"
+    );
     let unmaps = alloc.mapping_stats().unmaps;
     alloc.empty_cache().unwrap();
-    assert!(alloc.mapping_stats().unmaps > unmaps, "x's pages were unmapped");
+    assert!(
+        alloc.mapping_stats().unmaps > unmaps,
+        "x's pages were unmapped"
+    );
     assert!(
         host.event_complete(kernel).unwrap(),
         "the unmap waited for the work queued on x's stream"
@@ -187,8 +197,14 @@ fn a_budget_reclaim_waits_for_the_stream_before_unmapping() {
     let unmaps = alloc.mapping_stats().unmaps;
     let t = host.create_stream();
     let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
-    assert!(alloc.mapping_stats().unmaps > unmaps, "idle pages reclaimed");
-    assert!(host.event_complete(kernel).unwrap(), "after the stream's work");
+    assert!(
+        alloc.mapping_stats().unmaps > unmaps,
+        "idle pages reclaimed"
+    );
+    assert!(
+        host.event_complete(kernel).unwrap(),
+        "after the stream's work"
+    );
     let stats = alloc.stats().caching;
     assert!(
         stats.peak_reserved_bytes * 32 <= stats.peak_allocated_bytes * 33,
@@ -223,8 +239,23 @@ fn pages_of_a_capturing_stream_stay_mapped() {
 #[test]
 fn a_repeating_workload_makes_no_mapping_call_once_warm() {
     let (_host, alloc) = setup(8192 * MIB);
-    let weights = [9 * MIB, 2 * MIB + 512, 36 * MIB, 600 * 1024, 144 * MIB, 3 * MIB];
-    let acts = [48 * MIB, 6 * MIB, 24 * MIB, 785 * MIB, 12 * MIB, 96 * MIB, 200 * 1024];
+    let weights = [
+        9 * MIB,
+        2 * MIB + 512,
+        36 * MIB,
+        600 * 1024,
+        144 * MIB,
+        3 * MIB,
+    ];
+    let acts = [
+        48 * MIB,
+        6 * MIB,
+        24 * MIB,
+        785 * MIB,
+        12 * MIB,
+        96 * MIB,
+        200 * 1024,
+    ];
     let pass = |alloc: &Allocator| {
         let mut held = Vec::new();
         for &w in &weights {
@@ -290,7 +321,11 @@ fn the_limit_reclaims_idle_pages_instead_of_failing() {
     // 60 MiB hole, so the hole's pages go first.
     let c = alloc.allocate(64 * MIB, 512).unwrap();
     assert!(host.outstanding_bytes() <= 128 * MIB);
-    assert_eq!(alloc.stats().caching.oom_retries, 0, "no full release needed");
+    assert_eq!(
+        alloc.stats().caching.oom_retries,
+        0,
+        "no full release needed"
+    );
     alloc.free(b).unwrap();
     alloc.free(c).unwrap();
 }

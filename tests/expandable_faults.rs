@@ -58,7 +58,10 @@ fn a_failed_growth_after_a_reclaim_keeps_the_books_exact() {
     // 40 MiB more would pass the budget: a's idle pages go first.
     let err = h.alloc.allocate(40 * MIB, 512).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
-    assert!(h.alloc.mapping_stats().unmaps > unmaps, "a reclaim happened");
+    assert!(
+        h.alloc.mapping_stats().unmaps > unmaps,
+        "a reclaim happened"
+    );
     assert_unchanged_but_reclaim(&before, &h.alloc.stats(), "failed growth");
     assert_books_exact(&h);
     let c = h.allocate(40 * MIB, 512).unwrap();
@@ -77,7 +80,10 @@ fn a_failed_unmap_leaves_the_pages_mapped_and_booked() {
     h.free_block(a.ptr);
     h.backend.fail_unmaps(1);
     let err = h.alloc.empty_cache().unwrap_err();
-    assert!(matches!(err, Error::Backend(BackendError::Driver { .. })), "{err:?}");
+    assert!(
+        matches!(err, Error::Backend(BackendError::Driver { .. })),
+        "{err:?}"
+    );
     assert_eq!(h.alloc.stats().caching.reserved_bytes, 12 * MIB);
     assert_books_exact(&h);
     // Still usable: the pages serve the next request without a map.
@@ -101,7 +107,11 @@ fn a_failed_unmap_in_a_budget_reclaim_keeps_the_books_exact() {
     h.backend.fail_unmaps(1);
     let c = h.allocate(40 * MIB, 512).unwrap();
     assert_books_exact(&h);
-    assert_eq!(h.alloc.stats().caching.reserved_bytes, 64 * MIB, "a's pages kept");
+    assert_eq!(
+        h.alloc.stats().caching.reserved_bytes,
+        64 * MIB,
+        "a's pages kept"
+    );
     h.free_block(b.ptr);
     h.free_block(c.ptr);
     h.teardown();
@@ -111,7 +121,16 @@ fn a_failed_unmap_in_a_budget_reclaim_keeps_the_books_exact() {
 /// is a typed error that leaves the books exact, and the workload goes on.
 #[test]
 fn every_map_of_a_workload_can_fail() {
-    let sizes = [3 * MIB, 40 * MIB, 100_000, 7 * MIB, 96 * MIB, 1, 33 * MIB, 2 * MIB];
+    let sizes = [
+        3 * MIB,
+        40 * MIB,
+        100_000,
+        7 * MIB,
+        96 * MIB,
+        1,
+        33 * MIB,
+        2 * MIB,
+    ];
     for fault in 1..=12u64 {
         let mut h = harness();
         h.backend.host().fail_reservation(fault);

@@ -95,9 +95,15 @@ fn pages_are_not_unmapped_while_queued_work_still_writes_them() {
     g.spin_copy(&s, x, src, N, 300_000_000); // writes x in 300 ms
     g.spin_copy(&s, out, x, N, 0); // then reads it
     g.alloc.free(x).unwrap();
-    let before = (g.alloc.stats().caching.reserved_bytes, g.alloc.mapping_stats());
+    let before = (
+        g.alloc.stats().caching.reserved_bytes,
+        g.alloc.mapping_stats(),
+    );
     g.alloc.empty_cache().unwrap();
-    let after = (g.alloc.stats().caching.reserved_bytes, g.alloc.mapping_stats());
+    let after = (
+        g.alloc.stats().caching.reserved_bytes,
+        g.alloc.mapping_stats(),
+    );
     assert!(
         after.0 + N <= before.0 && after.1.unmaps > before.1.unmaps,
         "x's pages were unmapped: reserved {} -> {}",

@@ -84,7 +84,11 @@ impl Arena {
             let above = self.mapped_free(b.next);
             let (l, r) = (below.map_or(0, |n| n.1), above.map_or(0, |n| n.1));
             let end = addr + size as u64;
-            let need = |have: usize| rounded.saturating_sub(have).next_multiple_of(page);
+            let need = |have: usize| {
+                (rounded.saturating_sub(have))
+                    .checked_next_multiple_of(page)
+                    .unwrap_or(usize::MAX)
+            };
             // Up from the block below (or from the start), down from the
             // block above, or the whole block between both.
             let options = [
@@ -237,5 +241,92 @@ impl Arena {
             slot = b.next;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Arena, Class};
+
+    const MIB: usize = 1 << 20;
+    const PAGE: usize = 2 * MIB;
+
+    fn arena() -> Arena {
+        let mut a = Arena::new();
+        a.add_expandable_segment(0x4000_0000, 64 * PAGE, 0, Class::Large, PAGE);
+        a.check_invariants();
+        a
+    }
+
+    #[test]
+    fn growth_maps_the_fewest_pages_next_to_mapped_free_memory() {
+        let mut a = arena();
+        assert!(a.try_alloc(0, 3 * MIB, 1).is_none(), "nothing mapped yet");
+        let g = a.plan_growth(0, 3 * MIB).unwrap();
+        assert_eq!((g.addr, g.len), (0x4000_0000, 2 * PAGE));
+        a.mark_mapped(&g);
+        a.check_invariants();
+        let x = a.try_alloc(0, 3 * MIB, 1).unwrap();
+        assert_eq!(x.block.addr(), 0x4000_0000);
+        // x took both pages (a 1 MiB remainder is not split off a large
+        // block, PyTorch's rule), so 5 MiB more needs 3 pages right above.
+        let y_plan = a.plan_growth(0, 5 * MIB).unwrap();
+        assert_eq!(
+            (y_plan.addr, y_plan.len),
+            (0x4000_0000 + 4 * MIB as u64, 3 * PAGE)
+        );
+        a.mark_mapped(&y_plan);
+        let y = a.try_alloc(0, 5 * MIB, 1).unwrap();
+        assert_eq!(y.block.addr(), 0x4000_0000 + 4 * MIB as u64);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 5 * PAGE);
+        // A hole below a live block with mapped free memory above it.
+        a.free(x.block, 1);
+        let z = a.plan_growth(0, 40 * MIB).unwrap();
+        assert_eq!(
+            z.addr,
+            0x4000_0000 + 10 * MIB as u64,
+            "above y, the range's top"
+        );
+    }
+
+    #[test]
+    fn idle_pages_unmap_and_map_again_with_exact_books() {
+        let mut a = arena();
+        let g = a.plan_growth(0, 24 * MIB).unwrap();
+        a.mark_mapped(&g);
+        let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        a.free(x.block, 1);
+        a.check_invariants();
+        let runs = a.idle_runs(&[]);
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].addr, runs[0].len), (x.block.addr(), 12 * MIB));
+        a.mark_unmapped(&runs[0]);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 12 * MIB);
+        assert!(
+            a.try_alloc(0, 12 * MIB, 1).is_none(),
+            "x's hole is unmapped"
+        );
+        // The hole is the cheapest place: mapped again there.
+        let again = a.plan_growth(0, 12 * MIB).unwrap();
+        assert_eq!((again.addr, again.len), (x.block.addr(), 12 * MIB));
+        a.mark_mapped(&again);
+        a.check_invariants();
+        assert_eq!(a.try_alloc(0, 12 * MIB, 1).unwrap().block, x.block);
+        a.free(y.block, 1);
+        a.free(x.block, 1);
+        let all = a.idle_runs(&[]);
+        for run in &all {
+            a.mark_unmapped(run);
+        }
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 0);
+        assert_eq!(
+            a.take_free_segments().len(),
+            1,
+            "the range goes once unmapped"
+        );
     }
 }
