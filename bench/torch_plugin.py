@@ -195,7 +195,8 @@ def timed_steps(torch, step, steps, warmup):
     return statistics.median(times), float(loss)
 
 
-def run_gpt2(torch, args):
+def run_gpt2_steps(torch, args, seq_of_step):
+    """GPT-2 small trained with batch 8 and `seq_of_step(i)` tokens at step i."""
     import torch.nn as nn
     import torch.nn.functional as F
 
@@ -204,10 +205,10 @@ def run_gpt2(torch, args):
     model = build_gpt2(torch, nn, F).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
     gen = torch.Generator(device=dev).manual_seed(args.seed + 1)
-    batch, seq = 8, 512
+    batch = 8
 
     def step(i):
-        idx = torch.randint(0, 50257, (batch, seq + 1), device=dev, generator=gen)
+        idx = torch.randint(0, 50257, (batch, seq_of_step(i) + 1), device=dev, generator=gen)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(idx[:, :-1], idx[:, 1:])
@@ -219,32 +220,16 @@ def run_gpt2(torch, args):
     return {"step_ms": ms, "loss": loss}
 
 
+def run_gpt2(torch, args):
+    return run_gpt2_steps(torch, args, lambda i: 512)
+
+
 def run_vartrans(torch, args):
     import random
 
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    dev = torch.device("cuda")
-    torch.manual_seed(args.seed)
-    model = build_gpt2(torch, nn, F).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
-    gen = torch.Generator(device=dev).manual_seed(args.seed + 1)
     lengths = random.Random(args.seed + 2)
     seqs = [64 * lengths.randint(1, 16) for _ in range(args.steps)]
-    batch = 8
-
-    def step(i):
-        idx = torch.randint(0, 50257, (batch, seqs[i] + 1), device=dev, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(idx[:, :-1], idx[:, 1:])
-        loss.backward()
-        opt.step()
-        return loss.detach()
-
-    ms, loss = timed_steps(torch, step, args.steps, min(3, args.steps - 1))
-    return {"step_ms": ms, "loss": loss, "seq_lengths": seqs}
+    return dict(run_gpt2_steps(torch, args, lambda i: seqs[i]), seq_lengths=seqs)
 
 
 def run_resnet50(torch, args):

@@ -121,30 +121,32 @@ impl Arena {
     /// Books `growth`'s pages as mapped: they join the mapped free blocks
     /// beside them, and count as reserved.
     pub(crate) fn mark_mapped(&mut self, growth: &Growth) {
-        let seg = self.blocks[growth.slot as usize].segment;
-        self.set_state(growth.slot, growth.addr, growth.len, true);
-        let pages = self.segments[seg as usize]
-            .pages
-            .as_mut()
-            .expect("expandable");
-        pages.mapped += growth.len;
-        self.stats.reserved_bytes += growth.len;
-        self.stats.peak_reserved_bytes = self
-            .stats
-            .peak_reserved_bytes
-            .max(self.stats.reserved_bytes);
+        self.book_pages(growth.slot, growth.addr, growth.len, true);
     }
 
     /// Books an idle run as unmapped: it becomes an unmapped free block.
     pub(crate) fn mark_unmapped(&mut self, run: &IdleRun) {
-        let seg = self.blocks[run.slot as usize].segment;
-        self.set_state(run.slot, run.addr, run.len, false);
+        self.book_pages(run.slot, run.addr, run.len, false);
+    }
+
+    /// Gives `[addr, addr + len)` of the free block `slot` the mapped state
+    /// `mapped`, in the blocks, the segment's mapped bytes and the stats.
+    fn book_pages(&mut self, slot: u32, addr: u64, len: usize, mapped: bool) {
+        let seg = self.blocks[slot as usize].segment;
+        self.set_state(slot, addr, len, mapped);
         let pages = self.segments[seg as usize]
             .pages
             .as_mut()
             .expect("expandable");
-        pages.mapped -= run.len;
-        self.stats.reserved_bytes -= run.len;
+        if mapped {
+            pages.mapped += len;
+            let stats = &mut self.stats;
+            stats.reserved_bytes += len;
+            stats.peak_reserved_bytes = stats.peak_reserved_bytes.max(stats.reserved_bytes);
+        } else {
+            pages.mapped -= len;
+            self.stats.reserved_bytes -= len;
+        }
     }
 
     /// Cuts `[addr, addr + len)` out of the free block `slot` (which holds
@@ -166,9 +168,10 @@ impl Arena {
         self.merge_and_index(mid);
     }
 
-    /// Splits the free, unindexed block `slot` at `at`; returns the new
-    /// block above (unindexed, in the same state).
-    fn split_free(&mut self, slot: u32, at: u64) -> u32 {
+    /// Splits the unindexed block `slot` (free, or being carved) at `at`;
+    /// returns the new block above: free, unindexed, in the same mapped
+    /// state.
+    pub(super) fn split_free(&mut self, slot: u32, at: u64) -> u32 {
         let (addr, size, segment, mapped, next) = {
             let b = &self.blocks[slot as usize];
             (b.addr, b.size, b.segment, b.mapped, b.next)

@@ -6,6 +6,7 @@
 #[path = "../../examples/common/mod.rs"]
 mod common;
 
+pub mod byte_gpu;
 pub mod bytes;
 
 pub use common::*;
