@@ -95,6 +95,13 @@ impl MappingStats {
     }
 }
 
+/// The bytes (from the start of the range) that a failed unmap call did
+/// unmap before failing. None with this backend interface: a failed unmap
+/// changed nothing.
+fn unmapped_before_failing(_e: &BackendError) -> usize {
+    0
+}
+
 fn shortfall(e: BackendError) -> Shortfall {
     match e {
         BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
@@ -244,16 +251,22 @@ impl Device {
         }
         let mut unmapped = 0;
         for run in chosen.iter().filter(|r| !busy.contains(&r.stream)) {
-            match self.unmap_pages(run.addr, run.len) {
-                Ok(()) => {
-                    arena.mark_unmapped(run);
-                    self.reserved.fetch_sub(run.len, Ordering::SeqCst);
-                    self.book.released(side, run.len);
-                    unmapped += run.len;
-                }
+            // What went: all of the run, or the pages a failing call
+            // unmapped before it stopped (those stay booked as mapped
+            // otherwise: the books follow the device exactly).
+            let gone = match self.unmap_pages(run.addr, run.len) {
+                Ok(()) => run.len,
                 Err(e) => {
+                    let part = unmapped_before_failing(&e).min(run.len);
                     first_error.get_or_insert(e);
+                    part
                 }
+            };
+            if gone > 0 {
+                arena.mark_unmapped(&IdleRun { len: gone, ..*run });
+                self.reserved.fetch_sub(gone, Ordering::SeqCst);
+                self.book.released(side, gone);
+                unmapped += gone;
             }
         }
         match first_error {
