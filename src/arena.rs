@@ -136,6 +136,8 @@ pub(crate) struct FreedSegment {
     /// For an expandable segment: the mapped runs to unmap before its
     /// address range is released. `None` for a plain segment.
     pub(crate) mapped: Option<Vec<(u64, usize)>>,
+    /// The stream whose work may still use its memory.
+    pub(crate) stream: StreamTag,
 }
 
 #[derive(Debug)]
@@ -369,6 +371,7 @@ impl Arena {
             base: seg.base,
             size: seg.size,
             mapped: Some(Vec::new()),
+            stream: seg.stream,
         })
     }
 
@@ -532,6 +535,7 @@ impl Arena {
                 base: s.base,
                 size: s.size,
                 mapped,
+                stream: s.stream,
             })
             .collect::<Vec<_>>();
         for s in &segments {
@@ -584,6 +588,7 @@ impl Arena {
                     base: s.base,
                     size: s.size,
                     mapped: expandable.then(Vec::new),
+                    stream: s.stream,
                 }
             })
             .collect()

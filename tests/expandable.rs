@@ -329,3 +329,20 @@ fn the_limit_reclaims_idle_pages_instead_of_failing() {
     alloc.free(b).unwrap();
     alloc.free(c).unwrap();
 }
+
+/// An allocator going away unmaps the pages it still holds only after the
+/// work queued on their streams (plain segments' `cuMemFree` waits too).
+#[test]
+fn dropping_the_allocator_waits_for_the_streams_before_unmapping() {
+    let (host, alloc, s) = with_stream(256 * MIB);
+    let x = alloc.allocate_on(0, s, 12 * MIB, 512).unwrap();
+    let kernel = host.create_event().unwrap();
+    host.record_event(kernel, s).unwrap();
+    alloc.free(x).unwrap();
+    drop(alloc);
+    assert!(
+        host.event_complete(kernel).unwrap(),
+        "waited for the stream"
+    );
+    assert_eq!(host.outstanding_bytes(), 0);
+}

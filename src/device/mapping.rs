@@ -279,7 +279,7 @@ impl Device {
     /// says so; `false` for a stream being captured, which no wait can
     /// drain (its pages then stay mapped). A stream that no longer exists
     /// has no work left.
-    fn drain_stream(&self, stream: StreamTag) -> Result<bool, BackendError> {
+    pub(super) fn drain_stream(&self, stream: StreamTag) -> Result<bool, BackendError> {
         match self.capturing(stream) {
             Ok(true) => return Ok(false),
             Ok(false) => {}

@@ -213,6 +213,20 @@ impl Device {
     ) -> Result<usize, BackendError> {
         let mut released = 0;
         let mut first_error = None;
+        // Pages still mapped (an owner going away) are unmapped only after
+        // the work queued on their streams (as `cuMemFree` would wait).
+        let mut streams: Vec<StreamTag> = segments
+            .iter()
+            .filter(|s| s.mapped.as_ref().is_some_and(|runs| !runs.is_empty()))
+            .map(|s| s.stream)
+            .collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for stream in streams {
+            if let Err(e) = self.drain_stream(stream) {
+                first_error.get_or_insert(e);
+            }
+        }
         for seg in segments {
             let held = match &seg.mapped {
                 None => {
