@@ -27,7 +27,7 @@ for line in sys.stdin:
     cargo build --release --lib --examples
     cp target/release/libgraphalloc.so target/release/examples/{replay,capture,training_loop} "$G"/
     cargo test --release --no-run --message-format=json 2>/dev/null |
-        exe gpu_backend gpu_streams gpu_capture gpu_training gpu_pool_sharing gpu_two_devices tensor |
+        exe gpu_backend gpu_streams gpu_capture gpu_training gpu_pool_sharing gpu_two_devices gpu_expandable tensor |
         while read -r name path; do cp "$path" "$G/test_$name"; done
     cargo bench --no-run --message-format=json 2>/dev/null | exe alloc streams |
         while read -r name path; do cp "$path" "$G/bench_$name"; done
@@ -85,8 +85,8 @@ run example_capture 60 "$G/capture"
 run example_training_loop 120 "$G/training_loop"
 head -3 "$OUT/example_capture.log" "$OUT/example_training_loop.log" | sed 's/^/   /' >> "$S"
 
-step "replay (plain segments, then expandable segments)"
-for conf in "" "expandable_segments:true"; do
+step "replay (plain segments, then the default: expandable segments)"
+for conf in "expandable_segments:false" ""; do
     for t in "$G"/*.trace.gz; do
         GRAPHALLOC_CONF=$conf "$G/replay" --json --runs "${RUNS:-5}" "$t" >> "$OUT/replay.jsonl" 2>> "$OUT/replay.stderr" ||
             { echo "!! FAIL replay $conf $t" | tee -a "$S"; status=1; }
@@ -116,11 +116,15 @@ if [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
     step "PyTorch plug-in"
     GRAPHALLOC_LIB="$G/libgraphalloc.so" run torch_plugin 240 python3 bench/torch_plugin.py --timeout 100
     tail -n 15 "$OUT/torch_plugin.log" | sed 's/^/   /' >> "$S"
+    step "PyTorch's caching allocator on the traces (torch_replay)"
+    run torch_replay 400 python3 bench/torch_replay.py --replay "$G/replay" --runs 3 "$G"/*.trace.gz
+    tail -n 12 "$OUT/torch_replay.log" | sed 's/^/   /' >> "$S"
 fi
 
 step "done, status $status"
 cp "$S" "$FINAL/summary.txt"
 [ -f "$OUT/torch_plugin.json" ] && cp "$OUT/torch_plugin.json" "$FINAL/"
+[ -f "$OUT/torch_replay.json" ] && cp "$OUT/torch_replay.json" "$FINAL/"
 cp "$OUT/replay.jsonl" "$FINAL/" 2>/dev/null
 tar -czf "$FINAL/logs.tar.gz" -C "$FINAL" logs && rm -rf "$OUT"
 exit $status

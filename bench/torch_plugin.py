@@ -11,6 +11,11 @@ Workloads:
   gpt2      GPT-2 small (12 layers, 768 wide, 12 heads, vocab 50257, ctx 1024;
             random weights, plain torch.nn), batch 8 x 512, bf16 autocast,
             AdamW, 20 steps.
+  vartrans  The GPT-2 small model trained with a sequence length that changes
+            every step (batch 8, lengths drawn from 64..1024 in steps of 64 by
+            a seeded generator, the same in every process), bf16 autocast,
+            AdamW, 20 steps: the shape churn in which PyTorch's default
+            segments reserve far more than they allocate.
   resnet50  ResNet-50 (torchvision if importable, else hand-written),
             batch 64 x 3 x 224 x 224, bf16 autocast, SGD momentum, 20 steps.
   graph     An MLP training step (AdamW, capturable) captured with
@@ -22,8 +27,11 @@ Workloads:
 
 Usage (on a GPU machine, after `cargo build --release`):
     python3 bench/torch_plugin.py [--lib target/release/libgraphalloc.so]
-        [--workloads gpt2,resnet50,graph] [--steps 20] [--replays 100]
-        [--capture-pool auto|registered]
+        [--workloads gpt2,vartrans,resnet50,graph] [--steps 20] [--replays 100]
+        [--capture-pool auto|registered] [--repeat 3]
+
+With --repeat N, each workload runs N times per allocator, alternating
+native and graphalloc; the table gives the median step time with its range.
 
 Prints a markdown table; writes JSON to $OUT/torch_plugin.json when $OUT is
 set (or to --json PATH). A workload that fails reports its error in its row.
@@ -43,7 +51,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-WORKLOADS = ("gpt2", "resnet50", "graph")
+WORKLOADS = ("gpt2", "vartrans", "resnet50", "graph")
 ALLOCATORS = ("native", "graphalloc")
 RESULT_TAG = "TORCH_PLUGIN_RESULT "
 
@@ -187,7 +195,8 @@ def timed_steps(torch, step, steps, warmup):
     return statistics.median(times), float(loss)
 
 
-def run_gpt2(torch, args):
+def run_gpt2_steps(torch, args, seq_of_step):
+    """GPT-2 small trained with batch 8 and `seq_of_step(i)` tokens at step i."""
     import torch.nn as nn
     import torch.nn.functional as F
 
@@ -196,10 +205,10 @@ def run_gpt2(torch, args):
     model = build_gpt2(torch, nn, F).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
     gen = torch.Generator(device=dev).manual_seed(args.seed + 1)
-    batch, seq = 8, 512
+    batch = 8
 
     def step(i):
-        idx = torch.randint(0, 50257, (batch, seq + 1), device=dev, generator=gen)
+        idx = torch.randint(0, 50257, (batch, seq_of_step(i) + 1), device=dev, generator=gen)
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(idx[:, :-1], idx[:, 1:])
@@ -209,6 +218,18 @@ def run_gpt2(torch, args):
 
     ms, loss = timed_steps(torch, step, args.steps, min(3, args.steps - 1))
     return {"step_ms": ms, "loss": loss}
+
+
+def run_gpt2(torch, args):
+    return run_gpt2_steps(torch, args, lambda i: 512)
+
+
+def run_vartrans(torch, args):
+    import random
+
+    lengths = random.Random(args.seed + 2)
+    seqs = [64 * lengths.randint(1, 16) for _ in range(args.steps)]
+    return dict(run_gpt2_steps(torch, args, lambda i: seqs[i]), seq_lengths=seqs)
 
 
 def run_resnet50(torch, args):
@@ -385,6 +406,8 @@ def child(args):
         t0 = time.perf_counter()
         if args.workload == "gpt2":
             result.update(run_gpt2(torch, args))
+        elif args.workload == "vartrans":
+            result.update(run_vartrans(torch, args))
         elif args.workload == "resnet50":
             result.update(run_resnet50(torch, args))
         elif args.workload == "graph":
@@ -465,7 +488,11 @@ def run_child(args, workload, allocator):
 
 
 def fmt_ms(r):
-    return f"{r['step_ms']:.1f}" if "step_ms" in r else "-"
+    if "step_ms" not in r:
+        return "-"
+    runs = r.get("step_ms_runs", [])
+    spread = f" ({min(runs):.1f}-{max(runs):.1f})" if len(runs) > 1 else ""
+    return f"{r['step_ms']:.1f}{spread}"
 
 
 def fmt_mib(r, key="peak_reserved"):
@@ -507,8 +534,25 @@ def short_error(r):
     return f"{r['allocator']}: {text[:160]}"
 
 
+def merged(runs):
+    """One row's figures from repeated runs: the median step time (with the
+    range of all runs), the rest from the first run without an error."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    out = dict(ok[0])
+    times = [r["step_ms"] for r in ok if "step_ms" in r]
+    if times:
+        out["step_ms"] = statistics.median(times)
+        out["step_ms_runs"] = times
+    return out
+
+
 def table(results):
-    by = {(r["workload"], r["allocator"]): r for r in results}
+    grouped = {}
+    for r in results:
+        grouped.setdefault((r["workload"], r["allocator"]), []).append(r)
+    by = {k: merged(v) for k, v in grouped.items()}
     lines = [
         "| workload | step ms native | step ms graphalloc | peak reserved MiB native "
         "| peak reserved MiB graphalloc | peak allocated MiB native "
@@ -549,15 +593,18 @@ def parent(args):
     t0 = time.perf_counter()
     results = []
     for w in workloads:
-        for allocator in ALLOCATORS:
-            r = run_child(args, w, allocator)
-            status = r.get("error", "ok")
-            print(
-                f"[{time.perf_counter() - t0:6.1f} s] {w:9s} {allocator:10s} {status}",
-                file=sys.stderr,
-                flush=True,
-            )
-            results.append(r)
+        for rep in range(args.repeat):
+            order = ALLOCATORS if rep % 2 == 0 else tuple(reversed(ALLOCATORS))
+            for allocator in order:
+                r = run_child(args, w, allocator)
+                r["repeat"] = rep
+                status = r.get("error", "ok")
+                print(
+                    f"[{time.perf_counter() - t0:6.1f} s] {w:9s} {allocator:10s} #{rep} {status}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                results.append(r)
     print(table(results))
     device = next((r["device"] for r in results if "device" in r), "unknown device")
     torch_version = next((r["torch"] for r in results if "torch" in r), "unknown")
@@ -579,6 +626,7 @@ def parent(args):
             "replays": args.replays,
             "seed": args.seed,
             "capture_pool": args.capture_pool,
+            "repeat": args.repeat,
             "results": results,
             "table": table(results),
         }
@@ -603,6 +651,7 @@ def main():
         "capture (auto), or register one for the capture stream (registered)",
     )
     p.add_argument("--timeout", type=int, default=240, help="seconds per child process")
+    p.add_argument("--repeat", type=int, default=1, help="runs per workload and allocator, alternating")
     p.add_argument("--json", help="write the JSON report here (default $OUT/torch_plugin.json)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--allocator", choices=ALLOCATORS, help=argparse.SUPPRESS)
@@ -610,6 +659,8 @@ def main():
     args = p.parse_args()
     if args.steps < 2:
         p.error("--steps must be at least 2")
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     return child(args) if args.child else parent(args)
 
 

@@ -312,6 +312,18 @@ fn print_human(r: &ReplayReport, runs: usize) {
         "  segments created {}, OOM retries {}, backend {}",
         r.segments_created, r.oom_retries, r.backend
     );
+    let m = &r.maps;
+    println!(
+        "  mapping calls, cold pass: {} maps ({:.1} us), {} unmaps ({:.1} us){}",
+        m.maps,
+        m.map_ns as f64 / 1e3,
+        m.unmaps,
+        m.unmap_ns as f64 / 1e3,
+        r.warm_maps.map_or(String::new(), |w| format!(
+            "; warm passes: {} maps, {} unmaps",
+            w.maps, w.unmaps
+        )),
+    );
     if r.allocated_after_free != 0 || r.reserved_after_empty != 0 {
         println!(
             "  WARNING: after freeing everything {} bytes stayed allocated and {} reserved",
@@ -374,6 +386,19 @@ fn to_json(r: &ReplayReport, runs: usize) -> String {
             .map_or("null".into(), |n| n.to_string()),
     );
     field("oom_retries", r.oom_retries.to_string());
+    field("maps", r.maps.maps.to_string());
+    field("unmaps", r.maps.unmaps.to_string());
+    field("map_ns", r.maps.map_ns.to_string());
+    field("unmap_ns", r.maps.unmap_ns.to_string());
+    let warm = |f: fn(&graphalloc::MappingStats) -> u64| {
+        r.warm_maps
+            .as_ref()
+            .map_or("null".into(), |m| f(m).to_string())
+    };
+    field("warm_maps", warm(|m| m.maps));
+    field("warm_unmaps", warm(|m| m.unmaps));
+    field("warm_map_ns", warm(|m| m.map_ns));
+    field("warm_unmap_ns", warm(|m| m.unmap_ns));
     if let Some(a) = anchor(&r.trace) {
         field("target_ratio", json_f64(a.target_ratio));
         field("pytorch_ratio", json_f64(a.pytorch_ratio));

@@ -591,6 +591,16 @@ impl Allocator {
         self.book.summarize(caching, pools, self.is_graph_mode())
     }
 
+    /// The mapping calls made for expandable segments on every device, and
+    /// the time spent in them (all zero with `expandable_segments:false`).
+    pub fn mapping_stats(&self) -> crate::device::MappingStats {
+        let mut sum = crate::device::MappingStats::default();
+        for cache in &self.caches {
+            sum.add(&cache.device.mapping_stats());
+        }
+        sum
+    }
+
     /// Statistics of one device's caching allocator.
     pub fn device_stats(&self, device: usize) -> Result<PoolStats> {
         Ok(self.cache(device)?.stats())

@@ -27,6 +27,10 @@
 //! Large blocks, where placement decides fragmentation, always go through
 //! best fit.
 
+mod expandable;
+
+pub(crate) use expandable::IdleRun;
+
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;
 use slab::Slab;
@@ -77,28 +81,6 @@ impl Class {
             Class::Large => remaining > SMALL_REQUEST_MAX,
         }
     }
-}
-
-/// The runs of pages in `range` whose mapped flag is `mapped`.
-fn runs(
-    seg_id: u32,
-    base: u64,
-    pages: &PageMap,
-    range: std::ops::RangeInclusive<usize>,
-    mapped: bool,
-) -> Vec<PageRun> {
-    let mut out: Vec<PageRun> = Vec::new();
-    for i in range {
-        if pages.mapped[i] != mapped {
-            continue;
-        }
-        let addr = base + (i * pages.page) as u64;
-        match out.last_mut() {
-            Some(run) if run.1 + run.2 as u64 == addr => run.2 += pages.page,
-            _ => out.push((seg_id, addr, pages.page)),
-        }
-    }
-    out
 }
 
 /// `size` rounded up to [`BLOCK_ROUND`], or `None` on overflow.
@@ -156,6 +138,8 @@ pub(crate) struct FreedSegment {
     /// For an expandable segment: the mapped runs to unmap before its
     /// address range is released. `None` for a plain segment.
     pub(crate) mapped: Option<Vec<(u64, usize)>>,
+    /// The stream whose work may still use its memory.
+    pub(crate) stream: StreamTag,
 }
 
 #[derive(Debug)]
@@ -164,6 +148,10 @@ struct Block {
     size: usize,
     segment: u32,
     allocated: bool,
+    /// Whether memory backs the block: always for live blocks and for
+    /// blocks of plain segments; a free block of an expandable segment may
+    /// be unmapped (then it starts and ends on page boundaries).
+    mapped: bool,
     prev: Option<u32>,
     next: Option<u32>,
 }
@@ -176,20 +164,18 @@ struct Segment {
     class: Class,
     head: u32,
     /// For an expandable segment (address space reserved, memory mapped in
-    /// pages on demand): which pages are mapped. `None` for a plain segment,
-    /// all of which is memory.
-    pages: Option<PageMap>,
+    /// pages on demand): its page size and mapped bytes. `None` for a plain
+    /// segment, all of which is memory.
+    pages: Option<Pages>,
 }
 
-/// The mapped pages of an expandable segment.
+/// The pages of an expandable segment. Every page is mapped except those
+/// under its unmapped free blocks.
 #[derive(Debug)]
-struct PageMap {
+struct Pages {
     page: usize,
-    mapped: Vec<bool>,
+    mapped: usize,
 }
-
-/// A run of pages of an expandable segment: (segment slot, address, bytes).
-pub(crate) type PageRun = (u32, u64, usize);
 
 /// (stream, size, address, block slot)
 type FreeKey = (StreamTag, usize, u64, u32);
@@ -220,7 +206,10 @@ struct QuickBin {
 pub(crate) struct Arena {
     blocks: Slab<Block>,
     segments: Slab<Segment>,
+    /// Free blocks with memory behind them, per class: what `try_alloc` searches.
     free: [BTreeSet<FreeKey>; 2],
+    /// Unmapped free blocks of expandable segments, per class.
+    unmapped: [BTreeSet<FreeKey>; 2],
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
@@ -262,16 +251,25 @@ impl Arena {
         )
     }
 
+    /// The index a free block belongs in: mapped or unmapped, by class.
+    fn index_of(&mut self, slot: u32) -> &mut BTreeSet<FreeKey> {
+        let b = &self.blocks[slot as usize];
+        let class = self.segments[b.segment as usize].class as usize;
+        if b.mapped {
+            &mut self.free[class]
+        } else {
+            &mut self.unmapped[class]
+        }
+    }
+
     fn index_insert(&mut self, slot: u32) {
-        let class = self.segments[self.blocks[slot as usize].segment as usize].class;
         let key = self.key(slot);
-        self.free[class as usize].insert(key);
+        self.index_of(slot).insert(key);
     }
 
     fn index_remove(&mut self, slot: u32) {
-        let class = self.segments[self.blocks[slot as usize].segment as usize].class;
         let key = self.key(slot);
-        let removed = self.free[class as usize].remove(&key);
+        let removed = self.index_of(slot).remove(&key);
         debug_assert!(removed, "free block missing from the index");
     }
 
@@ -309,24 +307,8 @@ impl Arena {
         self.index_remove(slot);
         let remaining = found_size - rounded;
         if class.should_split(remaining) {
-            let (addr, segment, next) = {
-                let b = &self.blocks[slot as usize];
-                (b.addr, b.segment, b.next)
-            };
-            let rest = self.blocks.insert(Block {
-                addr: addr + rounded as u64,
-                size: remaining,
-                segment,
-                allocated: false,
-                prev: Some(slot),
-                next,
-            }) as u32;
-            if let Some(n) = next {
-                self.blocks[n as usize].prev = Some(rest);
-            }
-            let b = &mut self.blocks[slot as usize];
-            b.next = Some(rest);
-            b.size = rounded;
+            let at = self.blocks[slot as usize].addr + rounded as u64;
+            let rest = self.split_free(slot, at);
             self.index_insert(rest);
         }
         let b = &mut self.blocks[slot as usize];
@@ -354,8 +336,9 @@ impl Arena {
     }
 
     /// Adds an expandable segment: `size` bytes of address space at `base`
-    /// with no memory yet, mapped later in `page`-byte pages as blocks need
-    /// them. Only mapped pages count as reserved.
+    /// (page-aligned, a multiple of `page`) with no memory yet: one
+    /// unmapped free block, mapped later as blocks need it
+    /// ([`Arena::plan_growth`]). Only mapped pages count as reserved.
     pub(crate) fn add_expandable_segment(
         &mut self,
         base: u64,
@@ -364,24 +347,20 @@ impl Arena {
         class: Class,
         page: usize,
     ) -> u32 {
-        let pages = PageMap {
-            page,
-            mapped: vec![false; size.div_ceil(page)],
-        };
+        let pages = Pages { page, mapped: 0 };
         let id = self.insert_segment(base, size, stream, class, Some(pages));
         self.stats.on_reserve(0);
         id
     }
 
     /// Takes out an expandable segment just added by
-    /// [`Arena::add_expandable_segment`] if nothing was ever carved from it
-    /// for good (one free block, no page mapped), undoing its count, and
-    /// returns its range for release.
+    /// [`Arena::add_expandable_segment`] if nothing was ever mapped in it
+    /// (one unmapped free block), undoing its count, and returns its range
+    /// for release.
     pub(crate) fn remove_fresh_segment(&mut self, id: u32) -> Option<FreedSegment> {
         let seg = self.segments.get(id as usize)?;
         let head = &self.blocks[seg.head as usize];
-        let unmapped = seg.pages.as_ref()?.mapped.iter().all(|&m| !m);
-        if !unmapped || head.allocated || head.size != seg.size {
+        if seg.pages.as_ref()?.mapped != 0 || head.allocated || head.size != seg.size {
             return None;
         }
         let head = seg.head;
@@ -393,6 +372,7 @@ impl Arena {
             base: seg.base,
             size: seg.size,
             mapped: Some(Vec::new()),
+            stream: seg.stream,
         })
     }
 
@@ -403,7 +383,7 @@ impl Arena {
         size: usize,
         stream: StreamTag,
         class: Class,
-        pages: Option<PageMap>,
+        pages: Option<Pages>,
     ) -> u32 {
         let segment = self.segments.vacant_key() as u32;
         let head = self.blocks.insert(Block {
@@ -411,6 +391,7 @@ impl Arena {
             size,
             segment,
             allocated: false,
+            mapped: pages.is_none(),
             prev: None,
             next: None,
         }) as u32;
@@ -424,76 +405,6 @@ impl Arena {
         });
         self.index_insert(head);
         segment
-    }
-
-    /// The runs of unmapped pages under a block of `size` bytes (empty for
-    /// a plain segment).
-    pub(crate) fn unmapped_runs(&self, block: BlockRef, size: usize) -> Vec<PageRun> {
-        let seg_id = self.blocks[block.slot as usize].segment;
-        let seg = &self.segments[seg_id as usize];
-        let Some(pages) = &seg.pages else {
-            return Vec::new();
-        };
-        let first = ((block.addr - seg.base) / pages.page as u64) as usize;
-        let last = ((block.addr + size as u64 - 1 - seg.base) / pages.page as u64) as usize;
-        runs(seg_id, seg.base, pages, first..=last, false)
-    }
-
-    /// The runs of mapped pages that no live block touches: pages wholly
-    /// inside free blocks of expandable segments (quick blocks are merged
-    /// back first, so they count as free).
-    pub(crate) fn idle_mapped_runs(&mut self) -> Vec<PageRun> {
-        if self.quick_blocks > 0 {
-            self.flush_quick();
-        }
-        let mut out = Vec::new();
-        for (id, seg) in self.segments.iter() {
-            let Some(pages) = &seg.pages else { continue };
-            let page = pages.page as u64;
-            let mut slot = Some(seg.head);
-            while let Some(s) = slot {
-                let b = &self.blocks[s as usize];
-                if !b.allocated {
-                    let start = (b.addr - seg.base).next_multiple_of(page);
-                    let end = (b.addr + b.size as u64 - seg.base) / page * page;
-                    if start < end {
-                        let range = (start / page) as usize..=((end / page) as usize - 1);
-                        out.extend(runs(id as u32, seg.base, pages, range, true));
-                    }
-                }
-                slot = b.next;
-            }
-        }
-        out
-    }
-
-    /// Records that a run is now mapped (or unmapped), in the page map and
-    /// the reserved figures.
-    pub(crate) fn set_mapped(&mut self, run: PageRun, mapped: bool) {
-        let (seg_id, addr, len) = run;
-        let seg = &mut self.segments[seg_id as usize];
-        let pages = seg.pages.as_mut().expect("an expandable segment");
-        let first = ((addr - seg.base) / pages.page as u64) as usize;
-        for flag in &mut pages.mapped[first..first + len / pages.page] {
-            debug_assert_ne!(*flag, mapped);
-            *flag = mapped;
-        }
-        if mapped {
-            self.stats.on_map(len);
-        } else {
-            self.stats.on_unmap(len);
-        }
-    }
-
-    /// Takes back a block that `try_alloc` just carved but that cannot be
-    /// used (its pages could not be mapped): as if it was never handed out,
-    /// the allocated peak back at `peak_before`.
-    pub(crate) fn undo_alloc(&mut self, block: BlockRef, requested: usize, peak_before: usize) {
-        // Straight back into the index, not a quick bin: the block was
-        // never used, and its segment may have to go with it.
-        self.account_free(block, requested);
-        self.recycle(block);
-        self.stats.on_alloc_undone(peak_before);
     }
 
     /// Frees a live block, merging it with free neighbours. Returns the
@@ -571,22 +482,30 @@ impl Arena {
 
     /// Returns a block to the free index, merged with free neighbours.
     fn recycle(&mut self, block: BlockRef) {
-        let mut slot = block.slot;
-        self.blocks[slot as usize].allocated = false;
+        self.blocks[block.slot as usize].allocated = false;
+        self.merge_and_index(block.slot);
+    }
+
+    /// Indexes the free block `slot` (not indexed yet), merged first with
+    /// free neighbours in the same mapped state. Returns the merged slot.
+    fn merge_and_index(&mut self, mut slot: u32) -> u32 {
+        let mapped = self.blocks[slot as usize].mapped;
+        let joins = |b: &Block| !b.allocated && b.mapped == mapped;
         if let Some(next) = self.blocks[slot as usize].next {
-            if !self.blocks[next as usize].allocated {
+            if joins(&self.blocks[next as usize]) {
                 self.index_remove(next);
                 self.absorb_next(slot);
             }
         }
         if let Some(prev) = self.blocks[slot as usize].prev {
-            if !self.blocks[prev as usize].allocated {
+            if joins(&self.blocks[prev as usize]) {
                 self.index_remove(prev);
                 self.absorb_next(prev);
                 slot = prev;
             }
         }
         self.index_insert(slot);
+        slot
     }
 
     /// Merges the block after `slot` into `slot` and removes it.
@@ -604,21 +523,20 @@ impl Arena {
     /// Removes every segment, live blocks and all, and returns them: for an
     /// owner that is going away.
     pub(crate) fn take_all_segments(&mut self) -> Vec<FreedSegment> {
+        let mapped_runs: Vec<Option<Vec<(u64, usize)>>> = self
+            .segments
+            .iter()
+            .map(|(_, s)| s.pages.as_ref().map(|_| self.mapped_runs(s.head)))
+            .collect();
         let segments = self
             .segments
             .drain()
-            .map(|s| {
-                let mapped = s.pages.as_ref().map(|pages| {
-                    runs(0, s.base, pages, 0..=pages.mapped.len() - 1, true)
-                        .into_iter()
-                        .map(|(_, addr, len)| (addr, len))
-                        .collect::<Vec<_>>()
-                });
-                FreedSegment {
-                    base: s.base,
-                    size: s.size,
-                    mapped,
-                }
+            .zip(mapped_runs)
+            .map(|(s, mapped)| FreedSegment {
+                base: s.base,
+                size: s.size,
+                mapped,
+                stream: s.stream,
             })
             .collect::<Vec<_>>();
         for s in &segments {
@@ -630,6 +548,7 @@ impl Arena {
         }
         self.blocks.clear();
         self.free.iter_mut().for_each(BTreeSet::clear);
+        self.unmapped.iter_mut().for_each(BTreeSet::clear);
         self.quick.clear();
         self.quick_listed.clear();
         self.quick_blocks = 0;
@@ -648,12 +567,9 @@ impl Arena {
             .filter(|(_, s)| {
                 let head = &self.blocks[s.head as usize];
                 // An expandable segment goes only once its pages are all
-                // unmapped (`idle_mapped_runs` first): then just its
+                // unmapped (idle pages are unmapped first): then just its
                 // address range is left to release.
-                let unmapped = s
-                    .pages
-                    .as_ref()
-                    .is_none_or(|pages| pages.mapped.iter().all(|&m| !m));
+                let unmapped = s.pages.as_ref().is_none_or(|pages| pages.mapped == 0);
                 unmapped && !head.allocated && head.size == s.size
             })
             .map(|(id, _)| id)
@@ -670,6 +586,7 @@ impl Arena {
                     base: s.base,
                     size: s.size,
                     mapped: expandable.then(Vec::new),
+                    stream: s.stream,
                 }
             })
             .collect()
@@ -723,9 +640,10 @@ impl Arena {
         let mut free_blocks = 0;
         for (_, seg) in &self.segments {
             reserved += match &seg.pages {
-                Some(pages) => pages.mapped.iter().filter(|&&m| m).count() * pages.page,
+                Some(pages) => pages.mapped,
                 None => seg.size,
             };
+            let mut unmapped = 0;
             let mut slot = Some(seg.head);
             let mut expect_addr = seg.base;
             let mut prev: Option<u32> = None;
@@ -734,10 +652,26 @@ impl Arena {
                 let b = &self.blocks[s as usize];
                 assert_eq!(b.addr, expect_addr, "blocks tile the segment");
                 assert_eq!(b.prev, prev);
-                assert!(!prev_free || b.allocated, "free neighbours merged");
+                assert!(
+                    !prev_free
+                        || b.allocated
+                        || prev.is_some_and(|p| self.blocks[p as usize].mapped != b.mapped),
+                    "free neighbours merged"
+                );
                 let key = self.key(s);
-                let indexed = self.free[seg.class as usize].contains(&key);
+                let (index, other) = match b.mapped {
+                    true => (&self.free, &self.unmapped),
+                    false => (&self.unmapped, &self.free),
+                };
+                let indexed = index[seg.class as usize].contains(&key);
                 assert_eq!(indexed, !b.allocated, "free index matches");
+                assert!(!other[seg.class as usize].contains(&key), "one index");
+                assert!(b.mapped || !b.allocated, "live blocks are mapped");
+                if !b.mapped {
+                    let page = seg.pages.as_ref().expect("expandable").page as u64;
+                    assert_eq!((b.addr % page, b.size as u64 % page), (0, 0));
+                    unmapped += b.size;
+                }
                 if b.allocated {
                     allocated += b.size;
                     live += 1;
@@ -750,8 +684,17 @@ impl Arena {
                 slot = b.next;
             }
             assert_eq!(expect_addr, seg.base + seg.size as u64, "segment covered");
+            if let Some(pages) = &seg.pages {
+                assert_eq!(pages.mapped + unmapped, seg.size, "mapped bytes");
+            }
         }
-        assert_eq!(self.free[0].len() + self.free[1].len(), free_blocks);
+        let indexed: usize = self
+            .free
+            .iter()
+            .chain(&self.unmapped)
+            .map(BTreeSet::len)
+            .sum();
+        assert_eq!(indexed, free_blocks);
         let deferred: usize = self
             .deferred
             .iter()

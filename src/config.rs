@@ -9,7 +9,7 @@
 //! | `host_capacity` | bytes, with an optional `KiB`/`MiB`/`GiB` suffix | `80GiB` |
 //! | `host_devices` | number of simulated devices on the host backend, 1 to 64 | `1` |
 //! | `memory_fraction` | fraction of each device's total memory graphalloc may reserve, in (0, 1] | `1` |
-//! | `expandable_segments` | `true`/`false`: large cache blocks from one address range per stream, memory mapped in 2 MiB pages | `false` |
+//! | `expandable_segments` | `true`/`false`: cache blocks from address ranges (one per stream and size class) with memory mapped in as needed; `false`: plain segments, like PyTorch's default | `true` |
 //! | `shards` | arenas per device cache, 1 to 64: more let threads allocate without meeting on one lock, and peaks become sums of per-shard peaks (upper bounds) | `1` |
 //!
 //! A malformed value is an [`Error::Config`] naming the key; an unknown key is
@@ -53,10 +53,12 @@ pub struct Config {
     /// Arenas per device cache; see [`Config::parse`]'s table. 1 (the
     /// default) keeps PyTorch's shape: one lock per device, exact peaks.
     pub shards: usize,
-    /// Serve the cache's large requests from expandable segments: one
-    /// address range per stream, with device memory mapped into it in 2 MiB
-    /// pages as blocks need it, and idle pages unmapped before the cache
-    /// would grow past its peak. Like PyTorch's `expandable_segments:True`.
+    /// Serve the cache's requests from expandable segments (the default):
+    /// one address range per stream and size class, with device memory
+    /// mapped into it in pages when no mapped free block fits, and idle
+    /// pages unmapped in batches only when the cache would pass its idle
+    /// budget, the device limit, or on `empty_cache` (see the README). Like
+    /// PyTorch's `expandable_segments:True`; `false` keeps plain segments.
     pub expandable_segments: bool,
 }
 
@@ -68,7 +70,7 @@ impl Default for Config {
             host_devices: 1,
             memory_fraction: 1.0,
             shards: 1,
-            expandable_segments: false,
+            expandable_segments: true,
         }
     }
 }

@@ -63,6 +63,7 @@ pub use backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend, MemInfo,
 };
 pub use config::{BackendChoice, Config};
+pub use device::MappingStats;
 pub use device_ptr::DevicePtr;
 pub use error::{Error, Result};
 pub use global::AllocatorSlot;

@@ -88,20 +88,6 @@ impl PoolStats {
         self.reserved_bytes -= bytes;
     }
 
-    /// Puts the reserved peak back to `peak` after mappings were undone.
-    pub(crate) fn restore_reserved_peak(&mut self, peak: usize) {
-        self.peak_reserved_bytes = peak;
-    }
-
-    /// Takes back an allocation that was freed at once without being used
-    /// (after [`PoolStats::on_free`]): as if it never happened, the
-    /// allocated peak back at `peak_before`.
-    pub(crate) fn on_alloc_undone(&mut self, peak_before: usize) {
-        self.allocations -= 1;
-        self.frees -= 1;
-        self.peak_allocated_bytes = peak_before;
-    }
-
     /// A freed block waits for stream work before it is reusable.
     pub(crate) fn on_defer(&mut self) {
         self.pending_frees += 1;

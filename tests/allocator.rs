@@ -83,6 +83,7 @@ fn graph_allocation_comes_from_the_pool() {
 fn graph_mode_on_a_pool_of_device_1_allocates_on_device_1() {
     let config = Config {
         host_devices: 2,
+        expandable_segments: false,
         ..Config::host(64 * MIB)
     };
     let alloc = Allocator::new(config).unwrap();
@@ -301,6 +302,7 @@ fn reset_peak_stats_restarts_the_caching_peaks() {
 fn reset_peak_stats_restarts_the_caching_peaks_with_two_devices() {
     let alloc = Allocator::new(Config {
         host_devices: 2,
+        expandable_segments: false,
         ..Config::host(256 * MIB)
     })
     .unwrap();
@@ -886,6 +888,7 @@ fn invalid_device_is_rejected_and_changes_nothing() {
 
     let two = Allocator::new(Config {
         host_devices: 2,
+        expandable_segments: false,
         ..Config::host(8 * MIB)
     })
     .unwrap();
@@ -903,7 +906,9 @@ fn an_injected_backend_fault_is_a_typed_error_and_changes_nothing() {
     use graphalloc::backend::FaultAdaptor;
     let faults = std::sync::Arc::new(FaultAdaptor::new(graphalloc::HostBackend::new(0, 64 * MIB)));
     let backend = faults.clone() as std::sync::Arc<dyn graphalloc::Backend>;
-    let alloc = Allocator::from_backends(vec![backend], 1.0).unwrap();
+    // Plain segments: with expandable ones, growth may first unmap idle
+    // cached pages (tests/expandable_faults.rs covers that path).
+    let alloc = Allocator::from_backends_with(vec![backend], &plain(1.0)).unwrap();
     let pool = alloc.create_pool();
     let _live = make_busy(&alloc, &pool);
     // Nothing cached fits 25 MiB, so a reservation is needed.
@@ -1189,12 +1194,21 @@ fn small_over_aligned_requests_account_their_padding() {
 // ---------------------------------------------------------------------------
 
 /// An allocator over one 64 MiB host device limited to `fraction` of it.
+/// Plain segments (these tests check their layout) under a memory fraction.
+fn plain(memory_fraction: f64) -> Config {
+    Config {
+        memory_fraction,
+        expandable_segments: false,
+        ..Config::default()
+    }
+}
+
 fn limited_allocator(fraction: f64) -> (std::sync::Arc<graphalloc::HostBackend>, Allocator) {
     let host = std::sync::Arc::new(graphalloc::HostBackend::new(0, 64 * MIB));
     let backend = host.clone() as std::sync::Arc<dyn graphalloc::Backend>;
     (
         host,
-        Allocator::from_backends(vec![backend], fraction).unwrap(),
+        Allocator::from_backends_with(vec![backend], &plain(fraction)).unwrap(),
     )
 }
 

@@ -1,6 +1,7 @@
 //! Expandable segments on the host backend: address space reserved once,
 //! memory mapped in pages as blocks need it, idle pages unmapped.
 
+use graphalloc::backend::StreamOrder;
 use graphalloc::{Allocator, Backend, Config, HostBackend};
 use std::sync::Arc;
 
@@ -36,22 +37,28 @@ fn large_blocks_share_one_range_and_only_touched_pages_are_reserved() {
     let (host, alloc) = setup(256 * MIB);
     let a = alloc.allocate(3 * MIB, 512).unwrap();
     let b = alloc.allocate(5 * MIB, 512).unwrap();
+    // `a` takes pages [0, 2) whole (a remainder of 1 MiB is not split off
+    // a large block, PyTorch's rule), `b` the next three pages.
     assert_eq!(
         b.addr(),
-        a.addr() + 3 * MIB as u64,
+        a.addr() + 4 * MIB as u64,
         "carved back to back from one range"
     );
     let stats = alloc.stats().caching;
     assert_eq!(stats.segments, 1);
-    // 8 MiB of blocks over pages [0, 4): 8 MiB mapped, not a 20 MiB segment.
-    assert_eq!(stats.reserved_bytes, 8 * MIB);
-    assert_eq!(host.outstanding_bytes(), 8 * MIB);
+    // 10 MiB of pages mapped, not two 20 MiB segments.
+    assert_eq!(stats.reserved_bytes, 10 * MIB);
+    assert_eq!(host.outstanding_bytes(), 10 * MIB);
     fill(a, 3 * MIB, 0xa1);
     fill(b, 5 * MIB, 0xb2);
     assert!(check(a, 3 * MIB, 0xa1) && check(b, 5 * MIB, 0xb2));
     alloc.free(a).unwrap();
     alloc.free(b).unwrap();
-    assert_eq!(alloc.stats().caching.reserved_bytes, 8 * MIB, "kept cached");
+    assert_eq!(
+        alloc.stats().caching.reserved_bytes,
+        10 * MIB,
+        "kept cached"
+    );
     alloc.empty_cache().unwrap();
     assert_eq!(
         alloc.stats().caching.reserved_bytes,
@@ -139,4 +146,204 @@ fn replayed_trace_reserves_close_to_what_it_allocates() {
     let ratio = stats.peak_reserved_bytes as f64 / stats.peak_allocated_bytes as f64;
     // Plain segments give 1.185 on this trace (PyTorch's default too).
     assert!(ratio < 1.05, "peak reserved / peak allocated = {ratio:.4}");
+}
+
+/// A host-backend allocator with an extra simulated stream.
+fn with_stream(capacity: usize) -> (Arc<HostBackend>, Allocator, u64) {
+    let (host, alloc) = setup(capacity);
+    let stream = host.create_stream();
+    (host, alloc, stream)
+}
+
+/// Work queued on a stream before its block was freed (an event recorded
+/// on the stream stands for it) must be complete before the block's pages
+/// are unmapped: `empty_cache` waits for the stream first. Fails if the
+/// reclaim unmaps without waiting (the event stays incomplete).
+#[test]
+fn empty_cache_waits_for_the_stream_before_unmapping() {
+    let (host, alloc, s) = with_stream(256 * MIB);
+    let x = alloc.allocate_on(0, s, 12 * MIB, 512).unwrap();
+    let kernel = host.create_event().unwrap();
+    host.record_event(kernel, s).unwrap(); // a kernel using x, still queued
+    alloc.free(x).unwrap();
+    assert!(
+        !host.event_complete(kernel).unwrap(),
+        "the kernel is queued"
+    );
+    let unmaps = alloc.mapping_stats().unmaps;
+    alloc.empty_cache().unwrap();
+    assert!(
+        alloc.mapping_stats().unmaps > unmaps,
+        "x's pages were unmapped"
+    );
+    assert!(
+        host.event_complete(kernel).unwrap(),
+        "the unmap waited for the work queued on x's stream"
+    );
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// The same for a reclaim forced by the idle budget: a request on another
+/// stream (another address range) that would take the cache past its
+/// budget unmaps the idle pages of a block freed on stream `s`, after
+/// waiting for `s`.
+#[test]
+fn a_budget_reclaim_waits_for_the_stream_before_unmapping() {
+    let (host, alloc, s) = with_stream(1024 * MIB);
+    let keep = alloc.allocate_on(0, s, 64 * MIB, 512).unwrap();
+    let x = alloc.allocate_on(0, s, 64 * MIB, 512).unwrap();
+    let kernel = host.create_event().unwrap();
+    host.record_event(kernel, s).unwrap();
+    alloc.free(x).unwrap();
+    let unmaps = alloc.mapping_stats().unmaps;
+    let t = host.create_stream();
+    let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
+    assert!(
+        alloc.mapping_stats().unmaps > unmaps,
+        "idle pages reclaimed"
+    );
+    assert!(
+        host.event_complete(kernel).unwrap(),
+        "after the stream's work"
+    );
+    let stats = alloc.stats().caching;
+    assert!(
+        stats.peak_reserved_bytes * 32 <= stats.peak_allocated_bytes * 33,
+        "within the idle budget: {stats:?}"
+    );
+    alloc.free(keep).unwrap();
+    alloc.free(big).unwrap();
+}
+
+/// No wait can drain a stream being captured: its idle pages stay mapped
+/// (and the call does not fail) until the capture has ended.
+#[test]
+fn pages_of_a_capturing_stream_stay_mapped() {
+    let (host, alloc, s) = with_stream(256 * MIB);
+    let x = alloc.allocate_on(0, s, 12 * MIB, 512).unwrap();
+    alloc.free(x).unwrap();
+    host.begin_capture(s);
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().caching.reserved_bytes, 12 * MIB);
+    host.end_capture(s);
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().caching.reserved_bytes, 0);
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// A repeating training-like workload settles: weights, then per step
+/// activations of varied sizes (with short-lived temporaries) freed in
+/// reverse while gradients are made, optimizer state from the first step
+/// on. The first pass maps what it needs; later passes find every block in
+/// mapped memory and make no mapping call, and reserved memory stays within
+/// 5% of the peak allocated.
+#[test]
+fn a_repeating_workload_makes_no_mapping_call_once_warm() {
+    let (_host, alloc) = setup(8192 * MIB);
+    let weights = [
+        9 * MIB,
+        2 * MIB + 512,
+        36 * MIB,
+        600 * 1024,
+        144 * MIB,
+        3 * MIB,
+    ];
+    let acts = [
+        48 * MIB,
+        6 * MIB,
+        24 * MIB,
+        785 * MIB,
+        12 * MIB,
+        96 * MIB,
+        200 * 1024,
+    ];
+    let pass = |alloc: &Allocator| {
+        let mut held = Vec::new();
+        for &w in &weights {
+            held.push(alloc.allocate(w, 512).unwrap());
+        }
+        for step in 0..3 {
+            let mut stack = Vec::new();
+            for (i, &a) in acts.iter().cycle().take(20).enumerate() {
+                stack.push(alloc.allocate(a + 4096 * i, 512).unwrap());
+                let tmp = alloc.allocate(a / 2 + 512, 512).unwrap();
+                alloc.free(tmp).unwrap();
+            }
+            let mut grads = Vec::new();
+            while let Some(p) = stack.pop() {
+                alloc.free(p).unwrap();
+                if grads.len() < weights.len() {
+                    grads.push(alloc.allocate(weights[grads.len()], 512).unwrap());
+                }
+            }
+            if step == 0 {
+                for &w in &weights {
+                    held.push(alloc.allocate(w, 512).unwrap());
+                }
+            }
+            for g in grads {
+                alloc.free(g).unwrap();
+            }
+        }
+        for p in held {
+            alloc.free(p).unwrap();
+        }
+    };
+    pass(&alloc);
+    let cold = alloc.mapping_stats();
+    assert!(cold.maps > 0);
+    for _ in 0..3 {
+        pass(&alloc);
+    }
+    let warm = alloc.mapping_stats().since(&cold);
+    assert_eq!((warm.maps, warm.unmaps), (0, 0), "warm passes: {warm:?}");
+    let stats = alloc.stats().caching;
+    assert!(
+        stats.peak_reserved_bytes as f64 <= stats.peak_allocated_bytes as f64 * 1.05,
+        "{stats:?}"
+    );
+}
+
+/// Near a memory limit, idle pages are unmapped (in one batch) to make
+/// room, rather than the request failing or releasing the whole cache.
+#[test]
+fn the_limit_reclaims_idle_pages_instead_of_failing() {
+    let host = Arc::new(HostBackend::new(0, 256 * MIB));
+    let config = Config {
+        memory_fraction: 0.5,
+        ..Config::host(256 * MIB)
+    };
+    let backend: Arc<dyn Backend> = host.clone();
+    let alloc = Allocator::from_backends_with(vec![backend], &config).unwrap();
+    let a = alloc.allocate(60 * MIB, 512).unwrap();
+    let b = alloc.allocate(60 * MIB, 512).unwrap();
+    alloc.free(a).unwrap();
+    // 120 MiB mapped of a 128 MiB limit; a 64 MiB request does not fit a's
+    // 60 MiB hole, so the hole's pages go first.
+    let c = alloc.allocate(64 * MIB, 512).unwrap();
+    assert!(host.outstanding_bytes() <= 128 * MIB);
+    assert_eq!(
+        alloc.stats().caching.oom_retries,
+        0,
+        "no full release needed"
+    );
+    alloc.free(b).unwrap();
+    alloc.free(c).unwrap();
+}
+
+/// An allocator going away unmaps the pages it still holds only after the
+/// work queued on their streams (plain segments' `cuMemFree` waits too).
+#[test]
+fn dropping_the_allocator_waits_for_the_streams_before_unmapping() {
+    let (host, alloc, s) = with_stream(256 * MIB);
+    let x = alloc.allocate_on(0, s, 12 * MIB, 512).unwrap();
+    let kernel = host.create_event().unwrap();
+    host.record_event(kernel, s).unwrap();
+    alloc.free(x).unwrap();
+    drop(alloc);
+    assert!(
+        host.event_complete(kernel).unwrap(),
+        "waited for the stream"
+    );
+    assert_eq!(host.outstanding_bytes(), 0);
 }

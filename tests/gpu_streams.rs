@@ -3,81 +3,16 @@
 //! a GLOBAL-mode capture that grows a pool stays valid. Skips, saying so,
 //! where no CUDA driver loads.
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
-
-use graphalloc::{Allocator, DevicePtr};
-use graphalloc_testkit::gpu;
+use graphalloc_testkit::byte_gpu::{byte_gpu, handle, ByteGpu};
 use std::io::Write;
-use std::sync::Arc;
 
-struct Gpu {
-    alloc: Allocator,
-    ctx: Arc<CudaContext>,
-    fill: CudaFunction,
-    spin_copy: CudaFunction,
-}
-
-fn gpu() -> Option<Gpu> {
-    let alloc = gpu::cuda_allocator(module_path!(), 1)?;
-    let ctx = CudaContext::new(0).unwrap();
-    let module = ctx.load_module(Ptx::from_src(gpu::BYTE_KERNELS)).unwrap();
-    Some(Gpu {
-        alloc,
-        fill: module.load_function("fill").unwrap(),
-        spin_copy: module.load_function("spin_copy").unwrap(),
-        ctx,
-    })
-}
-
-fn handle(stream: &CudaStream) -> u64 {
-    stream.cu_stream() as u64
-}
-
-fn cfg(n: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n as u32)
-}
-
-impl Gpu {
-    fn fill(&self, stream: &CudaStream, dst: DevicePtr, n: usize, value: u8) {
-        let (d, n64, v) = (dst.addr(), n as u64, value as u32);
-        let mut launch = stream.launch_builder(&self.fill);
-        launch.arg(&d).arg(&n64).arg(&v);
-        // SAFETY: `dst` is a live block of at least `n` bytes owned by the
-        // test; the kernel writes exactly bytes [0, n) of it.
-        unsafe { launch.launch(cfg(n)) }.unwrap();
-    }
-
-    fn spin_copy(&self, stream: &CudaStream, dst: DevicePtr, src: DevicePtr, n: usize, ns: u64) {
-        let (d, s, n64) = (dst.addr(), src.addr(), n as u64);
-        let mut launch = stream.launch_builder(&self.spin_copy);
-        launch.arg(&d).arg(&s).arg(&n64).arg(&ns);
-        // SAFETY: both are blocks of at least `n` bytes; the allocator keeps
-        // `src` from reuse until this stream's work is done (the property
-        // under test), and `dst` is owned by the test.
-        unsafe { launch.launch(cfg(n)) }.unwrap();
-    }
-
-    fn read(&self, ptr: DevicePtr, n: usize) -> Vec<u8> {
-        let mut out = vec![0u8; n];
-        // SAFETY: `ptr` is a live block of at least `n` bytes, and the
-        // streams writing it have been synchronized.
-        unsafe {
-            self.alloc
-                .backend(0)
-                .unwrap()
-                .copies()
-                .unwrap()
-                .copy_to_host(ptr.addr(), &mut out)
-        }
-        .unwrap();
-        out
-    }
+fn gpu() -> Option<ByteGpu> {
+    byte_gpu(module_path!())
 }
 
 #[test]
 fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
-    let _serial = gpu::gpu_lock();
+    let _serial = graphalloc_testkit::gpu::gpu_lock();
     let Some(g) = gpu() else { return };
     let (a, b) = (g.ctx.new_stream().unwrap(), g.ctx.new_stream().unwrap());
     const N: usize = 8 << 20;
@@ -123,7 +58,7 @@ fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
 
 #[test]
 fn a_global_mode_capture_that_grows_a_pool_stays_valid_and_replays_right() {
-    let _serial = gpu::gpu_lock();
+    let _serial = graphalloc_testkit::gpu::gpu_lock();
     let Some(g) = gpu() else { return };
     let s = g.ctx.new_stream().unwrap();
     const N: usize = 32 << 20; // needs a fresh pool segment during capture

@@ -155,7 +155,12 @@ fn empty_cache_tries_every_device_and_reports_the_first_error() {
     let failing = TrackingBackend::with_ordinal(0, 64 << 20);
     let healthy = Arc::new(HostBackend::new(1, 64 << 20));
     let backends: Vec<Arc<dyn Backend>> = vec![failing.backend(), healthy.clone()];
-    let alloc = Allocator::from_backends(backends, 1.0).unwrap();
+    // Plain segments, whose releases the tracking backend can fail.
+    let plain = Config {
+        expandable_segments: false,
+        ..Config::default()
+    };
+    let alloc = Allocator::from_backends_with(backends, &plain).unwrap();
     for device in 0..2 {
         let p = alloc.allocate_on(device, 0, 1 << 20, 512).unwrap();
         alloc.free(p).unwrap();

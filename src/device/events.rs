@@ -53,8 +53,13 @@ impl Device {
         self.events.lock().extend(events);
     }
 
+    /// Returns an event to the pool.
+    pub(super) fn recycle_event(&self, event: u64) {
+        self.events.lock().push(event);
+    }
+
     /// Records an event on `stream` and returns it.
-    fn record_on(&self, stream: StreamTag) -> Result<u64, BackendError> {
+    pub(super) fn record_on(&self, stream: StreamTag) -> Result<u64, BackendError> {
         let event = self.event()?;
         match self
             .backend

@@ -7,20 +7,16 @@
 //! that wait for events or for a capture to end) is in [`events`].
 
 mod events;
+mod mapping;
+
+pub use mapping::MappingStats;
 
 use crate::arena::{
-    segment_size, tight_segment_size, Arena, Carved, Class, FreedSegment, PageRun, StreamTag,
+    segment_size, tight_segment_size, Arena, Carved, Class, FreedSegment, StreamTag,
 };
 use crate::backend::{Backend, BackendError, LimitAdaptor, MemInfo};
 use crate::stats::{Side, StatsBook};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
-
-/// An expandable cache may hold 1/EXPANDABLE_SLACK more than its peak
-/// allocated bytes before it unmaps idle pages to grow.
-const EXPANDABLE_SLACK: usize = 40;
-
-/// The size classes served from expandable segments.
-const EXPANDABLE_CLASSES: &[Class] = &[Class::Small, Class::Large];
 
 /// Why a block could not be carved.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +51,8 @@ pub(crate) struct Device {
     reserved: AtomicUsize,
     /// Idle events, reused for stream ordering (destroyed with the device).
     events: Mutex<Vec<u64>>,
+    /// Mapping calls made and the time spent in them.
+    mapping: mapping::Counters,
 }
 
 impl Device {
@@ -74,6 +72,9 @@ impl Device {
         } else {
             (backend, None)
         };
+        // A backend without virtual memory serves plain segments whatever
+        // the setting: expandable segments need address ranges and mapping.
+        let expandable = expandable && backend.as_virtual_memory().is_some();
         Device {
             backend,
             book,
@@ -82,6 +83,7 @@ impl Device {
             total: std::sync::OnceLock::new(),
             reserved: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
+            mapping: mapping::Counters::default(),
         }
     }
 
@@ -140,51 +142,17 @@ impl Device {
             // Best effort: a block whose events cannot be queried stays deferred.
             let _ = self.settle(arena, false);
         }
-        let peak_before = arena.stats.peak_allocated_bytes;
         if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
-            return self.back(arena, side, carved, requested, peak_before);
+            // Blocks of expandable segments are carved from mapped memory only.
+            self.note_allocated(side, carved.size);
+            return Ok(carved);
         }
-        // Expandable segments: one address range per stream for the cache's
-        // large blocks. (Graph pools keep plain segments: a replay may touch
-        // memory of blocks freed during its capture, which must stay mapped.)
-        if self.expandable
-            && side == Side::Caching
-            && EXPANDABLE_CLASSES.contains(&Class::of(rounded))
-        {
-            // A fresh range, twice the device (address space is cheap), so
-            // that fragmentation of the range never stands in for a full
-            // device; another range comes only if even that is cut up.
-            let class = Class::of(rounded);
-            let page = self
-                .backend
-                .vmm()
-                .and_then(|v| v.page_size())
-                .map_err(Shortfall::Backend)?;
-            let size = self.capacity().saturating_mul(2).next_multiple_of(page);
-            let base = self
-                .backend
-                .vmm()
-                .and_then(|v| v.reserve_range(size))
-                .map_err(|e| match e {
-                    BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
-                    other => Shortfall::Backend(other),
-                })?;
-            let segment = arena.add_expandable_segment(base, size, stream, class, page);
-            let carved = arena.try_alloc(stream, rounded, requested).expect(
-                "a range the size of the device fits any request that passed the size check",
-            );
-            let backed = self.back(arena, side, carved, requested, peak_before);
-            if backed.is_err() {
-                // The first mapping failed: the range goes again, so the
-                // failed request leaves nothing behind.
-                if let Some(range) = arena.remove_fresh_segment(segment) {
-                    let _ = self
-                        .backend
-                        .vmm()
-                        .and_then(|v| v.release_range(range.base, range.size));
-                }
-            }
-            return backed;
+        // Expandable segments: one address range per stream and class for
+        // the cache's blocks, pages mapped on a miss (`mapping.rs`). (Graph
+        // pools keep plain segments: a replay may touch memory of blocks
+        // freed during its capture, which must stay mapped.)
+        if self.expandable && side == Side::Caching {
+            return self.grow(arena, side, stream, rounded, requested);
         }
         let mut size = segment_size(rounded).ok_or(Shortfall::Overflow)?;
         let tight = tight_segment_size(rounded).ok_or(Shortfall::Overflow)?;
@@ -207,124 +175,7 @@ impl Device {
         Ok(carved)
     }
 
-    /// Makes a freshly carved block usable: maps the pages under it that an
-    /// expandable segment has not mapped yet (unmapping idle pages first
-    /// when mapping would raise the arena past its peak), and books it.
-    fn back(
-        &self,
-        arena: &mut Arena,
-        side: Side,
-        carved: Carved,
-        requested: usize,
-        peak_before: usize,
-    ) -> Result<Carved, Shortfall> {
-        let mut runs = arena.unmapped_runs(carved.block, carved.size);
-        if !runs.is_empty() {
-            let needed: usize = runs.iter().map(|r| r.2).sum();
-            // Grow freely up to the peak reserved so far, or a little above
-            // the peak allocated (mapping and unmapping cost tens of
-            // microseconds a page on a GPU: the slack keeps that rare).
-            let ceiling = arena.stats.peak_reserved_bytes.max(
-                arena.stats.peak_allocated_bytes
-                    + arena.stats.peak_allocated_bytes / EXPANDABLE_SLACK,
-            );
-            let excess = (arena.stats.reserved_bytes + needed).saturating_sub(ceiling);
-            if excess > 0 {
-                // Reuse memory sitting in free blocks rather than grow past
-                // the ceiling: unmap just as many idle pages (lowest
-                // addresses first, away from where the range grows).
-                let _ = self.unmap_idle(arena, side, excess);
-                runs = arena.unmapped_runs(carved.block, carved.size);
-            }
-            // All runs or none: on a failure the runs mapped so far go
-            // again and every figure, peaks included, is as before.
-            let reserved_peak = arena.stats.peak_reserved_bytes;
-            let mut done = Vec::new();
-            for run in runs {
-                if let Err(e) = self.map_run(run) {
-                    for &run in &done {
-                        let _ = self.unmap_run(run);
-                        arena.set_mapped(run, false);
-                    }
-                    arena.stats.restore_reserved_peak(reserved_peak);
-                    arena.undo_alloc(carved.block, requested, peak_before);
-                    return Err(match e {
-                        BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
-                        other => Shortfall::Backend(other),
-                    });
-                }
-                arena.set_mapped(run, true);
-                done.push(run);
-            }
-            self.book.reserved(side, done.iter().map(|r| r.2).sum());
-        }
-        self.note_allocated(side, carved.size);
-        Ok(carved)
-    }
-
-    /// Maps one run, within the limit.
-    fn map_run(&self, run: PageRun) -> Result<(), BackendError> {
-        let (_, addr, len) = run;
-        let claimed = self
-            .reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
-                held.checked_add(len).filter(|&n| n <= self.limit())
-            });
-        if claimed.is_err() {
-            return Err(BackendError::OutOfMemory { requested: len });
-        }
-        self.backend
-            .vmm()
-            .and_then(|v| v.map(addr, len))
-            .inspect_err(|_| {
-                self.reserved.fetch_sub(len, Ordering::SeqCst);
-            })
-    }
-
-    /// Unmaps one run (the books are the caller's).
-    fn unmap_run(&self, run: PageRun) -> Result<(), BackendError> {
-        let (_, addr, len) = run;
-        self.reserved.fetch_sub(len, Ordering::SeqCst);
-        self.backend.vmm()?.unmap(addr, len)
-    }
-
-    /// Unmaps pages of `arena`'s expandable segments that no live block
-    /// touches, lowest addresses first, until `at_least` bytes are unmapped
-    /// (`usize::MAX`: all of them). Returns the bytes unmapped.
-    fn unmap_idle(
-        &self,
-        arena: &mut Arena,
-        side: Side,
-        at_least: usize,
-    ) -> Result<usize, BackendError> {
-        let mut unmapped = 0;
-        let mut first_error = None;
-        let runs = arena.idle_mapped_runs();
-        if runs.is_empty() {
-            return Ok(0);
-        }
-        let page = self.backend.vmm()?.page_size()?;
-        for run in runs {
-            if unmapped >= at_least {
-                break;
-            }
-            let (seg, addr, len) = run;
-            let take = (at_least - unmapped)
-                .checked_next_multiple_of(page)
-                .unwrap_or(usize::MAX)
-                .min(len);
-            let run = (seg, addr, take);
-            if let Err(e) = self.unmap_run(run) {
-                first_error.get_or_insert(e);
-            }
-            arena.set_mapped(run, false);
-            self.book.released(side, run.2);
-            unmapped += run.2;
-        }
-        first_error.map_or(Ok(unmapped), Err)
-    }
-
-    /// Reserves a segment (within the limit: the backend's adaptor keeps it).
+    /// Reserves a segment, within the limit.
     fn reserve(&self, size: usize) -> Result<u64, Shortfall> {
         let base = self.backend.reserve(size).map_err(|e| match e {
             BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
@@ -343,7 +194,7 @@ impl Device {
         arena: &mut Arena,
         side: Side,
     ) -> Result<usize, BackendError> {
-        let unmapped = self.unmap_idle(arena, side, usize::MAX);
+        let unmapped = self.reclaim(arena, side, usize::MAX, &[]);
         let segments = arena.take_free_segments();
         let released = self.release_segments(segments, side)?;
         unmapped.map(|bytes| bytes + released)
@@ -366,6 +217,20 @@ impl Device {
     ) -> Result<usize, BackendError> {
         let mut released = 0;
         let mut first_error = None;
+        // Pages still mapped (an owner going away) are unmapped only after
+        // the work queued on their streams (as `cuMemFree` would wait).
+        let mut streams: Vec<StreamTag> = segments
+            .iter()
+            .filter(|s| s.mapped.as_ref().is_some_and(|runs| !runs.is_empty()))
+            .map(|s| s.stream)
+            .collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for stream in streams {
+            if let Err(e) = self.drain_stream(stream) {
+                first_error.get_or_insert(e);
+            }
+        }
         for seg in segments {
             let held = match &seg.mapped {
                 None => {
@@ -375,17 +240,22 @@ impl Device {
                     seg.size
                 }
                 Some(runs) => {
+                    let mut all_unmapped = true;
                     for &(addr, len) in runs {
-                        if let Err(e) = self.backend.vmm().and_then(|v| v.unmap(addr, len)) {
+                        if let Err(e) = self.unmap_pages(addr, len) {
+                            all_unmapped = false;
                             first_error.get_or_insert(e);
                         }
                     }
-                    if let Err(e) = self
-                        .backend
-                        .vmm()
-                        .and_then(|v| v.release_range(seg.base, seg.size))
-                    {
-                        first_error.get_or_insert(e);
+                    // A range with pages still mapped cannot be freed.
+                    if all_unmapped {
+                        if let Err(e) = self
+                            .backend
+                            .vmm()
+                            .and_then(|v| v.release_range(seg.base, seg.size))
+                        {
+                            first_error.get_or_insert(e);
+                        }
                     }
                     runs.iter().map(|r| r.1).sum()
                 }

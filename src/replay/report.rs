@@ -6,6 +6,7 @@ use super::trace::Trace;
 use crate::allocator::Allocator;
 use crate::arena::BLOCK_ROUND;
 use crate::backend::BackendKind;
+use crate::device::MappingStats;
 use crate::error::Error;
 use std::fmt;
 use std::time::Duration;
@@ -129,6 +130,10 @@ pub struct ReplayReport {
     pub allocated_after_free: usize,
     /// Reserved bytes after that and emptying the cache (0 likewise).
     pub reserved_after_empty: usize,
+    /// Mapping calls (expandable segments) of the first cold pass.
+    pub maps: MappingStats,
+    /// Mapping calls of all warm passes together, if warm passes were run.
+    pub warm_maps: Option<MappingStats>,
     /// Allocated and reserved bytes over the trace, if asked for.
     pub series: Option<Series>,
 }
@@ -194,17 +199,19 @@ pub fn replay(
             Ok((elapsed, alloc.stats().total))
         })?;
         cold.push(ns_per_event(elapsed, events));
-        first.get_or_insert((total, alloc.backend_kind()));
+        first.get_or_insert((total, alloc.backend_kind(), alloc.mapping_stats()));
         last = Some(alloc);
         progress(Phase::Cold { run, runs });
     }
     let alloc = last.expect("at least one cold pass");
-    let (total, backend) = first.expect("at least one cold pass");
+    let (total, backend, maps) = first.expect("at least one cold pass");
 
     let mut warm = Vec::new();
     let mut warm_created = None;
+    let mut warm_maps = None;
     if options.warm {
         let before = alloc.stats().total.segments_reserved;
+        let maps_before = alloc.mapping_stats();
         for run in 1..=runs {
             match player.play(&alloc) {
                 Ok(elapsed) => warm.push(ns_per_event(elapsed, events)),
@@ -216,6 +223,7 @@ pub fn replay(
             progress(Phase::Warm { run, runs });
         }
         warm_created = Some(alloc.stats().total.segments_reserved - before);
+        warm_maps = Some(alloc.mapping_stats().since(&maps_before));
     }
     player.free_all(&alloc)?;
     let allocated_after_free = alloc.stats().total.allocated_bytes;
@@ -254,6 +262,8 @@ pub fn replay(
         oom_retries: total.oom_retries,
         allocated_after_free,
         reserved_after_empty,
+        maps,
+        warm_maps,
         series,
     })
 }

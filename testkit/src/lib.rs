@@ -10,6 +10,7 @@
 //! - [`gpu`]: what the GPU tests share (a locked CUDA allocator and engine,
 //!   byte kernels, skipping cleanly without a driver).
 
+pub mod byte_gpu;
 pub mod cpu;
 mod engine;
 pub mod gpu;

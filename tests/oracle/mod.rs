@@ -228,9 +228,19 @@ pub fn tracked_allocator_with_fraction(
     memory_fraction: f64,
 ) -> (Allocator, Arc<TrackingBackend>) {
     let backend = TrackingBackend::new(capacity);
-    let alloc = Allocator::from_backends(vec![backend.backend()], memory_fraction)
-        .expect("one backend given");
+    let config = plain(memory_fraction);
+    let alloc =
+        Allocator::from_backends_with(vec![backend.backend()], &config).expect("one backend given");
     (alloc, backend)
+}
+
+/// Plain segments under a memory fraction.
+pub fn plain(memory_fraction: f64) -> graphalloc::Config {
+    graphalloc::Config {
+        memory_fraction,
+        expandable_segments: false,
+        ..graphalloc::Config::default()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -678,8 +688,10 @@ pub struct Harness {
 
 impl Harness {
     /// A harness over a device of `capacity` bytes with `pools` graph pools.
+    /// Plain segments (`expandable_segments:false`): the harness's
+    /// expectations of segment sizes are theirs; `with_config` for others.
     pub fn new(capacity: usize, pools: usize) -> Self {
-        Harness::with_config(capacity, pools, &graphalloc::Config::default())
+        Harness::with_config(capacity, pools, &plain(1.0))
     }
 
     /// A harness whose allocator has the settings of `config`.
@@ -977,10 +989,10 @@ pub fn run_ops(data: &[u8]) -> OpsSummary {
     let mut bytes = Bytes { data, pos: 0 };
     // The first byte picks the allocator's settings.
     let text = match bytes.u8() % 4 {
-        0 => "",
-        1 => "shards:2",
-        2 => "expandable_segments:true",
-        _ => "shards:3,expandable_segments:true",
+        0 => "expandable_segments:false",
+        1 => "shards:2,expandable_segments:false",
+        2 => "",
+        _ => "shards:3",
     };
     let config = graphalloc::Config::parse(text).expect("a valid configuration");
     let mut h = Harness::with_config(OPS_CAPACITY, 2, &config);

@@ -9,10 +9,16 @@ use std::sync::Arc;
 pub const MIB: usize = 1 << 20;
 
 /// An allocator over one host device of `capacity` bytes, with a handle on
-/// the backend for fault injection and accounting.
+/// the backend for fault injection and accounting. It keeps plain segments
+/// (`expandable_segments:false`), whose layout these tests check;
+/// expandable segments, the default, have `tests/expandable.rs`.
 pub fn host_allocator(capacity: usize) -> (Arc<HostBackend>, Allocator) {
     let host = Arc::new(HostBackend::new(0, capacity));
-    let alloc = Allocator::from_backends(vec![host.clone() as Arc<dyn Backend>], 1.0)
+    let config = graphalloc::Config {
+        expandable_segments: false,
+        ..graphalloc::Config::default()
+    };
+    let alloc = Allocator::from_backends_with(vec![host.clone() as Arc<dyn Backend>], &config)
         .expect("an allocator over one host backend");
     (host, alloc)
 }

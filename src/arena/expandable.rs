@@ -1,0 +1,333 @@
+//! The pages of expandable segments, as the arena books them.
+//!
+//! An expandable segment is address space with memory mapped into it page
+//! by page. Its free blocks are either mapped (memory behind every page they
+//! touch) or unmapped (page-aligned, no memory at all), and free blocks of
+//! different states are never merged. So `try_alloc`, searching mapped free
+//! blocks only, reuses mapped-but-free memory first and never needs a
+//! mapping call; a miss asks [`Arena::plan_growth`] for the cheapest pages
+//! to map, and a reclaim unmaps idle pages found by [`Arena::idle_runs`].
+//! The arena only books: its owner makes the mapping calls in between.
+
+use super::{Arena, Block, Class, StreamTag};
+
+/// Where to map pages so that a request fits: `len` bytes at `addr`, inside
+/// the unmapped free block `slot`. Together with the mapped free blocks
+/// beside it (`keep`, which a reclaim must leave alone), they hold the
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Growth {
+    pub(crate) slot: u32,
+    pub(crate) addr: u64,
+    pub(crate) len: usize,
+    pub(crate) keep: [Option<u32>; 2],
+    pub(crate) stream: StreamTag,
+    /// The unmapped block's bounds, for [`Growth::widen`].
+    lo: u64,
+    hi: u64,
+    /// Whether the pages extend from a mapped block below (so widening
+    /// goes up) rather than one above.
+    upward: bool,
+    page: usize,
+}
+
+impl Growth {
+    /// Maps up to `extra` more bytes (whole pages) in the direction the
+    /// growth goes, within the unmapped block: a larger granule, so the
+    /// next misses nearby find memory already mapped.
+    pub(crate) fn widen(&mut self, extra: usize) {
+        let extra = (extra / self.page * self.page) as u64;
+        if self.upward {
+            let end = (self.addr + self.len as u64 + extra).min(self.hi);
+            self.len = (end - self.addr) as usize;
+        } else {
+            let start = self.addr.saturating_sub(extra).max(self.lo);
+            self.len += (self.addr - start) as usize;
+            self.addr = start;
+        }
+    }
+}
+
+/// Idle pages: a page-aligned run inside the mapped free block `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdleRun {
+    pub(crate) slot: u32,
+    pub(crate) addr: u64,
+    pub(crate) len: usize,
+    pub(crate) stream: StreamTag,
+}
+
+impl Arena {
+    /// The free neighbour of `slot` (before or after) if it is mapped.
+    fn mapped_free(&self, neighbour: Option<u32>) -> Option<(u32, usize)> {
+        let n = neighbour?;
+        let b = &self.blocks[n as usize];
+        (!b.allocated && b.mapped).then_some((n, b.size))
+    }
+
+    /// The fewest pages to map in `stream`'s expandable segments of
+    /// `rounded`'s class so that a block of `rounded` bytes fits, counting
+    /// the mapped free blocks beside each unmapped one; ties go to the
+    /// lowest address. `None` if no unmapped block can make room.
+    pub(crate) fn plan_growth(&self, stream: StreamTag, rounded: usize) -> Option<Growth> {
+        let class = Class::of(rounded);
+        let mut best: Option<Growth> = None;
+        let all = (stream, 0, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
+        for &(_, size, addr, slot) in self.unmapped[class as usize].range(all) {
+            let b = &self.blocks[slot as usize];
+            let page = self.segments[b.segment as usize]
+                .pages
+                .as_ref()
+                .expect("unmapped blocks are in expandable segments")
+                .page;
+            let below = self.mapped_free(b.prev);
+            let above = self.mapped_free(b.next);
+            let (l, r) = (below.map_or(0, |n| n.1), above.map_or(0, |n| n.1));
+            let end = addr + size as u64;
+            let need = |have: usize| {
+                (rounded.saturating_sub(have))
+                    .checked_next_multiple_of(page)
+                    .unwrap_or(usize::MAX)
+            };
+            // Up from the block below (or from the start), down from the
+            // block above, or the whole block between both.
+            let options = [
+                (need(l) <= size).then(|| (addr, need(l), true)),
+                (above.is_some() && need(r) <= size)
+                    .then(|| (end - need(r) as u64, need(r), false)),
+                (l + size + r >= rounded).then_some((addr, size, true)),
+            ];
+            let Some((at, len, upward)) = options.into_iter().flatten().min_by_key(|o| o.1) else {
+                continue;
+            };
+            if best.is_some_and(|g| (g.len, g.addr) <= (len, at)) {
+                continue;
+            }
+            best = Some(Growth {
+                slot,
+                addr: at,
+                len,
+                keep: [below.map(|n| n.0), above.map(|n| n.0)],
+                stream,
+                lo: addr,
+                hi: end,
+                upward,
+                page,
+            });
+        }
+        best
+    }
+
+    /// Books `growth`'s pages as mapped: they join the mapped free blocks
+    /// beside them, and count as reserved.
+    pub(crate) fn mark_mapped(&mut self, growth: &Growth) {
+        self.book_pages(growth.slot, growth.addr, growth.len, true);
+    }
+
+    /// Books an idle run as unmapped: it becomes an unmapped free block.
+    pub(crate) fn mark_unmapped(&mut self, run: &IdleRun) {
+        self.book_pages(run.slot, run.addr, run.len, false);
+    }
+
+    /// Gives `[addr, addr + len)` of the free block `slot` the mapped state
+    /// `mapped`, in the blocks, the segment's mapped bytes and the stats.
+    fn book_pages(&mut self, slot: u32, addr: u64, len: usize, mapped: bool) {
+        let seg = self.blocks[slot as usize].segment;
+        self.set_state(slot, addr, len, mapped);
+        let pages = self.segments[seg as usize]
+            .pages
+            .as_mut()
+            .expect("expandable");
+        if mapped {
+            pages.mapped += len;
+            self.stats.on_map(len);
+        } else {
+            pages.mapped -= len;
+            self.stats.on_unmap(len);
+        }
+    }
+
+    /// Cuts `[addr, addr + len)` out of the free block `slot` (which holds
+    /// it) and gives it the mapped state `mapped`, merging it with free
+    /// neighbours of that state.
+    fn set_state(&mut self, slot: u32, addr: u64, len: usize, mapped: bool) {
+        self.index_remove(slot);
+        let mut mid = slot;
+        if self.blocks[slot as usize].addr < addr {
+            mid = self.split_free(slot, addr);
+            self.index_insert(slot);
+        }
+        let b = &self.blocks[mid as usize];
+        if addr + (len as u64) < b.addr + b.size as u64 {
+            let rest = self.split_free(mid, addr + len as u64);
+            self.index_insert(rest);
+        }
+        self.blocks[mid as usize].mapped = mapped;
+        self.merge_and_index(mid);
+    }
+
+    /// Splits the unindexed block `slot` (free, or being carved) at `at`;
+    /// returns the new block above: free, unindexed, in the same mapped
+    /// state.
+    pub(super) fn split_free(&mut self, slot: u32, at: u64) -> u32 {
+        let (addr, size, segment, mapped, next) = {
+            let b = &self.blocks[slot as usize];
+            (b.addr, b.size, b.segment, b.mapped, b.next)
+        };
+        let rest = self.blocks.insert(Block {
+            addr: at,
+            size: size - (at - addr) as usize,
+            segment,
+            allocated: false,
+            mapped,
+            prev: Some(slot),
+            next,
+        }) as u32;
+        if let Some(n) = next {
+            self.blocks[n as usize].prev = Some(rest);
+        }
+        let b = &mut self.blocks[slot as usize];
+        b.size = (at - addr) as usize;
+        b.next = Some(rest);
+        rest
+    }
+
+    /// The idle pages of the expandable segments: page-aligned runs inside
+    /// mapped free blocks (quick-bin blocks merged back first), lowest
+    /// addresses first, none inside the blocks of `keep`.
+    pub(crate) fn idle_runs(&mut self, keep: &[Option<u32>]) -> Vec<IdleRun> {
+        if self.quick_blocks > 0 {
+            self.flush_quick();
+        }
+        let mut out = Vec::new();
+        for &(stream, size, addr, slot) in self.free.iter().flatten() {
+            let seg = &self.segments[self.blocks[slot as usize].segment as usize];
+            let Some(pages) = &seg.pages else { continue };
+            if keep.contains(&Some(slot)) {
+                continue;
+            }
+            let page = pages.page as u64;
+            let (start, end) = (
+                addr.next_multiple_of(page),
+                (addr + size as u64) / page * page,
+            );
+            if start < end {
+                out.push(IdleRun {
+                    slot,
+                    addr: start,
+                    len: (end - start) as usize,
+                    stream,
+                });
+            }
+        }
+        // Ordered by address already (the index is by (stream, size,
+        // address)): lowest first, away from where ranges grow.
+        out.sort_by_key(|r| r.addr);
+        out
+    }
+
+    /// The mapped runs of the segment whose first block is `head`, in
+    /// address order: everything but its unmapped free blocks.
+    pub(super) fn mapped_runs(&self, head: u32) -> Vec<(u64, usize)> {
+        let mut out: Vec<(u64, usize)> = Vec::new();
+        let mut slot = Some(head);
+        while let Some(s) = slot {
+            let b = &self.blocks[s as usize];
+            if b.mapped {
+                match out.last_mut() {
+                    Some(run) if run.0 + run.1 as u64 == b.addr => run.1 += b.size,
+                    _ => out.push((b.addr, b.size)),
+                }
+            }
+            slot = b.next;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Arena, Class};
+
+    const MIB: usize = 1 << 20;
+    const PAGE: usize = 2 * MIB;
+
+    fn arena() -> Arena {
+        let mut a = Arena::new();
+        a.add_expandable_segment(0x4000_0000, 64 * PAGE, 0, Class::Large, PAGE);
+        a.check_invariants();
+        a
+    }
+
+    #[test]
+    fn growth_maps_the_fewest_pages_next_to_mapped_free_memory() {
+        let mut a = arena();
+        assert!(a.try_alloc(0, 3 * MIB, 1).is_none(), "nothing mapped yet");
+        let g = a.plan_growth(0, 3 * MIB).unwrap();
+        assert_eq!((g.addr, g.len), (0x4000_0000, 2 * PAGE));
+        a.mark_mapped(&g);
+        a.check_invariants();
+        let x = a.try_alloc(0, 3 * MIB, 1).unwrap();
+        assert_eq!(x.block.addr(), 0x4000_0000);
+        // x took both pages (a 1 MiB remainder is not split off a large
+        // block, PyTorch's rule), so 5 MiB more needs 3 pages right above.
+        let y_plan = a.plan_growth(0, 5 * MIB).unwrap();
+        assert_eq!(
+            (y_plan.addr, y_plan.len),
+            (0x4000_0000 + 4 * MIB as u64, 3 * PAGE)
+        );
+        a.mark_mapped(&y_plan);
+        let y = a.try_alloc(0, 5 * MIB, 1).unwrap();
+        assert_eq!(y.block.addr(), 0x4000_0000 + 4 * MIB as u64);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 5 * PAGE);
+        // A hole below a live block with mapped free memory above it.
+        a.free(x.block, 1);
+        let z = a.plan_growth(0, 40 * MIB).unwrap();
+        assert_eq!(
+            z.addr,
+            0x4000_0000 + 10 * MIB as u64,
+            "above y, the range's top"
+        );
+    }
+
+    #[test]
+    fn idle_pages_unmap_and_map_again_with_exact_books() {
+        let mut a = arena();
+        let g = a.plan_growth(0, 24 * MIB).unwrap();
+        a.mark_mapped(&g);
+        let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        a.free(x.block, 1);
+        a.check_invariants();
+        let runs = a.idle_runs(&[]);
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].addr, runs[0].len), (x.block.addr(), 12 * MIB));
+        a.mark_unmapped(&runs[0]);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 12 * MIB);
+        assert!(
+            a.try_alloc(0, 12 * MIB, 1).is_none(),
+            "x's hole is unmapped"
+        );
+        // The hole is the cheapest place: mapped again there.
+        let again = a.plan_growth(0, 12 * MIB).unwrap();
+        assert_eq!((again.addr, again.len), (x.block.addr(), 12 * MIB));
+        a.mark_mapped(&again);
+        a.check_invariants();
+        assert_eq!(a.try_alloc(0, 12 * MIB, 1).unwrap().block, x.block);
+        a.free(y.block, 1);
+        a.free(x.block, 1);
+        let all = a.idle_runs(&[]);
+        for run in &all {
+            a.mark_unmapped(run);
+        }
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 0);
+        assert_eq!(
+            a.take_free_segments().len(),
+            1,
+            "the range goes once unmapped"
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! The mapping policy of expandable segments: when pages are mapped into
+//! the cache's address ranges and when they are unmapped again.
+//!
+//! - A request is carved from mapped free memory whenever some fits (best
+//!   fit, `Arena::try_alloc`): no mapping call. Only a true miss maps, and
+//!   it maps the fewest pages that make room, next to mapped free blocks
+//!   ([`crate::arena::Arena::plan_growth`]), widened to a granule of
+//!   [`GROWTH_GRANULE`] bytes (in one call) while the budget allows.
+//! - Nothing is unmapped on free. Idle pages (mapped, under no live block)
+//!   are unmapped in a batch, lowest addresses first (away from where
+//!   ranges grow), only when it matters:
+//!   a mapping would take the cache's reserved bytes past its budget
+//!   (the peak reserved so far, or the peak allocated bytes plus
+//!   1/[`IDLE_BUDGET`] of them, whichever is higher), the device limit
+//!   (`memory_fraction`) or the device is full, or `empty_cache`.
+//! - Before unmapping pages, the work queued on their stream must be done:
+//!   an event recorded on the stream is waited for (PyTorch synchronizes
+//!   the stream before `cuMemUnmap`). A stream being captured is not
+//!   waited on (no wait can end a capture): its pages stay mapped.
+//!
+//! A repeating workload therefore settles: once a pass has mapped what it
+//! needs, the next pass finds every block in mapped memory and makes no
+//! mapping call at all.
+
+use super::{Device, Shortfall};
+use crate::arena::{Arena, Carved, Class, IdleRun, StreamTag, LARGE_SEGMENT};
+use crate::backend::BackendError;
+use crate::stats::Side;
+use crate::sync::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// The cache may hold up to 1/IDLE_BUDGET of its peak allocated bytes
+/// mapped but idle (above the peak itself) before a mapping unmaps idle
+/// pages first.
+const IDLE_BUDGET: usize = 32;
+
+/// Growth maps at least this many bytes at once when the budget allows
+/// (PyTorch's `large_segment_size`): fewer, larger calls.
+const GROWTH_GRANULE: usize = LARGE_SEGMENT;
+
+/// The most address space one expandable segment reserves.
+const MAX_RANGE: usize = 1 << 46;
+
+/// Mapping calls of one device, for [`MappingStats`].
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    maps: AtomicU64,
+    unmaps: AtomicU64,
+    map_ns: AtomicU64,
+    unmap_ns: AtomicU64,
+    mapped_bytes: AtomicU64,
+    unmapped_bytes: AtomicU64,
+}
+
+/// The mapping calls made for expandable segments (`Backend::map` and
+/// `Backend::unmap`), and the time spent in them, since the allocator was
+/// built. See [`crate::Allocator::mapping_stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MappingStats {
+    /// Calls that mapped memory into an address range.
+    pub maps: u64,
+    /// Calls that unmapped memory.
+    pub unmaps: u64,
+    /// Nanoseconds spent in map calls.
+    pub map_ns: u64,
+    /// Nanoseconds spent in unmap calls.
+    pub unmap_ns: u64,
+    /// Bytes mapped, in all.
+    pub mapped_bytes: u64,
+    /// Bytes unmapped, in all.
+    pub unmapped_bytes: u64,
+}
+
+impl MappingStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &MappingStats) {
+        self.maps += other.maps;
+        self.unmaps += other.unmaps;
+        self.map_ns += other.map_ns;
+        self.unmap_ns += other.unmap_ns;
+        self.mapped_bytes += other.mapped_bytes;
+        self.unmapped_bytes += other.unmapped_bytes;
+    }
+
+    /// The counts made since `earlier` (taken from the same allocator).
+    pub fn since(&self, earlier: &MappingStats) -> MappingStats {
+        MappingStats {
+            maps: self.maps.saturating_sub(earlier.maps),
+            unmaps: self.unmaps.saturating_sub(earlier.unmaps),
+            map_ns: self.map_ns.saturating_sub(earlier.map_ns),
+            unmap_ns: self.unmap_ns.saturating_sub(earlier.unmap_ns),
+            mapped_bytes: self.mapped_bytes.saturating_sub(earlier.mapped_bytes),
+            unmapped_bytes: self.unmapped_bytes.saturating_sub(earlier.unmapped_bytes),
+        }
+    }
+}
+
+fn shortfall(e: BackendError) -> Shortfall {
+    match e {
+        BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
+        other => Shortfall::Backend(other),
+    }
+}
+
+impl Device {
+    /// The mapping calls made on this device so far.
+    pub(crate) fn mapping_stats(&self) -> MappingStats {
+        let c = &self.mapping;
+        MappingStats {
+            maps: c.maps.load(Ordering::Relaxed),
+            unmaps: c.unmaps.load(Ordering::Relaxed),
+            map_ns: c.map_ns.load(Ordering::Relaxed),
+            unmap_ns: c.unmap_ns.load(Ordering::Relaxed),
+            mapped_bytes: c.mapped_bytes.load(Ordering::Relaxed),
+            unmapped_bytes: c.unmapped_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Serves a request that no mapped free block fits: maps pages where
+    /// they make room at least cost (in a fresh address range if none
+    /// can), within the budget, and carves the block. On failure every
+    /// figure is as before, except idle pages a reclaim may have unmapped.
+    pub(super) fn grow(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+    ) -> Result<Carved, Shortfall> {
+        let mut fresh = None;
+        let need = match arena.plan_growth(stream, rounded) {
+            Some(growth) => growth,
+            None => {
+                let page = self
+                    .backend
+                    .vmm()
+                    .and_then(|v| v.page_size())
+                    .map_err(Shortfall::Backend)?;
+                // Twice the device (address space is cheap), so that the
+                // range's fragmentation never stands in for a full device.
+                let size = self
+                    .capacity()
+                    .saturating_mul(2)
+                    .min(MAX_RANGE)
+                    .checked_next_multiple_of(page)
+                    .ok_or(Shortfall::Overflow)?;
+                if rounded > size {
+                    return Err(Shortfall::Exhausted);
+                }
+                let base = self
+                    .backend
+                    .vmm()
+                    .and_then(|v| v.reserve_range(size))
+                    .map_err(shortfall)?;
+                let class = Class::of(rounded);
+                fresh = Some(arena.add_expandable_segment(base, size, stream, class, page));
+                arena
+                    .plan_growth(stream, rounded)
+                    .expect("a fresh range holds any request it is not smaller than")
+            }
+        };
+        let stats = &arena.stats;
+        let peak = stats
+            .peak_allocated_bytes
+            .max(stats.allocated_bytes + rounded);
+        let budget = stats.peak_reserved_bytes.max(peak + peak / IDLE_BUDGET);
+        let reserved = stats.reserved_bytes;
+        let mut growth = need;
+        if reserved + need.len > budget {
+            // Best effort: what cannot be unmapped only leaves more mapped.
+            let _ = self.reclaim(arena, side, reserved + need.len - budget, &need.keep);
+        } else {
+            growth.widen(
+                GROWTH_GRANULE
+                    .saturating_sub(need.len)
+                    .min(budget - reserved - need.len),
+            );
+        }
+        let mut mapped = self.map_pages(growth.addr, growth.len);
+        if let Err(BackendError::OutOfMemory { .. }) = mapped {
+            // The limit or the device is full: unmap idle pages, then map
+            // just what the request needs (if that can change anything).
+            let freed = self.reclaim(arena, side, need.len, &need.keep).unwrap_or(0);
+            if freed > 0 || growth != need {
+                growth = need;
+                mapped = self.map_pages(growth.addr, growth.len);
+            }
+        }
+        if let Err(e) = mapped {
+            if let Some(range) = fresh.and_then(|seg| arena.remove_fresh_segment(seg)) {
+                let _ = self
+                    .backend
+                    .vmm()
+                    .and_then(|v| v.release_range(range.base, range.size));
+            }
+            return Err(shortfall(e));
+        }
+        arena.mark_mapped(&growth);
+        self.book.reserved(side, growth.len);
+        let carved = arena
+            .try_alloc(stream, rounded, requested)
+            .expect("the pages just mapped make room for the request");
+        self.note_allocated(side, carved.size);
+        Ok(carved)
+    }
+
+    /// Unmaps idle pages of `arena`'s expandable segments, at least
+    /// `at_least` bytes if there are (`usize::MAX`: all), lowest
+    /// addresses first and none in the blocks of `keep`, after the work queued on
+    /// their streams has completed. Returns the bytes unmapped, or the
+    /// first error (pages whose unmapping failed stay mapped and booked).
+    pub(super) fn reclaim(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        at_least: usize,
+        keep: &[Option<u32>],
+    ) -> Result<usize, BackendError> {
+        let runs = arena.idle_runs(keep);
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let page = self.backend.vmm().and_then(|v| v.page_size())?;
+        let mut chosen: Vec<IdleRun> = Vec::new();
+        let mut total = 0usize;
+        for mut run in runs {
+            if total >= at_least {
+                break;
+            }
+            // Part of a run: its top pages, leaving the mapped rest in place.
+            let take = (at_least - total)
+                .checked_next_multiple_of(page)
+                .unwrap_or(usize::MAX)
+                .min(run.len);
+            run.addr += (run.len - take) as u64;
+            run.len = take;
+            total += take;
+            chosen.push(run);
+        }
+        let mut streams: Vec<StreamTag> = chosen.iter().map(|r| r.stream).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        let mut first_error = None;
+        let mut busy = Vec::new();
+        for stream in streams {
+            match self.drain_stream(stream) {
+                Ok(true) => {}
+                Ok(false) => busy.push(stream),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    busy.push(stream);
+                }
+            }
+        }
+        let mut unmapped = 0;
+        for run in chosen.iter().filter(|r| !busy.contains(&r.stream)) {
+            // What went: all of the run, or the pages a failing call
+            // unmapped before it stopped (those stay booked as mapped
+            // otherwise: the books follow the device exactly).
+            let gone = match self.unmap_pages(run.addr, run.len) {
+                Ok(()) => run.len,
+                Err(e) => {
+                    let part = e.unmapped_bytes().min(run.len);
+                    first_error.get_or_insert(e);
+                    part
+                }
+            };
+            if gone > 0 {
+                arena.mark_unmapped(&IdleRun { len: gone, ..*run });
+                self.reserved.fetch_sub(gone, Ordering::SeqCst);
+                self.book.released(side, gone);
+                unmapped += gone;
+            }
+        }
+        // Any failure is reported (the books above already hold what went).
+        first_error.map_or(Ok(unmapped), Err)
+    }
+
+    /// Waits until the work queued on `stream` so far has completed, and
+    /// says so; `false` for a stream being captured, which no wait can
+    /// drain (its pages then stay mapped). A stream that no longer exists
+    /// has no work left.
+    pub(super) fn drain_stream(&self, stream: StreamTag) -> Result<bool, BackendError> {
+        match self.capturing(stream) {
+            Ok(true) => return Ok(false),
+            Ok(false) => {}
+            Err(BackendError::UnknownStream { .. }) => return Ok(true),
+            Err(e) => return Err(e),
+        }
+        let event = self.record_on(stream)?;
+        let waited = self.backend.streams().and_then(|v| v.wait_event(event));
+        self.recycle_event(event);
+        waited.map(|()| true)
+    }
+
+    /// Maps `[addr, addr + len)`, within the limit, counting the call.
+    pub(super) fn map_pages(&self, addr: u64, len: usize) -> Result<(), BackendError> {
+        let claimed = self
+            .reserved
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                held.checked_add(len).filter(|&n| n <= self.limit())
+            });
+        if claimed.is_err() {
+            return Err(BackendError::OutOfMemory { requested: len });
+        }
+        let start = Instant::now();
+        let result = self.backend.vmm().and_then(|v| v.map(addr, len));
+        let c = &self.mapping;
+        c.map_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.maps.fetch_add(1, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                c.mapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.reserved.fetch_sub(len, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    /// Unmaps `[addr, addr + len)`, counting the call (the reserved
+    /// figures are the caller's).
+    pub(super) fn unmap_pages(&self, addr: u64, len: usize) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let result = self.backend.vmm().and_then(|v| v.unmap(addr, len));
+        let c = &self.mapping;
+        c.unmap_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.unmaps.fetch_add(1, Ordering::Relaxed);
+        if result.is_ok() {
+            c.unmapped_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}

@@ -1,0 +1,105 @@
+//! Expandable segments on a real device: pages are never unmapped while
+//! work queued on their stream may still use them. Skips, saying so, where
+//! no CUDA driver loads.
+
+use cudarc::driver::CudaStream;
+use graphalloc::DevicePtr;
+use graphalloc_testkit::byte_gpu::{byte_gpu, handle, ByteGpu};
+use std::io::Write;
+
+fn gpu() -> Option<ByteGpu> {
+    byte_gpu(module_path!())
+}
+
+/// Queues on `s` a kernel that writes `value` into a block `x` of `n` bytes
+/// after a 300 ms spin and one that then copies `x` into `out`, and frees
+/// `x` on `s` at once (its pages become idle on the host while the writer
+/// is still queued). Returns `(src, out)`, both live.
+fn queue_writer_and_free(
+    g: &ByteGpu,
+    s: &CudaStream,
+    n: usize,
+    value: u8,
+) -> (DevicePtr, DevicePtr) {
+    let src = g.alloc.allocate_on(0, handle(s), n, 512).unwrap();
+    let out = g.alloc.allocate_on(0, handle(s), n, 512).unwrap();
+    let x = g.alloc.allocate_on(0, handle(s), n, 512).unwrap();
+    g.fill(s, src, n, value);
+    g.fill(s, out, n, 0);
+    s.synchronize().unwrap();
+    g.spin_copy(s, x, src, n, 300_000_000); // writes x in 300 ms
+    g.spin_copy(s, out, x, n, 0); // then reads it back
+    g.alloc.free(x).unwrap();
+    (src, out)
+}
+
+/// After the reclaim: the queued kernels ran without a fault, and `out`
+/// holds what the writer put in `x`.
+fn assert_intact(g: &ByteGpu, s: &CudaStream, out: DevicePtr, n: usize, value: u8) {
+    s.synchronize()
+        .expect("the queued kernels ran without a fault");
+    assert!(
+        g.read(out, n).iter().all(|&v| v == value),
+        "the kernel wrote x and the next one read it back intact"
+    );
+}
+
+/// `empty_cache` unmaps the idle pages of `x` while its writer is queued:
+/// it must wait for the stream first (unmapping early would fault the
+/// writer or feed the reader garbage).
+#[test]
+fn pages_are_not_unmapped_while_queued_work_still_writes_them() {
+    let _serial = graphalloc_testkit::gpu::gpu_lock();
+    let Some(g) = gpu() else { return };
+    let s = g.ctx.new_stream().unwrap();
+    const N: usize = 32 << 20;
+    let (src, out) = queue_writer_and_free(&g, &s, N, 0x5a);
+    let before = (
+        g.alloc.stats().caching.reserved_bytes,
+        g.alloc.mapping_stats(),
+    );
+    g.alloc.empty_cache().unwrap();
+    let after = (
+        g.alloc.stats().caching.reserved_bytes,
+        g.alloc.mapping_stats(),
+    );
+    assert!(
+        after.0 + N <= before.0 && after.1.unmaps > before.1.unmaps,
+        "x's pages were unmapped: reserved {} -> {}",
+        before.0,
+        after.0
+    );
+    assert_intact(&g, &s, out, N, 0x5a);
+    for p in [src, out] {
+        g.alloc.free(p).unwrap();
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "expandable: {} unmap call(s) waited for the stream",
+        after.1.unmaps - before.1.unmaps
+    );
+}
+
+/// The same through the idle budget: a large request on another stream
+/// (another address range, so x's hole cannot hold it) would take the
+/// cache past its budget, so x's idle pages are unmapped first, after the
+/// work queued on x's stream.
+#[test]
+fn a_budget_reclaim_waits_for_queued_work_too() {
+    let _serial = graphalloc_testkit::gpu::gpu_lock();
+    let Some(g) = gpu() else { return };
+    let s = g.ctx.new_stream().unwrap();
+    const N: usize = 64 << 20;
+    let (src, out) = queue_writer_and_free(&g, &s, N, 0x3c);
+    let unmaps = g.alloc.mapping_stats().unmaps;
+    let t = g.ctx.new_stream().unwrap();
+    let big = g.alloc.allocate_on(0, handle(&t), 2 * N, 512).unwrap();
+    assert!(
+        g.alloc.mapping_stats().unmaps > unmaps,
+        "the request reclaimed idle pages"
+    );
+    assert_intact(&g, &s, out, N, 0x3c);
+    for p in [src, out, big] {
+        g.alloc.free(p).unwrap();
+    }
+}
