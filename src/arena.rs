@@ -25,6 +25,8 @@
 //! index, so the best-fit search sees every free byte coalesced. Large
 //! blocks, where placement decides fragmentation, always go through best fit.
 
+mod place;
+
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;
 use slab::Slab;

@@ -302,7 +302,7 @@ impl Device {
     }
 
     /// Reserves a segment, within the limit.
-    fn reserve(&self, size: usize) -> Result<u64, Shortfall> {
+    pub(crate) fn reserve(&self, size: usize) -> Result<u64, Shortfall> {
         let claimed = self
             .reserved
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
