@@ -78,7 +78,11 @@ pub(crate) fn peak_live(items: &[Interval]) -> usize {
 /// overlap. Runs greedy-by-size with two tie orders and keeps the smaller.
 pub(crate) fn pack(items: &[Interval]) -> (Vec<usize>, usize) {
     let mut best: Option<(Vec<usize>, usize)> = None;
-    for order in [Order::SizeThenStart, Order::SizeThenLength] {
+    for order in [
+        Order::SizeThenStart,
+        Order::SizeThenLength,
+        Order::GroupThenSize,
+    ] {
         let placed = greedy(items, order);
         if best.as_ref().is_none_or(|b| placed.1 < b.1) {
             best = Some(placed);
@@ -93,6 +97,9 @@ enum Order {
     SizeThenStart,
     /// Larger first; among equals, the longer lifetime.
     SizeThenLength,
+    /// The group with the highest peak first, each group larger first: the
+    /// largest graph lays out the range and the others fill it in.
+    GroupThenSize,
 }
 
 fn greedy(items: &[Interval], order: Order) -> (Vec<usize>, usize) {
@@ -119,6 +126,26 @@ fn greedy(items: &[Interval], order: Order) -> (Vec<usize>, usize) {
                 it.start,
             )
         }),
+        Order::GroupThenSize => {
+            let groups = items.iter().map(|i| i.group + 1).max().unwrap_or(0);
+            let peaks: Vec<usize> = (0..groups)
+                .map(|g| {
+                    let own: Vec<Interval> =
+                        items.iter().filter(|i| i.group == g).copied().collect();
+                    peak_live(&own)
+                })
+                .collect();
+            idx.sort_by_key(|&i| {
+                let it = &items[i];
+                let g = it.group;
+                (
+                    std::cmp::Reverse(peaks[g]),
+                    g,
+                    std::cmp::Reverse(it.size),
+                    it.start,
+                )
+            })
+        }
     }
     let mut offsets = vec![usize::MAX; items.len()];
     let mut placed: Vec<usize> = Vec::with_capacity(items.len());
