@@ -20,7 +20,8 @@ use super::planner::{self, Interval};
 use super::record::Recording;
 use super::GraphPool;
 use crate::allocator::Allocator;
-use crate::arena::{Arena, Carved, Class, StreamTag};
+use crate::arena::{Arena, Carved, Class, StreamTag, BLOCK_ROUND, LARGE_SEGMENT_ROUND};
+use crate::backend::BackendError;
 use crate::caching::CachingAllocator;
 use crate::device::{Device, Shortfall};
 use crate::error::{Error, Result};
@@ -240,6 +241,52 @@ impl GraphPool {
     }
 }
 
+/// Reserves a segment for a region of `size` bytes; returns its base and
+/// size. Blocks start on 512 B, and CUDA promises only 256 B for small
+/// allocations: a misaligned segment goes back, and one rounded up to
+/// 2 MiB (the granularity every other segment has) is taken instead.
+fn reserve_region(
+    cache: &CachingAllocator,
+    size: usize,
+    alloc: &Allocator,
+) -> Result<(u64, usize)> {
+    let device = &cache.device;
+    let reserve = |size: usize| {
+        let base = match device.reserve(size) {
+            Err(Shortfall::Exhausted) => {
+                // Room may be sitting idle in the device's cache.
+                let _ = cache.empty_cache();
+                device.reserve(size)
+            }
+            other => other,
+        };
+        base.map_err(|e| match e {
+            Shortfall::Backend(e) => Error::Backend(e),
+            _ => alloc.out_of_memory(device.ordinal(), size),
+        })
+    };
+    let give_back = |base: u64, size: usize| {
+        let mut scratch = Arena::new();
+        scratch.add_segment(base, size, 0, Class::Large);
+        device.book.reserved(Side::Pools, size);
+        let _ = device.release_all(&mut scratch, Side::Pools);
+    };
+    let base = reserve(size)?;
+    if base % BLOCK_ROUND as u64 == 0 {
+        return Ok((base, size));
+    }
+    give_back(base, size);
+    let size = size.next_multiple_of(LARGE_SEGMENT_ROUND);
+    let base = reserve(size)?;
+    if base % BLOCK_ROUND as u64 != 0 {
+        give_back(base, size);
+        return Err(Error::Backend(BackendError::Unavailable(format!(
+            "the device returned a segment at {base:#x}, not aligned to {BLOCK_ROUND} bytes"
+        ))));
+    }
+    Ok((base, size))
+}
+
 /// Reserves the regions of `plan` as segments of `arena` (a new pool's),
 /// taking memory from `cache`'s device. On an error the caller releases
 /// what was reserved.
@@ -251,28 +298,19 @@ fn reserve_plan(
 ) -> Result<PlanCursor> {
     let device = &cache.device;
     let mut bases = Vec::new();
+    let mut reserved = 0;
     for &(stream, size) in &plan.regions {
-        let base = match device.reserve(size) {
-            Err(Shortfall::Exhausted) => {
-                // Room may be sitting idle in the device's cache.
-                let _ = cache.empty_cache();
-                device.reserve(size)
-            }
-            other => other,
-        };
-        let base = base.map_err(|e| match e {
-            Shortfall::Backend(e) => Error::Backend(e),
-            _ => alloc.out_of_memory(device.ordinal(), size),
-        })?;
+        let (base, size) = reserve_region(cache, size, alloc)?;
         let segment = arena.add_segment(base, size, stream, Class::Large);
         device.book.reserved(Side::Pools, size);
         bases.push((segment, base));
+        reserved += size;
     }
     let stats = PlanStats {
         plans: plan.entries.len(),
         planned_allocations: plan.entries.iter().map(Vec::len).sum(),
         peak_live_bytes: plan.peak_live,
-        planned_bytes: plan.regions.iter().map(|r| r.1).sum(),
+        planned_bytes: reserved,
         ..PlanStats::default()
     };
     Ok(PlanCursor {
