@@ -308,24 +308,7 @@ impl Arena {
         self.index_remove(slot);
         let remaining = found_size - rounded;
         if class.should_split(remaining) {
-            let (addr, segment, next) = {
-                let b = &self.blocks[slot as usize];
-                (b.addr, b.segment, b.next)
-            };
-            let rest = self.blocks.insert(Block {
-                addr: addr + rounded as u64,
-                size: remaining,
-                segment,
-                allocated: false,
-                prev: Some(slot),
-                next,
-            }) as u32;
-            if let Some(n) = next {
-                self.blocks[n as usize].prev = Some(rest);
-            }
-            let b = &mut self.blocks[slot as usize];
-            b.next = Some(rest);
-            b.size = rounded;
+            let rest = self.split_after(slot, rounded);
             self.index_insert(rest);
         }
         let b = &mut self.blocks[slot as usize];

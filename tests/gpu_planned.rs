@@ -12,19 +12,25 @@ use graphalloc::tensor::DeviceBuffer;
 use graphalloc::Allocator;
 use std::cell::RefCell;
 
-const N: usize = 1024;
-const D: usize = 8;
+/// Samples and features of the regression; replays (= eager iterations).
+const N: usize = 2048;
+const D: usize = 6;
 const ITERS: usize = 1000;
-const LR: f32 = 0.1;
+const LR: f32 = 0.05;
+
+/// The regression data set on the device, in eager memory.
+fn data(alloc: &Allocator) -> (Buf<'_>, Buf<'_>) {
+    let (xs, ys) = regression_data(N, D);
+    let upload = |v: &[f32]| DeviceBuffer::from_slice(alloc, v).unwrap();
+    (upload(&xs), upload(&ys))
+}
 
 #[test]
 fn a_planned_training_step_replays_the_eager_losses_bit_for_bit() {
     let Some(g) = gpu() else { return };
     let (alloc, engine) = (&g.alloc, &g.engine);
     let _on_stream = graphalloc::use_stream(engine.stream_handle());
-    let (x_host, y_host) = regression_data(N, D);
-    let x = DeviceBuffer::from_slice(alloc, &x_host).unwrap();
-    let y = DeviceBuffer::from_slice(alloc, &y_host).unwrap();
+    let (x, y) = data(alloc);
 
     let mut eager = ok(LinReg::new(alloc, D, ITERS));
     for _ in 0..ITERS {

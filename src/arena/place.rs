@@ -1,4 +1,5 @@
-//! Carving a block at a given address: how a planned pool serves its plan.
+//! Carving a block at a given address (how a planned pool serves its
+//! plan), and the split both kinds of carving use.
 
 use super::{Arena, Block, BlockRef, Carved};
 
@@ -59,7 +60,7 @@ impl Arena {
 
     /// Cuts block `slot` after its first `keep` bytes; returns the new
     /// block holding the rest (free, not indexed).
-    fn split_after(&mut self, slot: u32, keep: usize) -> u32 {
+    pub(super) fn split_after(&mut self, slot: u32, keep: usize) -> u32 {
         let (addr, size, segment, next) = {
             let b = &self.blocks[slot as usize];
             (b.addr, b.size, b.segment, b.next)
