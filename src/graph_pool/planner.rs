@@ -48,7 +48,7 @@ pub(crate) fn peak_live(items: &[Interval]) -> usize {
     }
     let all_outliving: usize = outliving.iter().sum();
     let mut best = 0;
-    for g in 0..groups {
+    for (g, own_outliving) in outliving.iter().enumerate() {
         let mut events: Vec<(u32, bool, usize)> = Vec::new();
         for i in items.iter().filter(|i| i.group == g) {
             events.push((i.start, true, i.size));
@@ -68,7 +68,7 @@ pub(crate) fn peak_live(items: &[Interval]) -> usize {
                 live -= size;
             }
         }
-        best = best.max(peak + all_outliving - outliving[g]);
+        best = best.max(peak + all_outliving - own_outliving);
     }
     best
 }
