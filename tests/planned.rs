@@ -343,3 +343,61 @@ fn a_stream_recording_sees_every_thread_and_plans_per_stream() {
     drop((plain, pool));
     h.teardown();
 }
+
+#[test]
+fn a_thrown_away_capture_records_too_and_edge_cases_fall_back() {
+    let mut h = Harness::new(8 * GIB, 0);
+    let ops = program(99, 30);
+    // Recorded while in graph mode on a scratch pool (a capture to throw
+    // away): the same sequence as an eager run.
+    let scratch = h.alloc.create_pool();
+    let (rec, out) = {
+        let _g = h.alloc.enter_graph_mode(&scratch).unwrap();
+        record(&h.alloc, &ops)
+    };
+    for p in out {
+        h.alloc.free(p).unwrap();
+    }
+    let (eager, out) = record(&h.alloc, &ops);
+    for p in out {
+        h.alloc.free(p).unwrap();
+    }
+    assert_eq!(rec, eager);
+    drop(scratch);
+
+    // No recording at all, or an empty one: every allocation grows.
+    for recs in [vec![], vec![Recording::default()]] {
+        let refs: Vec<&Recording> = recs.iter().collect();
+        let pool = h.alloc.create_planned_pool(&refs).unwrap();
+        assert_eq!(pool.stats().reserved_bytes, 0);
+        h.pools.push(pool.clone());
+        let slot = h.pools.len() - 1;
+        let live = capture(&mut h, slot, &ops[..6]);
+        let s = pool.plan_stats().unwrap();
+        assert_eq!((s.planned_hits, s.fallbacks), (0, 1));
+        for p in live {
+            h.free_block(p);
+        }
+    }
+
+    // Record, plan and capture in one call.
+    let alloc = &h.alloc;
+    let run = || {
+        let a = alloc.allocate(3 * MIB, 512).unwrap();
+        let b = alloc.allocate(MIB, 512).unwrap();
+        alloc.free(a).unwrap();
+        b
+    };
+    let (pool, eager_b, captured_b) = alloc.plan_and_capture(run, run).unwrap();
+    let s = pool.plan_stats().unwrap();
+    assert_eq!(
+        (s.planned_hits, s.fallbacks, s.planned_bytes),
+        (2, 0, 4 * MIB)
+    );
+    assert_eq!(alloc.pool_of(captured_b), Some(pool.id()));
+    assert_eq!(alloc.pool_of(eager_b), None);
+    alloc.free(eager_b).unwrap();
+    alloc.free(captured_b).unwrap();
+    drop(pool);
+    h.teardown();
+}

@@ -173,7 +173,12 @@ impl PlanCursor {
         align: usize,
     ) -> Option<Carved> {
         if !self.fell_back {
-            let entry = self.plan.entries[self.active].get(self.next).copied();
+            let entry = self
+                .plan
+                .entries
+                .get(self.active)
+                .and_then(|e| e.get(self.next))
+                .copied();
             let want = entry.filter(|e| (e.stream, e.rounded, e.align) == (stream, rounded, align));
             if let Some(e) = want {
                 if !arena.deferred.is_empty() {
