@@ -25,9 +25,9 @@ for line in sys.stdin:
         print(j["target"]["name"], j["executable"])' "$@"
     }
     cargo build --release --lib --examples
-    cp target/release/libgraphalloc.so target/release/examples/{replay,capture,training_loop} "$G"/
+    cp target/release/libgraphalloc.so target/release/examples/{replay,capture,training_loop,planned_capture} "$G"/
     cargo test --release --no-run --message-format=json 2>/dev/null |
-        exe gpu_backend gpu_streams gpu_capture gpu_training gpu_pool_sharing gpu_two_devices gpu_expandable tensor |
+        exe gpu_backend gpu_streams gpu_capture gpu_training gpu_pool_sharing gpu_two_devices gpu_expandable gpu_planned tensor |
         while read -r name path; do cp "$path" "$G/test_$name"; done
     cargo bench --no-run --message-format=json 2>/dev/null | exe alloc streams |
         while read -r name path; do cp "$path" "$G/bench_$name"; done
@@ -83,6 +83,8 @@ fi
 step examples
 run example_capture 60 "$G/capture"
 run example_training_loop 120 "$G/training_loop"
+run example_planned_capture 120 "$G/planned_capture" --json
+sed 's/^/   /' "$OUT/example_planned_capture.log" >> "$S"
 head -3 "$OUT/example_capture.log" "$OUT/example_training_loop.log" | sed 's/^/   /' >> "$S"
 
 step "replay (plain segments, then the default: expandable segments)"
@@ -119,6 +121,9 @@ if [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
     step "PyTorch's caching allocator on the traces (torch_replay)"
     run torch_replay 400 python3 bench/torch_replay.py --replay "$G/replay" --runs 3 "$G"/*.trace.gz
     tail -n 12 "$OUT/torch_replay.log" | sed 's/^/   /' >> "$S"
+    GRAPHALLOC_LIB="$G/libgraphalloc.so" run torch_plugin_planned 240 python3 bench/torch_plugin.py \
+        --timeout 100 --workloads graph --capture-pool planned --json "$OUT/torch_plugin_planned.json"
+    tail -n 6 "$OUT/torch_plugin_planned.log" | sed 's/^/   /' >> "$S"
 fi
 
 step "done, status $status"

@@ -28,7 +28,7 @@ Workloads:
 Usage (on a GPU machine, after `cargo build --release`):
     python3 bench/torch_plugin.py [--lib target/release/libgraphalloc.so]
         [--workloads gpt2,vartrans,resnet50,graph] [--steps 20] [--replays 100]
-        [--capture-pool auto|registered] [--repeat 3]
+        [--capture-pool auto|registered|planned] [--repeat 3]
 
 With --repeat N, each workload runs N times per allocator, alternating
 native and graphalloc; the table gives the median step time with its range.
@@ -305,12 +305,24 @@ def run_graph(torch, args, ga):
         pool.capture_on(capture_stream)
 
     # Warm-up on the capture stream (as the torch.cuda.graph docs do), the
-    # same steps run eagerly on the copy.
+    # same steps run eagerly on the copy. With a planned pool, the last
+    # warm-up step is recorded (its loss kept to the end, as the graph's is).
+    planned = ga is not None and args.capture_pool == "planned"
     capture_stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(capture_stream):
-        for _ in range(3):
-            train_step(graph_model, graph_opt, static_x, static_y)
+        for i in range(3):
+            if planned and i == 2:
+                with ga.Recording(capture_stream) as recording:
+                    kept = train_step(graph_model, graph_opt, static_x, static_y)
+                del kept
+            else:
+                train_step(graph_model, graph_opt, static_x, static_y)
     torch.cuda.current_stream().wait_stream(capture_stream)
+    if planned:
+        torch.cuda.synchronize()
+        pool = ga.PlannedPool([recording])
+        pool.capture_on(capture_stream)
+        pool.start_plan(0)
     for _ in range(3):
         train_step(eager_model, eager_opt, static_x, static_y)
     torch.cuda.synchronize()
@@ -379,6 +391,8 @@ def run_graph(torch, args, ga):
     if ga is not None:
         if pool is not None:
             pool.stop_capture_on(capture_stream)
+        if planned:
+            result["plan"] = pool.plan_stats()
         result["capture_pool"] = args.capture_pool
     return result
 
@@ -645,10 +659,11 @@ def main():
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument(
         "--capture-pool",
-        choices=("auto", "registered"),
+        choices=("auto", "registered", "planned"),
         default="auto",
         help="graph workload under graphalloc: let graphalloc make a pool per "
-        "capture (auto), or register one for the capture stream (registered)",
+        "capture (auto), register one for the capture stream (registered), or "
+        "register one planned from a recorded warm-up step (planned)",
     )
     p.add_argument("--timeout", type=int, default=240, help="seconds per child process")
     p.add_argument("--repeat", type=int, default=1, help="runs per workload and allocator, alternating")

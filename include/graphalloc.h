@@ -175,6 +175,45 @@ int graphalloc_clear_capture_pool(int device, cudaStream_t stream);
  * allocator). Returns how many were let go, or -1. */
 int64_t graphalloc_release_capture_pools(void);
 
+/* ---- Planned graph pools ------------------------------------------------ */
+
+/* A planned pool's figures; every field a uint64_t. */
+typedef struct GraphallocPlanStats {
+    uint64_t plans;                /* recordings planned together */
+    uint64_t planned_allocations;  /* allocations planned, all plans */
+    uint64_t peak_live_bytes;      /* lower bound: most bytes live at once */
+    uint64_t planned_bytes;        /* bytes reserved for the plan */
+    uint64_t planned_hits;         /* allocations served at their planned place */
+    uint64_t fallbacks;            /* captures that left their plan and grew */
+    uint64_t fallback_allocations; /* allocations served by growth after that */
+} GraphallocPlanStats;
+
+/* Starts recording the allocations on `stream` of `device` (from any
+ * thread) and the frees of those blocks; allocations are served as usual
+ * (run the work eagerly, e.g. a warm-up). Returns the recording's id (never
+ * 0), or 0 on error. */
+uint64_t graphalloc_plan_record_begin(int device, cudaStream_t stream);
+
+/* Ends a recording (blocks still live outlive it). Returns the number of
+ * allocations recorded, or -1. */
+int64_t graphalloc_plan_record_end(uint64_t recording);
+
+/* Forgets a recording. Returns 0, or -1 for an unknown id. */
+int graphalloc_plan_record_release(uint64_t recording);
+
+/* Makes a pool on `device` planned from `count` ended recordings (graphs
+ * that share the pool and never run concurrently need the larger of their
+ * peaks): its memory is reserved now, and captures follow plan 0 first.
+ * Returns the pool's id (release with graphalloc_pool_release), or 0. */
+uint64_t graphalloc_plan_pool_create(int device, const uint64_t *recordings, size_t count);
+
+/* The next allocations from `pool` follow plan `plan` (a recording's index)
+ * from its start; call before each capture. Returns 0, or -1. */
+int graphalloc_plan_start(uint64_t pool, size_t plan);
+
+/* Fills *out with a planned pool's figures. Returns 0, or -1. */
+int graphalloc_plan_stats(uint64_t pool, GraphallocPlanStats *out);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

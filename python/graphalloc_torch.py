@@ -15,7 +15,9 @@ PyTorch's own `torch.cuda.memory_stats()`, `reset_peak_memory_stats()` and
 CUDA graphs: allocations on a stream being captured (`torch.cuda.graph`)
 land in a graph pool graphalloc makes for that capture; call
 `release_capture_pools()` once those graphs are gone (PyTorch does not tell a
-pluggable allocator). `GraphPool` gives explicit control.
+pluggable allocator). `GraphPool` gives explicit control. `planned_graph(fn)`
+captures `fn` into a pool planned from a recorded warm-up run, which
+reserves about the run's peak of live bytes (`Recording`, `PlannedPool`).
 
 The library is configured by the GRAPHALLOC_CONF environment variable
 (e.g. "memory_fraction:0.9"), read when it makes its first allocation.
@@ -41,6 +43,9 @@ __all__ = [
     "release_capture_pools",
     "last_error",
     "GraphPool",
+    "Recording",
+    "PlannedPool",
+    "planned_graph",
     "GraphallocError",
 ]
 
@@ -81,6 +86,21 @@ class _Stats(ctypes.Structure):
         ("in_graph_mode", ctypes.c_int32),
         ("device_count", ctypes.c_int32),
     ]
+
+
+PLAN_STATS_FIELDS = (
+    "plans",
+    "planned_allocations",
+    "peak_live_bytes",
+    "planned_bytes",
+    "planned_hits",
+    "fallbacks",
+    "fallback_allocations",
+)
+
+
+class _PlanStats(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in PLAN_STATS_FIELDS]
 
 
 _lib: Optional[ctypes.CDLL] = None
@@ -141,6 +161,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         "graphalloc_set_capture_pool": (c_int, [c_u64, c_vp]),
         "graphalloc_clear_capture_pool": (c_int, [c_int, c_vp]),
         "graphalloc_release_capture_pools": (c_i64, []),
+        "graphalloc_plan_record_begin": (c_u64, [c_int, c_vp]),
+        "graphalloc_plan_record_end": (c_i64, [c_u64]),
+        "graphalloc_plan_record_release": (c_int, [c_u64]),
+        "graphalloc_plan_pool_create": (c_u64, [c_int, ctypes.POINTER(c_u64), ctypes.c_size_t]),
+        "graphalloc_plan_start": (c_int, [c_u64, ctypes.c_size_t]),
+        "graphalloc_plan_stats": (c_int, [c_u64, ctypes.POINTER(_PlanStats)]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -333,3 +359,89 @@ class GraphPool:
     def release(self) -> None:
         """Drops the handle; live blocks stay valid, memory returns when none is."""
         _check(library().graphalloc_pool_release(self.id) == 0)
+
+
+class Recording:
+    """Records the allocations on `stream` (from any thread, `backward()`
+    included) while active, for a planned pool: `with Recording(stream) as
+    rec: fn()`. Allocations are served as usual (an eager run)."""
+
+    def __init__(self, stream, device: Optional[int] = None):
+        if device is None:
+            import torch
+
+            device = torch.cuda.current_device()
+        self.device, self.stream, self.id, self.allocations = int(device), stream, 0, None
+
+    def __enter__(self) -> "Recording":
+        self.id = int(library().graphalloc_plan_record_begin(self.device, _stream_handle(self.stream)))
+        _check(self.id != 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        n = library().graphalloc_plan_record_end(self.id)
+        _check(n >= 0)
+        self.allocations = int(n)
+
+    def __del__(self):
+        if self.id and _lib is not None:
+            _lib.graphalloc_plan_record_release(self.id)
+
+
+class PlannedPool(GraphPool):
+    """A graph pool whose memory is placed ahead of the capture from
+    recordings of the same work (several: graphs that share the pool and
+    never run concurrently, planned to the larger peak). Call
+    `start_plan(k)` before capturing the graph of recording k."""
+
+    def __init__(self, recordings, device: Optional[int] = None):
+        if device is None:
+            device = recordings[0].device
+        self.device = int(device)
+        ids = (ctypes.c_uint64 * len(recordings))(*[r.id for r in recordings])
+        self.id = int(library().graphalloc_plan_pool_create(self.device, ids, len(recordings)))
+        _check(self.id != 0)
+
+    def start_plan(self, plan: int = 0) -> None:
+        _check(library().graphalloc_plan_start(self.id, plan) == 0)
+
+    def plan_stats(self) -> dict:
+        """{'peak_live_bytes', 'planned_bytes', 'planned_hits', 'fallbacks', ...}"""
+        out = _PlanStats()
+        _check(library().graphalloc_plan_stats(self.id, ctypes.byref(out)) == 0)
+        return {name: int(getattr(out, name)) for name in PLAN_STATS_FIELDS}
+
+
+def planned_graph(fn, stream=None, warmup: int = 2):
+    """Captures `fn()` into a `torch.cuda.CUDAGraph` whose memory comes from a
+    planned pool: `warmup` eager runs of `fn` on the capture stream (the last
+    one recorded), a pool planned from that recording, then the capture.
+    Returns `(graph, output, pool)`; keep `pool` while the graph is in use,
+    and `pool.plan_stats()` tells the lower bound, the planned size and
+    whether the capture followed the plan.
+
+        graph, loss, pool = ga.planned_graph(lambda: train_step(x, y))
+        graph.replay()
+    """
+    import torch
+
+    stream = stream if stream is not None else torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(max(warmup, 1) - 1):
+            fn()
+        with Recording(stream) as rec:
+            out = fn()
+        del out
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    pool = PlannedPool([rec])
+    pool.capture_on(stream)
+    pool.start_plan(0)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, stream=stream):
+            out = fn()
+    finally:
+        pool.stop_capture_on(stream)
+    return graph, out, pool

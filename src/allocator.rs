@@ -10,6 +10,7 @@ use crate::config::{BackendChoice, Config};
 use crate::device::{Device, Shortfall};
 use crate::device_ptr::DevicePtr;
 use crate::error::{Error, Result};
+use crate::graph_pool::record::Recorders;
 use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Claim, Owner, OwnershipMap, Record};
@@ -52,6 +53,8 @@ pub struct Allocator {
     stream_pools: ConcurrentMap<(usize, u64), GraphPool>,
     /// (device, capture id) → the pool made on demand for that capture.
     capture_pools: ConcurrentMap<(usize, u64), GraphPool>,
+    /// The active recordings of allocation sequences (planned pools).
+    pub(crate) recorders: Recorders,
 }
 
 /// Maps a backend error about a stream argument to the allocator's error.
@@ -154,6 +157,7 @@ impl Allocator {
             kind,
             stream_pools: ConcurrentMap::new(),
             capture_pools: ConcurrentMap::new(),
+            recorders: Recorders::new(),
         })
     }
 
@@ -181,6 +185,15 @@ impl Allocator {
     /// The device that owns a live pointer, or `None` if it is not live.
     pub fn device_of(&self, ptr: DevicePtr) -> Option<usize> {
         self.ownership.device(ptr.addr())
+    }
+
+    /// What a new pool on `device` is made of: this allocator's id, the
+    /// device's cache, and the pool registry.
+    pub(crate) fn pool_parts(
+        &self,
+        device: usize,
+    ) -> Result<(u64, &Arc<CachingAllocator>, &Arc<PoolRegistry>)> {
+        Ok((self.id, self.cache(device)?, &self.pools))
     }
 
     fn cache(&self, device: usize) -> Result<&Arc<CachingAllocator>> {
@@ -271,7 +284,7 @@ impl Allocator {
             None => self.pool_for_capture(device, stream)?,
         };
         let carved = match &pool {
-            Some(pool) => pool.allocate(stream, rounded, size).map(|c| (0, c)),
+            Some(pool) => pool.allocate(stream, rounded, size, align).map(|c| (0, c)),
             None => cache.allocate(stream, rounded, size),
         };
         let carved = carved.map_err(|shortfall| match shortfall {
@@ -281,6 +294,10 @@ impl Allocator {
         })?;
         let (shard, carved) = carved;
         let addr = carved.block.addr().next_multiple_of(align as u64);
+        if self.recorders.any() {
+            self.recorders
+                .on_alloc(device, stream, size, align, rounded, addr);
+        }
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
             None => Owner::Cache { device, shard },
@@ -394,7 +411,7 @@ impl Allocator {
         }
     }
 
-    fn out_of_memory(&self, device: usize, requested: usize) -> Error {
+    pub(crate) fn out_of_memory(&self, device: usize, requested: usize) -> Error {
         let d = &self.caches[device].device;
         let info = d.mem_info();
         Error::OutOfMemory {
@@ -448,6 +465,9 @@ impl Allocator {
         };
         let (block, requested, stream, uses) =
             (record.block, record.requested, record.stream, &record.uses);
+        if self.recorders.any() {
+            self.recorders.on_free(ptr.addr(), !uses.is_empty());
+        }
         match &record.owner {
             Owner::Cache { device, shard } => {
                 self.caches[*device].free(*shard, block, requested, stream, uses)

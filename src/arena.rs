@@ -31,6 +31,8 @@ mod expandable;
 
 pub(crate) use expandable::IdleRun;
 
+mod place;
+
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;
 use slab::Slab;

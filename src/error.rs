@@ -107,6 +107,17 @@ pub enum Error {
         pool: u64,
     },
 
+    /// [`crate::GraphPool::start_plan`] of a plan the pool does not have.
+    #[error("graph pool {pool} has no plan {plan}: it was planned from {plans} recording(s)")]
+    NoSuchPlan {
+        /// The pool's id.
+        pool: u64,
+        /// The plan asked for.
+        plan: usize,
+        /// How many plans the pool has (0: a pool made without a plan).
+        plans: usize,
+    },
+
     /// A device ordinal outside the allocator's devices.
     #[error("device {device} does not exist: the allocator has {count} device(s)")]
     InvalidDevice {

@@ -69,6 +69,8 @@ pub use error::{Error, Result};
 pub use global::AllocatorSlot;
 #[cfg(not(all(loom, feature = "loom")))]
 pub use global::{global, install, try_global};
+pub use graph_pool::plan::PlanStats;
+pub use graph_pool::record::{Recording, RecordingGuard};
 pub use graph_pool::GraphPool;
 pub use mode::{graph_mode, is_graph_mode, with_graph_mode, GraphModeGuard};
 pub use stats::{MemoryUsageStats, PoolStats};

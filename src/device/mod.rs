@@ -176,7 +176,7 @@ impl Device {
     }
 
     /// Reserves a segment, within the limit.
-    fn reserve(&self, size: usize) -> Result<u64, Shortfall> {
+    pub(crate) fn reserve(&self, size: usize) -> Result<u64, Shortfall> {
         let base = self.backend.reserve(size).map_err(|e| match e {
             BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
             other => Shortfall::Backend(other),

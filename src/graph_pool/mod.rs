@@ -1,4 +1,10 @@
-//! [`GraphPool`]: the private pool that a CUDA graph capture allocates from.
+//! [`GraphPool`]: the private pool that a CUDA graph capture allocates from;
+//! planned pools ([`plan`]) place its blocks ahead of the capture from a
+//! recording ([`record`]) of the same run.
+
+pub(crate) mod plan;
+mod planner;
+pub(crate) mod record;
 
 use crate::arena::{AddressKind, Arena, BlockRef, Carved, StreamTag};
 use crate::caching::CachingAllocator;
@@ -88,6 +94,8 @@ pub(crate) struct PoolCore {
     arena: Arc<Mutex<Arena>>,
     /// The allocator's registry, which this pool leaves when dropped.
     registry: Arc<PoolRegistry>,
+    /// A planned pool's plan and cursor. Lock order: this, then the arena.
+    plan: Option<Mutex<plan::PlanCursor>>,
 }
 
 impl fmt::Debug for PoolCore {
@@ -106,9 +114,19 @@ impl PoolCore {
         stream: StreamTag,
         rounded: usize,
         requested: usize,
+        align: usize,
     ) -> Result<Carved, Shortfall> {
+        let mut cursor = self.plan.as_ref().map(|p| p.lock());
         let mut arena = self.arena.lock();
         let device = &self.cache.device;
+        if let Some(cursor) = cursor.as_mut() {
+            let planned = cursor.serve(device, &mut arena, stream, rounded, requested, align);
+            if let Some(carved) = planned {
+                device.book.allocated(Side::Pools, carved.size);
+                return Ok(carved);
+            }
+        }
+        drop(cursor);
         match device.carve(&mut arena, Side::Pools, stream, rounded, requested) {
             Err(Shortfall::Exhausted) => {}
             other => return other,
@@ -212,7 +230,41 @@ impl GraphPool {
         cache: Arc<CachingAllocator>,
         registry: &Arc<PoolRegistry>,
     ) -> Self {
-        let arena = Arc::new(Mutex::new(Arena::new()));
+        Self::build(allocator_id, cache, registry, Arena::new(), None)
+    }
+
+    /// A new planned pool: `plan` reserves the plan's segments in the new
+    /// pool's arena. On its error, what it reserved goes back at once.
+    pub(crate) fn create_with(
+        allocator_id: u64,
+        cache: Arc<CachingAllocator>,
+        registry: &Arc<PoolRegistry>,
+        plan: impl FnOnce(&CachingAllocator, &mut Arena) -> Result<plan::PlanCursor>,
+    ) -> Result<Self> {
+        let mut arena = Arena::new();
+        match plan(&cache, &mut arena) {
+            Ok(cursor) => Ok(Self::build(
+                allocator_id,
+                cache,
+                registry,
+                arena,
+                Some(Mutex::new(cursor)),
+            )),
+            Err(e) => {
+                let _ = cache.device.release_all(&mut arena, Side::Pools);
+                Err(e)
+            }
+        }
+    }
+
+    fn build(
+        allocator_id: u64,
+        cache: Arc<CachingAllocator>,
+        registry: &Arc<PoolRegistry>,
+        arena: Arena,
+        plan: Option<Mutex<plan::PlanCursor>>,
+    ) -> Self {
+        let arena = Arc::new(Mutex::new(arena));
         let id = next_id();
         registry.register(id, cache.device.ordinal(), arena.clone());
         GraphPool {
@@ -222,6 +274,7 @@ impl GraphPool {
                 cache,
                 arena,
                 registry: registry.clone(),
+                plan,
             }),
         }
     }
@@ -241,7 +294,9 @@ impl GraphPool {
     ///
     /// Refuses with [`Error::PoolBusy`] while any block of the pool is live
     /// (a graph still replaying into it would be corrupted), changing nothing.
+    /// A planned pool follows its current plan from the start again.
     pub fn reset(&self) -> Result<()> {
+        let mut cursor = self.core.plan.as_ref().map(|p| p.lock());
         let mut arena = self.core.arena.lock();
         if !arena.is_idle() {
             return Err(Error::PoolBusy {
@@ -251,6 +306,9 @@ impl GraphPool {
             });
         }
         arena.stats.reset_peaks();
+        if let Some(cursor) = cursor.as_mut() {
+            cursor.rewind();
+        }
         Ok(())
     }
 
