@@ -208,16 +208,16 @@ impl Allocator {
     /// from the thread's current graph pool in graph mode (on the pool's
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let device = mode::current_pool_device(self.id).unwrap_or(0);
-        self.allocate_as(device, current_stream(), size, align, false)
+        let pool = mode::current_pool(self.id, None);
+        self.allocate_as(pool, None, current_stream(), size, align, false)
     }
 
     /// As [`Allocator::allocate`], for an owning handle (a `DeviceBuffer`):
     /// the block is marked held, so [`Allocator::free`] refuses it and only
     /// [`Allocator::free_held`] (the handle's drop) frees it.
     pub(crate) fn allocate_held(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let device = mode::current_pool_device(self.id).unwrap_or(0);
-        self.allocate_as(device, current_stream(), size, align, true)
+        let pool = mode::current_pool(self.id, None);
+        self.allocate_as(pool, None, current_stream(), size, align, true)
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on
@@ -245,14 +245,18 @@ impl Allocator {
         size: usize,
         align: usize,
     ) -> Result<DevicePtr> {
-        self.allocate_as(device, stream, size, align, false)
+        let pool = mode::current_pool(self.id, Some(device));
+        self.allocate_as(pool, Some(device), stream, size, align, false)
     }
 
     /// [`Allocator::allocate_on`]; `held` marks the block as an owning
-    /// handle's.
+    /// handle's. `graph` is the calling thread's graph-mode pool that
+    /// applies (looked up once by the caller: one thread-local access per
+    /// call); `device` is the device asked for, else the pool's, else 0.
     fn allocate_as(
         &self,
-        device: usize,
+        graph: Option<Arc<PoolCore>>,
+        device: Option<usize>,
         stream: u64,
         size: usize,
         align: usize,
@@ -267,6 +271,7 @@ impl Allocator {
                 max: MAX_ALIGNMENT,
             });
         }
+        let device = device.unwrap_or_else(|| graph.as_ref().map_or(0, |p| p.device()));
         let cache = self.cache(device)?;
         let padding = align.saturating_sub(BLOCK_ROUND);
         let too_large = || Error::TooLarge {
@@ -279,7 +284,7 @@ impl Allocator {
             .and_then(round_size)
             .filter(|&r| tight_segment_size(r).is_some_and(|s| s <= cache.device.capacity()))
             .ok_or_else(too_large)?;
-        let pool = match mode::current_pool(self.id, device) {
+        let pool = match graph {
             Some(pool) => Some(pool),
             None => self.pool_for_capture(device, stream)?,
         };

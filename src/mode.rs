@@ -87,32 +87,21 @@ impl Drop for GraphModeGuard {
     }
 }
 
-/// The innermost pool of allocator `allocator_id` on `device` that the
-/// calling thread is in graph mode on (guards on other devices' pools are
-/// looked through).
-pub(crate) fn current_pool(allocator_id: u64, device: usize) -> Option<Arc<PoolCore>> {
+/// The innermost pool of allocator `allocator_id` that the calling thread is
+/// in graph mode on: on `device`, or with `None` on any device (guards on
+/// other devices' pools are looked through). One thread-local access, and
+/// none of the stack's `Arc`s is touched unless one is returned.
+pub(crate) fn current_pool(allocator_id: u64, device: Option<usize>) -> Option<Arc<PoolCore>> {
     STACK
         .try_with(|s| {
             s.borrow()
                 .iter()
                 .rev()
-                .find(|e| e.pool.allocator_id == allocator_id && e.pool.device() == device)
+                .find(|e| {
+                    e.pool.allocator_id == allocator_id
+                        && device.is_none_or(|d| e.pool.device() == d)
+                })
                 .map(|e| e.pool.clone())
-        })
-        .ok()
-        .flatten()
-}
-
-/// The device of the innermost pool of allocator `allocator_id` that the
-/// calling thread is in graph mode on (no `Arc` traffic: the hot path).
-pub(crate) fn current_pool_device(allocator_id: u64) -> Option<usize> {
-    STACK
-        .try_with(|s| {
-            s.borrow()
-                .iter()
-                .rev()
-                .find(|e| e.pool.allocator_id == allocator_id)
-                .map(|e| e.pool.device())
         })
         .ok()
         .flatten()

@@ -88,6 +88,8 @@ impl PoolRegistry {
 pub(crate) struct PoolCore {
     pub(crate) id: u64,
     pub(crate) allocator_id: u64,
+    /// The device ordinal (read once: the hot path asks for it per call).
+    device: usize,
     /// The caching allocator of the pool's device: where its segments come
     /// from, and the cache emptied when the device is full.
     cache: Arc<CachingAllocator>,
@@ -157,7 +159,7 @@ impl PoolCore {
     }
 
     pub(crate) fn device(&self) -> usize {
-        self.cache.device.ordinal()
+        self.device
     }
 }
 
@@ -266,11 +268,13 @@ impl GraphPool {
     ) -> Self {
         let arena = Arc::new(Mutex::new(arena));
         let id = next_id();
-        registry.register(id, cache.device.ordinal(), arena.clone());
+        let device = cache.device.ordinal();
+        registry.register(id, device, arena.clone());
         GraphPool {
             core: Arc::new(PoolCore {
                 id,
                 allocator_id,
+                device,
                 cache,
                 arena,
                 registry: registry.clone(),
