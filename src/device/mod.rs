@@ -147,7 +147,14 @@ impl Device {
             // device; another range comes only if even that is cut up.
             let class = Class::of(rounded);
             let page = self.backend.page_size().map_err(Shortfall::Backend)?;
-            let size = self.capacity().saturating_mul(2).next_multiple_of(page);
+            // An address range that cannot even be sized (a capacity near
+            // `usize::MAX`, as when the device's memory cannot be read) can
+            // be reserved no more than one the backend refuses.
+            let size = self
+                .capacity()
+                .checked_mul(2)
+                .and_then(|s| s.checked_next_multiple_of(page))
+                .ok_or(Shortfall::Exhausted)?;
             let base = self.backend.reserve_range(size).map_err(|e| match e {
                 BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
                 other => Shortfall::Backend(other),
