@@ -12,6 +12,11 @@
 //! or dtype mismatches, like `slice::copy_from_slice`), and the raw
 //! `Backend` methods of `HostBackend` (their own tests are the backend's).
 
+/// The fuzz target's stream and C ABI bodies, driven here on stable.
+#[path = "../fuzz/fuzz_targets/api.rs"]
+mod api;
+mod oracle;
+
 use graphalloc::ffi::*;
 use graphalloc::tensor::{DType, DeviceBuffer, Tensor};
 use graphalloc::{Allocator, Backend, Config, DevicePtr, Error, HostBackend, MAX_ALIGNMENT};
@@ -134,6 +139,7 @@ fn config_text_never_panics() {
 /// expandable segment's address range size wrap to 0; the first allocation
 /// panicked holding the lock, and every later call and the drop panicked.
 #[test]
+#[cfg_attr(miri, ignore = "expandable segments mmap their address ranges")]
 fn expandable_segments_on_a_device_of_unbounded_capacity() {
     for capacity in [usize::MAX, usize::MAX / 2 + 1, 1 << 63] {
         let config = Config {
@@ -385,7 +391,12 @@ fn tensor_constructors_with_extreme_shapes() {
 // ---------------------------------------------------------------------------
 // The C ABI. The process-wide allocator is built once, from this text.
 
-const CONF: &str = "backend:host,host_devices:2,host_capacity:512MiB,expandable_segments:true";
+const CONF: &str = if cfg!(miri) {
+    // Expandable segments mmap their address ranges, which Miri cannot.
+    "backend:host,host_devices:2,host_capacity:512MiB"
+} else {
+    "backend:host,host_devices:2,host_capacity:512MiB,expandable_segments:true"
+};
 
 fn last_error() -> String {
     // SAFETY: never null; NUL-terminated and valid until this thread's next
@@ -581,4 +592,36 @@ fn c_abi_with_extreme_values() {
         c_call("test_panic", || graphalloc_test_panic_is_caught()),
         -1
     );
+
+    // The fuzz target's C ABI body on seeded random bytes (in this test:
+    // it needs the process-wide allocator to itself).
+    for input in seeded_inputs(0xC0AB1, if cfg!(miri) { 2 } else { 300 }) {
+        call("api::run_c_abi", || api::run_c_abi(&input));
+    }
+}
+
+/// `n` pseudo-random byte strings of up to 2 KiB (xorshift, fixed seed).
+fn seeded_inputs(mut seed: u64, n: usize) -> Vec<Vec<u8>> {
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    (0..n)
+        .map(|_| {
+            let len = (next() % 2048) as usize;
+            (0..len).map(|_| next() as u8).collect()
+        })
+        .collect()
+}
+
+/// The fuzz target's stream body (streams, `record_stream`, captures,
+/// capture pools) on seeded random bytes.
+#[test]
+#[cfg_attr(miri, ignore = "expandable segments mmap their address ranges")]
+fn fuzz_stream_body_on_seeded_inputs() {
+    for input in seeded_inputs(0x5743_A115, 300) {
+        call("api::run_streams", || api::run_streams(&input));
+    }
 }

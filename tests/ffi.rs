@@ -453,6 +453,7 @@ fn header_declares_the_exported_functions() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts processes (nm, cc, the C program)")]
 fn cdylib_exports_every_declared_symbol() {
     let Some(so) = cdylib() else {
         eprintln!("skipped: libgraphalloc.so not found next to the test executable");
@@ -567,6 +568,7 @@ int main(int argc, char **argv) {
 "#;
 
 #[test]
+#[cfg_attr(miri, ignore = "starts processes (nm, cc, the C program)")]
 fn c_program_links_against_the_cdylib() {
     let Some(so) = cdylib() else {
         eprintln!("skipped: libgraphalloc.so not found next to the test executable");
@@ -699,7 +701,6 @@ const CHILD_VAR: &str = "GRAPHALLOC_FFI_TEST_CHILD";
 /// The child's body: C calls whose errors are printed to stderr, which the
 /// parent made a pipe with no reader. Does nothing in a normal test run.
 #[test]
-#[cfg_attr(miri, ignore = "starts no process under Miri")]
 fn broken_stderr_child() {
     if std::env::var_os(CHILD_VAR).is_none() {
         return;
