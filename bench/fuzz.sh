@@ -26,6 +26,7 @@ t0=$SECONDS
     -max_len="${MAX_LEN:-4096}" -rss_limit_mb=8192 -print_final_stats=1 \
     -artifact_prefix="$PWD/" corpus > jobs.log 2>&1
 rc=$?
+crashes=$(ls crash-* leak-* timeout-* oom-* 2>/dev/null | wc -l)
 {
     echo "fuzz_ops: $JOBS jobs, $((SECONDS - t0)) s, libFuzzer rc $rc"
     execs=$(grep -h "stat::number_of_executed_units" fuzz-*.log | awk '{s += $2} END {print s + 0}')
@@ -35,7 +36,6 @@ rc=$?
     grep -ho "cov: [0-9]* ft: [0-9]*" fuzz-*.log | sort -t' ' -k2,2n -k4,4n | tail -1 |
         sed 's/^/coverage, best job: /'
     echo "corpus: $(ls corpus | wc -l) inputs"
-    crashes=$(ls crash-* leak-* timeout-* oom-* 2>/dev/null | wc -l)
     echo "crash/leak/timeout/oom inputs: $crashes"
     for f in fuzz-*.log; do
         grep -m 1 -B 2 -A 25 "ERROR: libFuzzer\|panicked at\|ERROR: AddressSanitizer" "$f" | sed "s|^|  [$f] |"

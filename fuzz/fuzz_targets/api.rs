@@ -4,7 +4,7 @@
 //! process-wide allocator. Included by the fuzz target `ops` with `#[path]`;
 //! it needs the oracle module as `crate::oracle`.
 
-use crate::oracle::{assert_empty, round_up, stamp, tracked_allocator_with, verify_stamp};
+use crate::oracle::{assert_empty, round_up, stamp, tracked_allocator_with, verify_stamp, Bytes};
 use graphalloc::ffi::*;
 use graphalloc::{Config, DevicePtr, Error, GraphModeGuard};
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,28 +13,15 @@ use std::ffi::{c_void, CStr};
 const CAPACITY: usize = 128 << 20;
 const MAX_OPS: usize = 1500;
 
-/// The input, read a byte at a time (zeros past its end).
-pub struct Bytes<'a> {
-    data: &'a [u8],
-    pos: usize,
+/// Argument decoders on top of the oracle's byte reader.
+trait Args {
+    /// A request size: mostly small, sometimes large, rarely absurd.
+    fn size(&mut self) -> usize;
+    /// One of `items`, or `None` if there is none.
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T>;
 }
 
-impl<'a> Bytes<'a> {
-    pub fn new(data: &'a [u8]) -> Self {
-        Bytes { data, pos: 0 }
-    }
-    fn done(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-    fn u8(&mut self) -> u8 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    /// A request size: mostly small, sometimes large, rarely absurd.
+impl Args for Bytes<'_> {
     fn size(&mut self) -> usize {
         let raw = self.u16() as usize;
         match self.u8() % 16 {
