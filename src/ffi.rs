@@ -175,6 +175,14 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
+/// Drops a caught panic's payload. Dropping one could itself panic: that
+/// panic is caught too, and its payload leaked rather than risk another.
+fn drop_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
+}
+
 /// Whether an exported call logs its errors to stderr.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Log {
@@ -202,8 +210,7 @@ fn ffi_call<T>(name: &str, on_error: T, log: Log, body: impl FnOnce() -> Result<
             Ok(Err(reason)) => format!("{name}: {reason}"),
             Err(payload) => {
                 let text = format!("{name}: panicked: {}", panic_message(&*payload));
-                // Dropping a payload could itself panic; leak it instead.
-                std::mem::forget(payload);
+                drop_payload(payload);
                 text
             }
         };
@@ -219,7 +226,7 @@ fn ffi_call<T>(name: &str, on_error: T, log: Log, body: impl FnOnce() -> Result<
         Err(payload) => {
             // Only reporting the error can get here (formatting, say); the
             // error value is still the right answer.
-            std::mem::forget(payload);
+            drop_payload(payload);
             on_error
         }
     }

@@ -442,7 +442,7 @@ fn c_abi_with_extreme_values() {
     let c_devices = [i32::MIN, -1, 0, 1, 2, i32::MAX];
     let c_streams: [*mut c_void; 4] = [
         std::ptr::null_mut(),
-        1 as *mut c_void,
+        std::ptr::dangling_mut::<c_void>(),
         0xdead_beef as *mut c_void,
         usize::MAX as *mut c_void,
     ];
@@ -542,7 +542,7 @@ fn c_abi_with_extreme_values() {
     // absurd pointers, with absurd sizes, devices and streams.
     let heap = Box::new([0u8; 64]);
     let mut bad: Vec<*mut c_void> = vec![
-        1 as *mut c_void,
+        std::ptr::dangling_mut::<c_void>(),
         511 as *mut c_void,
         usize::MAX as *mut c_void,
         (usize::MAX - 511) as *mut c_void,
@@ -594,10 +594,7 @@ fn c_abi_with_extreme_values() {
             || graphalloc_release_capture_pools()
         ) >= 0
     );
-    assert_eq!(
-        c_call("test_panic", || graphalloc_test_panic_is_caught()),
-        -1
-    );
+    assert_eq!(c_call("test_panic", graphalloc_test_panic_is_caught), -1);
 
     // The fuzz target's C ABI body on seeded random bytes (in this test:
     // it needs the process-wide allocator to itself).
