@@ -19,7 +19,8 @@
  * after the failing call. graphalloc_malloc and graphalloc_free also print
  * their errors to stderr (graphalloc_set_log_errors turns that off), since
  * PyTorch looks at nothing but the returned pointer. No Rust panic ever
- * crosses these functions: a panic is reported as an error.
+ * crosses these functions: a panic is reported as an error, and a closed or
+ * broken stderr only loses the printed copy of an error.
  *
  * All functions may be called from any thread.
  */
@@ -40,7 +41,7 @@ typedef struct CUstream_st *cudaStream_t;
 #endif
 
 /* The version of this ABI; graphalloc_abi_version() returns it. */
-#define GRAPHALLOC_ABI_VERSION 1
+#define GRAPHALLOC_ABI_VERSION 2
 
 /* Alignment of every block graphalloc_malloc hands out. */
 #define GRAPHALLOC_MALLOC_ALIGNMENT 512
@@ -58,6 +59,8 @@ typedef struct GraphallocPoolStats {
     uint64_t oom_retries;          /* cache releases + retries on a full device */
     uint64_t segments;             /* segments held now */
     uint64_t segments_reserved;    /* segments reserved, ever */
+    uint64_t pending_frees;        /* freed blocks waiting on stream events or a
+                                    * capture before reuse (ABI version 2) */
 } GraphallocPoolStats;
 
 /* The process-wide allocator's statistics. */
@@ -102,7 +105,9 @@ void graphalloc_set_log_errors(int enabled);
  * that breaks the CUDA context; graphalloc_torch.use_graphalloc() sets this. */
 void graphalloc_set_abort_on_malloc_failure(int enabled);
 
-/* GRAPHALLOC_ABI_VERSION of the library. */
+/* GRAPHALLOC_ABI_VERSION of the library (2: GraphallocPoolStats gained
+ * pending_frees). Like every function but graphalloc_last_error, it clears
+ * the calling thread's last error, as do the graphalloc_set_* functions. */
 uint32_t graphalloc_abi_version(void);
 
 /* ---- Statistics and cache ----------------------------------------------- */

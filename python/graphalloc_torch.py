@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 LIB_NAME = "libgraphalloc.so"
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 POOL_STATS_FIELDS = (
     "allocated_bytes",
@@ -64,6 +64,7 @@ POOL_STATS_FIELDS = (
     "oom_retries",
     "segments",
     "segments_reserved",
+    "pending_frees",
 )
 
 

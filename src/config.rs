@@ -6,19 +6,25 @@
 //! | key | values | default |
 //! | --- | --- | --- |
 //! | `backend` | `auto`, `host`, `cuda` | `auto` (CUDA when a driver loads, else host) |
-//! | `host_capacity` | bytes, with an optional `KiB`/`MiB`/`GiB` suffix | `80GiB` |
+//! | `host_capacity` | bytes, with an optional `KiB`/`MiB`/`GiB`/`TiB` suffix, 1 B to 1 PiB | `80GiB` |
 //! | `host_devices` | number of simulated devices on the host backend, 1 to 64 | `1` |
 //! | `memory_fraction` | fraction of each device's total memory graphalloc may reserve, in (0, 1] | `1` |
 //! | `expandable_segments` | `true`/`false`: cache blocks from address ranges (one per stream and size class) with memory mapped in as needed; `false`: plain segments, like PyTorch's default | `true` |
 //! | `shards` | arenas per device cache, 1 to 64: more let threads allocate without meeting on one lock, and peaks become sums of per-shard peaks (upper bounds) | `1` |
 //!
-//! A malformed value is an [`Error::Config`] naming the key; an unknown key is
-//! one too. Nothing falls back to a default silently.
+//! A malformed or out-of-range value is an [`Error::Config`] naming the key;
+//! an unknown key, and a key given twice, are one too. Nothing falls back to
+//! a default, or to the last of two values, silently.
 
 use crate::error::{Error, Result};
 
 /// The environment variable read by [`Config::from_env`].
 pub const ENV_VAR: &str = "GRAPHALLOC_CONF";
+
+/// The largest `host_capacity` accepted: 1 PiB. Address arithmetic on a
+/// simulated device (an expandable segment's range is twice the device)
+/// must not overflow, and no host offers more.
+const MAX_HOST_CAPACITY: usize = 1 << 50;
 
 /// Which device backend an allocator uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,15 +105,33 @@ impl Config {
     }
 
     /// The defaults, overridden by `key:value` pairs separated by commas.
+    /// Each key may appear once: a second value for a key is an
+    /// [`Error::Config`] naming it, not a silent override.
+    ///
+    /// ```
+    /// use graphalloc::{Config, Error};
+    /// let err = Config::parse("shards:2,shards:4").unwrap_err();
+    /// assert!(matches!(err, Error::Config { key, .. } if key == "shards"));
+    /// ```
     pub fn parse(text: &str) -> Result<Self> {
         let mut config = Config::default();
+        let mut seen: Vec<&str> = Vec::new();
         for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once(':').ok_or_else(|| Error::Config {
                 key: pair.into(),
                 value: String::new(),
                 reason: "expected key:value".into(),
             })?;
-            config.set(key.trim(), value.trim())?;
+            let (key, value) = (key.trim(), value.trim());
+            if seen.contains(&key) {
+                return Err(Error::Config {
+                    key: key.into(),
+                    value: value.into(),
+                    reason: "the key is given more than once".into(),
+                });
+            }
+            seen.push(key);
+            config.set(key, value)?;
         }
         Ok(config)
     }
@@ -129,9 +153,11 @@ impl Config {
                 }
             }
             "host_capacity" => {
-                self.host_capacity = parse_bytes(value).filter(|&b| b > 0).ok_or_else(|| {
-                    bad("expected a positive byte count such as 4096, 512MiB or 8GiB")
-                })?
+                self.host_capacity = parse_bytes(value)
+                    .filter(|b| (1..=MAX_HOST_CAPACITY).contains(b))
+                    .ok_or_else(|| {
+                        bad("expected a byte count from 1 to 1PiB, such as 4096, 512MiB or 8GiB")
+                    })?
             }
             "host_devices" => {
                 self.host_devices = value
@@ -207,6 +233,24 @@ mod tests {
     }
 
     #[test]
+    fn capacity_bounds_are_inclusive() {
+        assert_eq!(Config::parse("host_capacity:1").unwrap().host_capacity, 1);
+        let max = Config::parse("host_capacity:1024TiB").unwrap();
+        assert_eq!(max.host_capacity, MAX_HOST_CAPACITY);
+    }
+
+    #[test]
+    fn a_repeated_key_names_itself_and_its_second_value() {
+        match Config::parse("shards:2, shards : 4") {
+            Err(Error::Config { key, value, reason }) => {
+                assert_eq!((key.as_str(), value.as_str()), ("shards", "4"));
+                assert!(reason.contains("more than once"), "{reason}");
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn empty_text_is_the_default() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
@@ -218,6 +262,15 @@ mod tests {
             ("host_capacity:lots", "host_capacity"),
             ("host_capacity:0", "host_capacity"),
             ("host_capacity:99999999999999999999", "host_capacity"),
+            ("host_capacity:8388608TiB", "host_capacity"),
+            ("host_capacity:1025TiB", "host_capacity"),
+            ("host_capacity:1125899906842625", "host_capacity"),
+            ("shards:2,shards:4", "shards"),
+            ("backend:host, backend:host", "backend"),
+            (
+                "host_capacity:1GiB,expandable_segments:true,host_capacity:2GiB",
+                "host_capacity",
+            ),
             ("host_devices:0", "host_devices"),
             ("memory_fraction:1.5", "memory_fraction"),
             ("memory_fraction:0", "memory_fraction"),

@@ -14,7 +14,9 @@
 //!
 //! - **No panic crosses it.** Every body runs under
 //!   [`std::panic::catch_unwind`]; a panic is reported as an error like any
-//!   other (this needs the default `panic = "unwind"`).
+//!   other (this needs the default `panic = "unwind"`). The error reports on
+//!   stderr are written inside the catch too, with a write that ignores its
+//!   own failure, so a closed or broken stderr changes nothing.
 //! - **Errors** are a null pointer, a zero pool id or a nonzero (`-1`) return,
 //!   with the reason readable through [`graphalloc_last_error`]: a
 //!   thread-local string, cleared on entry to every other `graphalloc_*` call
@@ -56,7 +58,7 @@ pub mod plan;
 
 /// The version of this C ABI, as [`graphalloc_abi_version`] reports it.
 /// Raised whenever a signature or a `#[repr(C)]` layout changes.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The alignment of every block [`graphalloc_malloc`] hands out (that of
 /// PyTorch's caching allocator).
@@ -89,6 +91,10 @@ pub struct GraphallocPoolStats {
     pub segments: u64,
     /// Segments reserved from the device, ever.
     pub segments_reserved: u64,
+    /// Freed blocks not yet reusable: they wait for events on the streams
+    /// that used them ([`graphalloc_record_stream`]), or for a capture on
+    /// their stream to end. Added in ABI version 2.
+    pub pending_frees: u64,
 }
 
 impl From<PoolStats> for GraphallocPoolStats {
@@ -105,6 +111,7 @@ impl From<PoolStats> for GraphallocPoolStats {
             oom_retries: s.oom_retries,
             segments: s.segments as u64,
             segments_reserved: s.segments_reserved,
+            pending_frees: s.pending_frees as u64,
         }
     }
 }
@@ -175,6 +182,14 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
+/// Drops a caught panic's payload. Dropping one could itself panic: that
+/// panic is caught too, and its payload leaked rather than risk another.
+fn drop_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+    }
+}
+
 /// Whether an exported call logs its errors to stderr.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Log {
@@ -182,26 +197,46 @@ enum Log {
     Stderr,
 }
 
+/// Writes `graphalloc: {message}` to stderr without ever panicking: a
+/// closed pipe or a full disk must not turn an error report into a panic at
+/// the C boundary (`eprintln!` panics when the write fails).
+fn print_error(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "graphalloc: {message}");
+}
+
 /// Runs `body` as the body of the exported function `name`: clears the last
 /// error, catches any panic, and turns an error or a panic into `on_error`
-/// plus a last-error message.
+/// plus a last-error message. Everything it does, the error report on stderr
+/// included, runs inside `catch_unwind`, so nothing can unwind out of it.
 fn ffi_call<T>(name: &str, on_error: T, log: Log, body: impl FnOnce() -> Result<T, String>) -> T {
-    clear_error();
-    let message = match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(value)) => return value,
-        Ok(Err(reason)) => format!("{name}: {reason}"),
-        Err(payload) => {
-            let text = format!("{name}: panicked: {}", panic_message(&*payload));
-            // Dropping a payload could itself panic; leak it instead.
-            std::mem::forget(payload);
-            text
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        clear_error();
+        let message = match catch_unwind(AssertUnwindSafe(body)) {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(reason)) => format!("{name}: {reason}"),
+            Err(payload) => {
+                let text = format!("{name}: panicked: {}", panic_message(&*payload));
+                drop_payload(payload);
+                text
+            }
+        };
+        if log == Log::Stderr && LOG_ERRORS.load(Ordering::Relaxed) {
+            print_error(format_args!("{message}"));
         }
-    };
-    if log == Log::Stderr && LOG_ERRORS.load(Ordering::Relaxed) {
-        eprintln!("graphalloc: {message}");
+        set_error(message);
+        None
+    }));
+    match outcome {
+        Ok(Some(value)) => value,
+        Ok(None) => on_error,
+        Err(payload) => {
+            // Only reporting the error can get here (formatting, say); the
+            // error value is still the right answer.
+            drop_payload(payload);
+            on_error
+        }
     }
-    set_error(message);
-    on_error
 }
 
 fn allocator() -> Result<&'static Allocator, String> {
@@ -255,18 +290,20 @@ pub extern "C" fn graphalloc_malloc(
 ) -> *mut c_void {
     let ptr = malloc_body(size, device, stream);
     if ptr.is_null() && size != 0 && ABORT_ON_MALLOC_FAILURE.load(Ordering::Relaxed) {
+        // Nothing here may panic (a panic cannot unwind out of this
+        // function): the reports use a write that ignores its errors.
         if !LOG_ERRORS.load(Ordering::Relaxed) {
             // Not printed by the wrapper: print it now, it is the last word.
             let reason = graphalloc_last_error();
             // SAFETY: graphalloc_last_error returns a NUL-terminated string
             // that stays valid until this thread's next graphalloc call.
             let reason = unsafe { std::ffi::CStr::from_ptr(reason) };
-            eprintln!("graphalloc: {}", reason.to_string_lossy());
+            print_error(format_args!("{}", reason.to_string_lossy()));
         }
-        eprintln!(
-            "graphalloc: aborting: graphalloc_malloc({size}, device {device}) failed \
+        print_error(format_args!(
+            "aborting: graphalloc_malloc({size}, device {device}) failed \
              and abort-on-failure is set (PyTorch cannot handle a failed allocation)"
-        );
+        ));
         std::process::abort();
     }
     ptr
@@ -350,7 +387,10 @@ pub extern "C" fn graphalloc_last_error() -> *const c_char {
 /// to stderr (`enabled != 0`, the default) or only record them.
 #[no_mangle]
 pub extern "C" fn graphalloc_set_log_errors(enabled: c_int) {
-    LOG_ERRORS.store(enabled != 0, Ordering::Relaxed);
+    ffi_call("graphalloc_set_log_errors", (), Log::Quiet, || {
+        LOG_ERRORS.store(enabled != 0, Ordering::Relaxed);
+        Ok(())
+    })
 }
 
 /// Whether a [`graphalloc_malloc`] of a nonzero size that fails aborts the
@@ -364,13 +404,23 @@ pub extern "C" fn graphalloc_set_log_errors(enabled: c_int) {
 /// `graphalloc_torch.use_graphalloc` turns it on.
 #[no_mangle]
 pub extern "C" fn graphalloc_set_abort_on_malloc_failure(enabled: c_int) {
-    ABORT_ON_MALLOC_FAILURE.store(enabled != 0, Ordering::Relaxed);
+    ffi_call(
+        "graphalloc_set_abort_on_malloc_failure",
+        (),
+        Log::Quiet,
+        || {
+            ABORT_ON_MALLOC_FAILURE.store(enabled != 0, Ordering::Relaxed);
+            Ok(())
+        },
+    )
 }
 
 /// The version of this C ABI ([`ABI_VERSION`]).
 #[no_mangle]
 pub extern "C" fn graphalloc_abi_version() -> u32 {
-    ABI_VERSION
+    ffi_call("graphalloc_abi_version", ABI_VERSION, Log::Quiet, || {
+        Ok(ABI_VERSION)
+    })
 }
 
 /// Number of devices the process-wide allocator manages, or -1 on error

@@ -66,7 +66,7 @@ fn config_error(key: &str, value: &str, reason: &str) -> Error {
 }
 
 const BACKEND_REASON: &str = "expected auto, host or cuda";
-const CAPACITY_REASON: &str = "expected a positive byte count such as 4096, 512MiB or 8GiB";
+const CAPACITY_REASON: &str = "expected a byte count from 1 to 1PiB, such as 4096, 512MiB or 8GiB";
 const DEVICES_REASON: &str = "expected a whole number from 1 to 64";
 const FRACTION_REASON: &str = "expected a number in (0, 1]";
 /// The reason given for an unknown key starts with this and goes on to list

@@ -453,6 +453,7 @@ fn header_declares_the_exported_functions() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "starts processes (nm, cc, the C program)")]
 fn cdylib_exports_every_declared_symbol() {
     let Some(so) = cdylib() else {
         eprintln!("skipped: libgraphalloc.so not found next to the test executable");
@@ -522,10 +523,11 @@ int main(int argc, char **argv) {
         printf("not aborted\n");
         return 0;
     }
-    printf("layout %zu %zu %zu %zu %zu\n", sizeof(GraphallocPoolStats),
+    printf("layout %zu %zu %zu %zu %zu %zu\n", sizeof(GraphallocPoolStats),
            sizeof(GraphallocStats), offsetof(GraphallocStats, pools),
            offsetof(GraphallocStats, in_graph_mode),
-           offsetof(GraphallocStats, device_count));
+           offsetof(GraphallocStats, device_count),
+           offsetof(GraphallocPoolStats, pending_frees));
     graphalloc_set_log_errors(0);
     CHECK(graphalloc_abi_version() == GRAPHALLOC_ABI_VERSION);
     CHECK(graphalloc_device_count() == 1);
@@ -566,6 +568,7 @@ int main(int argc, char **argv) {
 "#;
 
 #[test]
+#[cfg_attr(miri, ignore = "starts processes (nm, cc, the C program)")]
 fn c_program_links_against_the_cdylib() {
     let Some(so) = cdylib() else {
         eprintln!("skipped: libgraphalloc.so not found next to the test executable");
@@ -621,12 +624,13 @@ fn c_program_links_against_the_cdylib() {
     );
     assert!(stdout.contains("C OK"), "{stdout}");
     let layout = format!(
-        "layout {} {} {} {} {}",
+        "layout {} {} {} {} {} {}",
         std::mem::size_of::<GraphallocPoolStats>(),
         std::mem::size_of::<GraphallocStats>(),
         std::mem::offset_of!(GraphallocStats, pools),
         std::mem::offset_of!(GraphallocStats, in_graph_mode),
         std::mem::offset_of!(GraphallocStats, device_count),
+        std::mem::offset_of!(GraphallocPoolStats, pending_frees),
     );
     assert!(
         stdout.contains(&layout),
@@ -649,4 +653,103 @@ fn c_program_links_against_the_cdylib() {
     assert!(stderr.contains("device 3 does not exist"), "{stderr}");
     assert!(stderr.contains("aborting"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The calls that cannot fail still clear the calling thread's last error,
+/// as every `graphalloc_*` call but `graphalloc_last_error` does: a caller
+/// that checks the last error after any call must not see an old one.
+#[test]
+fn infallible_calls_clear_the_last_error() {
+    // Values equal to the ones `c_abi_on_the_host_backend` (which may run on
+    // another thread at the same time) relies on: logging off, no abort.
+    let calls: [(&str, fn()); 3] = [
+        ("graphalloc_abi_version", || {
+            assert_eq!(graphalloc_abi_version(), ABI_VERSION);
+        }),
+        ("graphalloc_set_log_errors", || graphalloc_set_log_errors(0)),
+        ("graphalloc_set_abort_on_malloc_failure", || {
+            graphalloc_set_abort_on_malloc_failure(0)
+        }),
+    ];
+    for (name, call) in calls {
+        // A failing call that touches no allocator state.
+        assert_eq!(graphalloc_test_panic(), -1);
+        assert!(!last_error().is_empty());
+        call();
+        assert_eq!(last_error(), "", "{name} left the previous error");
+    }
+}
+
+/// ABI 2: the C statistics carry `pending_frees`, copied from `PoolStats`.
+#[test]
+fn c_pool_stats_carry_pending_frees() {
+    assert_eq!(ABI_VERSION, 2);
+    let stats = graphalloc::PoolStats {
+        pending_frees: 3,
+        live_blocks: 5,
+        ..Default::default()
+    };
+    let c = GraphallocPoolStats::from(stats);
+    assert_eq!((c.pending_frees, c.live_blocks), (3, 5));
+    assert_eq!(std::mem::size_of::<GraphallocPoolStats>(), 12 * 8);
+}
+
+/// The environment variable that turns [`broken_stderr_child`] into the
+/// child process of [`no_abort_when_stderr_is_a_broken_pipe`].
+const CHILD_VAR: &str = "GRAPHALLOC_FFI_TEST_CHILD";
+
+/// The child's body: C calls whose errors are printed to stderr, which the
+/// parent made a pipe with no reader. Does nothing in a normal test run.
+#[test]
+fn broken_stderr_child() {
+    if std::env::var_os(CHILD_VAR).is_none() {
+        return;
+    }
+    graphalloc_set_log_errors(1);
+    // An unknown pointer, a negative size, a missing device: each error is
+    // printed, and each print fails with EPIPE.
+    graphalloc_free(0xdead_0000 as *mut c_void, 64, 0, null_mut());
+    let free_error = last_error();
+    assert!(graphalloc_malloc(-1, 0, null_mut()).is_null());
+    assert!(graphalloc_malloc(64, 99, null_mut()).is_null());
+    let malloc_error = last_error();
+    // A panic inside the wrapper (its message goes to stderr too).
+    assert_eq!(graphalloc_test_panic(), -1);
+    println!("child survived: [{free_error}] [{malloc_error}]");
+}
+
+/// Issue 13, item 3: `graphalloc_free` of a bad pointer printed its error
+/// with `eprintln!`, outside `catch_unwind`; with stderr a pipe whose reader
+/// is gone (Python, which PyTorch runs in, ignores SIGPIPE as Rust does) the
+/// print panicked, and the panic aborted the process at the C boundary.
+#[test]
+#[cfg_attr(miri, ignore = "starts a process")]
+fn no_abort_when_stderr_is_a_broken_pipe() {
+    use std::process::Stdio;
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "broken_stderr_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, "1")
+        .env("GRAPHALLOC_CONF", "backend:host,host_capacity:64MiB")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end: every write to the child's stderr fails (EPIPE).
+    drop(child.stderr.take());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the child died ({:?}) with stderr a broken pipe:\n{stdout}",
+        out.status
+    );
+    assert!(stdout.contains("child survived"), "{stdout}");
+    assert!(stdout.contains("unknown pointer 0xdead0000"), "{stdout}");
+    assert!(stdout.contains("device 99 does not exist"), "{stdout}");
 }

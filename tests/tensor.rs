@@ -447,6 +447,10 @@ fn absurd_sizes_are_typed_errors() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "builds the process-wide allocator, which probes for libcuda (dlopen)"
+)]
 fn buffers_work_with_the_process_wide_allocator() {
     // `DeviceBuffer<'static, T>`: the global allocator (host backend on a
     // machine without CUDA, or as GRAPHALLOC_CONF says).

@@ -1,10 +1,17 @@
-//! Fuzz target `ops`: decodes the input into a sequence of allocator
-//! operations (allocate size/alignment, free, bad frees, enter and leave
-//! graph mode, reset a pool, empty the cache, inject a reservation fault,
-//! replace a pool, odd requests) and checks every step with the oracle of
-//! `tests/oracle/mod.rs` (included as is). The body is `oracle::run_ops`, a
-//! plain function, which `tests/stress.rs` also drives on stable with seeded
-//! random bytes.
+//! Fuzz target `ops`: the first byte picks one of three bodies, which get
+//! the rest of the input:
+//!
+//! - `oracle::run_ops` (`tests/oracle/mod.rs`, included as is): allocator
+//!   operations (allocate size/alignment, free, bad frees, enter and leave
+//!   graph mode, reset a pool, empty the cache, inject a reservation fault,
+//!   replace a pool, odd requests) with expandable segments and shards,
+//!   each step checked by the oracle; `tests/stress.rs` also drives it on
+//!   stable with seeded random bytes.
+//! - `api::run_streams` (`api.rs`): streams, `record_stream`, simulated
+//!   captures and capture pools, graph mode; overlap and stream-reuse checks.
+//! - `api::run_c_abi` (`api.rs`): every C function on the process-wide
+//!   allocator (host backend, two devices, expandable segments) with absurd
+//!   sizes, devices, streams, pointers and pool ids.
 //!
 //! Run: `cd fuzz && cargo +nightly fuzz run ops` (docs/reliability.md).
 #![no_main]
@@ -14,6 +21,16 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../tests/oracle/mod.rs"]
 mod oracle;
 
+#[path = "api.rs"]
+mod api;
+
 fuzz_target!(|data: &[u8]| {
-    oracle::run_ops(data);
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => drop(oracle::run_ops(rest)),
+        1 => api::run_streams(rest),
+        _ => api::run_c_abi(rest),
+    }
 });

@@ -955,21 +955,26 @@ pub struct OpsSummary {
     pub faults: usize,
 }
 
-struct Bytes<'a> {
+/// A fuzz input, read a byte at a time (zeros past its end).
+pub struct Bytes<'a> {
     data: &'a [u8],
-    pos: usize,
+    /// The next byte to read.
+    pub pos: usize,
 }
 
-impl Bytes<'_> {
-    fn done(&self) -> bool {
+impl<'a> Bytes<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Bytes { data, pos: 0 }
+    }
+    pub fn done(&self) -> bool {
         self.pos >= self.data.len()
     }
-    fn u8(&mut self) -> u8 {
+    pub fn u8(&mut self) -> u8 {
         let b = self.data.get(self.pos).copied().unwrap_or(0);
         self.pos += 1;
         b
     }
-    fn u16(&mut self) -> u16 {
+    pub fn u16(&mut self) -> u16 {
         u16::from_le_bytes([self.u8(), self.u8()])
     }
 }
