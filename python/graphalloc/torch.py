@@ -51,6 +51,7 @@ __all__ = [
     "use_graphalloc",
     "is_installed",
     "configure_torch_compile",
+    "record_stream_routed",
     "NotInstalledError",
     "find_library",
     "library",
@@ -138,12 +139,38 @@ def use(
             f"call graphalloc.torch.use() before the first CUDA allocation ({e})"
         ) from e
     _torch_allocator, _lib_path = allocator, lib_path
+    _route_record_stream(lib, allocator)
     if torch_compile:
         configure_torch_compile()
     return lib_path
 
 
 use_graphalloc = use  # the name of the former graphalloc_torch module
+
+
+_record_stream_routed = False
+
+
+def _route_record_stream(lib, allocator) -> None:
+    """Hands graphalloc_record_stream to PyTorch where its Python API lets
+    us (a `set_record_stream_fn` on the C++ allocator object); stock PyTorch
+    2.11 has none, and then `Tensor.record_stream` does not reach graphalloc."""
+    global _record_stream_routed
+    import ctypes
+
+    native = allocator.allocator() if hasattr(allocator, "allocator") else None
+    setter = getattr(native, "set_record_stream_fn", None)
+    if callable(setter):
+        try:
+            setter(ctypes.cast(lib.graphalloc_record_stream, ctypes.c_void_p).value)
+            _record_stream_routed = True
+        except Exception as e:  # noqa: BLE001 - an unknown binding: keep PyTorch's default
+            warnings.warn(f"graphalloc: set_record_stream_fn failed ({e})")
+
+
+def record_stream_routed() -> bool:
+    """Whether `Tensor.record_stream` reaches graphalloc in this process."""
+    return _record_stream_routed
 
 
 def is_installed() -> bool:
