@@ -38,20 +38,12 @@ import time
 import traceback
 from pathlib import Path
 
+from torch_plugin import import_graphalloc_torch  # bench/ is sys.path[0]
+
 REPO = Path(__file__).resolve().parent.parent
 CHECKS = ("graphed_callables", "record_stream", "compile")
 ALLOCATORS = ("native", "native-no-trees", "graphalloc")
 TAG = "TORCH_CHECKS_RESULT "
-
-
-def import_graphalloc_torch():
-    """graphalloc.torch from the installed package, else from this checkout."""
-    try:
-        import graphalloc.torch as ga
-    except ImportError:
-        sys.path.insert(0, str(REPO / "python"))
-        import graphalloc.torch as ga
-    return ga
 
 
 def mlp(torch, width=1024):
