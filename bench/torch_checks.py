@@ -181,7 +181,12 @@ def child(args):
         if ga is None:
             result["peak_reserved"] = torch.cuda.max_memory_reserved()
         else:
-            result["peak_reserved"] = ga.stats()["total"]["peak_reserved_bytes"]
+            s = ga.stats()
+            result["peak_reserved"] = s["total"]["peak_reserved_bytes"]
+            result["pool_allocations"] = s["pools"]["allocations"]
+            if args.check != "record_stream" and s["pools"]["allocations"] == 0:
+                result["ok"] = False  # passing without graphs would prove nothing
+                result["detail"] += "; no graph pool allocation: nothing was captured"
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         result.update(ok=False, detail=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
     print(TAG + json.dumps(result), flush=True)
