@@ -42,6 +42,7 @@ from . import (
     find_library,
     last_error,
     library,
+    pool_stats,
     reset_peak_stats,
     stats,
 )
@@ -99,7 +100,6 @@ def configure_torch_compile() -> bool:
         return False
     inductor_config.triton.cudagraph_trees = False
     return True
-
 
 
 def use(
@@ -253,9 +253,7 @@ class GraphPool:
         _check(lib.graphalloc_clear_capture_pool(self.device, _stream_handle(stream)) == 0)
 
     def stats(self) -> dict:
-        out = _PoolStats()
-        _check(library().graphalloc_pool_stats(self.id, ctypes.byref(out)) == 0)
-        return out.to_dict()
+        return pool_stats(self.id)
 
     def reset(self) -> None:
         """Makes the pool reusable for a new capture; fails while blocks of it

@@ -260,3 +260,34 @@ def test_torch_calls_before_use_raise():
     assert all("call graphalloc.torch.use() first" in line for line in lines[:3])
     assert lines[0].startswith("GraphPool needs")
     assert lines[3].startswith("no torch:")
+
+
+def test_torch_graph_pool_on_the_host_backend():
+    # GraphPool's library calls, with use() simulated (no PyTorch here).
+    out = run_py(
+        """
+        import graphalloc, graphalloc.torch as gt
+        gt._torch_allocator = object()  # as if use() had installed graphalloc
+        lib = graphalloc.library()
+        pool = gt.GraphPool(0)
+        with pool:
+            assert graphalloc.stats()["in_graph_mode"] is True
+            p = lib.graphalloc_malloc(8192, 0, None)
+        assert graphalloc.stats()["in_graph_mode"] is False
+        assert pool.stats()["allocated_bytes"] == 8192, pool.stats()
+        try:
+            pool.reset()  # a block is live
+        except graphalloc.GraphallocError as e:
+            print("reset:", e)
+        lib.graphalloc_free(p, 8192, 0, None)
+        pool.reset()
+        pool.release()
+        try:
+            gt.GraphPool(4)
+        except graphalloc.GraphallocError as e:
+            print("device:", e)
+        """
+    )
+    lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
+    assert lines["reset"] != ""
+    assert "device 4" in lines["device"]
