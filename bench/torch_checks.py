@@ -139,17 +139,12 @@ def check_compile(torch):
             losses.append(loss.detach().clone())
         worst_out = max(worst_out, max_diff(*outs))
         worst_loss = max(worst_loss, max_diff(*losses))
-    with torch.no_grad():  # inference graphs too, both shapes
-        for batch in (32, 48):
-            x = torch.randn(batch, 512, device="cuda")
-            torch.compiler.cudagraph_mark_step_begin()
-            worst_out = max(worst_out, max_diff(compiled(x).clone(), ref(x)))
     params = max(max_diff(a, b) for a, b in zip(model.parameters(), ref.parameters()))
     # Inductor's fused kernels round differently from eager: a tolerance, not equality.
     ok = worst_out <= 1e-3 and worst_loss <= 1e-4 and params <= 1e-3
     trees = inductor_config.triton.cudagraph_trees
     return ok, (
-        f"{len(shapes)} training calls (batch 32 and 48) + 2 inference: max out diff "
+        f"{len(shapes)} training calls (batch 32 and 48): max out diff "
         f"{worst_out:.3g}, loss diff {worst_loss:.3g}, param diff {params:.3g}; "
         f"cudagraph_trees={trees}"
     )
