@@ -8,7 +8,8 @@
 #   GPU tests (one binary at a time), compute-sanitizer memcheck on the capture
 #   and stream tests, the capture and training-loop examples, trace replay with
 #   plain and expandable segments, criterion benchmarks (shards 1, and the thread
-#   scaling with shards 16), and the PyTorch plug-in comparison.
+#   scaling with shards 16), the PyTorch plug-in comparison and bench/torch_checks.py
+#   (through the graphalloc wheel that prepare builds into .gpu/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=.gpu
@@ -32,6 +33,8 @@ for line in sys.stdin:
     cargo bench --no-run --message-format=json 2>/dev/null | exe alloc streams |
         while read -r name path; do cp "$path" "$G/bench_$name"; done
     strip --strip-debug "$G"/* 2>/dev/null || true
+    # The graphalloc wheel (python/graphalloc + the library just built), for the PyTorch steps.
+    GRAPHALLOC_WHEEL_LIB=target/release/libgraphalloc.so python3 -m pip wheel --no-deps -q -w "$G" .
     cp ../shared/traces/*.trace.gz "$G"/
     du -sh "$G"; ls "$G"
     exit 0
@@ -115,8 +118,10 @@ for f in bench_alloc before_bench_alloc bench_alloc_shards16 bench_streams; do
 done
 
 if [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
-    step "PyTorch plug-in"
-    GRAPHALLOC_LIB="$G/libgraphalloc.so" run torch_plugin 240 python3 bench/torch_plugin.py --timeout 100
+    step "PyTorch plug-in (the graphalloc wheel installed into $G/site)"
+    python3 -m pip install --no-index --no-deps -q --target "$G/site" "$G"/graphalloc-*.whl
+    export PYTHONPATH="$PWD/$G/site${PYTHONPATH:+:$PYTHONPATH}"
+    run torch_plugin 240 python3 bench/torch_plugin.py --timeout 100
     tail -n 15 "$OUT/torch_plugin.log" | sed 's/^/   /' >> "$S"
     step "PyTorch's caching allocator on the traces (torch_replay)"
     run torch_replay 400 python3 bench/torch_replay.py --replay "$G/replay" --runs 3 "$G"/*.trace.gz
@@ -124,12 +129,17 @@ if [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
     GRAPHALLOC_LIB="$G/libgraphalloc.so" run torch_plugin_planned 240 python3 bench/torch_plugin.py \
         --timeout 100 --workloads graph --capture-pool planned --json "$OUT/torch_plugin_planned.json"
     tail -n 6 "$OUT/torch_plugin_planned.log" | sed 's/^/   /' >> "$S"
+    if [ "${TORCH_CHECKS:-1}" = 1 ]; then
+        run torch_checks 540 python3 bench/torch_checks.py --timeout 240
+    fi
+    grep -E "^(PASS|FAIL|torch_checks|record_stream)" "$OUT/torch_checks.log" | sed 's/^/   /' >> "$S"
 fi
 
 step "done, status $status"
 cp "$S" "$FINAL/summary.txt"
 [ -f "$OUT/torch_plugin.json" ] && cp "$OUT/torch_plugin.json" "$FINAL/"
 [ -f "$OUT/torch_replay.json" ] && cp "$OUT/torch_replay.json" "$FINAL/"
+[ -f "$OUT/torch_checks.json" ] && cp "$OUT/torch_checks.json" "$FINAL/"
 cp "$OUT/replay.jsonl" "$FINAL/" 2>/dev/null
 tar -czf "$FINAL/logs.tar.gz" -C "$FINAL" logs && rm -rf "$OUT"
 exit $status

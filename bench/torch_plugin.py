@@ -3,7 +3,7 @@
 
 Runs each workload twice, each time in a fresh process: once with PyTorch's
 native caching allocator and once with libgraphalloc.so installed through
-`torch.cuda.memory.CUDAPluggableAllocator` (python/graphalloc_torch.py).
+`torch.cuda.memory.CUDAPluggableAllocator` (graphalloc.torch.use()).
 Same seeds, same random data, same kernels, so the losses must agree to bf16
 rounding.
 
@@ -25,7 +25,8 @@ Workloads:
             step run eagerly on a copy of the model, the parameters at the
             end, and that no eager tensor was overwritten by a replay.
 
-Usage (on a GPU machine, after `cargo build --release`):
+Usage (on a GPU machine, with the graphalloc wheel installed, or in a checkout
+after `cargo build --release`: then graphalloc is imported from python/):
     python3 bench/torch_plugin.py [--lib target/release/libgraphalloc.so]
         [--workloads gpt2,vartrans,resnet50,graph] [--steps 20] [--replays 100]
         [--capture-pool auto|registered|planned] [--repeat 3]
@@ -54,6 +55,16 @@ REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = ("gpt2", "vartrans", "resnet50", "graph")
 ALLOCATORS = ("native", "graphalloc")
 RESULT_TAG = "TORCH_PLUGIN_RESULT "
+
+
+def import_graphalloc_torch():
+    """graphalloc.torch from the installed package, else from this checkout."""
+    try:
+        import graphalloc.torch as ga
+    except ImportError:
+        sys.path.insert(0, str(REPO / "python"))
+        import graphalloc.torch as ga
+    return ga
 
 
 # ---------------------------------------------------------------------------
@@ -403,10 +414,8 @@ def child(args):
     try:
         ga = None
         if args.allocator == "graphalloc":
-            sys.path.insert(0, str(REPO / "python"))
-            import graphalloc_torch as ga
-
-            result["lib"] = ga.use_graphalloc(args.lib)
+            ga = import_graphalloc_torch()
+            result["lib"] = ga.use(args.lib)
         import torch
 
         if not torch.cuda.is_available():
@@ -598,10 +607,7 @@ def parent(args):
             sys.exit(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
     if args.lib is None:
         try:
-            sys.path.insert(0, str(REPO / "python"))
-            import graphalloc_torch
-
-            args.lib = graphalloc_torch.find_library()
+            args.lib = import_graphalloc_torch().find_library()
         except Exception as e:  # reported per row by the children
             print(f"warning: {e}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -652,7 +658,8 @@ def parent(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lib", help="path of libgraphalloc.so (default: GRAPHALLOC_LIB or target/release)")
+    p.add_argument("--lib", help="path of libgraphalloc.so (default: GRAPHALLOC_LIB, the one in the "
+                   "graphalloc package, or target/release)")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--replays", type=int, default=100)

@@ -102,7 +102,7 @@ void graphalloc_set_log_errors(int enabled);
  * after printing why (nonzero) instead of returning NULL (0, the default).
  * PyTorch 2.11's CUDAPluggableAllocator does not check the pointer: a NULL
  * becomes a tensor at address 0 and, at first use, an illegal memory access
- * that breaks the CUDA context; graphalloc_torch.use_graphalloc() sets this. */
+ * that breaks the CUDA context; graphalloc.torch.use() sets this. */
 void graphalloc_set_abort_on_malloc_failure(int enabled);
 
 /* GRAPHALLOC_ABI_VERSION of the library (2: GraphallocPoolStats gained

@@ -401,7 +401,7 @@ pub extern "C" fn graphalloc_set_log_errors(enabled: c_int) {
 /// pointer, so a null from an allocation that failed becomes a tensor at
 /// address 0 and, at its first use, an "illegal memory access" that breaks
 /// the CUDA context. Aborting at once with the reason is the clearer end;
-/// `graphalloc_torch.use_graphalloc` turns it on.
+/// `graphalloc.torch.use()` turns it on.
 #[no_mangle]
 pub extern "C" fn graphalloc_set_abort_on_malloc_failure(enabled: c_int) {
     ffi_call(

@@ -1,16 +1,17 @@
 """graphalloc as PyTorch's CUDA allocator.
 
-    import graphalloc_torch
-    graphalloc_torch.use_graphalloc()      # before the first CUDA use
+    import graphalloc.torch
+    graphalloc.torch.use()                 # before the first CUDA use
     import torch
     x = torch.randn(1024, 1024, device="cuda")
-    print(graphalloc_torch.stats()["total"]["peak_reserved_bytes"])
+    print(graphalloc.torch.stats()["total"]["peak_reserved_bytes"])
 
-`use_graphalloc` installs libgraphalloc.so through PyTorch's
-`torch.cuda.memory.CUDAPluggableAllocator`. With a pluggable allocator,
-PyTorch's own `torch.cuda.memory_stats()`, `reset_peak_memory_stats()` and
-`empty_cache()` do not reach the library: use `stats()`, `memory_stats()`,
-`reset_peak_stats()` and `empty_cache()` of this module instead.
+`use` installs the libgraphalloc.so shipped in the graphalloc package through
+PyTorch's `torch.cuda.memory.CUDAPluggableAllocator`. With a pluggable
+allocator, PyTorch's own `torch.cuda.memory_stats()`,
+`reset_peak_memory_stats()` and `empty_cache()` do not reach the library: use
+`stats()`, `memory_stats()`, `reset_peak_stats()` and `empty_cache()` of this
+module instead.
 
 CUDA graphs: allocations on a stream being captured (`torch.cuda.graph`)
 land in a graph pool graphalloc makes for that capture; call
@@ -19,21 +20,47 @@ pluggable allocator). `GraphPool` gives explicit control. `planned_graph(fn)`
 captures `fn` into a pool planned from a recorded warm-up run, which
 reserves about the run's peak of live bytes (`Recording`, `PlannedPool`).
 
+torch.compile(mode="reduce-overhead"): PyTorch's CUDA graph trees need
+allocator calls a pluggable allocator cannot serve (`getCheckpointState`,
+`setCheckpointPoolState`, `checkPoolLiveAllocations`), so `use()` turns the
+trees off (`torch._inductor.config.triton.cudagraph_trees = False`): inductor
+then captures each compiled graph with plain `torch.cuda.graph`, one private
+pool per graph. See `configure_torch_compile`.
+
 The library is configured by the GRAPHALLOC_CONF environment variable
 (e.g. "memory_fraction:0.9"), read when it makes its first allocation.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-from pathlib import Path
+import warnings
 from typing import Optional
 
+import ctypes
+
+from . import (
+    GraphallocError,
+    PLAN_STATS_FIELDS,
+    _PlanStats,
+    _check,
+    device_stats,
+    empty_cache,
+    find_library,
+    last_error,
+    library,
+    pool_stats,
+    reset_peak_stats,
+    stats,
+)
+
 __all__ = [
-    "find_library",
+    "use",
     "use_graphalloc",
     "is_installed",
+    "configure_torch_compile",
+    "record_stream_routed",
+    "NotInstalledError",
+    "find_library",
     "library",
     "stats",
     "device_stats",
@@ -49,164 +76,46 @@ __all__ = [
     "GraphallocError",
 ]
 
-LIB_NAME = "libgraphalloc.so"
-ABI_VERSION = 2
-
-POOL_STATS_FIELDS = (
-    "allocated_bytes",
-    "peak_allocated_bytes",
-    "requested_bytes",
-    "reserved_bytes",
-    "peak_reserved_bytes",
-    "live_blocks",
-    "allocations",
-    "frees",
-    "oom_retries",
-    "segments",
-    "segments_reserved",
-    "pending_frees",
-)
-
-
-class GraphallocError(RuntimeError):
-    """A graphalloc call failed; the message is the library's last error."""
-
-
-class _PoolStats(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in POOL_STATS_FIELDS]
-
-    def to_dict(self) -> dict:
-        return {name: int(getattr(self, name)) for name in POOL_STATS_FIELDS}
-
-
-class _Stats(ctypes.Structure):
-    _fields_ = [
-        ("caching", _PoolStats),
-        ("pools", _PoolStats),
-        ("total", _PoolStats),
-        ("in_graph_mode", ctypes.c_int32),
-        ("device_count", ctypes.c_int32),
-    ]
-
-
-PLAN_STATS_FIELDS = (
-    "plans",
-    "planned_allocations",
-    "peak_live_bytes",
-    "planned_bytes",
-    "planned_hits",
-    "fallbacks",
-    "fallback_allocations",
-)
-
-
-class _PlanStats(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_uint64) for name in PLAN_STATS_FIELDS]
-
-
-_lib: Optional[ctypes.CDLL] = None
-_lib_path: Optional[str] = None
 _torch_allocator = None  # keeps PyTorch's CUDAPluggableAllocator object alive
+_lib_path: Optional[str] = None
 
 
-def find_library(path: Optional[str] = None) -> str:
-    """The path of libgraphalloc.so: `path` if given, else $GRAPHALLOC_LIB,
-    else the file next to this module, else target/release/ of the
-    repository this module sits in, else ./target/release/."""
-    here = Path(__file__).resolve().parent
-    candidates = []
-    if path is not None:
-        candidates.append(Path(path))
-    elif os.environ.get("GRAPHALLOC_LIB"):
-        candidates.append(Path(os.environ["GRAPHALLOC_LIB"]))
-    else:
-        candidates += [
-            here / LIB_NAME,
-            here.parent / "target" / "release" / LIB_NAME,
-            Path.cwd() / "target" / "release" / LIB_NAME,
-        ]
-    for candidate in candidates:
-        if candidate.is_dir():
-            candidate = candidate / LIB_NAME
-        if candidate.is_file():
-            return str(candidate.resolve())
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"{LIB_NAME} not found (tried {tried}); build it with "
-        "`cargo build --release` or set GRAPHALLOC_LIB"
-    )
+class NotInstalledError(GraphallocError):
+    """A call that needs graphalloc to be PyTorch's allocator came before `use()`."""
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    c_int, c_i64, c_u64, c_vp = ctypes.c_int, ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p
-    signatures = {
-        "graphalloc_malloc": (c_vp, [ctypes.c_ssize_t, c_int, c_vp]),
-        "graphalloc_free": (None, [c_vp, ctypes.c_ssize_t, c_int, c_vp]),
-        "graphalloc_last_error": (ctypes.c_char_p, []),
-        "graphalloc_set_log_errors": (None, [c_int]),
-        "graphalloc_set_abort_on_malloc_failure": (None, [c_int]),
-        "graphalloc_abi_version": (ctypes.c_uint32, []),
-        "graphalloc_device_count": (c_int, []),
-        "graphalloc_stats": (c_int, [ctypes.POINTER(_Stats)]),
-        "graphalloc_device_stats": (c_int, [c_int, ctypes.POINTER(_PoolStats)]),
-        "graphalloc_pool_stats": (c_int, [c_u64, ctypes.POINTER(_PoolStats)]),
-        "graphalloc_reset_peak_stats": (c_int, []),
-        "graphalloc_empty_cache": (c_i64, []),
-        "graphalloc_pool_create": (c_u64, [c_int]),
-        "graphalloc_pool_release": (c_int, [c_u64]),
-        "graphalloc_pool_reset": (c_int, [c_u64]),
-        "graphalloc_begin_graph_mode": (c_int, [c_u64]),
-        "graphalloc_end_graph_mode": (c_int, []),
-        "graphalloc_graph_mode_depth": (c_int, []),
-        "graphalloc_record_stream": (c_int, [c_vp, c_vp]),
-        "graphalloc_set_capture_pool": (c_int, [c_u64, c_vp]),
-        "graphalloc_clear_capture_pool": (c_int, [c_int, c_vp]),
-        "graphalloc_release_capture_pools": (c_i64, []),
-        "graphalloc_plan_record_begin": (c_u64, [c_int, c_vp]),
-        "graphalloc_plan_record_end": (c_i64, [c_u64]),
-        "graphalloc_plan_record_release": (c_int, [c_u64]),
-        "graphalloc_plan_pool_create": (c_u64, [c_int, ctypes.POINTER(c_u64), ctypes.c_size_t]),
-        "graphalloc_plan_start": (c_int, [c_u64, ctypes.c_size_t]),
-        "graphalloc_plan_stats": (c_int, [c_u64, ctypes.POINTER(_PlanStats)]),
-    }
-    for name, (restype, argtypes) in signatures.items():
-        fn = getattr(lib, name)
-        fn.restype = restype
-        fn.argtypes = argtypes
-
-
-def library(path: Optional[str] = None) -> ctypes.CDLL:
-    """The loaded library (loading it on first call). Once PyTorch uses it,
-    this is the same copy PyTorch calls, so the statistics agree."""
-    global _lib, _lib_path
-    if _lib is not None:
-        if path is not None and find_library(path) != _lib_path:
-            raise GraphallocError(f"graphalloc is already loaded from {_lib_path}")
-        return _lib
-    resolved = find_library(path)
-    lib = ctypes.CDLL(resolved)
-    _declare(lib)
-    version = lib.graphalloc_abi_version()
-    if version != ABI_VERSION:
-        raise GraphallocError(
-            f"{resolved} has C ABI version {version}; this module expects {ABI_VERSION}"
+def _require_installed(what: str) -> None:
+    if _torch_allocator is None:
+        raise NotInstalledError(
+            f"{what} needs graphalloc as PyTorch's CUDA allocator: call "
+            "graphalloc.torch.use() first, before the first CUDA allocation"
         )
-    _lib, _lib_path = lib, resolved
-    return lib
 
 
-def last_error() -> str:
-    """The calling thread's last graphalloc error ('' if its last call succeeded)."""
-    raw = library().graphalloc_last_error()
-    return raw.decode("utf-8", "replace") if raw else ""
+def configure_torch_compile() -> bool:
+    """Sets torch.compile up for a pluggable allocator: turns CUDA graph
+    trees off (`torch._inductor.config.triton.cudagraph_trees = False`), so
+    mode="reduce-overhead" captures with plain `torch.cuda.graph`. Given up
+    against the trees: the graphs of one compiled function (forward,
+    backward, each input shape) do not share one memory pool, so more memory
+    stays reserved; outputs are the graph's static buffers, overwritten by
+    the next call of the same graph (clone what you keep); no
+    "accessing tensor output of CUDAGraphs that has been overwritten" check.
+    Returns False (with a warning) where inductor is not importable."""
+    try:
+        import torch._inductor.config as inductor_config
+    except Exception as e:  # noqa: BLE001 - a torch without inductor still works eagerly
+        warnings.warn(f"graphalloc: torch._inductor not importable, torch.compile left as is ({e})")
+        return False
+    inductor_config.triton.cudagraph_trees = False
+    return True
 
 
-def _check(ok: bool) -> None:
-    if not ok:
-        raise GraphallocError(last_error() or "graphalloc call failed")
-
-
-def use_graphalloc(path: Optional[str] = None, abort_on_failure: bool = True) -> str:
+def use(
+    path: Optional[str] = None,
+    abort_on_failure: bool = True,
+    torch_compile: bool = True,
+) -> str:
     """Makes graphalloc PyTorch's CUDA allocator. Call before the first CUDA
     allocation in the process (PyTorch refuses to swap an allocator in use).
     Returns the library's path. Calling it again is a no-op.
@@ -215,8 +124,12 @@ def use_graphalloc(path: Optional[str] = None, abort_on_failure: bool = True) ->
     an allocation that fails (out of memory, say) would become a tensor at
     address 0 and later an "illegal memory access" that breaks the CUDA
     context. With `abort_on_failure` (the default) graphalloc instead prints
-    why and aborts the process at the failing allocation."""
-    global _torch_allocator
+    why and aborts the process at the failing allocation.
+
+    With `torch_compile` (the default) it also calls
+    `configure_torch_compile()`, so torch.compile(mode="reduce-overhead")
+    works under graphalloc."""
+    global _torch_allocator, _lib_path
     import torch
 
     if _torch_allocator is not None:
@@ -232,42 +145,52 @@ def use_graphalloc(path: Optional[str] = None, abort_on_failure: bool = True) ->
     except RuntimeError as e:
         raise GraphallocError(
             "cannot install graphalloc: PyTorch's CUDA allocator is already in use; "
-            f"call use_graphalloc() before the first CUDA allocation ({e})"
+            f"call graphalloc.torch.use() before the first CUDA allocation ({e})"
         ) from e
-    _torch_allocator = allocator
+    _torch_allocator, _lib_path = allocator, lib_path
+    _route_record_stream(lib, allocator)
+    if torch_compile:
+        configure_torch_compile()
     return lib_path
 
 
+use_graphalloc = use  # the name of the former graphalloc_torch module
+
+
+_record_stream_routed = False
+
+
+def _route_record_stream(lib, allocator) -> None:
+    """Hands graphalloc_record_stream to PyTorch where its Python API lets
+    us (a `set_record_stream_fn` on the C++ allocator object); stock PyTorch
+    2.11 has none, and then `Tensor.record_stream` does not reach graphalloc."""
+    global _record_stream_routed
+    import ctypes
+
+    native = allocator.allocator() if hasattr(allocator, "allocator") else None
+    setter = getattr(native, "set_record_stream_fn", None)
+    if callable(setter):
+        try:
+            setter(ctypes.cast(lib.graphalloc_record_stream, ctypes.c_void_p).value)
+            _record_stream_routed = True
+        except Exception as e:  # noqa: BLE001 - an unknown binding: keep PyTorch's default
+            warnings.warn(f"graphalloc: set_record_stream_fn failed ({e})")
+
+
+def record_stream_routed() -> bool:
+    """Whether `Tensor.record_stream` reaches graphalloc in this process."""
+    return _record_stream_routed
+
+
 def is_installed() -> bool:
-    """Whether use_graphalloc() installed graphalloc in this process."""
+    """Whether use() installed graphalloc in this process."""
     return _torch_allocator is not None
-
-
-def stats() -> dict:
-    """graphalloc's statistics: {'caching': {...}, 'pools': {...}, 'total':
-    {...}, 'in_graph_mode': bool, 'device_count': int}; each inner dict has
-    the fields of POOL_STATS_FIELDS (bytes and counts)."""
-    out = _Stats()
-    _check(library().graphalloc_stats(ctypes.byref(out)) == 0)
-    return {
-        "caching": out.caching.to_dict(),
-        "pools": out.pools.to_dict(),
-        "total": out.total.to_dict(),
-        "in_graph_mode": bool(out.in_graph_mode),
-        "device_count": int(out.device_count),
-    }
-
-
-def device_stats(device: int) -> dict:
-    """Statistics of one device's caching allocator (graph pools excluded)."""
-    out = _PoolStats()
-    _check(library().graphalloc_device_stats(device, ctypes.byref(out)) == 0)
-    return out.to_dict()
 
 
 def memory_stats() -> dict:
     """The totals under the key names of `torch.cuda.memory_stats()`, for code
     written against PyTorch's native allocator (all devices together)."""
+    _require_installed("memory_stats()")
     total = stats()["total"]
     return {
         "allocated_bytes.all.current": total["allocated_bytes"],
@@ -284,22 +207,10 @@ def memory_stats() -> dict:
     }
 
 
-def reset_peak_stats() -> None:
-    """Restarts the caching allocators' peaks from now."""
-    _check(library().graphalloc_reset_peak_stats() == 0)
-
-
-def empty_cache() -> int:
-    """Returns the cached, unused memory of the caching allocators to the
-    device (graph pools keep theirs); returns the bytes released."""
-    released = library().graphalloc_empty_cache()
-    _check(released >= 0)
-    return int(released)
-
-
 def release_capture_pools() -> int:
     """Lets go of the pools graphalloc made for CUDA graph captures; call it
     after the graphs are destroyed. Returns how many were let go."""
+    _require_installed("release_capture_pools()")
     n = library().graphalloc_release_capture_pools()
     _check(n >= 0)
     return int(n)
@@ -322,11 +233,14 @@ class GraphPool:
     """
 
     def __init__(self, device: Optional[int] = None):
+        _require_installed("GraphPool")
         if device is None:
             import torch
 
             device = torch.cuda.current_device()
-        self.device = int(device)
+        # torch.device("cuda:1") -> 1; an unknown device raises GraphallocError below.
+        index = getattr(device, "index", device)
+        self.device = int(index if index is not None else 0)
         self.id = int(library().graphalloc_pool_create(self.device))
         _check(self.id != 0)
 
@@ -348,9 +262,7 @@ class GraphPool:
         _check(lib.graphalloc_clear_capture_pool(self.device, _stream_handle(stream)) == 0)
 
     def stats(self) -> dict:
-        out = _PoolStats()
-        _check(library().graphalloc_pool_stats(self.id, ctypes.byref(out)) == 0)
-        return out.to_dict()
+        return pool_stats(self.id)
 
     def reset(self) -> None:
         """Makes the pool reusable for a new capture; fails while blocks of it
@@ -385,8 +297,11 @@ class Recording:
         self.allocations = int(n)
 
     def __del__(self):
-        if self.id and _lib is not None:
-            _lib.graphalloc_plan_record_release(self.id)
+        if self.id:
+            try:
+                library().graphalloc_plan_record_release(self.id)
+            except Exception:  # interpreter shutdown: nothing left to release
+                pass
 
 
 class PlannedPool(GraphPool):
