@@ -287,7 +287,12 @@ fn malloc_body(size: isize, device: c_int, stream: *mut c_void) -> *mut c_void {
                 return Ok(std::ptr::null_mut());
             }
             let ptr = alloc
-                .allocate_on(device, accept_stream(alloc, device, stream), size, MALLOC_ALIGNMENT)
+                .allocate_on(
+                    device,
+                    accept_stream(alloc, device, stream),
+                    size,
+                    MALLOC_ALIGNMENT,
+                )
                 .map_err(|e| e.to_string())?;
             Ok(ptr.addr() as usize as *mut c_void)
         },
@@ -586,7 +591,9 @@ pub extern "C" fn graphalloc_record_stream(ptr: *mut c_void, stream: *mut c_void
             Some(device) => accept_stream(alloc, device, stream),
             None => stream as usize as u64, // refused below: not live
         };
-        alloc.record_stream(ptr, stream).map_err(|e| e.to_string())?;
+        alloc
+            .record_stream(ptr, stream)
+            .map_err(|e| e.to_string())?;
         Ok(0)
     })
 }

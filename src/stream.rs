@@ -21,6 +21,11 @@ pub fn current_stream() -> u64 {
 /// Makes `stream` the calling thread's current stream until the guard is
 /// dropped; then the previous one is current again.
 ///
+/// Any handle can be made current; [`crate::Allocator::allocate`] refuses
+/// one that is neither built in (0, 1, 2) nor registered on its device
+/// ([`crate::Allocator::register_stream`]) with
+/// [`crate::Error::UnknownStream`].
+///
 /// ```
 /// let _s = graphalloc::use_stream(0x5757_0000);
 /// assert_eq!(graphalloc::current_stream(), 0x5757_0000);

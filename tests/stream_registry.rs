@@ -102,7 +102,11 @@ fn an_unregistered_stream_is_refused_before_it_reaches_the_driver() {
     let on_bogus = graphalloc::use_stream(BOGUS);
     assert_eq!(alloc.allocate(4096, 512), refused);
     drop(on_bogus);
-    assert_eq!((alloc.stats(), alloc.live_pointers()), before, "nothing changed");
+    assert_eq!(
+        (alloc.stats(), alloc.live_pointers()),
+        before,
+        "nothing changed"
+    );
     alloc.free(p).unwrap();
     assert!(
         !dev[0].seen.lock().unwrap().contains(&BOGUS),
@@ -169,7 +173,13 @@ fn a_stream_registered_on_one_device_is_refused_on_another() {
     // Registering on a device the allocator lacks is a typed error.
     // SAFETY: refused before the handle is kept.
     let e = unsafe { alloc.register_raw_stream(2, BOGUS) };
-    assert_eq!(e, Err(Error::InvalidDevice { device: 2, count: 2 }));
+    assert_eq!(
+        e,
+        Err(Error::InvalidDevice {
+            device: 2,
+            count: 2
+        })
+    );
 }
 
 #[test]
