@@ -43,7 +43,7 @@ fn main() -> Res<()> {
         );
     }
     // Allocations are tagged with the stream the kernels run on.
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(&alloc)?);
     let pool = alloc.create_pool();
     let n = if engine.is_cuda() { N_CUDA } else { N_HOST };
 

@@ -175,7 +175,7 @@ fn main() -> Res<()> {
             );
         }
     }
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(&alloc)?);
     let (small, large) = (Mlp::new(&alloc, 64)?, Mlp::new(&alloc, 256)?);
     let step_small = || small.step(&engine, &alloc);
     let step_large = || large.step(&engine, &alloc);

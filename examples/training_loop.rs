@@ -39,7 +39,7 @@ fn main() -> Res<()> {
             engine.describe()
         );
     }
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(&alloc)?);
     let (x_host, y_host) = regression_data(SAMPLES, FEATURES);
     let x = DeviceBuffer::from_slice(&alloc, &x_host)?;
     let y = DeviceBuffer::from_slice(&alloc, &y_host)?;

@@ -15,7 +15,7 @@ use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Claim, Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
-use crate::stream::current_stream;
+use crate::stream::{current_stream, StreamRegistry};
 use crate::sync::{next_id, Arc, ConcurrentMap};
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
@@ -55,6 +55,8 @@ pub struct Allocator {
     capture_pools: ConcurrentMap<(usize, u64), GraphPool>,
     /// The active recordings of allocation sequences (planned pools).
     pub(crate) recorders: Recorders,
+    /// The stream handles accepted beside the built-in ones, per device.
+    streams: StreamRegistry,
 }
 
 /// Maps a backend error about a stream argument to the allocator's error.
@@ -158,6 +160,7 @@ impl Allocator {
             stream_pools: ConcurrentMap::new(),
             capture_pools: ConcurrentMap::new(),
             recorders: Recorders::new(),
+            streams: StreamRegistry::new(),
         })
     }
 
@@ -234,8 +237,13 @@ impl Allocator {
     /// 3. the device's caching allocator. A block is reused at once only by
     ///    requests on its own stream.
     ///
+    /// `stream` must be a built-in stream (0, 1, 2) or one registered on
+    /// `device` ([`Allocator::register_stream`]): no other handle reaches the
+    /// driver.
+    ///
     /// Errors: [`Error::ZeroSize`], [`Error::InvalidAlignment`],
-    /// [`Error::InvalidDevice`], [`Error::UnknownStream`],
+    /// [`Error::InvalidDevice`], [`Error::UnknownStream`] (not registered on
+    /// `device`; [`BackendError::ForeignStream`] if registered on another),
     /// [`Error::TooLarge`], [`Error::OutOfMemory`] (after releasing the
     /// device's cache and retrying once), [`Error::Backend`].
     pub fn allocate_on(
@@ -273,6 +281,7 @@ impl Allocator {
         }
         let device = device.unwrap_or_else(|| graph.as_ref().map_or(0, |p| p.device()));
         let cache = self.cache(device)?;
+        self.check_stream(device, stream)?;
         let padding = align.saturating_sub(BLOCK_ROUND);
         let too_large = || Error::TooLarge {
             requested: size,
@@ -399,12 +408,15 @@ impl Allocator {
     /// freed, it is not reused until the work queued on `stream` by then has
     /// completed (an event is recorded on `stream` at free time).
     ///
-    /// Errors, changing nothing: [`Error::UnknownStream`], and for a pointer
-    /// that is not live the errors of [`Allocator::free`].
+    /// Errors, changing nothing: [`Error::UnknownStream`] (`stream` is not
+    /// registered on the block's device: see [`Allocator::register_stream`]),
+    /// [`BackendError::ForeignStream`], and for a pointer that is not live
+    /// the errors of [`Allocator::free`].
     pub fn record_stream(&self, ptr: DevicePtr, stream: u64) -> Result<()> {
         let Some(device) = self.ownership.device(ptr.addr()) else {
             return Err(self.diagnose(ptr.addr()));
         };
+        self.check_stream(device, stream)?;
         self.caches[device]
             .device
             .capturing(stream)
@@ -414,6 +426,93 @@ impl Allocator {
         } else {
             Err(self.diagnose(ptr.addr()))
         }
+    }
+
+    /// Accepts a cudarc stream for [`Allocator::allocate_on`],
+    /// [`Allocator::record_stream`] and [`crate::use_stream`] on `device`.
+    /// The allocator keeps the `Arc`, so the handle stays valid while it may
+    /// still reach the driver (see [`Allocator::unregister_stream`]).
+    /// Registering a stream twice changes nothing.
+    ///
+    /// Errors: [`Error::InvalidDevice`]; [`BackendError::ForeignStream`] for
+    /// a stream of another device.
+    pub fn register_stream(
+        &self,
+        device: usize,
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    ) -> Result<()> {
+        self.cache(device)?;
+        let (handle, ordinal) = (stream.cu_stream() as u64, stream.context().ordinal());
+        if ordinal != device {
+            return Err(Error::Backend(BackendError::ForeignStream {
+                stream: handle,
+                stream_device: ordinal,
+                device,
+            }));
+        }
+        if self.streams.register(device, handle, Some(stream.clone())) {
+            self.release_retired_streams();
+        }
+        Ok(())
+    }
+
+    /// Accepts the raw stream handle `stream` on `device`, as
+    /// [`Allocator::register_stream`] does a cudarc stream. This is how the
+    /// C ABI accepts the streams PyTorch passes. Built-in handles (0, 1, 2)
+    /// need no registration.
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of `device` (of its primary context on
+    /// CUDA) from now until it is unregistered and no block allocated on it
+    /// or recorded on it ([`Allocator::record_stream`]) is live or waiting
+    /// to be reused: the allocator passes it to the driver until then.
+    pub unsafe fn register_raw_stream(&self, device: usize, stream: u64) -> Result<()> {
+        self.cache(device)?;
+        if !self.streams.is_registered(device, stream) {
+            self.streams.register(device, stream, None);
+        }
+        Ok(())
+    }
+
+    /// Whether `stream` is accepted on `device` now: built in, registered,
+    /// or a stream the device's backend made itself (a [`HostBackend`]'s
+    /// simulated streams).
+    pub fn is_stream_registered(&self, device: usize, stream: u64) -> bool {
+        self.check_stream(device, stream).is_ok()
+    }
+
+    /// Ends the registration of `stream` on `device`: later allocations and
+    /// `record_stream` calls on it are [`Error::UnknownStream`]. Blocks
+    /// already allocated on it or recorded on it are unaffected; the `Arc` of
+    /// [`Allocator::register_stream`] is kept until none is live and the
+    /// device has no pending frees (checked now and at each later
+    /// registration), then dropped. Returns whether it was registered.
+    /// Built-in streams stay accepted; so do a [`HostBackend`]'s own streams.
+    pub fn unregister_stream(&self, device: usize, stream: u64) -> bool {
+        let was = self.streams.unregister(device, stream);
+        self.release_retired_streams();
+        was
+    }
+
+    /// Accepts `stream` on `device` or says why not (a built-in handle costs
+    /// one comparison, a registered one a map read).
+    #[inline]
+    fn check_stream(&self, device: usize, stream: u64) -> Result<()> {
+        self.streams.check(device, stream, || {
+            self.caches.get(device).is_some_and(|c| {
+                (c.device.backend.as_stream_order()).is_some_and(|s| s.created_stream(stream))
+            })
+        })
+    }
+
+    /// Drops the retired streams no live block names on a device without
+    /// pending frees.
+    fn release_retired_streams(&self) {
+        self.streams.release_retired(|device, stream| {
+            let pending = self.caches[device].stats().pending_frees
+                + self.pools.stats(Some(device), false).pending_frees;
+            pending > 0 || self.ownership.names_stream(device, stream)
+        });
     }
 
     pub(crate) fn out_of_memory(&self, device: usize, requested: usize) -> Error {

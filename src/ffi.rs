@@ -28,7 +28,12 @@
 //!   the caller names, and an ordinal the allocator does not have is an error.
 //! - **Streams** (`cudaStream_t`, a pointer) are used by address, as the
 //!   stream tag of [`crate::Allocator::allocate_on`]; the null (legacy
-//!   default) stream is tag 0.
+//!   default) stream is tag 0. The caller promises that a stream passed to
+//!   [`graphalloc_malloc`] or [`graphalloc_record_stream`] is null or a live
+//!   stream of the block's device, and stays live while a block allocated or
+//!   recorded on it is live or waiting to be reused (PyTorch's own contract);
+//!   on that promise each is registered on first sight
+//!   ([`crate::Allocator::register_raw_stream`]).
 //! - **Zero-byte requests** return null and are *not* an error (the last
 //!   error stays empty), as PyTorch's own caching allocator does for size 0.
 //!   [`graphalloc_free`] of null is a no-op.
@@ -322,7 +327,12 @@ fn malloc_body(size: isize, device: c_int, stream: *mut c_void) -> *mut c_void {
                 return Ok(std::ptr::null_mut());
             }
             let ptr = alloc
-                .allocate_on(device, stream as usize as u64, size, MALLOC_ALIGNMENT)
+                .allocate_on(
+                    device,
+                    accept_stream(alloc, device, stream),
+                    size,
+                    MALLOC_ALIGNMENT,
+                )
                 .map_err(|e| e.to_string())?;
             Ok(ptr.addr() as usize as *mut c_void)
         },
@@ -629,11 +639,27 @@ pub extern "C" fn graphalloc_graph_mode_depth() -> c_int {
 #[no_mangle]
 pub extern "C" fn graphalloc_record_stream(ptr: *mut c_void, stream: *mut c_void) -> c_int {
     ffi_call("graphalloc_record_stream", -1, Log::Quiet, || {
-        allocator()?
-            .record_stream(DevicePtr::new(ptr as usize as u64), stream as usize as u64)
+        let (alloc, ptr) = (allocator()?, DevicePtr::new(ptr as usize as u64));
+        let stream = match alloc.device_of(ptr) {
+            Some(device) => accept_stream(alloc, device, stream),
+            None => stream as usize as u64, // refused below: not live
+        };
+        alloc
+            .record_stream(ptr, stream)
             .map_err(|e| e.to_string())?;
         Ok(0)
     })
+}
+
+/// Registers a `cudaStream_t` from C on `device` (idempotent) and returns
+/// its tag.
+fn accept_stream(alloc: &Allocator, device: usize, stream: *mut c_void) -> u64 {
+    let stream = stream as usize as u64;
+    // SAFETY: the C caller's contract (module docs, **Streams**): the stream
+    // is null or a live stream of `device` while blocks name it. `device` is
+    // one of the allocator's, so this cannot fail.
+    let _ = unsafe { alloc.register_raw_stream(device, stream) };
+    stream
 }
 
 /// Routes allocations on `stream` (on the pool's device) to graph pool

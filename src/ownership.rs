@@ -34,6 +34,16 @@ pub(crate) struct Record {
     pub(crate) held: bool,
 }
 
+impl Record {
+    /// The device the block is on.
+    fn device(&self) -> usize {
+        match &self.owner {
+            Owner::Cache { device, .. } => *device,
+            Owner::Pool(pool) => pool.device(),
+        }
+    }
+}
+
 /// What [`OwnershipMap::claim`] found.
 #[derive(Debug)]
 pub(crate) enum Claim {
@@ -99,10 +109,7 @@ impl OwnershipMap {
 
     /// The device of a live pointer.
     pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&ptr, |r| match &r.owner {
-            Owner::Cache { device, .. } => *device,
-            Owner::Pool(pool) => pool.device(),
-        })
+        self.map.with(&ptr, Record::device)
     }
 
     /// For a live pointer: the id of its pool, or `None` for the cache.
@@ -111,6 +118,16 @@ impl OwnershipMap {
             Owner::Cache { .. } => None,
             Owner::Pool(pool) => Some(pool.id),
         })
+    }
+
+    /// Whether a live pointer of `device` was allocated on `stream` or
+    /// records a use by it (slow: a scan, for unregistering a stream).
+    pub(crate) fn names_stream(&self, device: usize, stream: u64) -> bool {
+        let mut named = false;
+        self.map.for_each(|_, r| {
+            named |= r.device() == device && (r.stream == stream || r.uses.contains(&stream));
+        });
+        named
     }
 
     /// Forgets every live pointer (the allocator is going away).

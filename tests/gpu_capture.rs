@@ -24,7 +24,7 @@ fn graph_mode_allocations_during_a_global_capture_replay_at_fixed_addresses() {
     let Engine::Cuda { stream, .. } = engine else {
         unreachable!()
     };
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(alloc).unwrap());
     let pool = alloc.create_pool();
 
     // Static input and output, set up in graph mode before the capture. The
@@ -145,7 +145,7 @@ fn graph_mode_allocations_during_a_global_capture_replay_at_fixed_addresses() {
 fn buffers_allocated_on_a_captured_stream_without_a_guard_are_graph_memory() {
     let Some(g) = gpu() else { return };
     let (alloc, engine) = (&g.alloc, &g.engine);
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(alloc).unwrap());
     let x_host = host_input(11);
     let x = DeviceBuffer::from_slice(alloc, &x_host).unwrap();
     let out = RefCell::new(DeviceBuffer::<f32>::zeros(alloc, N).unwrap());

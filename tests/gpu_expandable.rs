@@ -51,7 +51,7 @@ fn assert_intact(g: &ByteGpu, s: &CudaStream, out: DevicePtr, n: usize, value: u
 fn pages_are_not_unmapped_while_queued_work_still_writes_them() {
     let _serial = graphalloc_testkit::gpu::gpu_lock();
     let Some(g) = gpu() else { return };
-    let s = g.ctx.new_stream().unwrap();
+    let s = g.stream();
     const N: usize = 32 << 20;
     let (src, out) = queue_writer_and_free(&g, &s, N, 0x5a);
     let before = (
@@ -88,11 +88,11 @@ fn pages_are_not_unmapped_while_queued_work_still_writes_them() {
 fn a_budget_reclaim_waits_for_queued_work_too() {
     let _serial = graphalloc_testkit::gpu::gpu_lock();
     let Some(g) = gpu() else { return };
-    let s = g.ctx.new_stream().unwrap();
+    let s = g.stream();
     const N: usize = 64 << 20;
     let (src, out) = queue_writer_and_free(&g, &s, N, 0x3c);
     let unmaps = g.alloc.mapping_stats().unmaps;
-    let t = g.ctx.new_stream().unwrap();
+    let t = g.stream();
     let big = g.alloc.allocate_on(0, handle(&t), 2 * N, 512).unwrap();
     assert!(
         g.alloc.mapping_stats().unmaps > unmaps,

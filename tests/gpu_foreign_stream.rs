@@ -1,7 +1,9 @@
 //! A stream of another device is refused (issue 13): before, `record_stream`
 //! with device 1's stream on a device-0 block was accepted, the event could
-//! not be recorded there, and the block never became reusable. Skips, saying
-//! so, with fewer than two devices.
+//! not be recorded there, and the block never became reusable. Now the
+//! registry refuses it: registering it on device 0 is refused, and once
+//! registered on device 1 it is refused on device 0. Skips, saying so, with
+//! fewer than two devices.
 
 use cudarc::driver::CudaContext;
 
@@ -27,6 +29,9 @@ fn a_stream_of_another_device_is_a_typed_error() {
             })
         )
     };
+    let e = alloc.register_stream(0, &other).unwrap_err();
+    assert!(refused(e.clone()), "{e:?}");
+    alloc.register_stream(1, &other).unwrap();
     let e = alloc.record_stream(p, foreign).unwrap_err();
     assert!(refused(e.clone()), "{e:?}");
     let e = alloc.allocate_on(0, foreign, 4096, 512).unwrap_err();
@@ -34,6 +39,7 @@ fn a_stream_of_another_device_is_a_typed_error() {
     assert_eq!(alloc.stats(), before);
     // A stream of the block's own device is fine.
     let own = CudaContext::new(0).unwrap().new_stream().unwrap();
+    alloc.register_stream(0, &own).unwrap();
     alloc.record_stream(p, own.cu_stream() as u64).unwrap();
     alloc.free(p).unwrap();
     own.synchronize().unwrap();

@@ -28,7 +28,7 @@ fn data(alloc: &Allocator) -> (Buf<'_>, Buf<'_>) {
 fn a_planned_training_step_replays_the_eager_losses_bit_for_bit() {
     let Some(g) = gpu() else { return };
     let (alloc, engine) = (&g.alloc, &g.engine);
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(alloc).unwrap());
     let (x, y) = data(alloc);
 
     let mut eager = ok(LinReg::new(alloc, D, ITERS));
@@ -131,7 +131,7 @@ fn two_graphs_sharing_a_planned_pool_replay_alternately() {
     let Engine::Cuda { stream, .. } = engine else {
         unreachable!()
     };
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(alloc).unwrap());
     let input = |round: u64| -> Vec<f32> { (0..M).map(|i| noise(i, 300 + round)).collect() };
     let x = RefCell::new(DeviceBuffer::from_slice(alloc, &input(0)).unwrap());
     let out_a = RefCell::new(DeviceBuffer::<f32>::zeros(alloc, M).unwrap());

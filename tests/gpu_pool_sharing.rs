@@ -35,7 +35,7 @@ fn run(g: &Gpu, shared: bool) -> Outcome {
         unreachable!()
     };
     let stream: &Arc<CudaStream> = stream;
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(alloc).unwrap());
     let pool_a = alloc.create_pool();
     let pool_b = if shared {
         pool_a.clone()

@@ -1,8 +1,10 @@
 //! Stream-ordered safety on a real device: a block freed after
 //! `record_stream` is not reused while the other stream still reads it, and
-//! a GLOBAL-mode capture that grows a pool stays valid. Skips, saying so,
+//! a GLOBAL-mode capture that grows a pool stays valid; only registered
+//! streams reach the driver (issue 13). Skips, saying so,
 //! where no CUDA driver loads.
 
+use graphalloc::Error;
 use graphalloc_testkit::byte_gpu::{byte_gpu, handle, ByteGpu};
 use std::io::Write;
 
@@ -14,7 +16,7 @@ fn gpu() -> Option<ByteGpu> {
 fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
     let _serial = graphalloc_testkit::gpu::gpu_lock();
     let Some(g) = gpu() else { return };
-    let (a, b) = (g.ctx.new_stream().unwrap(), g.ctx.new_stream().unwrap());
+    let (a, b) = (g.stream(), g.stream());
     const N: usize = 8 << 20;
 
     // Control: without record_stream, the freed block comes straight back.
@@ -57,10 +59,34 @@ fn a_block_read_by_another_stream_is_not_reused_until_that_work_is_done() {
 }
 
 #[test]
-fn a_global_mode_capture_that_grows_a_pool_stays_valid_and_replays_right() {
+fn only_registered_streams_reach_the_driver() {
     let _serial = graphalloc_testkit::gpu::gpu_lock();
     let Some(g) = gpu() else { return };
     let s = g.ctx.new_stream().unwrap();
+    let h = handle(&s);
+    for bogus in [h, 0xdead_0000, u64::MAX] {
+        let refused = Err(Error::UnknownStream { stream: bogus });
+        assert_eq!(g.alloc.allocate_on(0, bogus, 4096, 512), refused);
+    }
+    g.alloc.register_stream(0, &s).unwrap();
+    let p = g.alloc.allocate_on(0, h, 4096, 512).unwrap();
+    g.fill(&s, p, 4096, 7);
+    s.synchronize().unwrap();
+    assert!(g.read(p, 4096).iter().all(|&b| b == 7));
+    assert!(g.alloc.unregister_stream(0, h));
+    assert!(g.alloc.allocate_on(0, h, 4096, 512).is_err());
+    // The allocator keeps the stream alive while `p` names it: its free
+    // still asks the driver about `h`.
+    drop(s);
+    g.alloc.free(p).unwrap();
+    g.alloc.empty_cache().unwrap();
+}
+
+#[test]
+fn a_global_mode_capture_that_grows_a_pool_stays_valid_and_replays_right() {
+    let _serial = graphalloc_testkit::gpu::gpu_lock();
+    let Some(g) = gpu() else { return };
+    let s = g.stream();
     const N: usize = 32 << 20; // needs a fresh pool segment during capture
     let pools_before = g.alloc.stats().pools.segments_reserved;
 

@@ -19,7 +19,7 @@ const LR: f32 = 0.1;
 fn a_replayed_training_step_matches_the_eager_run_in_flat_memory() {
     let Some(g) = gpu() else { return };
     let (alloc, engine) = (&g.alloc, &g.engine);
-    let _on_stream = graphalloc::use_stream(engine.stream_handle());
+    let _on_stream = graphalloc::use_stream(engine.stream_handle(alloc).unwrap());
     let (x_host, y_host) = regression_data(N, D);
     let x = DeviceBuffer::from_slice(alloc, &x_host).unwrap();
     let y = DeviceBuffer::from_slice(alloc, &y_host).unwrap();

@@ -105,6 +105,7 @@ fn frees_from_the_other_device_reach_the_right_device_and_graphs_replay_on_each(
         let fill = module.load_function("fill").unwrap();
         kernels.push(fill.clone());
         let stream = ctx.new_stream().unwrap();
+        alloc.register_stream(d, &stream).unwrap();
         let pool = alloc.create_pool_on(d).unwrap();
         alloc
             .set_capture_pool(stream.cu_stream() as u64, &pool)

@@ -448,6 +448,10 @@ impl StreamOrder for HostBackend {
         Ok(())
     }
 
+    fn created_stream(&self, stream: u64) -> bool {
+        self.streams.lock().streams.contains_key(&stream)
+    }
+
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
         let s = self.streams.lock();
         if !s.streams.contains_key(&stream) {

@@ -329,6 +329,15 @@ pub trait StreamOrder: Send + Sync {
     /// unknown handle is [`BackendError::UnknownStream`], a stream of another
     /// device [`BackendError::ForeignStream`].
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError>;
+
+    /// Whether `stream` is a stream this backend made itself and keeps
+    /// valid for its whole life (the host backend's simulated streams), so
+    /// the allocator accepts it without registration. CUDA's handles come
+    /// from outside: `false`.
+    fn created_stream(&self, stream: u64) -> bool {
+        let _ = stream;
+        false
+    }
 }
 
 /// Synchronous copies into, out of and within device memory.

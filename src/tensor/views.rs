@@ -18,8 +18,9 @@ use std::sync::Arc;
 impl<T: Element> DeviceBuffer<'_, T> {
     /// Binds the buffer to a cudarc stream for reading: the view implements
     /// cudarc's `DeviceSlice` and `DevicePtr` and can be pushed as a kernel
-    /// argument. Calls [`Allocator::record_stream`] for `stream` (unless it
-    /// is the buffer's own), so when the buffer is dropped its block is not
+    /// argument. Registers `stream` ([`Allocator::register_stream`]) and
+    /// calls [`Allocator::record_stream`] for it (unless it is the buffer's
+    /// own), so when the buffer is dropped its block is not
     /// reused before the work queued on `stream` by then has finished.
     ///
     /// The view does not order `stream` after other streams: work that
@@ -82,7 +83,7 @@ impl<T: Element> DeviceBuffer<'_, T> {
 
     /// Checks that `stream` can use this buffer and records the use;
     /// returns the buffer's device address.
-    fn bind(&self, stream: &CudaStream) -> Result<u64> {
+    fn bind(&self, stream: &Arc<CudaStream>) -> Result<u64> {
         bind_raw(self.alloc, self.ptr, self.device, stream)?;
         Ok(self.ptr.addr())
     }
@@ -90,7 +91,12 @@ impl<T: Element> DeviceBuffer<'_, T> {
 
 /// Checks that the block at `ptr` on `device` is CUDA memory that `stream`
 /// can address, and records `stream`'s use of it.
-fn bind_raw(alloc: &Allocator, ptr: DevicePtr, device: usize, stream: &CudaStream) -> Result<()> {
+fn bind_raw(
+    alloc: &Allocator,
+    ptr: DevicePtr,
+    device: usize,
+    stream: &Arc<CudaStream>,
+) -> Result<()> {
     if ptr.is_null() {
         return Ok(()); // empty: nothing to address or keep alive
     }
@@ -109,6 +115,9 @@ fn bind_raw(alloc: &Allocator, ptr: DevicePtr, device: usize, stream: &CudaStrea
         ))
         .into());
     }
+    // The safe registration: the allocator keeps the stream alive while
+    // the block (freed later) may still name it to the driver.
+    alloc.register_stream(device, stream)?;
     alloc.record_stream(ptr, stream.cu_stream() as u64)
 }
 

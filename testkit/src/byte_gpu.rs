@@ -40,6 +40,14 @@ fn cfg(n: usize) -> LaunchConfig {
 }
 
 impl ByteGpu {
+    /// A new stream of device 0, registered with the allocator (which
+    /// accepts only built-in and registered streams).
+    pub fn stream(&self) -> Arc<CudaStream> {
+        let s = self.ctx.new_stream().unwrap();
+        self.alloc.register_stream(0, &s).unwrap();
+        s
+    }
+
     /// Queues `dst[0..n] = value` on `stream`.
     pub fn fill(&self, stream: &CudaStream, dst: DevicePtr, n: usize, value: u8) {
         let (d, n64, v) = (dst.addr(), n as u64, value as u32);

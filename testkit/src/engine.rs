@@ -102,11 +102,15 @@ impl Engine {
     }
 
     /// The stream handle allocations should be tagged with
-    /// ([`graphalloc::use_stream`]): the CUDA stream, or the default stream.
-    pub fn stream_handle(&self) -> u64 {
+    /// ([`graphalloc::use_stream`]): the CUDA stream, registered with `alloc`
+    /// on device 0, or the default stream.
+    pub fn stream_handle(&self, alloc: &graphalloc::Allocator) -> graphalloc::Result<u64> {
         match self {
-            Engine::Cuda { stream, .. } => stream.cu_stream() as u64,
-            Engine::Host => graphalloc::DEFAULT_STREAM,
+            Engine::Cuda { stream, .. } => {
+                alloc.register_stream(0, stream)?;
+                Ok(stream.cu_stream() as u64)
+            }
+            Engine::Host => Ok(graphalloc::DEFAULT_STREAM),
         }
     }
 
