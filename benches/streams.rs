@@ -41,8 +41,12 @@ impl Rig {
                 ..Config::default()
             };
             eprintln!("graphalloc streams bench: backend cuda");
+            let alloc = Allocator::new(config).unwrap();
+            // Only registered streams reach the driver.
+            alloc.register_stream(0, &a).unwrap();
+            alloc.register_stream(0, &b).unwrap();
             Rig {
-                alloc: Allocator::new(config).unwrap(),
+                alloc,
                 a: a.cu_stream() as u64,
                 b: b.cu_stream() as u64,
                 host: None,
