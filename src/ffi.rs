@@ -245,7 +245,7 @@ fn ffi_call<T>(name: &str, on_error: T, log: Log, body: impl FnOnce() -> Result<
 }
 
 fn allocator() -> Result<&'static Allocator, String> {
-    crate::try_global().map_err(|e| format!("cannot build the process-wide allocator: {e}"))
+    crate::global::try_global().map_err(|e| format!("cannot build the process-wide allocator: {e}"))
 }
 
 fn device_index(alloc: &Allocator, device: c_int) -> Result<usize, String> {

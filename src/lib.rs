@@ -51,6 +51,7 @@ mod global;
 mod graph_pool;
 mod mode;
 mod ownership;
+mod planning;
 pub mod replay;
 pub mod stats;
 mod stream;

@@ -48,6 +48,7 @@ struct Live {
 /// step: live blocks never overlap, a block freed after `record_stream` on
 /// another stream is not handed out again before that stream's work is done
 /// (unless the allocator may have waited for it: an out-of-memory retry,
+/// an expandable segment's reclaim (it waits for the streams it unmaps for),
 /// `empty_cache`, a pool reset or a pool dropped), the counts agree, and the
 /// teardown leaves nothing.
 pub fn run_streams(data: &[u8]) {
@@ -89,7 +90,13 @@ pub fn run_streams(data: &[u8]) {
                 let stream = b.pick(&streams).unwrap();
                 let size = b.size();
                 let align = 1usize << (b.u8() % 14);
-                let retries = alloc.stats().total.oom_retries;
+                // An out-of-memory retry waits for every stream; an expandable
+                // reclaim waits for the streams whose idle pages it unmaps
+                // (host: all their queued work), so either may make reuse safe.
+                let waits = |a: &graphalloc::Allocator| {
+                    (a.stats().total.oom_retries, a.mapping_stats().unmaps)
+                };
+                let retries = waits(&alloc);
                 let r = alloc.allocate_on(0, stream, size, align);
                 if trace {
                     let pool = r.as_ref().ok().and_then(|&p| alloc.pool_of(p));
@@ -106,7 +113,7 @@ pub fn run_streams(data: &[u8]) {
                             let other_end = s + round_up(l.size, 512) as u64;
                             assert!(other_end <= ptr || s >= end, "overlap with {s:#x}");
                         }
-                        if alloc.stats().total.oom_retries == retries {
+                        if waits(&alloc) == retries {
                             if let Some((&q, (qend, waiting))) = quarantine.range(..end).next_back()
                             {
                                 assert!(

@@ -19,7 +19,6 @@
 use super::planner::{self, Interval};
 use super::record::Recording;
 use super::GraphPool;
-use crate::allocator::Allocator;
 use crate::arena::{Arena, Carved, Class, StreamTag, BLOCK_ROUND, LARGE_SEGMENT_ROUND};
 use crate::backend::BackendError;
 use crate::caching::CachingAllocator;
@@ -88,7 +87,7 @@ pub(crate) fn intervals(
 
 /// A placement of several recordings in per-stream regions.
 #[derive(Debug)]
-struct Plan {
+pub(crate) struct Plan {
     /// (stream, bytes) of each region.
     regions: Vec<(StreamTag, usize)>,
     /// Per recording, its allocations in order.
@@ -97,7 +96,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(recordings: &[&Recording], device: usize) -> Plan {
+    pub(crate) fn new(recordings: &[&Recording], device: usize) -> Plan {
         let mut streams: Vec<StreamTag> = recordings
             .iter()
             .flat_map(|r| r.allocs.iter())
@@ -253,7 +252,7 @@ impl GraphPool {
 fn reserve_region(
     cache: &CachingAllocator,
     size: usize,
-    alloc: &Allocator,
+    oom: &dyn Fn(usize, usize) -> Error,
 ) -> Result<(u64, usize)> {
     let device = &cache.device;
     let reserve = |size: usize| {
@@ -267,7 +266,7 @@ fn reserve_region(
         };
         base.map_err(|e| match e {
             Shortfall::Backend(e) => Error::Backend(e),
-            _ => alloc.out_of_memory(device.ordinal(), size),
+            _ => oom(device.ordinal(), size),
         })
     };
     let give_back = |base: u64, size: usize| {
@@ -293,19 +292,19 @@ fn reserve_region(
 }
 
 /// Reserves the regions of `plan` as segments of `arena` (a new pool's),
-/// taking memory from `cache`'s device. On an error the caller releases
-/// what was reserved.
-fn reserve_plan(
+/// taking memory from `cache`'s device (`oom` makes the error for a full
+/// device). On an error the caller releases what was reserved.
+pub(crate) fn reserve_plan(
     plan: Plan,
     cache: &CachingAllocator,
     arena: &mut Arena,
-    alloc: &Allocator,
+    oom: &dyn Fn(usize, usize) -> Error,
 ) -> Result<PlanCursor> {
     let device = &cache.device;
     let mut bases = Vec::new();
     let mut reserved = 0;
     for &(stream, size) in &plan.regions {
-        let (base, size) = reserve_region(cache, size, alloc)?;
+        let (base, size) = reserve_region(cache, size, oom)?;
         let segment = arena.add_segment(base, size, stream, Class::Large);
         device.book.reserved(Side::Pools, size);
         bases.push((segment, base));
@@ -326,86 +325,4 @@ fn reserve_plan(
         fell_back: false,
         stats,
     })
-}
-
-impl Allocator {
-    /// A graph pool on device 0 planned from `recordings`; see
-    /// [`Allocator::create_planned_pool_on`].
-    pub fn create_planned_pool(&self, recordings: &[&Recording]) -> Result<GraphPool> {
-        self.create_planned_pool_on(0, recordings)
-    }
-
-    /// A graph pool on `device` whose memory is placed ahead of time for
-    /// the runs in `recordings` (their allocations on `device`): one segment
-    /// per stream, reserved now, sized by packing the recorded lifetimes.
-    /// Several recordings share the memory (graphs that share the pool and
-    /// never run concurrently): the pool needs about the largest of their
-    /// peaks, not the sum. Blocks that outlive their recording (a graph's
-    /// outputs) get memory no other recording uses.
-    ///
-    /// Captures follow plan 0 first; [`GraphPool::start_plan`] picks another
-    /// ([`Allocator::capture_planned`] does both).
-    ///
-    /// ```
-    /// use graphalloc::{Allocator, Config};
-    /// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
-    /// let step = || {
-    ///     let a = alloc.allocate(3 << 20, 512).unwrap();
-    ///     let b = alloc.allocate(1 << 20, 512).unwrap();
-    ///     alloc.free(a).unwrap();
-    ///     let c = alloc.allocate(2 << 20, 512).unwrap();
-    ///     alloc.free(b).unwrap();
-    ///     alloc.free(c).unwrap();
-    /// };
-    /// let ((), rec) = alloc.record(step); // eager: real memory, from the cache
-    /// let pool = alloc.create_planned_pool(&[&rec]).unwrap();
-    /// alloc.capture_planned(&pool, 0, step).unwrap(); // e.g. inside a CUDA capture
-    /// let plan = pool.plan_stats().unwrap();
-    /// assert_eq!(plan.peak_live_bytes, 4 << 20);
-    /// assert_eq!(plan.planned_bytes, 4 << 20);
-    /// assert_eq!((plan.planned_hits, plan.fallbacks), (3, 0));
-    /// assert_eq!(pool.stats().reserved_bytes, 4 << 20);
-    /// ```
-    pub fn create_planned_pool_on(
-        &self,
-        device: usize,
-        recordings: &[&Recording],
-    ) -> Result<GraphPool> {
-        let (allocator_id, cache, registry) = self.pool_parts(device)?;
-        let plan = Plan::new(recordings, device);
-        GraphPool::create_with(allocator_id, cache.clone(), registry, |cache, arena| {
-            reserve_plan(plan, cache, arena, self)
-        })
-    }
-
-    /// Runs `f` in graph mode on `pool` following plan `plan` from its start
-    /// ([`GraphPool::start_plan`]); for a capture, `f` begins and ends it.
-    pub fn capture_planned<R>(
-        &self,
-        pool: &GraphPool,
-        plan: usize,
-        f: impl FnOnce() -> R,
-    ) -> Result<R> {
-        let guard = self.enter_graph_mode(pool)?;
-        pool.start_plan(plan)?;
-        let result = f();
-        drop(guard);
-        Ok(result)
-    }
-
-    /// Record, plan and capture in one call: runs `record` while recording
-    /// the calling thread's allocations (an eager run of the work, or a
-    /// capture to throw away), plans a pool on device 0 from it, and runs
-    /// `capture` in graph mode on that pool (the real capture of the same
-    /// work). Returns the pool and both results.
-    pub fn plan_and_capture<R, C>(
-        &self,
-        record: impl FnOnce() -> R,
-        capture: impl FnOnce() -> C,
-    ) -> Result<(GraphPool, R, C)> {
-        let (recorded, recording) = self.record(record);
-        let pool = self.create_planned_pool(&[&recording])?;
-        let captured = self.capture_planned(&pool, 0, capture)?;
-        Ok((pool, recorded, captured))
-    }
 }

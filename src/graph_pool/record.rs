@@ -9,9 +9,7 @@
 //! and free paths look at one atomic count and do nothing more while no
 //! recording is active.
 
-use crate::allocator::Allocator;
 use crate::arena::StreamTag;
-use crate::error::Result;
 use crate::sync::{next_id, thread_local, Arc, AtomicUsize, Mutex, Ordering};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -21,7 +19,7 @@ thread_local! {
     static THREAD_TOKEN: Cell<u64> = const { Cell::new(0) };
 }
 
-fn thread_token() -> u64 {
+pub(crate) fn thread_token() -> u64 {
     THREAD_TOKEN.with(|t| {
         if t.get() == 0 {
             t.set(next_id());
@@ -88,7 +86,7 @@ impl Recording {
 
 /// Whose allocations a recorder sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Filter {
+pub(crate) enum Filter {
     /// Those of one thread (by its token).
     Thread(u64),
     /// Those on one stream of one device, from any thread.
@@ -238,53 +236,18 @@ impl RecordingGuard<'_> {
     }
 }
 
-impl Drop for RecordingGuard<'_> {
-    fn drop(&mut self) {
-        self.end();
+impl<'a> RecordingGuard<'a> {
+    /// Starts a recording in `recorders` of the allocations `filter` selects.
+    pub(crate) fn start(recorders: &'a Recorders, filter: Filter) -> Self {
+        RecordingGuard {
+            recorders,
+            recorder: Some(recorders.start(filter)),
+        }
     }
 }
 
-impl Allocator {
-    /// Starts recording the calling thread's allocations (on any device and
-    /// stream) and the frees of those blocks (from any thread). Allocations
-    /// are served as usual while recording.
-    pub fn start_recording(&self) -> RecordingGuard<'_> {
-        RecordingGuard {
-            recorders: &self.recorders,
-            recorder: Some(self.recorders.start(Filter::Thread(thread_token()))),
-        }
-    }
-
-    /// Starts recording the allocations on `stream` of `device`, from any
-    /// thread (PyTorch runs `backward` on its own threads), and the frees of
-    /// those blocks. Fails with [`crate::Error::InvalidDevice`].
-    pub fn start_recording_on(&self, device: usize, stream: u64) -> Result<RecordingGuard<'_>> {
-        self.pool_parts(device)?;
-        Ok(RecordingGuard {
-            recorders: &self.recorders,
-            recorder: Some(self.recorders.start(Filter::Stream { device, stream })),
-        })
-    }
-
-    /// Runs `f` while recording the calling thread's allocations; returns
-    /// its result and the recording.
-    ///
-    /// ```
-    /// use graphalloc::{Allocator, Config};
-    /// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
-    /// let (kept, rec) = alloc.record(|| {
-    ///     let tmp = alloc.allocate(4096, 512).unwrap();
-    ///     let kept = alloc.allocate(1024, 512).unwrap();
-    ///     alloc.free(tmp).unwrap();
-    ///     kept
-    /// });
-    /// assert_eq!((rec.len(), rec.outliving()), (2, 1));
-    /// assert_eq!(rec.peak_live_bytes(0), 4096 + 1024);
-    /// alloc.free(kept).unwrap();
-    /// ```
-    pub fn record<R>(&self, f: impl FnOnce() -> R) -> (R, Recording) {
-        let guard = self.start_recording();
-        let result = f();
-        (result, guard.finish())
+impl Drop for RecordingGuard<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
