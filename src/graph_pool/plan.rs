@@ -213,7 +213,7 @@ impl PlanCursor {
 
 impl GraphPool {
     /// Whether the pool was made from recordings
-    /// ([`Allocator::create_planned_pool`]).
+    /// ([`Allocator::create_planned_pool`](crate::Allocator::create_planned_pool)).
     pub fn is_planned(&self) -> bool {
         self.core.plan.is_some()
     }

@@ -53,8 +53,8 @@ pub(crate) struct RecordedAlloc {
 
 /// The allocation sequence of one recorded run: for each allocation its
 /// size, alignment, stream and device, and when it was freed (or that it
-/// outlived the run). Made by [`Allocator::record`] or a [`RecordingGuard`];
-/// planned into a pool by [`Allocator::create_planned_pool`].
+/// outlived the run). Made by [`Allocator::record`](crate::Allocator::record) or a [`RecordingGuard`];
+/// planned into a pool by [`Allocator::create_planned_pool`](crate::Allocator::create_planned_pool).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recording {
     pub(crate) allocs: Vec<RecordedAlloc>,
@@ -210,8 +210,8 @@ impl Recorders {
 }
 
 /// Records allocations until [`RecordingGuard::finish`] (dropping it ends
-/// the recording and discards it). Made by [`Allocator::start_recording`]
-/// (the calling thread's allocations) or [`Allocator::start_recording_on`]
+/// the recording and discards it). Made by [`Allocator::start_recording`](crate::Allocator::start_recording)
+/// (the calling thread's allocations) or [`Allocator::start_recording_on`](crate::Allocator::start_recording_on)
 /// (one stream's, from any thread).
 #[must_use = "the recording ends when the guard is dropped"]
 #[derive(Debug)]
