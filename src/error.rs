@@ -1,7 +1,5 @@
 //! The crate's typed errors.
 
-use crate::backend::BackendError;
-
 /// Everything that can go wrong in a call to graphalloc.
 ///
 /// A call that returns an error has changed nothing: no block is handed out
@@ -166,3 +164,103 @@ pub enum Error {
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A backend call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The device has no room for a segment of this size.
+    #[error("device out of memory reserving {requested} bytes")]
+    OutOfMemory {
+        /// Segment bytes asked for.
+        requested: usize,
+    },
+    /// A fault injected by a test ([`FaultAdaptor::fail_reservation`](crate::backend::FaultAdaptor::fail_reservation),
+    /// [`FaultAdaptor::fail_unmap`](crate::backend::FaultAdaptor::fail_unmap)).
+    #[error("injected fault at call {nth}")]
+    Injected {
+        /// The 1-based number of the reservation (or unmap) that failed.
+        nth: u64,
+    },
+    /// A CUDA driver call failed.
+    #[error("{call} failed: {code}")]
+    Driver {
+        /// The driver function.
+        call: &'static str,
+        /// The `CUresult`, as its name.
+        code: String,
+    },
+    /// No CUDA driver could be loaded, or it has no such device.
+    #[error("CUDA is not available: {0}")]
+    Unavailable(String),
+    /// A stream handle the backend does not know.
+    #[error("unknown stream {stream:#x}")]
+    UnknownStream {
+        /// The handle.
+        stream: u64,
+    },
+    /// An event handle the backend did not create, or destroyed.
+    #[error("unknown event {event:#x}")]
+    UnknownEvent {
+        /// The handle.
+        event: u64,
+    },
+    /// A stream of another device (or another context of this device):
+    /// work ordered on it cannot order this device's memory (on CUDA an
+    /// event of this device recorded there would never complete a free).
+    #[error("stream {stream:#x} belongs to device {stream_device}, not device {device}")]
+    ForeignStream {
+        /// The handle.
+        stream: u64,
+        /// The device the stream belongs to (`usize::MAX` if the driver
+        /// would not say).
+        stream_device: usize,
+        /// The device asked about.
+        device: usize,
+    },
+    /// An address (and size) this backend did not hand out in that form: a
+    /// release of something that is not a held segment, a map or unmap
+    /// outside a reserved range, of pages not in the state the call needs,
+    /// or not aligned to the page size. Nothing was changed.
+    #[error("{call} of {addr:#x}+{size}: {why}")]
+    InvalidAddress {
+        /// The backend method.
+        call: &'static str,
+        /// The address passed.
+        addr: u64,
+        /// The size passed.
+        size: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// [`VirtualMemory::unmap`](crate::backend::VirtualMemory::unmap) failed part way. Exactly the first
+    /// `unmapped` bytes of the range are no longer mapped (their memory is
+    /// given back); the rest is still mapped and held.
+    #[error("unmapped {unmapped} of {requested} bytes: {cause}")]
+    PartlyUnmapped {
+        /// Bytes unmapped, from the start of the range.
+        unmapped: usize,
+        /// Bytes asked to unmap.
+        requested: usize,
+        /// The failure that stopped it (or, with `unmapped == requested`,
+        /// a failure to give back a page whose mapping is gone).
+        cause: Box<BackendError>,
+    },
+    /// The backend lacks a capability (virtual memory, stream order, copies).
+    #[error("the backend has no {capability} capability")]
+    Unsupported {
+        /// The capability's name.
+        capability: &'static str,
+    },
+}
+
+impl BackendError {
+    /// Bytes of a failed [`VirtualMemory::unmap`](crate::backend::VirtualMemory::unmap) that are unmapped all the
+    /// same: `unmapped` of [`BackendError::PartlyUnmapped`], 0 otherwise.
+    pub fn unmapped_bytes(&self) -> usize {
+        match self {
+            BackendError::PartlyUnmapped { unmapped, .. } => *unmapped,
+            _ => 0,
+        }
+    }
+}
