@@ -9,7 +9,8 @@
 //! [`super::graphalloc_last_error`].
 
 use super::{allocator, device_index, ffi_call, non_null, pools, registered_pool, Log};
-use crate::{PlanStats, Recording, RecordingGuard};
+use crate::graph_pool::plan::PlanStats;
+use crate::graph_pool::record::{Recording, RecordingGuard};
 use std::collections::BTreeMap;
 use std::ffi::{c_int, c_void};
 use std::sync::{Mutex, MutexGuard, PoisonError};
