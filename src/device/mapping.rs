@@ -95,13 +95,6 @@ impl MappingStats {
     }
 }
 
-fn shortfall(e: BackendError) -> Shortfall {
-    match e {
-        BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
-        other => Shortfall::Backend(other),
-    }
-}
-
 impl Device {
     /// The mapping calls made on this device so far.
     pub(crate) fn mapping_stats(&self) -> MappingStats {
@@ -152,7 +145,7 @@ impl Device {
                     .backend
                     .vmm()
                     .and_then(|v| v.reserve_range(size))
-                    .map_err(shortfall)?;
+                    .map_err(Shortfall::from)?;
                 let class = Class::of(rounded);
                 fresh = Some(arena.add_expandable_segment(base, size, stream, class, page));
                 arena
@@ -194,7 +187,7 @@ impl Device {
                     .vmm()
                     .and_then(|v| v.release_range(range.base, range.size));
             }
-            return Err(shortfall(e));
+            return Err(Shortfall::from(e));
         }
         arena.mark_mapped(&growth);
         self.book.reserved(side, growth.len);

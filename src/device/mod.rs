@@ -30,6 +30,17 @@ pub(crate) enum Shortfall {
     Backend(BackendError),
 }
 
+impl From<BackendError> for Shortfall {
+    /// A backend's out-of-memory is the device being full; anything else
+    /// stays a backend error.
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
+            other => Shortfall::Backend(other),
+        }
+    }
+}
+
 /// A device: its backend and what graphalloc holds of it.
 ///
 /// The backend is shared through a std `Arc` in both builds: it is an
@@ -177,10 +188,7 @@ impl Device {
 
     /// Reserves a segment, within the limit.
     pub(crate) fn reserve(&self, size: usize) -> Result<u64, Shortfall> {
-        let base = self.backend.reserve(size).map_err(|e| match e {
-            BackendError::OutOfMemory { .. } => Shortfall::Exhausted,
-            other => Shortfall::Backend(other),
-        })?;
+        let base = self.backend.reserve(size)?;
         self.reserved.fetch_add(size, Ordering::SeqCst);
         Ok(base)
     }
