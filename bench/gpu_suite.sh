@@ -10,6 +10,11 @@
 #   plain and expandable segments, criterion benchmarks (shards 1, and the thread
 #   scaling with shards 16), the PyTorch plug-in comparison and bench/torch_checks.py
 #   (through the graphalloc wheel that prepare builds into .gpu/).
+#
+# PHASES picks the steps (default: all of them, in this order):
+#   tests memcheck examples replay criterion torch
+# e.g. PHASES="tests examples" for a correctness call and PHASES="replay criterion"
+# for a timing call (keep CPU-heavy work such as bench/fuzz.sh out of timing calls).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 G=.gpu
@@ -40,6 +45,8 @@ for line in sys.stdin:
     exit 0
 fi
 
+PHASES=" ${PHASES:-tests memcheck examples replay criterion torch} "
+want() { [[ "$PHASES" == *" $1 "* ]]; }
 FINAL=${OUT:-out}
 OUT=$FINAL/logs # every log here; tarred at the end (few files travel back)
 mkdir -p "$OUT"
@@ -61,12 +68,15 @@ run() { # run NAME SECONDS CMD...: log to $OUT/NAME.log, note the result
 step machine
 { date -u; nproc; nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv; } >> "$S" 2>&1
 
+if want tests; then
 step "GPU tests"
 for t in "$G"/test_*; do
     run "$(basename "$t")" 150 "$t" --test-threads=1 --nocapture
 done
 grep -h "test result\|skipping" "$OUT"/test_*.log | sed 's/^/   /' >> "$S"
+fi
 
+if want memcheck; then
 step "compute-sanitizer memcheck"
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ "${MEMCHECK:-1}" = 0 ]; then
@@ -82,14 +92,18 @@ elif [ -n "$CS" ]; then
 else
     echo "   compute-sanitizer not found" >> "$S"
 fi
+fi
 
+if want examples; then
 step examples
 run example_capture 60 "$G/capture"
 run example_training_loop 120 "$G/training_loop"
 run example_planned_capture 120 "$G/planned_capture" --json
 sed 's/^/   /' "$OUT/example_planned_capture.log" >> "$S"
 head -3 "$OUT/example_capture.log" "$OUT/example_training_loop.log" | sed 's/^/   /' >> "$S"
+fi
 
+if want replay; then
 step "replay (plain segments, then the default: expandable segments)"
 for conf in "expandable_segments:false" ""; do
     for t in "$G"/*.trace.gz; do
@@ -98,7 +112,9 @@ for conf in "expandable_segments:false" ""; do
     done
 done
 sed 's/^/   /' "$OUT/replay.jsonl" >> "$S"
+fi
 
+if want criterion; then
 step "criterion: alloc (shards 1)"
 run bench_alloc 200 "$G/bench_alloc" --bench --noplot --warm-up-time 0.5 --measurement-time 1.5
 # Before/after in one run: BEFORE=DIR holds bench_alloc/bench_streams built from an earlier commit
@@ -116,8 +132,9 @@ for f in bench_alloc before_bench_alloc bench_alloc_shards16 bench_streams; do
     [ -f "$OUT/$f.log" ] || continue
     grep -E "^[a-z_/0-9A-Z]+ +time:|thrpt:|^[a-z].*time:" "$OUT/$f.log" | sed "s/^/   [$f] /" >> "$S"
 done
+fi
 
-if [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
+if want torch && [ "${TORCH:-1}" = 1 ] && python3 -c 'import torch' 2>/dev/null; then
     step "PyTorch plug-in (the graphalloc wheel installed into $G/site)"
     python3 -m pip install --no-index --no-deps -q --target "$G/site" "$G"/graphalloc-*.whl
     export PYTHONPATH="$PWD/$G/site${PYTHONPATH:+:$PYTHONPATH}"
