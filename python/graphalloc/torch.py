@@ -16,9 +16,14 @@ module instead.
 CUDA graphs: allocations on a stream being captured (`torch.cuda.graph`)
 land in a graph pool graphalloc makes for that capture; call
 `release_capture_pools()` once those graphs are gone (PyTorch does not tell a
-pluggable allocator). `GraphPool` gives explicit control. `planned_graph(fn)`
-captures `fn` into a pool planned from a recorded warm-up run, which
-reserves about the run's peak of live bytes (`Recording`, `PlannedPool`).
+pluggable allocator). `GraphPool` gives explicit control.
+
+Planned pools: `step = planned_graph(fn, *args)` captures `fn(*args)` into
+a pool planned from a recorded run of the same work (an eager run, or a
+capture thrown away), which reserves about the run's peak of live bytes;
+`step()` replays it. `planned_graphs([f, g])` captures several graphs (say,
+one per batch shape) sharing one planned pool sized to the larger peak.
+`Recording` and `PlannedPool` are the parts they are made of.
 
 torch.compile(mode="reduce-overhead"): PyTorch's CUDA graph trees need
 allocator calls a pluggable allocator cannot serve (`getCheckpointState`,
@@ -73,6 +78,8 @@ __all__ = [
     "Recording",
     "PlannedPool",
     "planned_graph",
+    "planned_graphs",
+    "PlannedGraph",
     "GraphallocError",
 ]
 
@@ -311,9 +318,16 @@ class PlannedPool(GraphPool):
     `start_plan(k)` before capturing the graph of recording k."""
 
     def __init__(self, recordings, device: Optional[int] = None):
+        recordings = list(recordings)
+        if not recordings:
+            raise ValueError("PlannedPool needs at least one recording")
+        for k, r in enumerate(recordings):
+            if r.allocations is None:
+                raise GraphallocError(f"recording {k} has not ended (leave its `with` block first)")
         if device is None:
             device = recordings[0].device
         self.device = int(device)
+        self.recordings = recordings  # keeps them alive with the pool
         ids = (ctypes.c_uint64 * len(recordings))(*[r.id for r in recordings])
         self.id = int(library().graphalloc_plan_pool_create(self.device, ids, len(recordings)))
         _check(self.id != 0)
@@ -328,36 +342,198 @@ class PlannedPool(GraphPool):
         return {name: int(getattr(out, name)) for name in PLAN_STATS_FIELDS}
 
 
-def planned_graph(fn, stream=None, warmup: int = 2):
-    """Captures `fn()` into a `torch.cuda.CUDAGraph` whose memory comes from a
-    planned pool: `warmup` eager runs of `fn` on the capture stream (the last
-    one recorded), a pool planned from that recording, then the capture.
-    Returns `(graph, output, pool)`; keep `pool` while the graph is in use,
-    and `pool.plan_stats()` tells the lower bound, the planned size and
-    whether the capture followed the plan.
+class PlannedGraph:
+    """A `torch.cuda.CUDAGraph` captured into a planned pool, made by
+    `planned_graph` or `planned_graphs`. `g()` replays it and returns its
+    output (the captured tensors: the next replay overwrites them, clone
+    what you keep). Unpacks as `graph, output, pool = g`.
 
-        graph, loss, pool = ga.planned_graph(lambda: train_step(x, y))
-        graph.replay()
-    """
+    `followed_plan`: whether every allocation of the capture got its planned
+    place; when not, `fallback_reason()` says where the capture left its
+    recording (and the pool grew by ordinary growth for the rest of it)."""
+
+    def __init__(self, graph, output, pool, index, stream, recorded, captured, hits, fell_back):
+        self.graph, self.output, self.pool, self.index, self.stream = graph, output, pool, index, stream
+        self.recorded_allocations = recorded
+        self.captured_allocations = captured
+        self.planned_hits = hits
+        self.followed_plan = not fell_back
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+    def __call__(self):
+        self.graph.replay()
+        return self.output
+
+    def __iter__(self):
+        return iter((self.graph, self.output, self.pool))
+
+    def plan_stats(self) -> dict:
+        """The shared pool's `PlannedPool.plan_stats()`."""
+        return self.pool.plan_stats()
+
+    def fallback_reason(self) -> Optional[str]:
+        """None when the capture followed its plan, else why it did not."""
+        if self.followed_plan:
+            return None
+        return _fallback_reason(
+            self.index, self.planned_hits, self.recorded_allocations, self.captured_allocations
+        )
+
+
+def _fallback_reason(index: int, hits: int, recorded: int, captured: int) -> str:
+    if captured > hits and hits < recorded:
+        what = (
+            f"allocation #{hits} of the capture differed from the recording's (size, "
+            "alignment or stream), or its planned memory was still in use"
+        )
+    elif captured > recorded:
+        what = f"the capture made more allocations ({captured}) than the recording ({recorded})"
+    else:
+        what = "an allocation did not fit its planned place"
+    return (
+        f"graph {index}: the capture followed its plan for {hits} of its {captured} allocations "
+        f"(the recording had {recorded}); {what}; the rest of the capture grew the pool as an "
+        "ordinary pool. Record a steady-state run (more warm-up runs), or record a thrown-away "
+        "capture (record='capture'), which sees what only a capture allocates."
+    )
+
+
+RECORD_MODES = ("eager", "capture")
+
+
+def planned_graphs(
+    fns,
+    stream=None,
+    warmup: int = 3,
+    record: str = "eager",
+    before=None,
+    device: Optional[int] = None,
+    capture_error_mode: str = "global",
+):
+    """Captures each callable of `fns` (no arguments) into its own
+    `torch.cuda.CUDAGraph`, all sharing ONE pool planned from recordings of
+    the same work: graphs that are replayed one after another (never
+    concurrently), e.g. one per batch shape. The pool reserves about the
+    largest of their peaks of live bytes (plus what their outputs hold), not
+    the sum. Returns a list of `PlannedGraph`; keep it (and the pool it
+    holds) while the graphs are in use.
+
+    On `stream` (a new side stream by default) it runs each function
+    `warmup` times eagerly (lazy initialisation: cuBLAS workspaces, optimizer
+    state), then records one run of each, either an eager run
+    (`record="eager"`, one more step of real work) or a capture thrown
+    away (`record="capture"`: it also sees what only a capture allocates;
+    its memory is let go after the real captures). Then it plans the pool
+    and captures each function with `torch.cuda.graph`. `before`, if given,
+    is called before every run, outside any capture (e.g.
+    `lambda: opt.zero_grad(set_to_none=True)` for a step whose gradients
+    should live in the pool).
+
+    A capture that leaves its recording still works (the pool grows as an
+    ordinary pool for the rest of it, never overlapping a live block); it
+    warns with the reason (`PlannedGraph.fallback_reason()`)."""
     import torch
 
+    fns = list(fns)
+    if not fns:
+        raise ValueError("planned_graphs needs at least one function")
+    if record not in RECORD_MODES:
+        raise ValueError(f"record must be one of {RECORD_MODES}, not {record!r}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, not {warmup}")
+    _require_installed("planned_graphs()")
+    device = torch.cuda.current_device() if device is None else int(getattr(device, "index", device) or 0)
     stream = stream if stream is not None else torch.cuda.Stream()
+    prepare = before if before is not None else (lambda: None)
+
+    def capture(graph, fn, rec_device):
+        prepare()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode):
+            with Recording(stream, rec_device) as seen:
+                out = fn()
+        return out, seen
+
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(max(warmup, 1) - 1):
-            fn()
-        with Recording(stream) as rec:
-            out = fn()
-        del out
+        for _ in range(warmup):
+            for fn in fns:
+                prepare()
+                fn()
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
-    pool = PlannedPool([rec])
+
+    recordings, kept, scratch = [], [], None
+    if record == "eager":
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for fn in fns:
+                prepare()
+                with Recording(stream, device) as rec:
+                    kept.append(fn())
+                recordings.append(rec)
+        torch.cuda.current_stream().wait_stream(stream)
+    else:
+        scratch = GraphPool(device)
+        scratch.capture_on(stream)
+        try:
+            for fn in fns:
+                graph = torch.cuda.CUDAGraph()
+                out, rec = capture(graph, fn, device)
+                kept.append((graph, out))
+                recordings.append(rec)
+        finally:
+            scratch.stop_capture_on(stream)
+    torch.cuda.synchronize()
+
+    pool = PlannedPool(recordings, device)
+    graphs = []
     pool.capture_on(stream)
-    pool.start_plan(0)
-    graph = torch.cuda.CUDAGraph()
     try:
-        with torch.cuda.graph(graph, stream=stream):
-            out = fn()
+        for k, fn in enumerate(fns):
+            before_stats = pool.plan_stats()
+            pool.start_plan(k)
+            graph = torch.cuda.CUDAGraph()
+            out, seen = capture(graph, fn, device)
+            after = pool.plan_stats()
+            graphs.append(
+                PlannedGraph(
+                    graph,
+                    out,
+                    pool,
+                    k,
+                    stream,
+                    recorded=recordings[k].allocations,
+                    captured=seen.allocations,
+                    hits=after["planned_hits"] - before_stats["planned_hits"],
+                    fell_back=after["fallbacks"] > before_stats["fallbacks"],
+                )
+            )
     finally:
         pool.stop_capture_on(stream)
-    return graph, out, pool
+    torch.cuda.synchronize()
+    del kept  # the recorded run's outputs, or the thrown-away graphs
+    if scratch is not None:
+        scratch.release()  # its memory returns once its last block is freed
+    for g in graphs:
+        if not g.followed_plan:
+            warnings.warn(f"graphalloc: {g.fallback_reason()}", stacklevel=2)
+    return graphs
+
+
+def planned_graph(fn, *args, stream=None, warmup: int = 3, record: str = "eager", before=None, **kwargs):
+    """`fn(*args, **kwargs)` captured into a `torch.cuda.CUDAGraph` whose
+    memory comes from a pool planned from a recorded run of the same work
+    (see `planned_graphs`, which this calls with one function). Returns a
+    `PlannedGraph`: call it to replay and get the output, or unpack it as
+    `graph, output, pool`. `pool.plan_stats()` tells the lower bound
+    (`peak_live_bytes`), the planned size and whether the capture followed
+    the plan.
+
+        step = ga.planned_graph(train_step, static_x, static_y)
+        loss = step()                      # replays the graph
+    """
+    return planned_graphs(
+        [lambda: fn(*args, **kwargs)], stream=stream, warmup=warmup, record=record, before=before
+    )[0]
