@@ -71,7 +71,8 @@ def import_graphalloc_torch():
 # Models (plain torch.nn; imported only in the child processes).
 
 
-def build_gpt2(torch, nn, F):
+def build_gpt2(torch, nn, F, **config):
+    """GPT-2 small; `config` overrides GPT2's defaults (layers=, d=, ...)."""
     class Block(nn.Module):
         def __init__(self, d, heads):
             super().__init__()
@@ -116,7 +117,7 @@ def build_gpt2(torch, nn, F):
             logits = self.lm_head(self.ln_f(x))
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
-    return GPT2()
+    return GPT2(**config)
 
 
 def build_resnet50(torch, nn):
