@@ -15,6 +15,9 @@ against the same steps run eagerly on a copy of the model):
   two_shapes  the MLP step at two batch sizes (256 and 96), two graphs sharing ONE
               pool, replayed alternately on one model; gradients kept between the
               graphs (zero_grad(set_to_none=False)), so each graph's output is its loss.
+  graphed_callables  the MLP through torch.cuda.make_graphed_callables (a forward and
+              a backward graph sharing one pool; the optimizer runs eagerly), with
+              graphalloc through graphalloc.torch.planned_graphed_callables.
 
 Every case runs in its own process, once with PyTorch's allocator (the
 private pool of the capture: memory_snapshot() segments whose segment_pool_id
@@ -59,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from torch_plugin import build_gpt2, import_graphalloc_torch  # noqa: E402
 
-CASES = ("mlp", "two_shapes", "gpt2")
+CASES = ("mlp", "two_shapes", "gpt2", "graphed_callables")
 RECORD_MODES = ("eager", "capture")
 RESULT_TAG = "TORCH_PLANNED_RESULT "
 MIB = 2**20
@@ -318,6 +321,80 @@ def replay_and_check(torch, wl, graphs, outs, stream, replays, seed):
     }
 
 
+def run_graphed_callables(torch, args, ga):
+    """make_graphed_callables on the MLP (graphalloc: planned_graphed_callables),
+    trained with an eager optimizer against the eager copy."""
+    import torch.nn.functional as F
+
+    wl = mlp_workload(torch, args, [256], zero_to_none=True)
+    sample = (wl.static[0][0],)
+    if ga is None:
+        handle = torch.cuda.graph_pool_handle()
+        graphed = torch.cuda.make_graphed_callables(wl.graph_model, sample, pool=handle)
+        torch.cuda.synchronize()
+        info = {"private_pool": private_pool_bytes(torch, handle)}
+    else:
+        graphed, pool = ga.planned_graphed_callables(wl.graph_model, sample)
+        torch.cuda.synchronize()
+        plan, p = pool.plan_stats(), pool.stats()
+        info = {
+            "lower_bound": plan["peak_live_bytes"],
+            "planned_pool": p["peak_reserved_bytes"],
+            "capture_peak_live": p["peak_allocated_bytes"],
+            "unplanned_pool": pool.unplanned_stats["peak_reserved_bytes"],
+            "unplanned_peak_live": pool.unplanned_stats["peak_allocated_bytes"],
+            "plan": plan,
+        }
+
+    def step(model, opt, x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    max_rel, exact, loss = 0.0, True, float("nan")
+    for _ in range(args.replays):
+        x, y = wl.make_data(256)
+        g = step(graphed, wl.graph_opt, x, y)
+        e = step(wl.eager_model, wl.eager_opt, x, y)
+        exact = exact and bool(torch.equal(g, e))
+        loss = float(g)
+        rel = float((g - e).abs()) / max(1.0, abs(float(e)))
+        max_rel = max(max_rel, rel if math.isfinite(rel) else float("inf"))
+    max_param = max(
+        float((a - b).abs().max()) for a, b in zip(wl.graph_model.parameters(), wl.eager_model.parameters())
+    )
+    max_param = max_param if math.isfinite(max_param) else float("inf")
+    info.update(
+        replay_equal=max_rel <= wl.tol["loss_rel"] and max_param <= wl.tol["param"],
+        replay_exact=exact,
+        max_loss_rel_diff=max_rel,
+        max_param_diff=max_param,
+        tolerance=wl.tol,
+        replays=args.replays,
+        loss=loss,
+    )
+    return info
+
+
+def run_captured(torch, args, ga, result):
+    """A case captured with torch.cuda.graph: capture, measure, replay, check."""
+    wl, replays = build_workload(torch, args)
+    stream = torch.cuda.Stream()
+    warm_up(torch, wl, stream, args.warmup)
+    if ga is None:
+        graphs, outs, info = capture_native(torch, wl, stream)
+        extra = 0
+    else:
+        graphs, outs, keep, info = capture_graphalloc(torch, ga, wl, stream, args.record)
+        extra = 1 if args.record == "eager" else 0  # the recorded eager step
+    result.update(info)  # measured, kept even if the checks below fail
+    eager_reference_steps(torch, wl, args.warmup + extra)
+    info.update(replay_and_check(torch, wl, graphs, outs, stream, replays, args.seed))
+    return info
+
+
 def child(args):
     result = {"case": args.case, "allocator": args.allocator, "record": args.record}
     try:
@@ -336,18 +413,10 @@ def child(args):
         result["torch"] = torch.__version__
         result["device"] = torch.cuda.get_device_name()
         t0 = time.perf_counter()
-        wl, replays = build_workload(torch, args)
-        stream = torch.cuda.Stream()
-        warm_up(torch, wl, stream, args.warmup)
-        if ga is None:
-            graphs, outs, info = capture_native(torch, wl, stream)
-            extra = 0
+        if args.case == "graphed_callables":
+            result.update(run_graphed_callables(torch, args, ga))
         else:
-            graphs, outs, keep, info = capture_graphalloc(torch, ga, wl, stream, args.record)
-            extra = 1 if args.record == "eager" else 0  # the recorded eager step
-        result.update(info)
-        eager_reference_steps(torch, wl, args.warmup + extra)
-        result.update(replay_and_check(torch, wl, graphs, outs, stream, replays, args.seed))
+            result.update(run_captured(torch, args, ga, result))
         result["wall_s"] = time.perf_counter() - t0
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         result["error"] = f"{type(e).__name__}: {e}"
@@ -501,7 +570,9 @@ def parent(args):
     t0 = time.perf_counter()
     results = []
     for case in cases:
-        for allocator, record in [("native", "-")] + [("graphalloc", m) for m in records]:
+        # planned_graphed_callables always records a thrown-away capture
+        modes = ["capture"] if case == "graphed_callables" else records
+        for allocator, record in [("native", "-")] + [("graphalloc", m) for m in modes]:
             left = args.budget - (time.perf_counter() - t0)
             if left < 30:
                 r = {"case": case, "allocator": allocator, "record": record,

@@ -79,6 +79,7 @@ __all__ = [
     "PlannedPool",
     "planned_graph",
     "planned_graphs",
+    "planned_graphed_callables",
     "PlannedGraph",
     "GraphallocError",
 ]
@@ -328,6 +329,9 @@ class PlannedPool(GraphPool):
             device = recordings[0].device
         self.device = int(device)
         self.recordings = recordings  # keeps them alive with the pool
+        # the stats of the ordinary pool a thrown-away recording capture used
+        # (planned_graphs(record="capture"), planned_graphed_callables)
+        self.unplanned_stats = None
         ids = (ctypes.c_uint64 * len(recordings))(*[r.id for r in recordings])
         self.id = int(library().graphalloc_plan_pool_create(self.device, ids, len(recordings)))
         _check(self.id != 0)
@@ -488,6 +492,8 @@ def planned_graphs(
     torch.cuda.synchronize()
 
     pool = PlannedPool(recordings, device)
+    if scratch is not None:
+        pool.unplanned_stats = scratch.stats()
     graphs = []
     pool.capture_on(stream)
     try:
@@ -537,3 +543,107 @@ def planned_graph(fn, *args, stream=None, warmup: int = 3, record: str = "eager"
     return planned_graphs(
         [lambda: fn(*args, **kwargs)], stream=stream, warmup=warmup, record=record, before=before
     )[0]
+
+
+def _routed_graph_class(torch, on_enter, on_exit):
+    """A subclass of `torch.cuda.graph` that calls `on_enter(k, stream)`
+    before the k-th capture begins and `on_exit(k, stream)` after it ends, and
+    records each capture's allocations (the Recordings are returned in
+    `cls.recordings`)."""
+    base = torch.cuda.graph
+
+    class Routed(base):
+        count = 0
+        recordings = []
+
+        def __enter__(self):
+            k = Routed.count
+            Routed.count += 1
+            self._ga_k = k
+            on_enter(k, self.capture_stream)
+            try:
+                super().__enter__()
+            except BaseException:
+                on_exit(k, self.capture_stream)
+                raise
+            self._ga_rec = Recording(self.capture_stream).__enter__()
+
+        def __exit__(self, *exc):
+            try:
+                self._ga_rec.__exit__(*exc)
+                Routed.recordings.append(self._ga_rec)
+                return super().__exit__(*exc)
+            finally:
+                on_exit(self._ga_k, self.capture_stream)
+
+    return Routed
+
+
+def _with_graph_class(torch, cls, call):
+    """Runs `call()` with `torch.cuda.graph` (the name make_graphed_callables
+    uses) replaced by `cls`."""
+    import torch.cuda.graphs as graphs_module
+
+    saved = (torch.cuda.graph, graphs_module.graph)
+    torch.cuda.graph = graphs_module.graph = cls
+    try:
+        return call()
+    finally:
+        torch.cuda.graph, graphs_module.graph = saved
+
+
+def planned_graphed_callables(callables, sample_args, **kwargs):
+    """`torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)`
+    with every graph it captures (forward and backward of each callable) in
+    ONE planned pool. Returns `(graphed, pool)`: what make_graphed_callables
+    returns, and the `PlannedPool` (keep it while the graphs are in use;
+    `pool.plan_stats()` tells the lower bound, the planned size and whether
+    the captures followed the plan; `pool.unplanned_stats` the ordinary
+    pool of the first run, for comparison).
+
+    It runs make_graphed_callables twice: first into an ordinary graphalloc
+    pool, recording each capture (the graphs are thrown away and the
+    modules' `forward` put back as they were), then for real into a pool
+    planned from those recordings, one plan per capture, in capture order."""
+    import torch
+
+    _require_installed("planned_graphed_callables()")
+    mods = callables if isinstance(callables, tuple) else (callables,)
+    saved = [(m, m.__dict__.get("forward")) for m in mods if isinstance(m, torch.nn.Module)]
+    scratch = GraphPool(torch.cuda.current_device())
+    recording = _routed_graph_class(
+        torch, lambda k, s: scratch.capture_on(s), lambda k, s: scratch.stop_capture_on(s)
+    )
+    thrown = _with_graph_class(
+        torch, recording, lambda: torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)
+    )
+    del thrown
+    unplanned = scratch.stats()
+    for m, forward in saved:  # make_graphed_callables set an instance `forward`
+        if forward is None:
+            m.__dict__.pop("forward", None)
+        else:
+            m.forward = forward
+    torch.cuda.synchronize()
+    pool = PlannedPool(recording.recordings)
+    pool.unplanned_stats = unplanned
+
+    def enter(k, stream):
+        pool.capture_on(stream)
+        pool.start_plan(k)
+
+    planned = _routed_graph_class(torch, enter, lambda k, s: pool.stop_capture_on(s))
+    try:
+        graphed = _with_graph_class(
+            torch, planned, lambda: torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)
+        )
+    finally:
+        scratch.release()
+    stats = pool.plan_stats()
+    if stats["fallbacks"]:
+        warnings.warn(
+            f"graphalloc: {stats['fallbacks']} of the {len(planned.recordings)} captures left their "
+            f"plan ({stats['planned_hits']} of {stats['planned_allocations']} allocations planned)",
+            stacklevel=2,
+        )
+    return graphed, pool

@@ -56,10 +56,10 @@ class CUDAGraph:
 
 class graph:
     def __init__(self, g, stream=None, pool=None, capture_error_mode="global"):
-        self.stream = stream
+        self.capture_stream = stream
 
     def __enter__(self):
-        assert lib.graphalloc_begin_graph_mode(routes[gt._stream_handle(self.stream)]) == 0
+        assert lib.graphalloc_begin_graph_mode(routes[gt._stream_handle(self.capture_stream)]) == 0
         CAPTURING[0] = True
 
     def __exit__(self, *exc):
@@ -76,7 +76,32 @@ cuda = types.SimpleNamespace(
     synchronize=lambda: None,
     stream=lambda s: contextlib.nullcontext(),
 )
-sys.modules["torch"] = types.SimpleNamespace(cuda=cuda)
+
+
+def make_graphed_callables(module, sample_args):
+    # PyTorch's shape: a forward capture, then a backward capture that frees
+    # what the forward saved, into one pool; the module's forward replaced.
+    assert "forward" not in module.__dict__, "forward was not put back"
+    stream, fwd, bwd = Stream(), CUDAGraph(), CUDAGraph()
+    with cuda.graph(fwd, stream=stream):
+        saved, tmp = T(8192), T(4096)
+        del tmp
+        out = T(1024)
+    with cuda.graph(bwd, stream=stream):
+        grad, tmp = T(2048), T(8192)
+        del tmp, saved
+    module.forward = lambda *a: (fwd, bwd, out, grad)
+    return module
+
+
+class Module:
+    pass
+
+
+cuda.make_graphed_callables = make_graphed_callables
+cuda.graphs = types.SimpleNamespace(graph=graph)
+torch = types.SimpleNamespace(cuda=cuda, nn=types.SimpleNamespace(Module=Module))
+sys.modules.update({"torch": torch, "torch.cuda": cuda, "torch.cuda.graphs": cuda.graphs})
 
 
 class T:
@@ -197,3 +222,21 @@ def test_bad_arguments_raise():
     assert len(lines) == 5, out
     assert lines[1] == "ValueError: record must be one of ('eager', 'capture'), not 'x'"
     assert lines[4] == "GraphallocError: recording 0 has not ended (leave its `with` block first)"
+
+
+def test_planned_graphed_callables_plans_every_capture():
+    r = run(
+        """
+        m = Module()
+        graphed, pool = gt.planned_graphed_callables(m, (object(),))
+        fwd, bwd, out, grad = graphed.forward()
+        assert graphed is m and cuda.graph is graph and cuda.graphs.graph is graph  # put back
+        print(json.dumps(dict(pool.plan_stats(), reserved=pool.stats()["reserved_bytes"],
+                              unplanned=pool.unplanned_stats["peak_allocated_bytes"])))
+        """
+    )
+    assert r["unplanned"] == r["peak_live_bytes"], r  # the same captures, in an ordinary pool
+    assert (r["plans"], r["planned_allocations"], r["planned_hits"], r["fallbacks"]) == (2, 5, 5, 0), r
+    # the backward's peak, with what the forward left live (saved, out)
+    assert r["peak_live_bytes"] == 2048 + 8192 + 8192 + 1024, r
+    assert r["planned_bytes"] == r["reserved"] <= 1.05 * r["peak_live_bytes"], r
