@@ -401,6 +401,11 @@ def child(args):
         ga = None
         if args.allocator == "graphalloc":
             ga = import_graphalloc_torch()
+            if not hasattr(ga, "planned_graphed_callables"):
+                raise RuntimeError(
+                    f"the graphalloc package at {ga.__file__} predates planned_graphs: put this "
+                    "checkout's python/ first on PYTHONPATH (or install a wheel built from it)"
+                )
             result["lib"] = ga.use(args.lib)
         import torch
 
