@@ -203,6 +203,12 @@ uint64_t graphalloc_plan_record_begin(int device, cudaStream_t stream);
  * allocations recorded, or -1. */
 int64_t graphalloc_plan_record_end(uint64_t recording);
 
+/* Renames stream `from` to `to` in an ended recording, for a capture that
+ * repeats the recorded work on another stream. Returns the number of
+ * allocations renamed, or -1 (unknown or running recording, or both streams
+ * in the recording: they are not merged). */
+int64_t graphalloc_plan_record_rename_stream(uint64_t recording, cudaStream_t from, cudaStream_t to);
+
 /* Forgets a recording. Returns 0, or -1 for an unknown id. */
 int graphalloc_plan_record_release(uint64_t recording);
 

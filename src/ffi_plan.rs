@@ -102,6 +102,42 @@ pub extern "C" fn graphalloc_plan_record_end(recording: u64) -> i64 {
     })
 }
 
+/// Renames stream `from` to `to` in ended recording `recording`, for a
+/// capture that repeats the recorded work on another stream (a framework
+/// that makes a new stream for each capture). Returns the number of
+/// allocations renamed, or -1 (unknown or running recording, or both
+/// `from` and `to` streams of the recording: merging two streams would let
+/// their blocks share memory).
+#[no_mangle]
+pub extern "C" fn graphalloc_plan_record_rename_stream(
+    recording: u64,
+    from: *mut c_void,
+    to: *mut c_void,
+) -> i64 {
+    ffi_call(
+        "graphalloc_plan_record_rename_stream",
+        -1,
+        Log::Quiet,
+        || {
+            let mut map = recordings();
+            let rec = match map.get_mut(&recording) {
+                Some(Held::Ended(rec)) => rec,
+                Some(Held::Running(_)) => {
+                    return Err(format!("recording {recording} has not ended"))
+                }
+                None => return Err(format!("unknown recording {recording}")),
+            };
+            let (from, to) = (from as usize as u64, to as usize as u64);
+            let renamed = rec.rename_stream(from, to).ok_or_else(|| {
+                format!(
+                    "streams {from:#x} and {to:#x} are both in recording {recording}: not merged"
+                )
+            })?;
+            Ok(i64::try_from(renamed).unwrap_or(i64::MAX))
+        },
+    )
+}
+
 /// Forgets recording `recording` (ending it if it runs). Returns 0, or -1
 /// for an unknown id.
 #[no_mangle]

@@ -168,6 +168,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "graphalloc_plan_record_begin": (c_u64, [c_int, c_vp]),
         "graphalloc_plan_record_end": (c_i64, [c_u64]),
         "graphalloc_plan_record_release": (c_int, [c_u64]),
+        "graphalloc_plan_record_rename_stream": (c_i64, [c_u64, c_vp, c_vp]),
         "graphalloc_plan_pool_create": (c_u64, [c_int, ctypes.POINTER(c_u64), ctypes.c_size_t]),
         "graphalloc_plan_start": (c_int, [c_u64, ctypes.c_size_t]),
         "graphalloc_plan_stats": (c_int, [c_u64, ctypes.POINTER(_PlanStats)]),

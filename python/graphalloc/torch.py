@@ -304,6 +304,17 @@ class Recording:
         _check(n >= 0)
         self.allocations = int(n)
 
+    def rename_stream(self, old, new) -> int:
+        """Renames stream `old` to `new` (torch.cuda.Stream or raw handles) in
+        this ended recording, for a capture that repeats the recorded work on
+        another stream. Returns how many allocations were renamed; raises
+        (changing nothing) when both streams are in the recording."""
+        n = library().graphalloc_plan_record_rename_stream(
+            self.id, _stream_handle(old), _stream_handle(new)
+        )
+        _check(n >= 0)
+        return int(n)
+
     def __del__(self):
         if self.id:
             try:
@@ -556,10 +567,13 @@ def _routed_graph_class(torch, on_enter, on_exit):
         count = 0
         recordings = []
 
+        streams = []  # each capture's stream handle
+
         def __enter__(self):
             k = Routed.count
             Routed.count += 1
             self._ga_k = k
+            Routed.streams.append(_stream_handle(self.capture_stream))
             on_enter(k, self.capture_stream)
             try:
                 super().__enter__()
@@ -625,20 +639,34 @@ def planned_graphed_callables(callables, sample_args, **kwargs):
         else:
             m.forward = forward
     torch.cuda.synchronize()
-    pool = PlannedPool(recording.recordings)
-    pool.unplanned_stats = unplanned
+    if not recording.recordings:
+        raise GraphallocError("make_graphed_callables captured no graph")
+    held = []  # the pool, made at the first capture of the real pass
 
     def enter(k, stream):
-        pool.capture_on(stream)
-        pool.start_plan(k)
+        if not held:
+            # PyTorch captures each call on a new stream: the recordings'
+            # stream becomes this one (the pool plans per stream).
+            first, now = recording.streams[0], _stream_handle(stream)
+            if first != now:
+                for rec in recording.recordings:
+                    try:
+                        rec.rename_stream(first, now)
+                    except GraphallocError:  # the capture then grows the pool, and says so
+                        pass
+            held.append(PlannedPool(recording.recordings))
+            held[0].unplanned_stats = unplanned
+        held[0].capture_on(stream)
+        held[0].start_plan(k)
 
-    planned = _routed_graph_class(torch, enter, lambda k, s: pool.stop_capture_on(s))
+    planned = _routed_graph_class(torch, enter, lambda k, s: held and held[0].stop_capture_on(s))
     try:
         graphed = _with_graph_class(
             torch, planned, lambda: torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)
         )
     finally:
         scratch.release()
+    pool = held[0]
     stats = pool.plan_stats()
     if stats["fallbacks"]:
         warnings.warn(

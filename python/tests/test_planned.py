@@ -13,8 +13,9 @@ import textwrap
 
 from test_graphalloc import run_py
 
-# The stand-in torch and a fake tensor; `CAPTURING` tells a step whether it
-# runs inside a capture (to make one that allocates differently there).
+# The stand-in torch and a fake tensor; `CAPTURING` holds the stream being
+# captured (None outside a capture), to allocate on it, and to make a step
+# that allocates differently in a capture.
 FAKE_TORCH = """
 import contextlib, json, sys, types, warnings
 import graphalloc, graphalloc.torch as gt
@@ -36,7 +37,7 @@ def stop_capture_on(self, stream):
 
 
 gt.GraphPool.capture_on, gt.GraphPool.stop_capture_on = capture_on, stop_capture_on
-CAPTURING = [False]
+CAPTURING = [None]
 
 
 class Stream:
@@ -60,10 +61,10 @@ class graph:
 
     def __enter__(self):
         assert lib.graphalloc_begin_graph_mode(routes[gt._stream_handle(self.capture_stream)]) == 0
-        CAPTURING[0] = True
+        CAPTURING[0] = gt._stream_handle(self.capture_stream)
 
     def __exit__(self, *exc):
-        CAPTURING[0] = False
+        CAPTURING[0] = None
         assert lib.graphalloc_end_graph_mode() == 0
 
 
@@ -82,7 +83,10 @@ def make_graphed_callables(module, sample_args):
     # PyTorch's shape: a forward capture, then a backward capture that frees
     # what the forward saved, into one pool; the module's forward replaced.
     assert "forward" not in module.__dict__, "forward was not put back"
+    # A new stream for each call, as PyTorch makes (built-in handles 1, then 2).
     stream, fwd, bwd = Stream(), CUDAGraph(), CUDAGraph()
+    NEXT_STREAM[0] += 1
+    stream.cuda_stream = NEXT_STREAM[0]
     with cuda.graph(fwd, stream=stream):
         saved, tmp = T(8192), T(4096)
         del tmp
@@ -98,6 +102,9 @@ class Module:
     pass
 
 
+NEXT_STREAM = [0]
+
+
 cuda.make_graphed_callables = make_graphed_callables
 cuda.graphs = types.SimpleNamespace(graph=graph)
 torch = types.SimpleNamespace(cuda=cuda, nn=types.SimpleNamespace(Module=Module))
@@ -106,18 +113,20 @@ sys.modules.update({"torch": torch, "torch.cuda": cuda, "torch.cuda.graphs": cud
 
 class T:
     def __init__(self, n):
-        self.n, self.p = n, lib.graphalloc_malloc(n, 0, None)
+        # on the capturing stream (0 outside a capture: eager runs)
+        self.n, self.s = n, CAPTURING[0] or None  # handle 0 is None
+        self.p = lib.graphalloc_malloc(n, 0, self.s)
         assert self.p
 
     def __del__(self):
-        lib.graphalloc_free(self.p, self.n, 0, None)
+        lib.graphalloc_free(self.p, self.n, 0, self.s)
 
 
 def step(batch, extra_in_capture=False):
     a = T(batch * 4096)
     b = T(batch * 8192)
     del a
-    if extra_in_capture and CAPTURING[0]:
+    if extra_in_capture and CAPTURING[0] is not None:
         scratch = T(1 << 20)
         del scratch
     c = T(batch * 2048)
