@@ -564,6 +564,10 @@ def _routed_graph_class(torch, on_enter, on_exit):
     base = torch.cuda.graph
 
     class Routed(base):
+        # A capture stream of its own when make_graphed_callables names none
+        # (older PyTorch): both passes then meet per-stream lazy set-up
+        # (cuBLAS workspaces) in their first capture alike.
+        default_capture_stream = None
         count = 0
         recordings = []
 
