@@ -54,6 +54,34 @@ fn planned_pools_through_the_c_abi() {
     assert_eq!(graphalloc_plan_record_end(rec), 3);
     assert_eq!(graphalloc_plan_record_end(rec), -1);
     graphalloc_free(eager_out, 0, 0, null_mut());
+    let mut seen = [GraphallocRecordedAlloc::default(); 2];
+    // SAFETY: null with capacity 0; `seen` is writable for 2 entries.
+    unsafe {
+        assert_eq!(graphalloc_plan_record_allocations(rec, null_mut(), 0), 3);
+        assert_eq!(graphalloc_plan_record_allocations(rec, null_mut(), 1), -1);
+        assert_eq!(
+            graphalloc_plan_record_allocations(rec, seen.as_mut_ptr(), 2),
+            3
+        );
+        assert_eq!(
+            graphalloc_plan_record_allocations(999, seen.as_mut_ptr(), 2),
+            -1
+        );
+    }
+    let mib = MIB as u64;
+    let a = GraphallocRecordedAlloc {
+        size: 4 * mib,
+        stream: 0,
+        start: 0,
+        end: 2,
+    };
+    let b = GraphallocRecordedAlloc {
+        size: mib,
+        stream: 0,
+        start: 1,
+        end: 4,
+    };
+    assert_eq!(seen, [a, b]); // the output (2 MiB at clock 3) outlives: end u64::MAX
 
     // SAFETY: one readable u64.
     let pool = unsafe { graphalloc_plan_pool_create(0, &rec, 1) };

@@ -47,6 +47,7 @@ from . import (
     GraphallocError,
     PLAN_STATS_FIELDS,
     _PlanStats,
+    _RecordedAlloc,
     _check,
     device_stats,
     empty_cache,
@@ -80,6 +81,7 @@ __all__ = [
     "planned_graph",
     "planned_graphs",
     "planned_graphed_callables",
+    "first_difference",
     "PlannedGraph",
     "GraphallocError",
 ]
@@ -304,6 +306,26 @@ class Recording:
         _check(n >= 0)
         self.allocations = int(n)
 
+    def entries(self) -> list:
+        """The ended recording's allocations, in order: dicts of `size`
+        (bytes requested), `stream`, `start` and `end` (the recording's clock
+        at the allocation and at its free; `end` None if it outlived the
+        recording)."""
+        lib = library()
+        n = lib.graphalloc_plan_record_allocations(self.id, None, 0)
+        _check(n >= 0)
+        out = (_RecordedAlloc * max(int(n), 1))()
+        _check(lib.graphalloc_plan_record_allocations(self.id, out, int(n)) == n)
+        return [
+            {
+                "size": int(a.size),
+                "stream": int(a.stream),
+                "start": int(a.start),
+                "end": None if a.end == 2**64 - 1 else int(a.end),
+            }
+            for a in out[: int(n)]
+        ]
+
     def rename_stream(self, old, new) -> int:
         """Renames stream `old` to `new` (torch.cuda.Stream or raw handles) in
         this ended recording, for a capture that repeats the recorded work on
@@ -373,6 +395,7 @@ class PlannedGraph:
         self.captured_allocations = captured
         self.planned_hits = hits
         self.followed_plan = not fell_back
+        self.first_difference = None  # set by planned_graphs where the capture left its plan
 
     def replay(self) -> None:
         self.graph.replay()
@@ -392,9 +415,29 @@ class PlannedGraph:
         """None when the capture followed its plan, else why it did not."""
         if self.followed_plan:
             return None
-        return _fallback_reason(
+        reason = _fallback_reason(
             self.index, self.planned_hits, self.recorded_allocations, self.captured_allocations
         )
+        if self.first_difference:
+            reason += f" First difference: {self.first_difference}."
+        return reason
+
+
+def first_difference(recorded: list, captured: list) -> Optional[str]:
+    """Where two allocation sequences (`Recording.entries()`) first differ in
+    size or stream, in words; None if they agree."""
+    for i, (r, c) in enumerate(zip(recorded, captured)):
+        if (r["size"], r["stream"]) != (c["size"], c["stream"]):
+            return (
+                f"allocation #{i}: the capture asked for {c['size']} B on stream {c['stream']:#x}, "
+                f"the recording had {r['size']} B on stream {r['stream']:#x}"
+            )
+    if len(recorded) != len(captured):
+        i = min(len(recorded), len(captured))
+        more = "capture" if len(captured) > len(recorded) else "recording"
+        extra = (captured if more == "capture" else recorded)[i]
+        return f"allocation #{i} ({extra['size']} B) is only in the {more}"
+    return None
 
 
 def _fallback_reason(index: int, hits: int, recorded: int, captured: int) -> str:
@@ -514,19 +557,20 @@ def planned_graphs(
             graph = torch.cuda.CUDAGraph()
             out, seen = capture(graph, fn, device)
             after = pool.plan_stats()
-            graphs.append(
-                PlannedGraph(
-                    graph,
-                    out,
-                    pool,
-                    k,
-                    stream,
-                    recorded=recordings[k].allocations,
-                    captured=seen.allocations,
-                    hits=after["planned_hits"] - before_stats["planned_hits"],
-                    fell_back=after["fallbacks"] > before_stats["fallbacks"],
-                )
+            g = PlannedGraph(
+                graph,
+                out,
+                pool,
+                k,
+                stream,
+                recorded=recordings[k].allocations,
+                captured=seen.allocations,
+                hits=after["planned_hits"] - before_stats["planned_hits"],
+                fell_back=after["fallbacks"] > before_stats["fallbacks"],
             )
+            if not g.followed_plan:
+                g.first_difference = first_difference(recordings[k].entries(), seen.entries())
+            graphs.append(g)
     finally:
         pool.stop_capture_on(stream)
     torch.cuda.synchronize()

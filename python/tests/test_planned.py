@@ -203,8 +203,33 @@ def test_a_capture_that_leaves_its_plan_warms_and_says_why():
     assert r["fallback_allocations"] == 3, r  # the extra block, c, the output
     assert "graph 0: the capture followed its plan for 2 of its 5 allocations" in r["reason"], r
     assert "allocation #2" in r["reason"], r
+    assert r["reason"].endswith(
+        "First difference: allocation #2: the capture asked for 1048576 B on stream 0x0, "
+        "the recording had 131072 B on stream 0x0."
+    ), r
     assert r["warned"] == ["graphalloc: " + r["reason"]], r
     assert r["reserved"] > r["planned_bytes"], r  # it grew, as an ordinary pool
+
+
+def test_recording_entries_and_first_difference():
+    r = run(
+        """
+        rec = gt.Recording(Stream(), 0)
+        with rec:
+            keep, tmp = T(4096), T(1024)
+            del tmp
+        a = rec.entries()
+        b = [dict(e) for e in a] + [dict(a[0])]
+        print(json.dumps(dict(entries=a, same=gt.first_difference(a, a),
+                              longer=gt.first_difference(a, b))))
+        """
+    )
+    assert r["entries"] == [
+        {"size": 4096, "stream": 0, "start": 0, "end": None},
+        {"size": 1024, "stream": 0, "start": 1, "end": 2},
+    ], r
+    assert r["same"] is None
+    assert r["longer"] == "allocation #2 (4096 B) is only in the capture"
 
 
 def test_bad_arguments_raise():
