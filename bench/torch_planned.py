@@ -344,6 +344,7 @@ def run_graphed_callables(torch, args, ga):
             "unplanned_pool": pool.unplanned_stats["peak_reserved_bytes"],
             "unplanned_peak_live": pool.unplanned_stats["peak_allocated_bytes"],
             "plan": plan,
+            "graphs": [{"fallback_reason": d} for d in pool.fallback_details],
         }
 
     def step(model, opt, x, y):

@@ -659,6 +659,7 @@ def planned_graphed_callables(callables, sample_args, **kwargs):
     with every graph it captures (forward and backward of each callable) in
     ONE planned pool. Returns `(graphed, pool)`: what make_graphed_callables
     returns, and the `PlannedPool` (keep it while the graphs are in use;
+    `pool.fallback_details` says where captures left their plan, if any;
     `pool.plan_stats()` tells the lower bound, the planned size and whether
     the captures followed the plan; `pool.unplanned_stats` the ordinary
     pool of the first run, for comparison).
@@ -716,10 +717,16 @@ def planned_graphed_callables(callables, sample_args, **kwargs):
         scratch.release()
     pool = held[0]
     stats = pool.plan_stats()
+    pool.fallback_details = []
     if stats["fallbacks"]:
+        for k, (rec, seen) in enumerate(zip(recording.recordings, planned.recordings)):
+            diff = first_difference(rec.entries(), seen.entries())
+            if diff:
+                pool.fallback_details.append(f"capture {k}: {diff}")
         warnings.warn(
             f"graphalloc: {stats['fallbacks']} of the {len(planned.recordings)} captures left their "
-            f"plan ({stats['planned_hits']} of {stats['planned_allocations']} allocations planned)",
+            f"plan ({stats['planned_hits']} of {stats['planned_allocations']} allocations planned)"
+            + "".join(f"; {d}" for d in pool.fallback_details),
             stacklevel=2,
         )
     return graphed, pool

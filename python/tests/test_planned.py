@@ -92,6 +92,9 @@ def make_graphed_callables(module, sample_args):
         del tmp
         out = T(1024)
     with cuda.graph(bwd, stream=stream):
+        if getattr(module, "differ", False) and NEXT_STREAM[0] % 2 == 0:  # the real pass
+            extra = T(512)
+            del extra
         grad, tmp = T(2048), T(8192)
         del tmp, saved
     module.forward = lambda *a: (fwd, bwd, out, grad)
@@ -274,3 +277,23 @@ def test_planned_graphed_callables_plans_every_capture():
     # the backward's peak, with what the forward left live (saved, out)
     assert r["peak_live_bytes"] == 2048 + 8192 + 8192 + 1024, r
     assert r["planned_bytes"] == r["reserved"] <= 1.05 * r["peak_live_bytes"], r
+
+
+def test_planned_graphed_callables_says_where_a_capture_differed():
+    r = run(
+        """
+        m = Module()
+        m.differ = True
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graphed, pool = gt.planned_graphed_callables(m, (object(),))
+        print(json.dumps(dict(pool.plan_stats(), details=pool.fallback_details,
+                              warned=[str(w.message) for w in caught])))
+        """
+    )
+    assert (r["planned_hits"], r["fallbacks"]) == (3, 1), r  # the forward followed its plan
+    assert r["details"] == [
+        "capture 1: allocation #0: the capture asked for 512 B on stream 0x2, "
+        "the recording had 2048 B on stream 0x2"
+    ], r
+    assert len(r["warned"]) == 1 and r["details"][0] in r["warned"][0], r
