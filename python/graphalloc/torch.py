@@ -480,7 +480,9 @@ def planned_graphs(
 
     On `stream` (a new side stream by default) it runs each function
     `warmup` times eagerly (lazy initialisation: cuBLAS workspaces, optimizer
-    state), then records one run of each, either an eager run
+    state; pass 0 only for work already warmed up on `stream`, since what a
+    capture initialises lazily is never computed), then records one run of
+    each, either an eager run
     (`record="eager"`, one more step of real work) or a capture thrown
     away (`record="capture"`: it also sees what only a capture allocates;
     its memory is let go after the real captures). Then it plans the pool
