@@ -107,7 +107,7 @@ fn planned_pools_through_the_c_abi() {
 
     // The same work captured on another stream (PyTorch makes a new stream
     // for each make_graphed_callables call): renamed, the plan is followed.
-    let other = 1usize as *mut c_void; // a built-in stream handle
+    let other = std::ptr::without_provenance_mut::<c_void>(1); // a built-in stream handle
     let rec2 = graphalloc_plan_record_begin(0, null_mut());
     graphalloc_free(step(), 0, 0, null_mut());
     assert_eq!(graphalloc_plan_record_end(rec2), 3);
