@@ -60,7 +60,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_plugin import build_gpt2, import_graphalloc_torch  # noqa: E402
+from torch_plugin import build_gpt2, import_graphalloc_torch, import_torch  # noqa: E402
 
 CASES = ("mlp", "two_shapes", "gpt2", "graphed_callables")
 RECORD_MODES = ("eager", "capture")
@@ -408,16 +408,7 @@ def child(args):
                     "checkout's python/ first on PYTHONPATH (or install a wheel built from it)"
                 )
             result["lib"] = ga.use(args.lib)
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA is not available")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        result["torch"] = torch.__version__
-        result["device"] = torch.cuda.get_device_name()
+        torch = import_torch(result)
         t0 = time.perf_counter()
         if args.case == "graphed_callables":
             result.update(run_graphed_callables(torch, args, ga))

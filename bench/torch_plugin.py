@@ -409,6 +409,22 @@ def run_graph(torch, args, ga):
     return result
 
 
+def import_torch(result):
+    """torch, checked for CUDA and set for reproducible kernels (no cuDNN
+    benchmarking, no TF32); notes its version and the device in `result`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("CUDA is not available")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    result["torch"] = torch.__version__
+    result["device"] = torch.cuda.get_device_name()
+    return torch
+
+
 def child(args):
     """One workload under one allocator; prints one RESULT line."""
     result = {"workload": args.workload, "allocator": args.allocator}
@@ -417,16 +433,7 @@ def child(args):
         if args.allocator == "graphalloc":
             ga = import_graphalloc_torch()
             result["lib"] = ga.use(args.lib)
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA is not available")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        result["torch"] = torch.__version__
-        result["device"] = torch.cuda.get_device_name()
+        torch = import_torch(result)
         t0 = time.perf_counter()
         if args.workload == "gpt2":
             result.update(run_gpt2(torch, args))
