@@ -267,6 +267,8 @@ def capture_graphalloc(torch, ga, wl, stream, record):
                 "captured_allocations": g.captured_allocations,
                 "planned_hits": g.planned_hits,
                 "fallback_reason": g.fallback_reason(),
+                "replanned": g.replanned,
+                "first_attempt": g.first_attempt,
             }
             for g in planned
         ],
@@ -488,7 +490,10 @@ def fallbacks_text(r):
     if not plan:
         return "-"
     text = f"{plan['fallbacks']} ({plan['planned_hits']}/{plan['planned_allocations']} planned)"
-    reasons = [g["fallback_reason"] for g in r.get("graphs", []) if g.get("fallback_reason")]
+    graphs = r.get("graphs", [])
+    reasons = [g["fallback_reason"] for g in graphs if g.get("fallback_reason")]
+    if any(g.get("replanned") for g in graphs):
+        text += ", after a re-plan from the first capture"
     return text + ("; " + " / ".join(reasons) if reasons else "")
 
 
@@ -541,6 +546,8 @@ def report(args, results, t0, final):
     print(f"\n{device}, PyTorch {version}, library {args.lib}; total {time.perf_counter() - t0:.0f} s")
     for r in results:
         for g in r.get("graphs", []):
+            if g.get("first_attempt"):
+                print(f"\n--- {r['case']} / record={r['record']}, re-planned: {g['first_attempt']}")
             if g.get("fallback_reason"):
                 print(f"\n--- {r['case']} / record={r['record']}: {g['fallback_reason']}")
         if "error" in r:

@@ -396,6 +396,9 @@ class PlannedGraph:
         self.planned_hits = hits
         self.followed_plan = not fell_back
         self.first_difference = None  # set by planned_graphs where the capture left its plan
+        # captured again from a plan of the first capture (planned_graphs' retry),
+        # and why the first capture left its plan
+        self.replanned, self.first_attempt = False, None
 
     def replay(self) -> None:
         self.graph.replay()
@@ -469,6 +472,7 @@ def planned_graphs(
     before=None,
     device: Optional[int] = None,
     capture_error_mode: str = "global",
+    retry: bool = True,
 ):
     """Captures each callable of `fns` (no arguments) into its own
     `torch.cuda.CUDAGraph`, all sharing ONE pool planned from recordings of
@@ -492,8 +496,11 @@ def planned_graphs(
     should live in the pool).
 
     A capture that leaves its recording still works (the pool grows as an
-    ordinary pool for the rest of it, never overlapping a live block); it
-    warns with the reason (`PlannedGraph.fallback_reason()`)."""
+    ordinary pool for the rest of it, never overlapping a live block). With
+    `retry` (the default) the functions are then captured once more, into a
+    pool planned from what those captures allocated (`PlannedGraph.replanned`
+    and `first_attempt` tell); a capture that still leaves its plan warns
+    with the reason (`PlannedGraph.fallback_reason()`)."""
     import torch
 
     fns = list(fns)
@@ -547,35 +554,52 @@ def planned_graphs(
             scratch.stop_capture_on(stream)
     torch.cuda.synchronize()
 
-    pool = PlannedPool(recordings, device)
-    if scratch is not None:
-        pool.unplanned_stats = scratch.stats()
-    graphs = []
-    pool.capture_on(stream)
-    try:
-        for k, fn in enumerate(fns):
-            before_stats = pool.plan_stats()
-            pool.start_plan(k)
-            graph = torch.cuda.CUDAGraph()
-            out, seen = capture(graph, fn, device)
-            after = pool.plan_stats()
-            g = PlannedGraph(
-                graph,
-                out,
-                pool,
-                k,
-                stream,
-                recorded=recordings[k].allocations,
-                captured=seen.allocations,
-                hits=after["planned_hits"] - before_stats["planned_hits"],
-                fell_back=after["fallbacks"] > before_stats["fallbacks"],
-            )
-            if not g.followed_plan:
-                g.first_difference = first_difference(recordings[k].entries(), seen.entries())
-            graphs.append(g)
-    finally:
-        pool.stop_capture_on(stream)
-    torch.cuda.synchronize()
+    def capture_planned(recordings):
+        """Each function captured into a new pool planned from `recordings`;
+        the graphs and what each capture allocated."""
+        pool = PlannedPool(recordings, device)
+        if scratch is not None:
+            pool.unplanned_stats = scratch.stats()
+        graphs, seens = [], []
+        pool.capture_on(stream)
+        try:
+            for k, fn in enumerate(fns):
+                before_stats = pool.plan_stats()
+                pool.start_plan(k)
+                graph = torch.cuda.CUDAGraph()
+                out, seen = capture(graph, fn, device)
+                after = pool.plan_stats()
+                g = PlannedGraph(
+                    graph,
+                    out,
+                    pool,
+                    k,
+                    stream,
+                    recorded=recordings[k].allocations,
+                    captured=seen.allocations,
+                    hits=after["planned_hits"] - before_stats["planned_hits"],
+                    fell_back=after["fallbacks"] > before_stats["fallbacks"],
+                )
+                if not g.followed_plan:
+                    g.first_difference = first_difference(recordings[k].entries(), seen.entries())
+                graphs.append(g)
+                seens.append(seen)
+        finally:
+            pool.stop_capture_on(stream)
+        torch.cuda.synchronize()
+        return graphs, seens
+
+    graphs, seens = capture_planned(recordings)
+    if retry and not all(g.followed_plan for g in graphs):
+        # The captures are what a capture allocates: plan from them and
+        # capture again; the first graphs and their pool are let go.
+        first = graphs
+        graphs, _ = capture_planned(seens)
+        for g, old in zip(graphs, first):
+            g.replanned, g.first_attempt = True, old.fallback_reason()
+        first_pool = first[0].pool
+        del first, old
+        first_pool.release()  # its memory returns once its last block is freed
     del kept  # the recorded run's outputs, or the thrown-away graphs
     if scratch is not None:
         scratch.release()  # its memory returns once its last block is freed
@@ -585,7 +609,9 @@ def planned_graphs(
     return graphs
 
 
-def planned_graph(fn, *args, stream=None, warmup: int = 3, record: str = "eager", before=None, **kwargs):
+def planned_graph(
+    fn, *args, stream=None, warmup: int = 3, record: str = "eager", before=None, retry: bool = True, **kwargs
+):
     """`fn(*args, **kwargs)` captured into a `torch.cuda.CUDAGraph` whose
     memory comes from a pool planned from a recorded run of the same work
     (see `planned_graphs`, which this calls with one function). Returns a
@@ -598,7 +624,8 @@ def planned_graph(fn, *args, stream=None, warmup: int = 3, record: str = "eager"
         loss = step()                      # replays the graph
     """
     return planned_graphs(
-        [lambda: fn(*args, **kwargs)], stream=stream, warmup=warmup, record=record, before=before
+        [lambda: fn(*args, **kwargs)], stream=stream, warmup=warmup, record=record, before=before,
+        retry=retry,
     )[0]
 
 

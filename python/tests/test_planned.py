@@ -196,7 +196,7 @@ def test_a_capture_that_leaves_its_plan_warms_and_says_why():
         """
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            g = gt.planned_graph(step, 64, extra_in_capture=True, warmup=1)
+            g = gt.planned_graph(step, 64, extra_in_capture=True, warmup=1, retry=False)
         print(json.dumps(dict(stats(g), followed=g.followed_plan, reason=g.fallback_reason(),
                               warned=[str(w.message) for w in caught])))
         """
@@ -212,6 +212,25 @@ def test_a_capture_that_leaves_its_plan_warms_and_says_why():
     ), r
     assert r["warned"] == ["graphalloc: " + r["reason"]], r
     assert r["reserved"] > r["planned_bytes"], r  # it grew, as an ordinary pool
+
+
+def test_a_capture_that_left_its_plan_is_captured_again_from_a_plan_of_it():
+    r = run(
+        """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            g = gt.planned_graph(step, 64, extra_in_capture=True, warmup=1)
+        print(json.dumps(dict(stats(g), followed=g.followed_plan, replanned=g.replanned,
+                              first=g.first_attempt, warned=len(caught),
+                              total=graphalloc.stats()["total"]["reserved_bytes"])))
+        """
+    )
+    assert r["followed"] and r["replanned"] and r["warned"] == 0, r
+    assert (r["planned_hits"], r["fallbacks"], r["planned_allocations"]) == (5, 0, 5), r
+    assert "allocation #2" in r["first"], r
+    # the extra 1 MiB block is planned: it and b live together at the peak
+    assert r["peak_live_bytes"] == 64 * 8192 + (1 << 20), r
+    assert r["planned_bytes"] == r["reserved"] == r["peak_live_bytes"], r
 
 
 def test_recording_entries_and_first_difference():
