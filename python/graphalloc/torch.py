@@ -683,77 +683,101 @@ def _with_graph_class(torch, cls, call):
         torch.cuda.graph, graphs_module.graph = saved
 
 
-def planned_graphed_callables(callables, sample_args, **kwargs):
+def planned_graphed_callables(callables, sample_args, retry: bool = True, **kwargs):
     """`torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)`
     with every graph it captures (forward and backward of each callable) in
     ONE planned pool. Returns `(graphed, pool)`: what make_graphed_callables
     returns, and the `PlannedPool` (keep it while the graphs are in use;
-    `pool.fallback_details` says where captures left their plan, if any;
     `pool.plan_stats()` tells the lower bound, the planned size and whether
-    the captures followed the plan; `pool.unplanned_stats` the ordinary
-    pool of the first run, for comparison).
+    the captures followed the plan; `pool.fallback_details` where captures
+    left their plan, if any; `pool.unplanned_stats` the ordinary pool of the
+    first run, for comparison; `pool.replanned` whether it took a retry).
 
     It runs make_graphed_callables twice: first into an ordinary graphalloc
     pool, recording each capture (the graphs are thrown away and the
     modules' `forward` put back as they were), then for real into a pool
-    planned from those recordings, one plan per capture, in capture order."""
+    planned from those recordings, one plan per capture, in capture order.
+    With `retry`, a run whose captures left their plan is followed by one
+    more, planned from what those captures allocated."""
+    import gc
+
     import torch
 
     _require_installed("planned_graphed_callables()")
     mods = callables if isinstance(callables, tuple) else (callables,)
     saved = [(m, m.__dict__.get("forward")) for m in mods if isinstance(m, torch.nn.Module)]
+
+    def run(cls):
+        return _with_graph_class(
+            torch, cls, lambda: torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)
+        )
+
+    def put_back():
+        """Drops a run's graphs: make_graphed_callables set an instance
+        `forward` on each module (the graphs are reached from it)."""
+        for m, forward in saved:
+            if forward is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = forward
+        gc.collect()  # the graphs sit in reference cycles (autograd Function classes)
+        torch.cuda.synchronize()
+
+    def planned_run(source, unplanned):
+        """A run into a pool planned from the captures of the run `source`."""
+        held = []  # the pool, made at the first capture
+
+        def enter(k, stream):
+            if not held:
+                # PyTorch captures each call on a new stream: the recordings'
+                # stream becomes this one (the pool plans per stream).
+                first, now = source.streams[0], _stream_handle(stream)
+                if first != now:
+                    for rec in source.recordings:
+                        try:
+                            rec.rename_stream(first, now)
+                        except GraphallocError:  # the capture then grows the pool, and says so
+                            pass
+                held.append(PlannedPool(source.recordings))
+                held[0].unplanned_stats = unplanned
+            held[0].capture_on(stream)
+            held[0].start_plan(k)
+
+        cls = _routed_graph_class(torch, enter, lambda k, s: held and held[0].stop_capture_on(s))
+        graphed = run(cls)
+        pool = held[0]
+        pool.replanned, pool.fallback_details = False, []
+        if pool.plan_stats()["fallbacks"]:
+            for k, (rec, seen) in enumerate(zip(source.recordings, cls.recordings)):
+                diff = first_difference(rec.entries(), seen.entries())
+                if diff:
+                    pool.fallback_details.append(f"capture {k}: {diff}")
+        return graphed, pool, cls
+
     scratch = GraphPool(torch.cuda.current_device())
     recording = _routed_graph_class(
         torch, lambda k, s: scratch.capture_on(s), lambda k, s: scratch.stop_capture_on(s)
     )
-    thrown = _with_graph_class(
-        torch, recording, lambda: torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)
-    )
-    del thrown
-    unplanned = scratch.stats()
-    for m, forward in saved:  # make_graphed_callables set an instance `forward`
-        if forward is None:
-            m.__dict__.pop("forward", None)
-        else:
-            m.forward = forward
-    torch.cuda.synchronize()
-    if not recording.recordings:
-        raise GraphallocError("make_graphed_callables captured no graph")
-    held = []  # the pool, made at the first capture of the real pass
-
-    def enter(k, stream):
-        if not held:
-            # PyTorch captures each call on a new stream: the recordings'
-            # stream becomes this one (the pool plans per stream).
-            first, now = recording.streams[0], _stream_handle(stream)
-            if first != now:
-                for rec in recording.recordings:
-                    try:
-                        rec.rename_stream(first, now)
-                    except GraphallocError:  # the capture then grows the pool, and says so
-                        pass
-            held.append(PlannedPool(recording.recordings))
-            held[0].unplanned_stats = unplanned
-        held[0].capture_on(stream)
-        held[0].start_plan(k)
-
-    planned = _routed_graph_class(torch, enter, lambda k, s: held and held[0].stop_capture_on(s))
     try:
-        graphed = _with_graph_class(
-            torch, planned, lambda: torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)
-        )
+        run(recording)
+        put_back()
+        unplanned = scratch.stats()
+        if not recording.recordings:
+            raise GraphallocError("make_graphed_callables captured no graph")
+        graphed, pool, captured = planned_run(recording, unplanned)
+        if retry and pool.plan_stats()["fallbacks"]:
+            first_pool, details = pool, pool.fallback_details
+            del graphed
+            put_back()
+            graphed, pool, captured = planned_run(captured, unplanned)
+            pool.replanned, pool.first_attempt = True, details
+            first_pool.release()  # its memory returns once its last block is freed
     finally:
         scratch.release()
-    pool = held[0]
     stats = pool.plan_stats()
-    pool.fallback_details = []
     if stats["fallbacks"]:
-        for k, (rec, seen) in enumerate(zip(recording.recordings, planned.recordings)):
-            diff = first_difference(rec.entries(), seen.entries())
-            if diff:
-                pool.fallback_details.append(f"capture {k}: {diff}")
         warnings.warn(
-            f"graphalloc: {stats['fallbacks']} of the {len(planned.recordings)} captures left their "
+            f"graphalloc: {stats['fallbacks']} of the {len(captured.recordings)} captures left their "
             f"plan ({stats['planned_hits']} of {stats['planned_allocations']} allocations planned)"
             + "".join(f"; {d}" for d in pool.fallback_details),
             stacklevel=2,

@@ -83,16 +83,16 @@ def make_graphed_callables(module, sample_args):
     # PyTorch's shape: a forward capture, then a backward capture that frees
     # what the forward saved, into one pool; the module's forward replaced.
     assert "forward" not in module.__dict__, "forward was not put back"
-    # A new stream for each call, as PyTorch makes (built-in handles 1, then 2).
+    # A new stream for each call, as PyTorch makes (built-in handles 1, 2, 1...).
     stream, fwd, bwd = Stream(), CUDAGraph(), CUDAGraph()
-    NEXT_STREAM[0] += 1
-    stream.cuda_stream = NEXT_STREAM[0]
+    CALLS[0] += 1
+    stream.cuda_stream = 2 - CALLS[0] % 2
     with cuda.graph(fwd, stream=stream):
         saved, tmp = T(8192), T(4096)
         del tmp
         out = T(1024)
     with cuda.graph(bwd, stream=stream):
-        if getattr(module, "differ", False) and NEXT_STREAM[0] % 2 == 0:  # the real pass
+        if getattr(module, "extra_in_call", 0) == CALLS[0]:
             extra = T(512)
             del extra
         grad, tmp = T(2048), T(8192)
@@ -105,7 +105,7 @@ class Module:
     pass
 
 
-NEXT_STREAM = [0]
+CALLS = [0]
 
 
 cuda.make_graphed_callables = make_graphed_callables
@@ -302,10 +302,10 @@ def test_planned_graphed_callables_says_where_a_capture_differed():
     r = run(
         """
         m = Module()
-        m.differ = True
+        m.extra_in_call = 2  # the real run allocates one more block
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            graphed, pool = gt.planned_graphed_callables(m, (object(),))
+            graphed, pool = gt.planned_graphed_callables(m, (object(),), retry=False)
         print(json.dumps(dict(pool.plan_stats(), details=pool.fallback_details,
                               warned=[str(w.message) for w in caught])))
         """
@@ -316,3 +316,23 @@ def test_planned_graphed_callables_says_where_a_capture_differed():
         "the recording had 2048 B on stream 0x2"
     ], r
     assert len(r["warned"]) == 1 and r["details"][0] in r["warned"][0], r
+
+
+def test_planned_graphed_callables_retries_from_the_real_captures():
+    r = run(
+        """
+        m = Module()
+        m.extra_in_call = 1  # only the recording run allocates the extra block
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            graphed, pool = gt.planned_graphed_callables(m, (object(),))
+        print(json.dumps(dict(pool.plan_stats(), replanned=pool.replanned, first=pool.first_attempt,
+                              warned=len(caught), calls=CALLS[0])))
+        """
+    )
+    assert r["calls"] == 3 and r["replanned"] and r["warned"] == 0, r
+    assert (r["planned_hits"], r["fallbacks"], r["planned_allocations"]) == (5, 0, 5), r
+    assert r["first"] == [
+        "capture 1: allocation #0: the capture asked for 2048 B on stream 0x2, "
+        "the recording had 512 B on stream 0x2"
+    ], r
