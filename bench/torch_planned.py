@@ -346,7 +346,12 @@ def run_graphed_callables(torch, args, ga):
             "unplanned_pool": pool.unplanned_stats["peak_reserved_bytes"],
             "unplanned_peak_live": pool.unplanned_stats["peak_allocated_bytes"],
             "plan": plan,
-            "graphs": [{"fallback_reason": d} for d in pool.fallback_details],
+            "graphs": [
+                {
+                    "replanned": pool.replanned,
+                    "first_attempt": "; ".join(getattr(pool, "first_attempt", None) or []) or None,
+                }
+            ] + [{"fallback_reason": d} for d in pool.fallback_details],
         }
 
     def step(model, opt, x, y):
