@@ -71,7 +71,8 @@ def import_graphalloc_torch():
 # Models (plain torch.nn; imported only in the child processes).
 
 
-def build_gpt2(torch, nn, F):
+def build_gpt2(torch, nn, F, **config):
+    """GPT-2 small; `config` overrides GPT2's defaults (layers=, d=, ...)."""
     class Block(nn.Module):
         def __init__(self, d, heads):
             super().__init__()
@@ -116,7 +117,7 @@ def build_gpt2(torch, nn, F):
             logits = self.lm_head(self.ln_f(x))
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
-    return GPT2()
+    return GPT2(**config)
 
 
 def build_resnet50(torch, nn):
@@ -408,6 +409,22 @@ def run_graph(torch, args, ga):
     return result
 
 
+def import_torch(result):
+    """torch, checked for CUDA and set for reproducible kernels (no cuDNN
+    benchmarking, no TF32); notes its version and the device in `result`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("CUDA is not available")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    result["torch"] = torch.__version__
+    result["device"] = torch.cuda.get_device_name()
+    return torch
+
+
 def child(args):
     """One workload under one allocator; prints one RESULT line."""
     result = {"workload": args.workload, "allocator": args.allocator}
@@ -416,16 +433,7 @@ def child(args):
         if args.allocator == "graphalloc":
             ga = import_graphalloc_torch()
             result["lib"] = ga.use(args.lib)
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA is not available")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        result["torch"] = torch.__version__
-        result["device"] = torch.cuda.get_device_name()
+        torch = import_torch(result)
         t0 = time.perf_counter()
         if args.workload == "gpt2":
             result.update(run_gpt2(torch, args))

@@ -193,6 +193,14 @@ typedef struct GraphallocPlanStats {
     uint64_t fallback_allocations; /* allocations served by growth after that */
 } GraphallocPlanStats;
 
+/* One allocation of a recording (graphalloc_plan_record_allocations). */
+typedef struct {
+    uint64_t size;   /* bytes requested */
+    uint64_t stream; /* the stream it was made on */
+    uint64_t start;  /* the recording's clock at the allocation */
+    uint64_t end;    /* the clock at its free, UINT64_MAX if it outlived the recording */
+} GraphallocRecordedAlloc;
+
 /* Starts recording the allocations on `stream` of `device` (from any
  * thread) and the frees of those blocks; allocations are served as usual
  * (run the work eagerly, e.g. a warm-up). Returns the recording's id (never
@@ -202,6 +210,18 @@ uint64_t graphalloc_plan_record_begin(int device, cudaStream_t stream);
 /* Ends a recording (blocks still live outlive it). Returns the number of
  * allocations recorded, or -1. */
 int64_t graphalloc_plan_record_end(uint64_t recording);
+
+/* Renames stream `from` to `to` in an ended recording, for a capture that
+ * repeats the recorded work on another stream. Returns the number of
+ * allocations renamed, or -1 (unknown or running recording, or both streams
+ * in the recording: they are not merged). */
+int64_t graphalloc_plan_record_rename_stream(uint64_t recording, cudaStream_t from, cudaStream_t to);
+
+/* Copies the first `capacity` allocations of an ended recording, in order,
+ * to `out` (null when `capacity` is 0). Returns how many the recording has,
+ * or -1. */
+int64_t graphalloc_plan_record_allocations(uint64_t recording, GraphallocRecordedAlloc *out,
+                                           size_t capacity);
 
 /* Forgets a recording. Returns 0, or -1 for an unknown id. */
 int graphalloc_plan_record_release(uint64_t recording);

@@ -49,6 +49,20 @@ impl From<PlanStats> for GraphallocPlanStats {
     }
 }
 
+/// One allocation of a recording, for C ([`graphalloc_plan_record_allocations`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphallocRecordedAlloc {
+    /// Bytes requested.
+    pub size: u64,
+    /// The stream it was made on.
+    pub stream: u64,
+    /// The recording's clock at the allocation.
+    pub start: u64,
+    /// The clock at its free, or `u64::MAX` if it outlived the recording.
+    pub end: u64,
+}
+
 /// A recording made through the C ABI: still running, or ended.
 enum Held {
     Running(RecordingGuard<'static>),
@@ -99,6 +113,82 @@ pub extern "C" fn graphalloc_plan_record_end(recording: u64) -> i64 {
         let len = rec.len();
         map.insert(recording, Held::Ended(rec));
         Ok(i64::try_from(len).unwrap_or(i64::MAX))
+    })
+}
+
+/// Renames stream `from` to `to` in ended recording `recording`, for a
+/// capture that repeats the recorded work on another stream (a framework
+/// that makes a new stream for each capture). Returns the number of
+/// allocations renamed, or -1 (unknown or running recording, or both
+/// `from` and `to` streams of the recording: merging two streams would let
+/// their blocks share memory).
+#[no_mangle]
+pub extern "C" fn graphalloc_plan_record_rename_stream(
+    recording: u64,
+    from: *mut c_void,
+    to: *mut c_void,
+) -> i64 {
+    ffi_call(
+        "graphalloc_plan_record_rename_stream",
+        -1,
+        Log::Quiet,
+        || {
+            let mut map = recordings();
+            let rec = match map.get_mut(&recording) {
+                Some(Held::Ended(rec)) => rec,
+                Some(Held::Running(_)) => {
+                    return Err(format!("recording {recording} has not ended"))
+                }
+                None => return Err(format!("unknown recording {recording}")),
+            };
+            let (from, to) = (from as usize as u64, to as usize as u64);
+            let renamed = rec.rename_stream(from, to).ok_or_else(|| {
+                format!(
+                    "streams {from:#x} and {to:#x} are both in recording {recording}: not merged"
+                )
+            })?;
+            Ok(i64::try_from(renamed).unwrap_or(i64::MAX))
+        },
+    )
+}
+
+/// Copies the first `capacity` allocations of ended recording `recording`,
+/// in order, to `out` (to compare a capture with its recording). Returns
+/// how many the recording has (more than `capacity`: `out` got the first
+/// `capacity`), or -1 (unknown or running recording, null `out` with a
+/// non-zero `capacity`).
+///
+/// # Safety
+/// `out` is null (with `capacity` 0) or writable for `capacity`
+/// `GraphallocRecordedAlloc`.
+#[no_mangle]
+pub unsafe extern "C" fn graphalloc_plan_record_allocations(
+    recording: u64,
+    out: *mut GraphallocRecordedAlloc,
+    capacity: usize,
+) -> i64 {
+    ffi_call("graphalloc_plan_record_allocations", -1, Log::Quiet, || {
+        if out.is_null() && capacity != 0 {
+            return Err("null out with a non-zero capacity".into());
+        }
+        let map = recordings();
+        let rec = match map.get(&recording) {
+            Some(Held::Ended(rec)) => rec,
+            Some(Held::Running(_)) => return Err(format!("recording {recording} has not ended")),
+            None => return Err(format!("unknown recording {recording}")),
+        };
+        for (i, a) in rec.allocs.iter().take(capacity).enumerate() {
+            let entry = GraphallocRecordedAlloc {
+                size: a.size as u64,
+                stream: a.stream,
+                start: u64::from(a.start),
+                end: a.end.map_or(u64::MAX, u64::from),
+            };
+            // SAFETY: `out` is not null here (capacity > i >= 0) and, as the
+            // caller guarantees, writable for `capacity` entries.
+            unsafe { out.add(i).write(entry) };
+        }
+        Ok(i64::try_from(rec.len()).unwrap_or(i64::MAX))
     })
 }
 

@@ -106,6 +106,14 @@ class _PlanStats(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in PLAN_STATS_FIELDS]
 
 
+# The fields of GraphallocRecordedAlloc, in order.
+RECORDED_ALLOC_FIELDS = ("size", "stream", "start", "end")
+
+
+class _RecordedAlloc(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in RECORDED_ALLOC_FIELDS]
+
+
 _lib: Optional[ctypes.CDLL] = None
 _lib_path: Optional[str] = None
 
@@ -168,6 +176,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         "graphalloc_plan_record_begin": (c_u64, [c_int, c_vp]),
         "graphalloc_plan_record_end": (c_i64, [c_u64]),
         "graphalloc_plan_record_release": (c_int, [c_u64]),
+        "graphalloc_plan_record_rename_stream": (c_i64, [c_u64, c_vp, c_vp]),
+        "graphalloc_plan_record_allocations": (
+            c_i64,
+            [c_u64, ctypes.POINTER(_RecordedAlloc), ctypes.c_size_t],
+        ),
         "graphalloc_plan_pool_create": (c_u64, [c_int, ctypes.POINTER(c_u64), ctypes.c_size_t]),
         "graphalloc_plan_start": (c_int, [c_u64, ctypes.c_size_t]),
         "graphalloc_plan_stats": (c_int, [c_u64, ctypes.POINTER(_PlanStats)]),

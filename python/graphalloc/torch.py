@@ -16,9 +16,14 @@ module instead.
 CUDA graphs: allocations on a stream being captured (`torch.cuda.graph`)
 land in a graph pool graphalloc makes for that capture; call
 `release_capture_pools()` once those graphs are gone (PyTorch does not tell a
-pluggable allocator). `GraphPool` gives explicit control. `planned_graph(fn)`
-captures `fn` into a pool planned from a recorded warm-up run, which
-reserves about the run's peak of live bytes (`Recording`, `PlannedPool`).
+pluggable allocator). `GraphPool` gives explicit control.
+
+Planned pools: `step = planned_graph(fn, *args)` captures `fn(*args)` into
+a pool planned from a recorded run of the same work (an eager run, or a
+capture thrown away), which reserves about the run's peak of live bytes;
+`step()` replays it. `planned_graphs([f, g])` captures several graphs (say,
+one per batch shape) sharing one planned pool sized to the larger peak.
+`Recording` and `PlannedPool` are the parts they are made of.
 
 torch.compile(mode="reduce-overhead"): PyTorch's CUDA graph trees need
 allocator calls a pluggable allocator cannot serve (`getCheckpointState`,
@@ -42,6 +47,7 @@ from . import (
     GraphallocError,
     PLAN_STATS_FIELDS,
     _PlanStats,
+    _RecordedAlloc,
     _check,
     device_stats,
     empty_cache,
@@ -73,6 +79,10 @@ __all__ = [
     "Recording",
     "PlannedPool",
     "planned_graph",
+    "planned_graphs",
+    "planned_graphed_callables",
+    "first_difference",
+    "PlannedGraph",
     "GraphallocError",
 ]
 
@@ -296,6 +306,37 @@ class Recording:
         _check(n >= 0)
         self.allocations = int(n)
 
+    def entries(self) -> list:
+        """The ended recording's allocations, in order: dicts of `size`
+        (bytes requested), `stream`, `start` and `end` (the recording's clock
+        at the allocation and at its free; `end` None if it outlived the
+        recording)."""
+        lib = library()
+        n = lib.graphalloc_plan_record_allocations(self.id, None, 0)
+        _check(n >= 0)
+        out = (_RecordedAlloc * max(int(n), 1))()
+        _check(lib.graphalloc_plan_record_allocations(self.id, out, int(n)) == n)
+        return [
+            {
+                "size": int(a.size),
+                "stream": int(a.stream),
+                "start": int(a.start),
+                "end": None if a.end == 2**64 - 1 else int(a.end),
+            }
+            for a in out[: int(n)]
+        ]
+
+    def rename_stream(self, old, new) -> int:
+        """Renames stream `old` to `new` (torch.cuda.Stream or raw handles) in
+        this ended recording, for a capture that repeats the recorded work on
+        another stream. Returns how many allocations were renamed; raises
+        (changing nothing) when both streams are in the recording."""
+        n = library().graphalloc_plan_record_rename_stream(
+            self.id, _stream_handle(old), _stream_handle(new)
+        )
+        _check(n >= 0)
+        return int(n)
+
     def __del__(self):
         if self.id:
             try:
@@ -311,9 +352,19 @@ class PlannedPool(GraphPool):
     `start_plan(k)` before capturing the graph of recording k."""
 
     def __init__(self, recordings, device: Optional[int] = None):
+        recordings = list(recordings)
+        if not recordings:
+            raise ValueError("PlannedPool needs at least one recording")
+        for k, r in enumerate(recordings):
+            if r.allocations is None:
+                raise GraphallocError(f"recording {k} has not ended (leave its `with` block first)")
         if device is None:
             device = recordings[0].device
         self.device = int(device)
+        self.recordings = recordings  # keeps them alive with the pool
+        # the stats of the ordinary pool a thrown-away recording capture used
+        # (planned_graphs(record="capture"), planned_graphed_callables)
+        self.unplanned_stats = None
         ids = (ctypes.c_uint64 * len(recordings))(*[r.id for r in recordings])
         self.id = int(library().graphalloc_plan_pool_create(self.device, ids, len(recordings)))
         _check(self.id != 0)
@@ -328,36 +379,407 @@ class PlannedPool(GraphPool):
         return {name: int(getattr(out, name)) for name in PLAN_STATS_FIELDS}
 
 
-def planned_graph(fn, stream=None, warmup: int = 2):
-    """Captures `fn()` into a `torch.cuda.CUDAGraph` whose memory comes from a
-    planned pool: `warmup` eager runs of `fn` on the capture stream (the last
-    one recorded), a pool planned from that recording, then the capture.
-    Returns `(graph, output, pool)`; keep `pool` while the graph is in use,
-    and `pool.plan_stats()` tells the lower bound, the planned size and
-    whether the capture followed the plan.
+class PlannedGraph:
+    """A `torch.cuda.CUDAGraph` captured into a planned pool, made by
+    `planned_graph` or `planned_graphs`. `g()` replays it and returns its
+    output (the captured tensors: the next replay overwrites them, clone
+    what you keep). Unpacks as `graph, output, pool = g`.
 
-        graph, loss, pool = ga.planned_graph(lambda: train_step(x, y))
-        graph.replay()
-    """
+    `followed_plan`: whether every allocation of the capture got its planned
+    place; when not, `fallback_reason()` says where the capture left its
+    recording (and the pool grew by ordinary growth for the rest of it)."""
+
+    def __init__(self, graph, output, pool, index, stream, recorded, captured, hits, fell_back):
+        self.graph, self.output, self.pool, self.index, self.stream = graph, output, pool, index, stream
+        self.recorded_allocations = recorded
+        self.captured_allocations = captured
+        self.planned_hits = hits
+        self.followed_plan = not fell_back
+        self.first_difference = None  # set by planned_graphs where the capture left its plan
+        # captured again from a plan of the first capture (planned_graphs' retry),
+        # and why the first capture left its plan
+        self.replanned, self.first_attempt = False, None
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+    def __call__(self):
+        self.graph.replay()
+        return self.output
+
+    def __iter__(self):
+        return iter((self.graph, self.output, self.pool))
+
+    def plan_stats(self) -> dict:
+        """The shared pool's `PlannedPool.plan_stats()`."""
+        return self.pool.plan_stats()
+
+    def fallback_reason(self) -> Optional[str]:
+        """None when the capture followed its plan, else why it did not."""
+        if self.followed_plan:
+            return None
+        reason = _fallback_reason(
+            self.index, self.planned_hits, self.recorded_allocations, self.captured_allocations
+        )
+        if self.first_difference:
+            reason += f" First difference: {self.first_difference}."
+        return reason
+
+
+def first_difference(recorded: list, captured: list) -> Optional[str]:
+    """Where two allocation sequences (`Recording.entries()`) first differ in
+    size or stream, in words; None if they agree."""
+    for i, (r, c) in enumerate(zip(recorded, captured)):
+        if (r["size"], r["stream"]) != (c["size"], c["stream"]):
+            return (
+                f"allocation #{i}: the capture asked for {c['size']} B on stream {c['stream']:#x}, "
+                f"the recording had {r['size']} B on stream {r['stream']:#x}"
+            )
+    if len(recorded) != len(captured):
+        i = min(len(recorded), len(captured))
+        more = "capture" if len(captured) > len(recorded) else "recording"
+        extra = (captured if more == "capture" else recorded)[i]
+        return f"allocation #{i} ({extra['size']} B) is only in the {more}"
+    return None
+
+
+def _fallback_reason(index: int, hits: int, recorded: int, captured: int) -> str:
+    if captured > hits and hits < recorded:
+        what = (
+            f"allocation #{hits} of the capture differed from the recording's (size, "
+            "alignment or stream), or its planned memory was still in use"
+        )
+    elif captured > recorded:
+        what = f"the capture made more allocations ({captured}) than the recording ({recorded})"
+    else:
+        what = "an allocation did not fit its planned place"
+    return (
+        f"graph {index}: the capture followed its plan for {hits} of its {captured} allocations "
+        f"(the recording had {recorded}); {what}; the rest of the capture grew the pool as an "
+        "ordinary pool. Record a steady-state run (more warm-up runs), or record a thrown-away "
+        "capture (record='capture'), which sees what only a capture allocates."
+    )
+
+
+RECORD_MODES = ("eager", "capture")
+
+
+def planned_graphs(
+    fns,
+    stream=None,
+    warmup: int = 3,
+    record: str = "eager",
+    before=None,
+    device: Optional[int] = None,
+    capture_error_mode: str = "global",
+    retry: bool = True,
+):
+    """Captures each callable of `fns` (no arguments) into its own
+    `torch.cuda.CUDAGraph`, all sharing ONE pool planned from recordings of
+    the same work: graphs that are replayed one after another (never
+    concurrently), e.g. one per batch shape. The pool reserves about the
+    largest of their peaks of live bytes (plus what their outputs hold), not
+    the sum. Returns a list of `PlannedGraph`; keep it (and the pool it
+    holds) while the graphs are in use.
+
+    On `stream` (a new side stream by default) it runs each function
+    `warmup` times eagerly (lazy initialisation: cuBLAS workspaces, optimizer
+    state; pass 0 only for work already warmed up on `stream`, since what a
+    capture initialises lazily is never computed), then records one run of
+    each, either an eager run
+    (`record="eager"`, one more step of real work) or a capture thrown
+    away (`record="capture"`: it also sees what only a capture allocates;
+    its memory is let go after the real captures). Then it plans the pool
+    and captures each function with `torch.cuda.graph`. `before`, if given,
+    is called before every run, outside any capture (e.g.
+    `lambda: opt.zero_grad(set_to_none=True)` for a step whose gradients
+    should live in the pool).
+
+    A capture that leaves its recording still works (the pool grows as an
+    ordinary pool for the rest of it, never overlapping a live block). With
+    `retry` (the default) the functions are then captured once more, into a
+    pool planned from what those captures allocated (`PlannedGraph.replanned`
+    and `first_attempt` tell); a capture that still leaves its plan warns
+    with the reason (`PlannedGraph.fallback_reason()`)."""
     import torch
 
+    fns = list(fns)
+    if not fns:
+        raise ValueError("planned_graphs needs at least one function")
+    if record not in RECORD_MODES:
+        raise ValueError(f"record must be one of {RECORD_MODES}, not {record!r}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, not {warmup}")
+    _require_installed("planned_graphs()")
+    device = torch.cuda.current_device() if device is None else int(getattr(device, "index", device) or 0)
     stream = stream if stream is not None else torch.cuda.Stream()
+    prepare = before if before is not None else (lambda: None)
+
+    def capture(graph, fn, rec_device):
+        prepare()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode):
+            with Recording(stream, rec_device) as seen:
+                out = fn()
+        return out, seen
+
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(max(warmup, 1) - 1):
-            fn()
-        with Recording(stream) as rec:
-            out = fn()
-        del out
+        for _ in range(warmup):
+            for fn in fns:
+                prepare()
+                fn()
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
-    pool = PlannedPool([rec])
-    pool.capture_on(stream)
-    pool.start_plan(0)
-    graph = torch.cuda.CUDAGraph()
+
+    recordings, kept, scratch = [], [], None
+    if record == "eager":
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for fn in fns:
+                prepare()
+                with Recording(stream, device) as rec:
+                    kept.append(fn())
+                recordings.append(rec)
+        torch.cuda.current_stream().wait_stream(stream)
+    else:
+        scratch = GraphPool(device)
+        scratch.capture_on(stream)
+        try:
+            for fn in fns:
+                graph = torch.cuda.CUDAGraph()
+                out, rec = capture(graph, fn, device)
+                kept.append((graph, out))
+                recordings.append(rec)
+        finally:
+            scratch.stop_capture_on(stream)
+    torch.cuda.synchronize()
+
+    def capture_planned(recordings):
+        """Each function captured into a new pool planned from `recordings`;
+        the graphs and what each capture allocated."""
+        pool = PlannedPool(recordings, device)
+        if scratch is not None:
+            pool.unplanned_stats = scratch.stats()
+        graphs, seens = [], []
+        pool.capture_on(stream)
+        try:
+            for k, fn in enumerate(fns):
+                before_stats = pool.plan_stats()
+                pool.start_plan(k)
+                graph = torch.cuda.CUDAGraph()
+                out, seen = capture(graph, fn, device)
+                after = pool.plan_stats()
+                g = PlannedGraph(
+                    graph,
+                    out,
+                    pool,
+                    k,
+                    stream,
+                    recorded=recordings[k].allocations,
+                    captured=seen.allocations,
+                    hits=after["planned_hits"] - before_stats["planned_hits"],
+                    fell_back=after["fallbacks"] > before_stats["fallbacks"],
+                )
+                if not g.followed_plan:
+                    g.first_difference = first_difference(recordings[k].entries(), seen.entries())
+                graphs.append(g)
+                seens.append(seen)
+        finally:
+            pool.stop_capture_on(stream)
+        torch.cuda.synchronize()
+        return graphs, seens
+
+    graphs, seens = capture_planned(recordings)
+    if retry and not all(g.followed_plan for g in graphs):
+        # The captures are what a capture allocates: plan from them and
+        # capture again; the first graphs and their pool are let go.
+        first = graphs
+        graphs, _ = capture_planned(seens)
+        for g, old in zip(graphs, first):
+            g.replanned, g.first_attempt = True, old.fallback_reason()
+        first_pool = first[0].pool
+        del first, old
+        first_pool.release()  # its memory returns once its last block is freed
+    del kept  # the recorded run's outputs, or the thrown-away graphs
+    if scratch is not None:
+        scratch.release()  # its memory returns once its last block is freed
+    for g in graphs:
+        if not g.followed_plan:
+            warnings.warn(f"graphalloc: {g.fallback_reason()}", stacklevel=2)
+    return graphs
+
+
+def planned_graph(
+    fn, *args, stream=None, warmup: int = 3, record: str = "eager", before=None, retry: bool = True, **kwargs
+):
+    """`fn(*args, **kwargs)` captured into a `torch.cuda.CUDAGraph` whose
+    memory comes from a pool planned from a recorded run of the same work
+    (see `planned_graphs`, which this calls with one function). Returns a
+    `PlannedGraph`: call it to replay and get the output, or unpack it as
+    `graph, output, pool`. `pool.plan_stats()` tells the lower bound
+    (`peak_live_bytes`), the planned size and whether the capture followed
+    the plan.
+
+        step = ga.planned_graph(train_step, static_x, static_y)
+        loss = step()                      # replays the graph
+    """
+    return planned_graphs(
+        [lambda: fn(*args, **kwargs)], stream=stream, warmup=warmup, record=record, before=before,
+        retry=retry,
+    )[0]
+
+
+def _routed_graph_class(torch, on_enter, on_exit):
+    """A subclass of `torch.cuda.graph` that calls `on_enter(k, stream)`
+    before the k-th capture begins and `on_exit(k, stream)` after it ends, and
+    records each capture's allocations (the Recordings are returned in
+    `cls.recordings`)."""
+    base = torch.cuda.graph
+
+    class Routed(base):
+        # A capture stream of its own when make_graphed_callables names none
+        # (older PyTorch): both passes then meet per-stream lazy set-up
+        # (cuBLAS workspaces) in their first capture alike.
+        default_capture_stream = None
+        count = 0
+        recordings = []
+
+        streams = []  # each capture's stream handle
+
+        def __enter__(self):
+            k = Routed.count
+            Routed.count += 1
+            self._ga_k = k
+            Routed.streams.append(_stream_handle(self.capture_stream))
+            on_enter(k, self.capture_stream)
+            try:
+                super().__enter__()
+            except BaseException:
+                on_exit(k, self.capture_stream)
+                raise
+            self._ga_rec = Recording(self.capture_stream).__enter__()
+
+        def __exit__(self, *exc):
+            try:
+                self._ga_rec.__exit__(*exc)
+                Routed.recordings.append(self._ga_rec)
+                return super().__exit__(*exc)
+            finally:
+                on_exit(self._ga_k, self.capture_stream)
+
+    return Routed
+
+
+def _with_graph_class(torch, cls, call):
+    """Runs `call()` with `torch.cuda.graph` (the name make_graphed_callables
+    uses) replaced by `cls`."""
+    import torch.cuda.graphs as graphs_module
+
+    saved = (torch.cuda.graph, graphs_module.graph)
+    torch.cuda.graph = graphs_module.graph = cls
     try:
-        with torch.cuda.graph(graph, stream=stream):
-            out = fn()
+        return call()
     finally:
-        pool.stop_capture_on(stream)
-    return graph, out, pool
+        torch.cuda.graph, graphs_module.graph = saved
+
+
+def planned_graphed_callables(callables, sample_args, retry: bool = True, **kwargs):
+    """`torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)`
+    with every graph it captures (forward and backward of each callable) in
+    ONE planned pool. Returns `(graphed, pool)`: what make_graphed_callables
+    returns, and the `PlannedPool` (keep it while the graphs are in use;
+    `pool.plan_stats()` tells the lower bound, the planned size and whether
+    the captures followed the plan; `pool.fallback_details` where captures
+    left their plan, if any; `pool.unplanned_stats` the ordinary pool of the
+    first run, for comparison; `pool.replanned` whether it took a retry).
+
+    It runs make_graphed_callables twice: first into an ordinary graphalloc
+    pool, recording each capture (the graphs are thrown away and the
+    modules' `forward` put back as they were), then for real into a pool
+    planned from those recordings, one plan per capture, in capture order.
+    With `retry`, a run whose captures left their plan is followed by one
+    more, planned from what those captures allocated."""
+    import gc
+
+    import torch
+
+    _require_installed("planned_graphed_callables()")
+    mods = callables if isinstance(callables, tuple) else (callables,)
+    saved = [(m, m.__dict__.get("forward")) for m in mods if isinstance(m, torch.nn.Module)]
+
+    def run(cls):
+        return _with_graph_class(
+            torch, cls, lambda: torch.cuda.make_graphed_callables(callables, sample_args, **kwargs)
+        )
+
+    def put_back():
+        """Drops a run's graphs: make_graphed_callables set an instance
+        `forward` on each module (the graphs are reached from it)."""
+        for m, forward in saved:
+            if forward is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = forward
+        gc.collect()  # the graphs sit in reference cycles (autograd Function classes)
+        torch.cuda.synchronize()
+
+    def planned_run(source, unplanned):
+        """A run into a pool planned from the captures of the run `source`."""
+        held = []  # the pool, made at the first capture
+
+        def enter(k, stream):
+            if not held:
+                # PyTorch captures each call on a new stream: the recordings'
+                # stream becomes this one (the pool plans per stream).
+                first, now = source.streams[0], _stream_handle(stream)
+                if first != now:
+                    for rec in source.recordings:
+                        try:
+                            rec.rename_stream(first, now)
+                        except GraphallocError:  # the capture then grows the pool, and says so
+                            pass
+                held.append(PlannedPool(source.recordings))
+                held[0].unplanned_stats = unplanned
+            held[0].capture_on(stream)
+            held[0].start_plan(k)
+
+        cls = _routed_graph_class(torch, enter, lambda k, s: held and held[0].stop_capture_on(s))
+        graphed = run(cls)
+        pool = held[0]
+        pool.replanned, pool.fallback_details = False, []
+        if pool.plan_stats()["fallbacks"]:
+            for k, (rec, seen) in enumerate(zip(source.recordings, cls.recordings)):
+                diff = first_difference(rec.entries(), seen.entries())
+                if diff:
+                    pool.fallback_details.append(f"capture {k}: {diff}")
+        return graphed, pool, cls
+
+    scratch = GraphPool(torch.cuda.current_device())
+    recording = _routed_graph_class(
+        torch, lambda k, s: scratch.capture_on(s), lambda k, s: scratch.stop_capture_on(s)
+    )
+    try:
+        run(recording)
+        put_back()
+        unplanned = scratch.stats()
+        if not recording.recordings:
+            raise GraphallocError("make_graphed_callables captured no graph")
+        graphed, pool, captured = planned_run(recording, unplanned)
+        if retry and pool.plan_stats()["fallbacks"]:
+            first_pool, details = pool, pool.fallback_details
+            del graphed
+            put_back()
+            graphed, pool, captured = planned_run(captured, unplanned)
+            pool.replanned, pool.first_attempt = True, details
+            first_pool.release()  # its memory returns once its last block is freed
+    finally:
+        scratch.release()
+    stats = pool.plan_stats()
+    if stats["fallbacks"]:
+        warnings.warn(
+            f"graphalloc: {stats['fallbacks']} of the {len(captured.recordings)} captures left their "
+            f"plan ({stats['planned_hits']} of {stats['planned_allocations']} allocations planned)"
+            + "".join(f"; {d}" for d in pool.fallback_details),
+            stacklevel=2,
+        )
+    return graphed, pool

@@ -76,6 +76,34 @@ impl Recording {
         self.allocs.iter().filter(|a| a.end.is_none()).count()
     }
 
+    /// Renames stream `from` to `to` in the recording, for a capture that
+    /// repeats the recorded work on another stream (a framework that makes a
+    /// new stream for each capture, as PyTorch's `make_graphed_callables`
+    /// does). Returns how many allocations were renamed, or `None`, changing
+    /// nothing, when both `from` and `to` are streams of the recording:
+    /// merging two streams would let their blocks share memory.
+    ///
+    /// ```
+    /// use graphalloc::{Allocator, Config};
+    /// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
+    /// let (p, mut rec) = alloc.record(|| alloc.allocate(4096, 512).unwrap());
+    /// assert_eq!(rec.rename_stream(0, 1), Some(1));
+    /// assert_eq!(rec.rename_stream(2, 1), Some(0)); // no allocation on stream 2
+    /// alloc.free(p).unwrap();
+    /// ```
+    pub fn rename_stream(&mut self, from: StreamTag, to: StreamTag) -> Option<usize> {
+        let has = |s| self.allocs.iter().any(|a| a.stream == s);
+        if from != to && has(from) && has(to) {
+            return None;
+        }
+        let mut renamed = 0;
+        for a in self.allocs.iter_mut().filter(|a| a.stream == from) {
+            a.stream = to;
+            renamed += 1;
+        }
+        Some(renamed)
+    }
+
     /// The most bytes (block sizes) the run had live at once on `device`:
     /// the least memory any pool serving it can have.
     pub fn peak_live_bytes(&self, device: usize) -> usize {
@@ -249,5 +277,39 @@ impl<'a> RecordingGuard<'a> {
 impl Drop for RecordingGuard<'_> {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(stream: StreamTag) -> RecordedAlloc {
+        RecordedAlloc {
+            device: 0,
+            stream,
+            size: 512,
+            align: 512,
+            rounded: 512,
+            start: 0,
+            end: None,
+            shared: false,
+        }
+    }
+
+    #[test]
+    fn renaming_a_stream_never_merges_two() {
+        let mut rec = Recording {
+            allocs: vec![on(7), on(9), on(7)],
+        };
+        let streams = |r: &Recording| r.allocs.iter().map(|a| a.stream).collect::<Vec<_>>();
+        assert_eq!(rec.rename_stream(7, 9), None);
+        assert_eq!(streams(&rec), [7, 9, 7]);
+        assert_eq!(rec.rename_stream(7, 11), Some(2));
+        assert_eq!(streams(&rec), [11, 9, 11]);
+        assert_eq!(rec.rename_stream(9, 9), Some(1));
+        assert_eq!(rec.rename_stream(5, 6), Some(0));
+        assert_eq!(rec.rename_stream(5, 9), Some(0)); // nothing on 5: nothing merged
+        assert_eq!(streams(&rec), [11, 9, 11]);
     }
 }
