@@ -458,7 +458,7 @@ fn c_abi_with_extreme_values() {
         for device in c_devices {
             for stream in c_streams {
                 let p = c_call(format!("malloc({size}, {device}, {stream:?})"), || {
-                    graphalloc_malloc(size, device, stream)
+                    api::c_malloc(size, device, stream)
                 });
                 if p.is_null() {
                     let ok = size == 0 && (0..2).contains(&device);
@@ -522,7 +522,7 @@ fn c_abi_with_extreme_values() {
         }
         assert_eq!(c_call("begin", || graphalloc_begin_graph_mode(pool)), 0);
         let p = c_call("malloc in graph mode", || {
-            graphalloc_malloc(1 << 20, device, std::ptr::null_mut())
+            api::c_malloc(1 << 20, device, std::ptr::null_mut())
         });
         assert!(!p.is_null(), "{}", last_error());
         assert_eq!(c_call("busy reset", || graphalloc_pool_reset(pool)), -1);
@@ -565,7 +565,7 @@ fn c_abi_with_extreme_values() {
         bad.push((p as usize + 512) as *mut c_void);
         for stream in c_streams {
             c_call(format!("record_stream({p:?}, {stream:?})"), || {
-                graphalloc_record_stream(p, stream)
+                api::c_record_stream(p, stream)
             });
         }
     }
@@ -579,7 +579,7 @@ fn c_abi_with_extreme_values() {
     for p in bad {
         for stream in c_streams {
             let rc = c_call(format!("record_stream({p:?})"), || {
-                graphalloc_record_stream(p, stream)
+                api::c_record_stream(p, stream)
             });
             assert_eq!(rc, -1);
         }
