@@ -61,6 +61,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[path = "ffi_plan.rs"]
 pub mod plan;
 
+#[path = "ffi_oom.rs"]
+mod oom;
+pub use oom::{graphalloc_set_oom_observer, GraphallocOomObserver, GraphallocOomReport};
+
 /// The version of this C ABI, as [`graphalloc_abi_version`] reports it.
 /// Raised whenever a signature or a `#[repr(C)]` layout changes.
 pub const ABI_VERSION: u32 = 2;
