@@ -9,10 +9,16 @@
 #   there:  run(command="bash bench/fuzz.sh", carry=[".gpu-fuzz"], timeout_s=600)
 #
 # Environment: JOBS (default: the number of cores), RUNS (executions per
-# job, default 700000: 16 jobs give 11.2 million), SECS (time limit per job,
-# default 500, so that the call ends inside the device tool's 10 minutes),
-# MAX_LEN (input bytes, default 4096). Outputs under $OUT/fuzz: the job logs
-# (fuzz-N.log), the corpus, crash inputs (crash-*), summary.txt.
+# job, default 650000: 16 jobs give 10.4 million), SECS (time limit per job,
+# default 540, so that the call ends inside the device tool's 10 minutes:
+# a job stops at RUNS or SECS, whichever comes first), MAX_LEN (input
+# bytes, default 4096), RELOAD (seconds between rereads of the shared
+# corpus by each job, default 10; libFuzzer's 1 makes 16 jobs list a
+# corpus of thousands of files 16 times a second). AddressSanitizer runs
+# with the binary's defaults (a 16 MiB quarantine, fuzz_targets/ops.rs);
+# ASAN_OPTIONS overrides them. Outputs under $OUT/fuzz: the job logs
+# (fuzz-N.log), the corpus, crash inputs (crash-*), summary.txt. If the
+# jobs stop at SECS before RUNS, run the call again and add the totals.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/.gpu-fuzz/fuzz_ops
@@ -22,8 +28,8 @@ mkdir -p "$DIR/corpus"
 JOBS=${JOBS:-$(nproc)}
 cd "$DIR"
 t0=$SECONDS
-"$BIN" -jobs="$JOBS" -workers="$JOBS" -runs="${RUNS:-700000}" -max_total_time="${SECS:-500}" \
-    -max_len="${MAX_LEN:-4096}" -rss_limit_mb=8192 -print_final_stats=1 \
+"$BIN" -jobs="$JOBS" -workers="$JOBS" -runs="${RUNS:-650000}" -max_total_time="${SECS:-540}" \
+    -max_len="${MAX_LEN:-4096}" -reload="${RELOAD:-10}" -rss_limit_mb=8192 -print_final_stats=1 \
     -artifact_prefix="$PWD/" corpus > jobs.log 2>&1
 rc=$?
 crashes=$(ls crash-* leak-* timeout-* oom-* 2>/dev/null | wc -l)

@@ -180,6 +180,36 @@ int graphalloc_clear_capture_pool(int device, cudaStream_t stream);
  * allocator). Returns how many were let go, or -1. */
 int64_t graphalloc_release_capture_pools(void);
 
+/* ---- Out-of-memory reports ---------------------------------------------- */
+
+/* The report of a failed allocation. Valid only during the observer call. */
+typedef struct GraphallocOomReport {
+    int32_t device;
+    int32_t owner;               /* 0 the cache, 1 graph pool `pool`, 2 a planned pool being made */
+    uint64_t pool;               /* the pool's id for owner 1, else 0 */
+    uint64_t requested;          /* bytes asked for */
+    uint64_t device_free;        /* free device memory (driver) */
+    uint64_t device_total;       /* total device memory (driver) */
+    uint64_t limit;              /* graphalloc's limit (memory_fraction), 0 if none */
+    uint64_t reserved;           /* bytes graphalloc holds on the device */
+    uint64_t allocated;          /* bytes in live blocks */
+    uint64_t cache_idle;         /* bytes the cache holds unused */
+    uint64_t pool_idle;          /* bytes graph pools hold unused */
+    uint64_t largest_free_block;
+    uint64_t largest_live_count; /* entries filled in the two arrays below */
+    uint64_t largest_live_addr[4];  /* largest live blocks, largest first */
+    uint64_t largest_live_size[4];
+    const char *message;         /* the whole error message, with what to try */
+} GraphallocOomReport;
+
+typedef void (*GraphallocOomObserver)(const GraphallocOomReport *report, void *user_data);
+
+/* Sets the observer called once per failed allocation (any thread), before
+ * the failing call returns and with no lock held (it may call any
+ * graphalloc function); replaces the previous one, NULL clears it.
+ * Returns 0, or -1. */
+int graphalloc_set_oom_observer(GraphallocOomObserver observer, void *user_data);
+
 /* ---- Planned graph pools ------------------------------------------------ */
 
 /* A planned pool's figures; every field a uint64_t. */

@@ -57,6 +57,8 @@ pub struct Allocator {
     pub(crate) recorders: Recorders,
     /// The stream handles accepted beside the built-in ones, per device.
     streams: StreamRegistry,
+    /// Out-of-memory observers (`oom.rs`).
+    pub(crate) oom: crate::oom::Observers,
 }
 
 /// Maps a backend error about a stream argument to the allocator's error.
@@ -161,6 +163,7 @@ impl Allocator {
             capture_pools: ConcurrentMap::new(),
             recorders: Recorders::new(),
             streams: StreamRegistry::new(),
+            oom: Default::default(),
         })
     }
 
@@ -304,7 +307,12 @@ impl Allocator {
         let carved = carved.map_err(|shortfall| match shortfall {
             Shortfall::Overflow => too_large(),
             Shortfall::Backend(e) => Error::Backend(e),
-            Shortfall::Exhausted => self.out_of_memory(device, size),
+            Shortfall::Exhausted => {
+                let owner = pool
+                    .as_ref()
+                    .map_or(crate::OomOwner::Cache, |p| crate::OomOwner::GraphPool(p.id));
+                self.out_of_memory(device, size, owner)
+            }
         })?;
         let (shard, carved) = carved;
         let addr = carved.block.addr().next_multiple_of(align as u64);
@@ -515,18 +523,17 @@ impl Allocator {
         });
     }
 
-    pub(crate) fn out_of_memory(&self, device: usize, requested: usize) -> Error {
-        let d = &self.caches[device].device;
-        let info = d.mem_info();
-        Error::OutOfMemory {
-            device,
-            requested,
-            reserved: d.reserved(),
-            allocated: self.caches[device].stats().allocated_bytes
-                + self.pools.stats(Some(device), false).allocated_bytes,
-            device_free: info.free,
-            device_total: info.total,
-        }
+    /// The error for a failed request, after its report went to the
+    /// observers (`oom.rs`). Called with no lock held.
+    pub(crate) fn out_of_memory(
+        &self,
+        device: usize,
+        requested: usize,
+        owner: crate::OomOwner,
+    ) -> Error {
+        let report = crate::oom::gather(&self.caches[device], &self.pools, requested, owner);
+        self.oom.notify(&report);
+        report.into()
     }
 
     /// Frees a pointer from [`Allocator::allocate`], routed to its owner (a

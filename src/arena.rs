@@ -27,8 +27,10 @@
 //! Large blocks, where placement decides fragmentation, always go through
 //! best fit.
 
+mod books;
 mod expandable;
 
+pub(crate) use books::Books;
 pub(crate) use expandable::IdleRun;
 
 mod place;

@@ -15,7 +15,7 @@
 //! others until it is released (out of memory releases every shard's idle
 //! segments before failing).
 
-use crate::arena::{AddressKind, Arena, BlockRef, Carved, StreamTag};
+use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag};
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
 use crate::stats::{PoolStats, Side};
@@ -149,6 +149,17 @@ impl CachingAllocator {
         let mut sum = PoolStats::default();
         for shard in self.shards.iter() {
             sum.add(&shard.lock().stats);
+        }
+        sum
+    }
+
+    /// The books of every shard (for an out-of-memory report), each read
+    /// under its lock, with the `top` largest live blocks.
+    pub(crate) fn books(&self, top: usize) -> Books {
+        let mut sum = Books::default();
+        for shard in self.shards.iter() {
+            let books = shard.lock().books(top);
+            sum.merge(books, top);
         }
         sum
     }

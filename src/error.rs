@@ -33,11 +33,13 @@ pub enum Error {
     },
 
     /// The device has no room for the request, even after releasing every
-    /// cached, unused segment and retrying once.
+    /// cached, unused segment and retrying once. The message goes on with
+    /// the [`OomReport`](crate::OomReport): which allocator ran out, the
+    /// idle bytes, the largest free and live blocks, and what to try.
     #[error(
         "out of memory on device {device}: tried to allocate {requested} bytes; \
          {allocated} bytes allocated, {reserved} bytes reserved by graphalloc; \
-         device has {device_free} bytes free of {device_total}"
+         device has {device_free} bytes free of {device_total}{report}"
     )]
     OutOfMemory {
         /// Device ordinal.
@@ -52,6 +54,9 @@ pub enum Error {
         device_free: usize,
         /// Total device memory as the driver reports it.
         device_total: usize,
+        /// The whole report (the figures above included), as observers
+        /// ([`crate::Allocator::on_out_of_memory`]) get it.
+        report: Box<crate::OomReport>,
     },
 
     /// `free` of a pointer graphalloc never handed out (or one it handed out

@@ -61,6 +61,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[path = "ffi_plan.rs"]
 pub mod plan;
 
+#[path = "ffi_oom.rs"]
+mod oom;
+pub use oom::{graphalloc_set_oom_observer, GraphallocOomObserver, GraphallocOomReport};
+
 /// The version of this C ABI, as [`graphalloc_abi_version`] reports it.
 /// Raised whenever a signature or a `#[repr(C)]` layout changes.
 pub const ABI_VERSION: u32 = 2;
@@ -287,13 +291,22 @@ fn non_null<T>(out: *mut T) -> Result<*mut T, String> {
 ///
 /// After [`graphalloc_set_abort_on_malloc_failure`]`(1)` an error aborts the
 /// process instead, after printing it.
+///
+/// # Safety
+///
+/// `stream` is null or a live stream of `device` (a `cudaStream_t` on
+/// CUDA), and stays live while a block allocated or recorded on it is live
+/// or waiting to be reused (module docs, **Streams**): it is registered on
+/// first sight and later handed to the driver. Any size and device are
+/// safe (refused with an error).
 #[no_mangle]
-pub extern "C" fn graphalloc_malloc(
+pub unsafe extern "C" fn graphalloc_malloc(
     size: isize,
     device: c_int,
     stream: *mut c_void,
 ) -> *mut c_void {
-    let ptr = malloc_body(size, device, stream);
+    // SAFETY: this function's contract on `stream`, passed on.
+    let ptr = unsafe { malloc_body(size, device, stream) };
     if ptr.is_null() && size != 0 && ABORT_ON_MALLOC_FAILURE.load(Ordering::Relaxed) {
         // Nothing here may panic (a panic cannot unwind out of this
         // function): the reports use a write that ignores its errors.
@@ -314,7 +327,10 @@ pub extern "C" fn graphalloc_malloc(
     ptr
 }
 
-fn malloc_body(size: isize, device: c_int, stream: *mut c_void) -> *mut c_void {
+/// # Safety
+///
+/// As [`graphalloc_malloc`]'s.
+unsafe fn malloc_body(size: isize, device: c_int, stream: *mut c_void) -> *mut c_void {
     ffi_call(
         "graphalloc_malloc",
         std::ptr::null_mut(),
@@ -326,13 +342,10 @@ fn malloc_body(size: isize, device: c_int, stream: *mut c_void) -> *mut c_void {
             if size == 0 {
                 return Ok(std::ptr::null_mut());
             }
+            // SAFETY: the caller's contract on `stream` (graphalloc_malloc's).
+            let stream = unsafe { accept_stream(alloc, device, stream) };
             let ptr = alloc
-                .allocate_on(
-                    device,
-                    accept_stream(alloc, device, stream),
-                    size,
-                    MALLOC_ALIGNMENT,
-                )
+                .allocate_on(device, stream, size, MALLOC_ALIGNMENT)
                 .map_err(|e| e.to_string())?;
             Ok(ptr.addr() as usize as *mut c_void)
         },
@@ -636,12 +649,20 @@ pub extern "C" fn graphalloc_graph_mode_depth() -> c_int {
 /// was allocated on (PyTorch's `record_stream`): when it is freed, it is not
 /// reused until the work queued on `stream` by then has completed. Returns
 /// 0, or -1 on error (pointer not live, unknown stream).
+///
+/// # Safety
+///
+/// `stream` is null or a live stream of the block's device, and stays live
+/// while the block is live or waiting to be reused (module docs,
+/// **Streams**): it is registered on first sight and later handed to the
+/// driver. Any `ptr` is safe (one that is not live is refused).
 #[no_mangle]
-pub extern "C" fn graphalloc_record_stream(ptr: *mut c_void, stream: *mut c_void) -> c_int {
+pub unsafe extern "C" fn graphalloc_record_stream(ptr: *mut c_void, stream: *mut c_void) -> c_int {
     ffi_call("graphalloc_record_stream", -1, Log::Quiet, || {
         let (alloc, ptr) = (allocator()?, DevicePtr::new(ptr as usize as u64));
         let stream = match alloc.device_of(ptr) {
-            Some(device) => accept_stream(alloc, device, stream),
+            // SAFETY: this function's contract on `stream`.
+            Some(device) => unsafe { accept_stream(alloc, device, stream) },
             None => stream as usize as u64, // refused below: not live
         };
         alloc
@@ -653,11 +674,16 @@ pub extern "C" fn graphalloc_record_stream(ptr: *mut c_void, stream: *mut c_void
 
 /// Registers a `cudaStream_t` from C on `device` (idempotent) and returns
 /// its tag.
-fn accept_stream(alloc: &Allocator, device: usize, stream: *mut c_void) -> u64 {
+///
+/// # Safety
+///
+/// As [`graphalloc_malloc`]'s: `stream` is null or a live stream of `device`
+/// while blocks name it.
+unsafe fn accept_stream(alloc: &Allocator, device: usize, stream: *mut c_void) -> u64 {
     let stream = stream as usize as u64;
-    // SAFETY: the C caller's contract (module docs, **Streams**): the stream
-    // is null or a live stream of `device` while blocks name it. `device` is
-    // one of the allocator's, so this cannot fail.
+    // SAFETY: the caller's contract (this function's, passed on from the
+    // unsafe C entry points). `device` is one of the allocator's, so this
+    // cannot fail.
     let _ = unsafe { alloc.register_raw_stream(device, stream) };
     stream
 }

@@ -97,7 +97,9 @@ impl Allocator {
         let (allocator_id, cache, registry) = self.pool_parts(device)?;
         let plan = Plan::new(recordings, device);
         GraphPool::create_with(allocator_id, cache.clone(), registry, |cache, arena| {
-            reserve_plan(plan, cache, arena, &|d, s| self.out_of_memory(d, s))
+            reserve_plan(plan, cache, arena, &|d, s| {
+                self.out_of_memory(d, s, crate::OomOwner::NewPlannedPool)
+            })
         })
     }
 

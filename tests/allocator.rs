@@ -1003,16 +1003,28 @@ fn out_of_memory_error_reports_exact_figures() {
     assert_eq!(host.outstanding_bytes(), 42 * MIB);
 
     let err = alloc.allocate(30 * MIB, 512).unwrap_err();
+    let Error::OutOfMemory {
+        device,
+        requested,
+        reserved,
+        allocated,
+        device_free,
+        device_total,
+        ..
+    } = err.clone()
+    else {
+        panic!("expected OutOfMemory, got {err:?}");
+    };
     assert_eq!(
-        err,
-        Error::OutOfMemory {
-            device: 0,
-            requested: 30 * MIB,
-            reserved: 40 * MIB,
-            allocated: 40 * MIB,
-            device_free: 24 * MIB,
-            device_total: 64 * MIB,
-        }
+        (
+            device,
+            requested,
+            reserved,
+            allocated,
+            device_free,
+            device_total
+        ),
+        (0, 30 * MIB, 40 * MIB, 40 * MIB, 24 * MIB, 64 * MIB)
     );
     let text = err.to_string();
     assert!(text.contains(&(30 * MIB).to_string()), "{text}");

@@ -39,6 +39,54 @@ fn host_release_of_an_address_never_handed_out_is_refused() {
     assert_eq!((host.outstanding_bytes(), host.releases()), (0, 1));
 }
 
+/// Address ranges and segments of sizes near the top of `usize` (a device
+/// whose capacity is near 2^63 or unbounded asks for such ranges): an
+/// out-of-memory error, never an overflow (the range adds a page of
+/// alignment slack to the size) and nothing held after.
+#[test]
+#[cfg_attr(miri, ignore = "mmap")]
+fn host_ranges_and_segments_of_absurd_sizes_are_out_of_memory() {
+    let host = HostBackend::new(0, usize::MAX);
+    let vmm = host.vmm().unwrap();
+    let sizes = [
+        usize::MAX,
+        usize::MAX - PAGE + 1,
+        usize::MAX - PAGE,
+        usize::MAX - 2 * PAGE + 1,
+        1 << 63,
+        (1 << 63) - PAGE,
+        isize::MAX as usize,
+    ];
+    for size in sizes {
+        assert_eq!(
+            vmm.reserve_range(size),
+            Err(BackendError::OutOfMemory { requested: size }),
+            "reserve_range({size:#x})"
+        );
+        assert_eq!(
+            host.reserve(size),
+            Err(BackendError::OutOfMemory { requested: size }),
+            "reserve({size:#x})"
+        );
+    }
+    assert_eq!(host.outstanding_bytes(), 0);
+    // Page arithmetic at the top of the address space is refused too.
+    let last = u64::MAX - PAGE as u64 + 1;
+    let below = last - PAGE as u64;
+    assert_eq!(
+        invalid(vmm.map(below, PAGE).unwrap_err()),
+        "not inside a reserved range"
+    );
+    assert_eq!(
+        invalid(vmm.map(last, PAGE).unwrap_err()),
+        "past the address space"
+    );
+    assert_eq!(
+        invalid(vmm.unmap(below, 2 * PAGE).unwrap_err()),
+        "past the address space"
+    );
+}
+
 #[test]
 fn host_unmap_of_a_heap_page_is_refused_and_the_page_stays_readable() {
     let host = HostBackend::new(0, 64 * MIB);

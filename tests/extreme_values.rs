@@ -458,7 +458,7 @@ fn c_abi_with_extreme_values() {
         for device in c_devices {
             for stream in c_streams {
                 let p = c_call(format!("malloc({size}, {device}, {stream:?})"), || {
-                    graphalloc_malloc(size, device, stream)
+                    api::c_malloc(size, device, stream)
                 });
                 if p.is_null() {
                     let ok = size == 0 && (0..2).contains(&device);
@@ -522,7 +522,7 @@ fn c_abi_with_extreme_values() {
         }
         assert_eq!(c_call("begin", || graphalloc_begin_graph_mode(pool)), 0);
         let p = c_call("malloc in graph mode", || {
-            graphalloc_malloc(1 << 20, device, std::ptr::null_mut())
+            api::c_malloc(1 << 20, device, std::ptr::null_mut())
         });
         assert!(!p.is_null(), "{}", last_error());
         assert_eq!(c_call("busy reset", || graphalloc_pool_reset(pool)), -1);
@@ -565,7 +565,7 @@ fn c_abi_with_extreme_values() {
         bad.push((p as usize + 512) as *mut c_void);
         for stream in c_streams {
             c_call(format!("record_stream({p:?}, {stream:?})"), || {
-                graphalloc_record_stream(p, stream)
+                api::c_record_stream(p, stream)
             });
         }
     }
@@ -579,7 +579,7 @@ fn c_abi_with_extreme_values() {
     for p in bad {
         for stream in c_streams {
             let rc = c_call(format!("record_stream({p:?})"), || {
-                graphalloc_record_stream(p, stream)
+                api::c_record_stream(p, stream)
             });
             assert_eq!(rc, -1);
         }
@@ -637,11 +637,29 @@ fn seeded_inputs(mut seed: u64, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A fuzz input (its body's bytes) the stream body's reuse check once
+/// tripped on: the last block of a released on-demand capture pool is
+/// freed with a use on stream A; the pool goes, and its drop waits for the
+/// event it just recorded on A, which completes A's earlier work too, so a
+/// cache block freed before with a use on A is legitimately reused. The
+/// check now reads what the device completed instead of guessing the
+/// allocator's waits.
+const POOL_DROP_WAITS: &[u8] = &[
+    0x00, 0xa4, 0xad, 0x00, 0x06, 0x6d, 0x69, 0xff, 0x98, 0x48, 0x96, 0x11, 0x89, 0xff, 0x09, 0x62,
+    0x96, 0xaa, 0xfc, 0x00, 0x28, 0x00, 0xa4, 0xad, 0x00, 0x06, 0x6d, 0x69, 0xff, 0x98, 0x48, 0x96,
+    0x11, 0xdc, 0xdc, 0xdc, 0xdc, 0xdc, 0xdc, 0xdc, 0xdc, 0x89, 0x62, 0x96, 0xaa, 0x33, 0x00, 0xa4,
+    0xad, 0x00, 0x02, 0x6d, 0x69, 0xff, 0x98, 0x48, 0x96, 0x11, 0x89, 0x62, 0x96, 0xaa, 0x33, 0x00,
+    0xff, 0x00, 0xa4, 0xad, 0x00, 0x06, 0x6d, 0x69, 0x28, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x29, 0x38, 0x2d, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x29, 0x38, 0x2d, 0x09, 0x00, 0xff, 0x89, 0x8d, 0x56,
+];
+
 /// The fuzz target's stream body (streams, `record_stream`, captures,
-/// capture pools) on seeded random bytes.
+/// capture pools) on seeded random bytes and on inputs it once failed on.
 #[test]
 #[cfg_attr(miri, ignore = "expandable segments mmap their address ranges")]
 fn fuzz_stream_body_on_seeded_inputs() {
+    call("api::run_streams", || api::run_streams(POOL_DROP_WAITS));
     for input in seeded_inputs(0x5743_A115, 300) {
         call("api::run_streams", || api::run_streams(&input));
     }

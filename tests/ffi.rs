@@ -15,6 +15,19 @@ use std::ptr::null_mut;
 
 const CONF: &str = "backend:host,host_devices:2,host_capacity:1GiB";
 
+/// `graphalloc_malloc` on the host backend.
+fn c_malloc(size: isize, device: i32, stream: *mut c_void) -> *mut c_void {
+    // SAFETY: the process-wide allocator is on the host backend, whose
+    // stream handles are tags it checks and never dereferences.
+    unsafe { graphalloc_malloc(size, device, stream) }
+}
+
+/// `graphalloc_record_stream` on the host backend.
+fn c_record_stream(ptr: *mut c_void, stream: *mut c_void) -> i32 {
+    // SAFETY: as in `c_malloc`: host stream handles are checked tags.
+    unsafe { graphalloc_record_stream(ptr, stream) }
+}
+
 fn last_error() -> String {
     let ptr = graphalloc_last_error();
     assert!(!ptr.is_null(), "graphalloc_last_error returned null");
@@ -49,7 +62,7 @@ fn pool_stats(pool: u64) -> GraphallocPoolStats {
 }
 
 fn malloc(size: isize, device: i32) -> *mut c_void {
-    let p = graphalloc_malloc(size, device, null_mut());
+    let p = c_malloc(size, device, null_mut());
     assert!(
         !p.is_null(),
         "graphalloc_malloc({size}, {device}) failed: {}",
@@ -116,7 +129,7 @@ fn c_abi_on_the_host_backend() {
     let before = stats();
     for device in [2, -1, i32::MAX] {
         let e = error_of("malloc on a missing device", || {
-            graphalloc_malloc(4096, device, null_mut()).is_null()
+            c_malloc(4096, device, null_mut()).is_null()
         });
         assert!(e.contains("graphalloc_malloc"), "{e}");
         assert!(
@@ -125,17 +138,15 @@ fn c_abi_on_the_host_backend() {
         );
         assert!(e.contains("2 device(s)"), "{e}");
     }
-    let e = error_of("negative size", || {
-        graphalloc_malloc(-5, 0, null_mut()).is_null()
-    });
+    let e = error_of("negative size", || c_malloc(-5, 0, null_mut()).is_null());
     assert!(e.contains("negative size -5"), "{e}");
     let e = error_of("larger than the device", || {
-        graphalloc_malloc(1 << 40, 0, null_mut()).is_null()
+        c_malloc(1 << 40, 0, null_mut()).is_null()
     });
     assert!(e.contains("exceeds"), "{e}");
     // On the host backend only the default stream exists.
     let e = error_of("unknown stream", || {
-        graphalloc_malloc(4096, 0, 0x1234 as *mut c_void).is_null()
+        c_malloc(4096, 0, 0x1234 as *mut c_void).is_null()
     });
     assert!(e.contains("unknown stream 0x1234"), "{e}");
     // A successful call clears the last error.
@@ -143,10 +154,10 @@ fn c_abi_on_the_host_backend() {
     assert_eq!(last_error(), "");
 
     // Size 0: null, and not an error; still an error on a missing device.
-    assert!(graphalloc_malloc(0, 0, null_mut()).is_null());
+    assert!(c_malloc(0, 0, null_mut()).is_null());
     assert_eq!(last_error(), "");
     let e = error_of("size 0 on a missing device", || {
-        graphalloc_malloc(0, 7, null_mut()).is_null()
+        c_malloc(0, 7, null_mut()).is_null()
     });
     assert!(e.contains("device 7"), "{e}");
 
@@ -200,7 +211,7 @@ fn c_abi_on_the_host_backend() {
     // A thread's errors are its own.
     std::thread::spawn(|| {
         assert_eq!(last_error(), "");
-        assert!(graphalloc_malloc(1, 9, null_mut()).is_null());
+        assert!(c_malloc(1, 9, null_mut()).is_null());
         assert!(last_error().contains("device 9"));
     })
     .join()
@@ -327,19 +338,14 @@ fn c_abi_on_the_host_backend() {
     assert_eq!(graphalloc_release_capture_pools(), 0);
     assert_eq!(graphalloc_pool_release(p), 0);
     let r = malloc(4096, 0);
-    assert_eq!(
-        graphalloc_record_stream(r, null_mut()),
-        0,
-        "{}",
-        last_error()
-    );
+    assert_eq!(c_record_stream(r, null_mut()), 0, "{}", last_error());
     let e = error_of("record_stream on an unknown stream", || {
-        graphalloc_record_stream(r, 0x99 as *mut c_void) != 0
+        c_record_stream(r, 0x99 as *mut c_void) != 0
     });
     assert!(e.contains("unknown stream"), "{e}");
     free(r);
     let e = error_of("record_stream on a freed pointer", || {
-        graphalloc_record_stream(r, null_mut()) != 0
+        c_record_stream(r, null_mut()) != 0
     });
     assert!(
         e.contains("double free") || e.contains("unknown pointer"),
@@ -710,8 +716,8 @@ fn broken_stderr_child() {
     // printed, and each print fails with EPIPE.
     graphalloc_free(0xdead_0000 as *mut c_void, 64, 0, null_mut());
     let free_error = last_error();
-    assert!(graphalloc_malloc(-1, 0, null_mut()).is_null());
-    assert!(graphalloc_malloc(64, 99, null_mut()).is_null());
+    assert!(c_malloc(-1, 0, null_mut()).is_null());
+    assert!(c_malloc(64, 99, null_mut()).is_null());
     let malloc_error = last_error();
     // A panic inside the wrapper (its message goes to stderr too).
     assert_eq!(graphalloc_test_panic(), -1);

@@ -10,7 +10,10 @@ use graphalloc::{Config, DevicePtr, Error, GraphModeGuard};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{c_void, CStr};
 
-const CAPACITY: usize = 128 << 20;
+/// The simulated device: small, so that large requests run it out of
+/// memory and every segment costs little to reserve and release (under
+/// AddressSanitizer a free poisons 1/8 of its bytes in shadow memory).
+const CAPACITY: usize = 32 << 20;
 const MAX_OPS: usize = 1500;
 
 /// Argument decoders on top of the oracle's byte reader.
@@ -27,9 +30,9 @@ impl Args for Bytes<'_> {
         match self.u8() % 16 {
             0..=7 => 1 + raw % 4096,
             8..=11 => 1 + raw * 16,
-            12 | 13 => 1 + raw * 1024,
+            12 | 13 => 1 + raw * 256,
             14 => [0, usize::MAX, usize::MAX - 511, 1 << 40, CAPACITY + 1][raw % 5],
-            _ => 1 + raw * 4096,
+            _ => 1 + raw * 1024,
         }
     }
     fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
@@ -46,11 +49,17 @@ struct Live {
 
 /// Streams, `record_stream`, captures and capture pools, checked after every
 /// step: live blocks never overlap, a block freed after `record_stream` on
-/// another stream is not handed out again before that stream's work is done
-/// (unless the allocator may have waited for it: an out-of-memory retry,
-/// an expandable segment's reclaim (it waits for the streams it unmaps for),
-/// `empty_cache`, a pool reset or a pool dropped), the counts agree, and the
-/// teardown leaves nothing.
+/// another stream is not handed out again before that stream's work queued
+/// by the free is complete, the counts agree, and the teardown leaves
+/// nothing.
+///
+/// "Complete" is read from the simulated device itself
+/// ([`graphalloc::backend::HostBackend::stream_progress`]): the work is done
+/// when the body marked the stream done, or when the allocator waited for it
+/// (an out-of-memory retry, an expandable segment's reclaim, `empty_cache`,
+/// a pool dropped with deferred frees all wait for events, and a wait on the
+/// host completes all earlier work of the stream). So the check counts
+/// exactly the waits the allocator made, no more and no fewer.
 pub fn run_streams(data: &[u8]) {
     let mut b = Bytes::new(data);
     let text = match b.u8() % 4 {
@@ -68,8 +77,21 @@ pub fn run_streams(data: &[u8]) {
     let mut capturing: BTreeSet<u64> = BTreeSet::new();
     let mut live: BTreeMap<u64, Live> = BTreeMap::new();
     let mut recorded: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-    // Freed blocks that must not be reused yet: start -> (end, streams).
-    let mut quarantine: BTreeMap<u64, (u64, BTreeSet<u64>)> = BTreeMap::new();
+    // Freed blocks that must not be reused yet: start -> (end, stream ->
+    // the sequence number its event on that stream gets at least).
+    let mut quarantine: BTreeMap<u64, (u64, BTreeMap<u64, u64>)> = BTreeMap::new();
+    let progress = |stream: u64| {
+        host.stream_progress(stream)
+            .expect("a stream of the device")
+    };
+    // Drops what the device has completed since (the allocator's waits
+    // included).
+    let settle = |q: &mut BTreeMap<u64, (u64, BTreeMap<u64, u64>)>| {
+        q.retain(|_, (_, waiting)| {
+            waiting.retain(|&s, &mut seq| progress(s).1 < seq);
+            !waiting.is_empty()
+        })
+    };
     let mut ops = 0;
     // GRAPHALLOC_OPS_TRACE=1 prints each operation (to replay a failure).
     let trace = std::env::var_os("GRAPHALLOC_OPS_TRACE").is_some();
@@ -79,10 +101,15 @@ pub fn run_streams(data: &[u8]) {
         if trace {
             eprintln!(
                 "op {op:2} at byte {}: live {}, capturing {capturing:?}, guards {}, \
-                 quarantine {quarantine:x?}",
+                 quarantine {quarantine:x?}, (recorded, completed) {:?}, oom retries {}",
                 b.pos - 1,
                 live.len(),
-                guards.len()
+                guards.len(),
+                streams[..3]
+                    .iter()
+                    .map(|&s| progress(s))
+                    .collect::<Vec<_>>(),
+                alloc.stats().total.oom_retries
             );
         }
         match op {
@@ -90,14 +117,9 @@ pub fn run_streams(data: &[u8]) {
                 let stream = b.pick(&streams).unwrap();
                 let size = b.size();
                 let align = 1usize << (b.u8() % 14);
-                // An out-of-memory retry waits for every stream; an expandable
-                // reclaim waits for the streams whose idle pages it unmaps
-                // (host: all their queued work), so either may make reuse safe.
-                let waits = |a: &graphalloc::Allocator| {
-                    (a.stats().total.oom_retries, a.mapping_stats().unmaps)
-                };
-                let retries = waits(&alloc);
                 let r = alloc.allocate_on(0, stream, size, align);
+                // What the allocator waited for on the way may be reused.
+                settle(&mut quarantine);
                 if trace {
                     let pool = r.as_ref().ok().and_then(|&p| alloc.pool_of(p));
                     eprintln!(
@@ -113,16 +135,13 @@ pub fn run_streams(data: &[u8]) {
                             let other_end = s + round_up(l.size, 512) as u64;
                             assert!(other_end <= ptr || s >= end, "overlap with {s:#x}");
                         }
-                        if waits(&alloc) == retries {
-                            if let Some((&q, (qend, waiting))) = quarantine.range(..end).next_back()
-                            {
-                                assert!(
-                                    *qend <= ptr,
-                                    "{ptr:#x}..{end:#x} reuses {q:#x}, still used by {waiting:?}"
-                                );
-                            }
-                        } else {
-                            quarantine.clear();
+                        if let Some((&q, (qend, waiting))) = quarantine.range(..end).next_back() {
+                            assert!(
+                                *qend <= ptr,
+                                "{ptr:#x}..{end:#x} reuses {q:#x}, still used by (stream, event) \
+                                 {waiting:x?}, device: {:x?}",
+                                waiting.keys().map(|&s| progress(s)).collect::<Vec<_>>()
+                            );
                         }
                         let tag = b.u8();
                         stamp(ptr, size, tag);
@@ -132,7 +151,7 @@ pub fn run_streams(data: &[u8]) {
                     Err(
                         Error::ZeroSize | Error::TooLarge { .. } | Error::InvalidAlignment { .. },
                     ) => {}
-                    Err(Error::OutOfMemory { .. }) => quarantine.clear(),
+                    Err(Error::OutOfMemory { .. }) => {}
                     Err(e) => panic!("allocate_on({size}, {align}, {stream:#x}): {e}"),
                 }
             }
@@ -149,15 +168,19 @@ pub fn run_streams(data: &[u8]) {
                     // only the cache and the two pools held here are checked.
                     let kept = pool.is_none_or(|id| pools.iter().any(|p| p.id() == id));
                     verify_stamp(ptr, l.size, l.tag);
-                    alloc
-                        .free(DevicePtr::new(ptr))
-                        .expect("free of a live block");
-                    let others: BTreeSet<u64> = recorded
+                    // Each other stream gets an event for this free: the
+                    // next number on it (or, while it is being captured, a
+                    // later one, recorded when the capture has ended).
+                    let others: BTreeMap<u64, u64> = recorded
                         .remove(&ptr)
                         .unwrap_or_default()
                         .into_iter()
                         .filter(|&s| s != l.stream)
+                        .map(|s| (s, progress(s).0 + 1))
                         .collect();
+                    alloc
+                        .free(DevicePtr::new(ptr))
+                        .expect("free of a live block");
                     if trace {
                         let s = alloc.stats();
                         eprintln!(
@@ -193,10 +216,6 @@ pub fn run_streams(data: &[u8]) {
             7 => {
                 let stream = b.pick(&streams[1..3]).unwrap();
                 host.complete_stream(stream);
-                quarantine.retain(|_, (_, waiting)| {
-                    waiting.remove(&stream);
-                    !waiting.is_empty()
-                });
             }
             8 => {
                 let stream = b.pick(&streams[..3]).unwrap();
@@ -208,10 +227,6 @@ pub fn run_streams(data: &[u8]) {
                 }
             }
             9 => {
-                // Dropping a pool's last handle waits for its deferred
-                // frees, and a wait on the host completes all earlier work
-                // of the stream: what is quarantined may be reused after.
-                quarantine.clear();
                 let stream = b.pick(&streams).unwrap();
                 let pool = &pools[b.u8() as usize % 2];
                 match b.u8() % 3 {
@@ -231,11 +246,8 @@ pub fn run_streams(data: &[u8]) {
             _ => {
                 if b.u8() % 2 == 0 {
                     alloc.empty_cache().expect("empty_cache");
-                    quarantine.clear();
                 } else {
-                    // A reset waits for the pool's pending frees.
                     let _ = pools[b.u8() as usize % 2].reset();
-                    quarantine.clear();
                 }
             }
         }
@@ -270,8 +282,21 @@ pub fn run_streams(data: &[u8]) {
 // The C ABI on the process-wide allocator.
 
 /// The configuration of the process-wide allocator in the fuzz process.
-pub const C_CONF: &str =
-    "backend:host,host_devices:2,host_capacity:128MiB,expandable_segments:true";
+pub const C_CONF: &str = "backend:host,host_devices:2,host_capacity:32MiB,expandable_segments:true";
+
+/// `graphalloc_malloc` on the process-wide allocator of this process,
+/// which is on the host backend ([`C_CONF`]).
+pub fn c_malloc(size: isize, device: i32, stream: *mut c_void) -> *mut c_void {
+    // SAFETY: host stream handles are tags the host backend checks and never
+    // dereferences, so any handle is a valid argument there.
+    unsafe { graphalloc_malloc(size, device, stream) }
+}
+
+/// `graphalloc_record_stream` on the host backend, as [`c_malloc`].
+pub fn c_record_stream(ptr: *mut c_void, stream: *mut c_void) -> i32 {
+    // SAFETY: as in `c_malloc`.
+    unsafe { graphalloc_record_stream(ptr, stream) }
+}
 
 fn last_error() -> String {
     // SAFETY: never null; valid until this thread's next graphalloc call.
@@ -291,10 +316,13 @@ fn no_caught_panic(what: &str) {
 /// panic (not even one the boundary catches), and the process-wide
 /// allocator ends each input as it started: no live block, no graph mode.
 pub fn run_c_abi(data: &[u8]) {
-    if std::env::var_os("GRAPHALLOC_CONF").is_none() {
-        std::env::set_var("GRAPHALLOC_CONF", C_CONF);
-    }
-    graphalloc_set_log_errors(0);
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    SETUP.call_once(|| {
+        if std::env::var_os("GRAPHALLOC_CONF").is_none() {
+            std::env::set_var("GRAPHALLOC_CONF", C_CONF);
+        }
+        graphalloc_set_log_errors(0);
+    });
     let mut b = Bytes::new(data);
     let devices = [0, 1, -1, 2, i32::MIN, i32::MAX];
     let streams = [0usize, 0, 1, usize::MAX];
@@ -314,7 +342,7 @@ pub fn run_c_abi(data: &[u8]) {
                 } else {
                     size as isize
                 };
-                let p = graphalloc_malloc(size, device, stream);
+                let p = c_malloc(size, device, stream);
                 no_caught_panic("malloc");
                 if p.is_null() {
                     assert_eq!(
@@ -344,7 +372,7 @@ pub fn run_c_abi(data: &[u8]) {
             }
             7 => {
                 let p = b.pick(&live).unwrap_or(b.u16() as usize);
-                graphalloc_record_stream(p as *mut c_void, stream);
+                c_record_stream(p as *mut c_void, stream);
                 no_caught_panic("record_stream");
             }
             8 => {

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 __all__ = [
     "ABI_VERSION",
@@ -38,6 +38,7 @@ __all__ = [
     "pool_stats",
     "reset_peak_stats",
     "empty_cache",
+    "on_out_of_memory",
 ]
 
 LIB_NAME = "libgraphalloc.so"
@@ -114,6 +115,57 @@ class _RecordedAlloc(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in RECORDED_ALLOC_FIELDS]
 
 
+# GraphallocOomReport (out-of-memory reports), in order.
+_OOM_LIVE = 4
+_OOM_OWNERS = ("cache", "graph_pool", "new_planned_pool")
+
+
+class _OomReport(ctypes.Structure):
+    _fields_ = [
+        ("device", ctypes.c_int32),
+        ("owner", ctypes.c_int32),
+        *[
+            (name, ctypes.c_uint64)
+            for name in (
+                "pool",
+                "requested",
+                "device_free",
+                "device_total",
+                "limit",
+                "reserved",
+                "allocated",
+                "cache_idle",
+                "pool_idle",
+                "largest_free_block",
+                "largest_live_count",
+            )
+        ],
+        ("largest_live_addr", ctypes.c_uint64 * _OOM_LIVE),
+        ("largest_live_size", ctypes.c_uint64 * _OOM_LIVE),
+        ("message", ctypes.c_char_p),
+    ]
+
+    def to_dict(self) -> dict:
+        n = min(int(self.largest_live_count), _OOM_LIVE)
+        report = {
+            name: int(getattr(self, name))
+            for name, _ in self._fields_
+            if name not in ("owner", "largest_live_addr", "largest_live_size", "message")
+        }
+        report["owner"] = _OOM_OWNERS[self.owner] if 0 <= self.owner < 3 else str(self.owner)
+        report["largest_live"] = [
+            (int(self.largest_live_addr[i]), int(self.largest_live_size[i])) for i in range(n)
+        ]
+        report["message"] = (self.message or b"").decode("utf-8", "replace")
+        return report
+
+
+_OOM_OBSERVER = ctypes.CFUNCTYPE(None, ctypes.POINTER(_OomReport), ctypes.c_void_p)
+# Every observer ever set stays referenced: a failure being reported on
+# another thread while one is replaced may still call it.
+_oom_observers: list = []
+
+
 _lib: Optional[ctypes.CDLL] = None
 _lib_path: Optional[str] = None
 
@@ -184,6 +236,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "graphalloc_plan_pool_create": (c_u64, [c_int, ctypes.POINTER(c_u64), ctypes.c_size_t]),
         "graphalloc_plan_start": (c_int, [c_u64, ctypes.c_size_t]),
         "graphalloc_plan_stats": (c_int, [c_u64, ctypes.POINTER(_PlanStats)]),
+        "graphalloc_set_oom_observer": (c_int, [_OOM_OBSERVER, c_vp]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -293,3 +346,27 @@ def empty_cache() -> int:
     released = library().graphalloc_empty_cache()
     _check(released >= 0)
     return int(released)
+
+
+def on_out_of_memory(observer: Optional[Callable[[dict], None]]) -> None:
+    """Calls `observer(report)` once per failed allocation of the library
+    (any thread; PyTorch's included), before the failing call returns;
+    replaces the observer set before, `None` clears it. `report` is a dict:
+    device, owner ('cache', 'graph_pool', 'new_planned_pool'), pool,
+    requested, device_free, device_total, limit, reserved, allocated,
+    cache_idle, pool_idle, largest_free_block, largest_live [(address,
+    size), ...] and message (the whole error text, with what to try). The
+    observer may call any graphalloc function (no lock is held); an
+    exception it raises is printed and ignored."""
+    lib = library()
+    if observer is None:
+        null = _OOM_OBSERVER()  # a null function pointer
+        _check(lib.graphalloc_set_oom_observer(null, None) == 0, "graphalloc_set_oom_observer")
+        return
+
+    def trampoline(report, _user_data):
+        observer(report.contents.to_dict())
+
+    callback = _OOM_OBSERVER(trampoline)
+    _oom_observers.append(callback)
+    _check(lib.graphalloc_set_oom_observer(callback, None) == 0, "graphalloc_set_oom_observer")

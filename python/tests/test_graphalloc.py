@@ -291,3 +291,42 @@ def test_torch_graph_pool_on_the_host_backend():
     lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
     assert lines["reset"] != ""
     assert "device 4" in lines["device"]
+
+
+def test_out_of_memory_observer_is_called_once_per_failure():
+    out = run_py(
+        """
+        import graphalloc
+        lib = graphalloc.library()
+        reports, inner = [], []
+
+        def observer(report):
+            reports.append(report)
+            # No lock is held: the library may be called from here.
+            inner.append(graphalloc.stats()["total"])
+            p = lib.graphalloc_malloc(4096, 0, None)
+            assert p, graphalloc.last_error()
+            lib.graphalloc_free(p, 4096, 0, None)
+
+        graphalloc.on_out_of_memory(observer)
+        big = lib.graphalloc_malloc(40 << 20, 0, None)
+        assert big, graphalloc.last_error()
+        for _ in range(3):
+            assert not lib.graphalloc_malloc(40 << 20, 0, None)
+        assert len(reports) == 3, reports
+        r = reports[0]
+        s = inner[0]
+        assert r["owner"] == "cache" and r["device"] == 0 and r["requested"] == 40 << 20, r
+        assert r["device_total"] == 64 << 20, r
+        assert r["allocated"] == s["allocated_bytes"] == 40 << 20, (r, s)
+        assert r["reserved"] == s["reserved_bytes"], (r, s)
+        assert r["largest_live"] == [(big, 40 << 20)], r
+        assert "try:" in r["message"] and "largest live blocks" in r["message"], r
+        graphalloc.on_out_of_memory(None)
+        assert not lib.graphalloc_malloc(40 << 20, 0, None)
+        assert len(reports) == 3
+        lib.graphalloc_free(big, 0, 0, None)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"

@@ -123,6 +123,17 @@ impl HostBackend {
         }
     }
 
+    /// The work of `stream` so far: `(recorded, completed)`, the events
+    /// recorded on it (each gets the next sequence number, from 1) and how
+    /// many of them are complete (an event is complete once `completed`
+    /// reaches its number: by [`HostBackend::complete_stream`], or by a
+    /// wait for it or for a later event of the stream). `None` for a stream
+    /// this device does not know. Tests use it to tell whether the
+    /// allocator waited for a stream's work.
+    pub fn stream_progress(&self, stream: u64) -> Option<(u64, u64)> {
+        self.streams.lock().streams.get(&stream).copied()
+    }
+
     /// Starts capturing `stream` into a (simulated) graph; returns the
     /// capture id.
     pub fn begin_capture(&self, stream: u64) -> u64 {

@@ -102,6 +102,11 @@ impl Device {
         self.backend.ordinal()
     }
 
+    /// Whether the cache's large blocks come from expandable segments.
+    pub(crate) fn expandable(&self) -> bool {
+        self.expandable
+    }
+
     /// Bytes graphalloc may reserve on this device: `usize::MAX` (no limit
     /// of ours) with a memory fraction of 1, else that fraction of the total.
     pub(crate) fn limit(&self) -> usize {

@@ -6,7 +6,7 @@ pub(crate) mod plan;
 mod planner;
 pub(crate) mod record;
 
-use crate::arena::{AddressKind, Arena, BlockRef, Carved, StreamTag};
+use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag};
 use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
@@ -65,6 +65,21 @@ impl PoolRegistry {
         }
         if retired {
             sum.add_counts(&inner.retired);
+        }
+        sum
+    }
+
+    /// The books of the live pools of `device` (for an out-of-memory
+    /// report), each arena read under its lock, with the `top` largest live
+    /// blocks.
+    pub(crate) fn books(&self, device: usize, top: usize) -> Books {
+        let inner = self.inner.lock();
+        let mut sum = Books::default();
+        for (d, arena) in inner.live.values() {
+            if *d == device {
+                let books = arena.lock().books(top);
+                sum.merge(books, top);
+            }
         }
         sum
     }
