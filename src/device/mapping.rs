@@ -211,24 +211,15 @@ impl Device {
         keep: &[Option<u32>],
     ) -> Result<usize, BackendError> {
         let runs = arena.idle_runs(keep);
-        if runs.is_empty() {
-            return Ok(0);
-        }
-        let page = self.backend.vmm().and_then(|v| v.page_size())?;
         let mut chosen: Vec<IdleRun> = Vec::new();
         let mut total = 0usize;
-        for mut run in runs {
+        for run in runs {
             if total >= at_least {
                 break;
             }
-            // Part of a run: its top pages, leaving the mapped rest in place.
-            let take = (at_least - total)
-                .checked_next_multiple_of(page)
-                .unwrap_or(usize::MAX)
-                .min(run.len);
-            run.addr += (run.len - take) as u64;
-            run.len = take;
-            total += take;
+            // Part of a run: its top units, leaving the mapped rest in place.
+            let run = run.top(at_least - total);
+            total += run.len;
             chosen.push(run);
         }
         let mut streams: Vec<StreamTag> = chosen.iter().map(|r| r.stream).collect();
@@ -248,22 +239,22 @@ impl Device {
         }
         let mut unmapped = 0;
         for run in chosen.iter().filter(|r| !busy.contains(&r.stream)) {
-            // What went: all of the run, or the pages a failing call
-            // unmapped before it stopped (those stay booked as mapped
-            // otherwise: the books follow the device exactly).
+            // What went: all of the run, or the units a failing call
+            // unmapped before it stopped (the rest stays booked as mapped:
+            // the books follow the device exactly).
             let gone = match self.unmap_pages(run.addr, run.len) {
-                Ok(()) => run.len,
+                Ok(()) => run.prefix(run.len),
                 Err(e) => {
-                    let part = e.unmapped_bytes().min(run.len);
+                    let part = run.prefix(e.unmapped_bytes());
                     first_error.get_or_insert(e);
                     part
                 }
             };
-            if gone > 0 {
-                arena.mark_unmapped(&IdleRun { len: gone, ..*run });
-                self.reserved.fetch_sub(gone, Ordering::SeqCst);
-                self.book.released(side, gone);
-                unmapped += gone;
+            if gone.len > 0 {
+                arena.mark_unmapped(&gone);
+                self.reserved.fetch_sub(gone.len, Ordering::SeqCst);
+                self.book.released(side, gone.len);
+                unmapped += gone.len;
             }
         }
         // Any failure is reported (the books above already hold what went).
