@@ -29,7 +29,7 @@
 
 mod expandable;
 
-pub(crate) use expandable::IdleRun;
+pub(crate) use expandable::{Growth, IdleRun};
 
 mod place;
 

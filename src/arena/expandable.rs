@@ -33,6 +33,8 @@ pub(crate) struct Growth {
     /// goes up) rather than one above.
     upward: bool,
     page: usize,
+    /// The segment's base, which unit bounds are counted from.
+    base: u64,
 }
 
 impl Growth {
@@ -49,6 +51,32 @@ impl Growth {
             self.len += (self.addr - start) as usize;
             self.addr = start;
         }
+    }
+
+    /// The mapping units to map the growth in: its pages cut at every
+    /// multiple of `cap` bytes (a multiple of the page size) from the
+    /// segment's base, so that no unit is larger than `cap` and a unit's
+    /// bounds depend on its place in the segment alone.
+    pub(crate) fn units(&self, cap: usize) -> Vec<(u64, usize)> {
+        let cap = cap.max(self.page) as u64;
+        let end = self.addr + self.len as u64;
+        let mut out = Vec::new();
+        let mut at = self.addr;
+        while at < end {
+            let off = at - self.base;
+            let next = (off / cap + 1)
+                .checked_mul(cap)
+                .and_then(|n| self.base.checked_add(n))
+                .map_or(end, |n| n.min(end));
+            out.push((at, (next - at) as usize));
+            at = next;
+        }
+        out
+    }
+
+    /// The part `[addr, addr + len)` of the growth, as a growth.
+    pub(crate) fn part(&self, addr: u64, len: usize) -> Growth {
+        Growth { addr, len, ..*self }
     }
 }
 
@@ -123,7 +151,8 @@ impl Arena {
         let all = (stream, 0, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
         for &(_, size, addr, slot) in self.unmapped[class as usize].range(all) {
             let b = &self.blocks[slot as usize];
-            let page = self.segments[b.segment as usize]
+            let seg = &self.segments[b.segment as usize];
+            let page = seg
                 .pages
                 .as_ref()
                 .expect("unmapped blocks are in expandable segments")
@@ -161,15 +190,23 @@ impl Arena {
                 hi: end,
                 upward,
                 page,
+                base: seg.base,
             });
         }
         best
     }
 
-    /// Books `growth`'s pages as mapped, as one mapping unit: they join the
-    /// mapped free blocks beside them, and count as reserved.
-    pub(crate) fn mark_mapped(&mut self, growth: &Growth) {
+    /// Books `growth`'s pages as mapped, in the mapping units `units`
+    /// (which tile it): they join the mapped free blocks beside them, and
+    /// count as reserved.
+    pub(crate) fn mark_mapped(&mut self, growth: &Growth, units: &[(u64, usize)]) {
+        let seg = self.blocks[growth.slot as usize].segment;
         self.book_pages(growth.slot, growth.addr, growth.len, true);
+        let pages = self.segments[seg as usize]
+            .pages
+            .as_mut()
+            .expect("expandable");
+        pages.units.extend(units.iter().copied());
     }
 
     /// Books an idle run (whole units) as unmapped: it becomes an unmapped
@@ -191,7 +228,6 @@ impl Arena {
             .expect("expandable");
         if mapped {
             pages.mapped += len;
-            pages.units.insert(addr, len);
             self.stats.on_map(len);
         } else {
             pages.mapped -= len;
@@ -342,7 +378,7 @@ mod tests {
         assert!(a.try_alloc(0, 3 * MIB, 1).is_none(), "nothing mapped yet");
         let g = a.plan_growth(0, 3 * MIB).unwrap();
         assert_eq!((g.addr, g.len), (0x4000_0000, 2 * PAGE));
-        a.mark_mapped(&g);
+        a.mark_mapped(&g, &g.units(usize::MAX));
         a.check_invariants();
         let x = a.try_alloc(0, 3 * MIB, 1).unwrap();
         assert_eq!(x.block.addr(), 0x4000_0000);
@@ -353,7 +389,7 @@ mod tests {
             (y_plan.addr, y_plan.len),
             (0x4000_0000 + 4 * MIB as u64, 3 * PAGE)
         );
-        a.mark_mapped(&y_plan);
+        a.mark_mapped(&y_plan, &y_plan.units(usize::MAX));
         let y = a.try_alloc(0, 5 * MIB, 1).unwrap();
         assert_eq!(y.block.addr(), 0x4000_0000 + 4 * MIB as u64);
         a.check_invariants();
@@ -373,10 +409,10 @@ mod tests {
         let mut a = arena();
         // Two mapping units, one per block.
         let g = a.plan_growth(0, 12 * MIB).unwrap();
-        a.mark_mapped(&g);
+        a.mark_mapped(&g, &g.units(usize::MAX));
         let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
         let g = a.plan_growth(0, 12 * MIB).unwrap();
-        a.mark_mapped(&g);
+        a.mark_mapped(&g, &g.units(usize::MAX));
         let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
         a.check_invariants();
         a.free(x.block, 1);
@@ -394,7 +430,7 @@ mod tests {
         // The hole is the cheapest place: mapped again there.
         let again = a.plan_growth(0, 12 * MIB).unwrap();
         assert_eq!((again.addr, again.len), (x.block.addr(), 12 * MIB));
-        a.mark_mapped(&again);
+        a.mark_mapped(&again, &again.units(usize::MAX));
         a.check_invariants();
         assert_eq!(a.try_alloc(0, 12 * MIB, 1).unwrap().block, x.block);
         a.free(y.block, 1);
@@ -418,7 +454,7 @@ mod tests {
         // One unit of 24 MiB under two blocks: freeing one leaves no whole
         // unit idle (CUDA cannot unmap part of a mapping).
         let g = a.plan_growth(0, 24 * MIB).unwrap();
-        a.mark_mapped(&g);
+        a.mark_mapped(&g, &g.units(usize::MAX));
         let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
         let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
         a.free(x.block, 1);
@@ -430,7 +466,7 @@ mod tests {
             let mut g = g;
             g.len = len;
             g.addr = 0x4000_0000 + a.stats.reserved_bytes as u64;
-            a.mark_mapped(&g);
+            a.mark_mapped(&g, &g.units(usize::MAX));
             a.check_invariants();
         }
         a.free(y.block, 1);
