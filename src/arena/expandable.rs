@@ -330,8 +330,7 @@ impl Arena {
     pub(super) fn check_units(&self, head: u32, pages: &super::Pages) {
         let mut covered = 0;
         for (addr, len) in self.mapped_runs(head) {
-            let units =
-                crate::backend::whole_units(&pages.units, |&n| n, addr, addr + len as u64);
+            let units = crate::backend::whole_units(&pages.units, |&n| n, addr, addr + len as u64);
             assert!(units.is_ok(), "units tile the mapped run {addr:#x}+{len}");
             covered += len;
         }
@@ -474,7 +473,10 @@ mod tests {
         assert_eq!(runs.len(), 1);
         assert_eq!((runs[0].addr, runs[0].len), (0x4000_0000, 38 * MIB));
         let top = runs[0].top(5 * MIB);
-        assert_eq!((top.addr, top.len), (0x4000_0000 + 32 * MIB as u64, 6 * MIB));
+        assert_eq!(
+            (top.addr, top.len),
+            (0x4000_0000 + 32 * MIB as u64, 6 * MIB)
+        );
         // A failure after the first unit (2 MiB) of the top: that unit went.
         let part = top.prefix(3 * MIB);
         assert_eq!((part.addr, part.len), (top.addr, 2 * MIB));
@@ -482,7 +484,10 @@ mod tests {
         a.check_invariants();
         assert_eq!(a.stats.reserved_bytes, 36 * MIB);
         let rest = a.idle_runs(&[]);
-        assert_eq!(rest.iter().map(|r| r.len).collect::<Vec<_>>(), [32 * MIB, 4 * MIB]);
+        assert_eq!(
+            rest.iter().map(|r| r.len).collect::<Vec<_>>(),
+            [32 * MIB, 4 * MIB]
+        );
         for run in &rest {
             a.mark_unmapped(run);
         }

@@ -482,7 +482,8 @@ impl CudaBackend {
                 flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
             };
             // SAFETY: the whole range was just mapped.
-            unsafe { raw::set_access(addr, size, &desc) }.map_err(driver("cuMemSetAccess"))
+            unsafe { raw::set_access(addr, size, &desc) }
+                .map_err(driver("cuMemSetAccess"))
                 .inspect_err(|_| {
                     // SAFETY: undoing this call's own mapping, unused yet.
                     let _ = unsafe { raw::unmap(addr, size) };

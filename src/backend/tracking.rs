@@ -297,7 +297,9 @@ impl<B: Backend> VirtualMemory for TrackingAdaptor<B> {
             let mut books = self.books.lock();
             for &(start, len) in units.iter().filter(|u| u.0 - addr >= done) {
                 books.units.insert(start, len);
-                books.pages.extend(self.pages_of(start, len).unwrap_or_default());
+                books
+                    .pages
+                    .extend(self.pages_of(start, len).unwrap_or_default());
             }
         })
     }
