@@ -31,7 +31,7 @@ mod books;
 mod expandable;
 
 pub(crate) use books::Books;
-pub(crate) use expandable::IdleRun;
+pub(crate) use expandable::{Growth, IdleRun};
 
 mod place;
 
@@ -174,11 +174,14 @@ struct Segment {
 }
 
 /// The pages of an expandable segment. Every page is mapped except those
-/// under its unmapped free blocks.
+/// under its unmapped free blocks; the mapped pages are tiled by mapping
+/// units (what one map call mapped, unmapped only whole).
 #[derive(Debug)]
 struct Pages {
     page: usize,
     mapped: usize,
+    /// Mapping units: start → size.
+    units: std::collections::BTreeMap<u64, usize>,
 }
 
 /// (stream, size, address, block slot)
@@ -351,7 +354,11 @@ impl Arena {
         class: Class,
         page: usize,
     ) -> u32 {
-        let pages = Pages { page, mapped: 0 };
+        let pages = Pages {
+            page,
+            mapped: 0,
+            units: Default::default(),
+        };
         let id = self.insert_segment(base, size, stream, class, Some(pages));
         self.stats.on_reserve(0);
         id
@@ -690,6 +697,7 @@ impl Arena {
             assert_eq!(expect_addr, seg.base + seg.size as u64, "segment covered");
             if let Some(pages) = &seg.pages {
                 assert_eq!(pages.mapped + unmapped, seg.size, "mapped bytes");
+                self.check_units(seg.head, pages);
             }
         }
         let indexed: usize = self

@@ -144,6 +144,35 @@ fn host_unmap_of_pages_not_mapped_cannot_underflow_the_used_count() {
     assert!(vmm.release_range(range, 4 * PAGE).is_err());
 }
 
+/// What one map call mapped (a mapping unit) is unmapped whole or not at
+/// all, as on CUDA: part of it, or a range ending inside one, is refused
+/// and changes nothing; several whole units end to end go in one call.
+#[test]
+fn host_unmap_of_part_of_a_mapping_unit_is_refused() {
+    let host = HostBackend::new(0, 64 * MIB);
+    let vmm = host.vmm().unwrap();
+    let range = vmm.reserve_range(8 * PAGE).unwrap();
+    let at = |pages: usize| range + (pages * PAGE) as u64;
+    vmm.map(range, 3 * PAGE).unwrap();
+    vmm.map(at(3), PAGE).unwrap();
+    for (addr, len) in [(range, PAGE), (at(1), 2 * PAGE), (at(2), 2 * PAGE)] {
+        assert_eq!(
+            invalid(vmm.unmap(addr, len).unwrap_err()),
+            "part of a mapping unit",
+            "{addr:#x}+{len}"
+        );
+    }
+    assert_eq!(
+        invalid(vmm.map(at(2), PAGE).unwrap_err()),
+        "pages already mapped"
+    );
+    assert_eq!(host.outstanding_bytes(), 4 * PAGE);
+    // Both units in one call.
+    vmm.unmap(range, 4 * PAGE).unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+    vmm.release_range(range, 8 * PAGE).unwrap();
+}
+
 #[test]
 fn host_events_unknown_or_destroyed_are_typed_errors() {
     let host = HostBackend::new(0, 64 * MIB);
@@ -204,7 +233,8 @@ fn the_limit_adaptor_counts_segments_and_mapped_pages() {
     let seg = limited.reserve(PAGE).unwrap();
     let vmm = limited.vmm().unwrap();
     let range = vmm.reserve_range(8 * PAGE).unwrap(); // address space: free
-    vmm.map(range, 2 * PAGE).unwrap();
+    vmm.map(range, PAGE).unwrap();
+    vmm.map(range + PAGE as u64, PAGE).unwrap();
     assert_eq!(limited.held(), 3 * PAGE);
     assert_eq!(
         vmm.map(range + 2 * PAGE as u64, PAGE),
@@ -354,7 +384,9 @@ fn a_partly_failed_unmap_is_booked_exactly_by_every_layer() {
     let faults = stack.inner().inner();
     let vmm = stack.vmm().unwrap();
     let range = vmm.reserve_range(4 * PAGE).unwrap();
-    vmm.map(range, 3 * PAGE).unwrap();
+    for i in 0..3 {
+        vmm.map(range + (i * PAGE) as u64, PAGE).unwrap(); // three units
+    }
     faults.fail_unmap(1, 1);
     let e = vmm.unmap(range, 3 * PAGE).unwrap_err();
     assert_eq!(

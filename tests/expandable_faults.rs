@@ -1,6 +1,8 @@
 //! Fault injection in expandable segments: a failed map (`cuMemCreate`,
-//! `cuMemMap` or `cuMemSetAccess`: the backend undoes its own part) or a
-//! failed unmap leaves the books exact (reserved bytes, the arena's page
+//! `cuMemMap` or `cuMemSetAccess`: the backend undoes its own part; a
+//! growth of several mapping units undoes the units mapped before) or a
+//! failed unmap (of one unit or in the middle of several) leaves the books
+//! exact (reserved bytes, the arena's page
 //! states, the device's gauges) and leaks nothing. The oracle
 //! (`tests/oracle/mod.rs`) checks every block against the pages the
 //! tracking backend really has mapped.
@@ -114,6 +116,84 @@ fn a_failed_unmap_in_a_budget_reclaim_keeps_the_books_exact() {
     );
     h.free_block(b.ptr);
     h.free_block(c.ptr);
+    h.teardown();
+}
+
+/// A block of 300 MiB is mapped as three units (cut every 128 MiB from the
+/// range's base): three map calls.
+const BIG: usize = 300 * MIB;
+
+/// An unmap that fails in the middle of a multi-unit run (after its first
+/// unit, as `cuMemUnmap` failing on the second handle would): the first
+/// unit is gone and booked so, the others stay mapped and booked as
+/// reserved, and the next `empty_cache` unmaps them.
+#[test]
+fn a_failure_in_the_middle_of_a_multi_unit_unmap_keeps_the_books_exact() {
+    let mut h = harness();
+    let maps = h.alloc.mapping_stats().maps;
+    let a = h.allocate(BIG, 512).unwrap();
+    assert_eq!(h.alloc.mapping_stats().maps - maps, 3, "three units");
+    let reserved = h.alloc.stats().caching.reserved_bytes;
+    h.free_block(a.ptr);
+    h.backend.faults().fail_unmap(1, 1);
+    let err = h.alloc.empty_cache().unwrap_err();
+    assert!(
+        matches!(err, Error::Backend(BackendError::PartlyUnmapped { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        h.alloc.stats().caching.reserved_bytes,
+        reserved - 128 * MIB,
+        "the first unit went"
+    );
+    assert_books_exact(&h);
+    h.alloc.empty_cache().unwrap();
+    assert_eq!(h.backend.mapped_bytes(), 0);
+    assert_books_exact(&h);
+    h.teardown();
+}
+
+/// A growth of several units whose second map fails: the unit mapped
+/// before it is unmapped again, and nothing else changed.
+#[test]
+fn a_failed_unit_of_a_multi_unit_growth_is_undone() {
+    let mut h = harness();
+    let unmaps = h.alloc.mapping_stats().unmaps;
+    h.backend.faults().fail_reservation(2);
+    // (`Harness::allocate` checks that a failure changed nothing but a
+    // reclaim.)
+    let err = h.allocate(BIG, 512).unwrap_err();
+    assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
+    assert_eq!(h.alloc.mapping_stats().unmaps, unmaps + 1, "the undo");
+    assert_eq!(h.backend.mapped_bytes(), 0);
+    assert_books_exact(&h);
+    let a = h.allocate(BIG, 512).unwrap();
+    h.free_block(a.ptr);
+    h.teardown();
+}
+
+/// The same, with the undo failing too: the first unit stays mapped, and
+/// is booked as reserved idle memory (nothing leaked, nothing lost), which
+/// the next request and `empty_cache` use as any other.
+#[test]
+fn a_failed_undo_of_a_multi_unit_growth_books_what_stays_mapped() {
+    let mut h = harness();
+    h.backend.faults().fail_reservation(2);
+    h.backend.faults().fail_unmap(1, 0);
+    let err = h.alloc.allocate(BIG, 512).unwrap_err();
+    assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
+    assert_eq!(h.backend.mapped_bytes(), 128 * MIB);
+    assert_eq!(h.alloc.stats().caching.reserved_bytes, 128 * MIB);
+    assert_eq!(h.alloc.stats().caching.allocated_bytes, 0);
+    assert_books_exact(&h);
+    // 100 MiB fits in the unit left mapped: no map call.
+    let maps = h.alloc.mapping_stats().maps;
+    let a = h.allocate(100 * MIB, 512).unwrap();
+    assert_eq!(h.alloc.mapping_stats().maps, maps);
+    h.free_block(a.ptr);
+    h.alloc.empty_cache().unwrap();
+    assert_eq!(h.backend.mapped_bytes(), 0);
+    assert_books_exact(&h);
     h.teardown();
 }
 

@@ -103,3 +103,37 @@ fn a_budget_reclaim_waits_for_queued_work_too() {
         g.alloc.free(p).unwrap();
     }
 }
+
+/// A block over several mapping units (cut every 128 MiB from the range's
+/// base: one `cuMemCreate` handle each) is one stretch of memory to a
+/// kernel, across the units' bounds; freed, its units are unmapped whole.
+#[test]
+fn a_block_over_several_mapping_units_is_one_stretch_of_memory() {
+    let _serial = graphalloc_testkit::gpu::gpu_lock();
+    let Some(g) = gpu() else { return };
+    let s = g.stream();
+    const N: usize = 300 << 20;
+    let before = g.alloc.mapping_stats();
+    let x = g.alloc.allocate_on(0, handle(&s), N, 512).unwrap();
+    let maps = g.alloc.mapping_stats().maps - before.maps;
+    assert!(maps >= 3, "{maps} map call(s) for 300 MiB");
+    g.fill(&s, x, N, 0x7e);
+    s.synchronize().unwrap();
+    assert!(
+        g.read(x, N).iter().all(|&v| v == 0x7e),
+        "every byte written"
+    );
+    g.alloc.free(x).unwrap();
+    g.alloc.empty_cache().unwrap();
+    let after = g.alloc.mapping_stats();
+    assert_eq!(
+        after.unmapped_bytes - before.unmapped_bytes,
+        after.mapped_bytes - before.mapped_bytes,
+        "every unit mapped was unmapped"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "expandable: 300 MiB in {maps} map call(s), {} ns mapping",
+        after.map_ns - before.map_ns
+    );
+}

@@ -1,13 +1,17 @@
 //! The pages of expandable segments, as the arena books them.
 //!
-//! An expandable segment is address space with memory mapped into it page
-//! by page. Its free blocks are either mapped (memory behind every page they
-//! touch) or unmapped (page-aligned, no memory at all), and free blocks of
-//! different states are never merged. So `try_alloc`, searching mapped free
-//! blocks only, reuses mapped-but-free memory first and never needs a
-//! mapping call; a miss asks [`Arena::plan_growth`] for the cheapest pages
-//! to map, and a reclaim unmaps idle pages found by [`Arena::idle_runs`].
-//! The arena only books: its owner makes the mapping calls in between.
+//! An expandable segment is address space with memory mapped into it in
+//! mapping units: each growth ([`Arena::mark_mapped`]) is one unit, mapped
+//! by one call (one physical handle on CUDA), and a unit is unmapped only
+//! whole (CUDA cannot unmap part of a mapping). Its free blocks are either
+//! mapped (memory behind every page they touch) or unmapped (page-aligned,
+//! no memory at all), and free blocks of different states are never
+//! merged. So `try_alloc`, searching mapped free blocks only, reuses
+//! mapped-but-free memory first and never needs a mapping call; a miss asks
+//! [`Arena::plan_growth`] for the cheapest pages to map, and a reclaim
+//! unmaps idle units (whole units under no live block) found by
+//! [`Arena::idle_runs`]. The arena only books: its owner makes the mapping
+//! calls in between.
 
 use super::{Arena, Block, Class, StreamTag};
 
@@ -29,6 +33,8 @@ pub(crate) struct Growth {
     /// goes up) rather than one above.
     upward: bool,
     page: usize,
+    /// The segment's base, which unit bounds are counted from.
+    base: u64,
 }
 
 impl Growth {
@@ -46,15 +52,85 @@ impl Growth {
             self.addr = start;
         }
     }
+
+    /// The mapping units to map the growth in: its pages cut at every
+    /// multiple of `cap` bytes (a multiple of the page size) from the
+    /// segment's base, so that no unit is larger than `cap` and a unit's
+    /// bounds depend on its place in the segment alone.
+    pub(crate) fn units(&self, cap: usize) -> Vec<(u64, usize)> {
+        let cap = cap.max(self.page) as u64;
+        let end = self.addr + self.len as u64;
+        let mut out = Vec::new();
+        let mut at = self.addr;
+        while at < end {
+            let off = at - self.base;
+            let next = (off / cap + 1)
+                .checked_mul(cap)
+                .and_then(|n| self.base.checked_add(n))
+                .map_or(end, |n| n.min(end));
+            out.push((at, (next - at) as usize));
+            at = next;
+        }
+        out
+    }
+
+    /// The part `[addr, addr + len)` of the growth, as a growth.
+    pub(crate) fn part(&self, addr: u64, len: usize) -> Growth {
+        Growth { addr, len, ..*self }
+    }
 }
 
-/// Idle pages: a page-aligned run inside the mapped free block `slot`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Idle memory: whole mapping units lying end to end inside the mapped free
+/// block `slot`, `[addr, addr + len)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IdleRun {
     pub(crate) slot: u32,
     pub(crate) addr: u64,
     pub(crate) len: usize,
     pub(crate) stream: StreamTag,
+    /// The units' sizes, in address order (they sum to `len`).
+    units: Vec<usize>,
+}
+
+impl IdleRun {
+    /// The top units of the run that hold at least `bytes` (all of it if
+    /// it holds less): what a reclaim takes, leaving the rest mapped.
+    pub(crate) fn top(&self, bytes: usize) -> IdleRun {
+        let mut len = 0;
+        let mut taken = 0;
+        for &unit in self.units.iter().rev() {
+            if len >= bytes {
+                break;
+            }
+            len += unit;
+            taken += 1;
+        }
+        IdleRun {
+            addr: self.addr + (self.len - len) as u64,
+            len,
+            units: self.units[self.units.len() - taken..].to_vec(),
+            ..*self
+        }
+    }
+
+    /// The whole units among the run's first `bytes` (what a failed unmap
+    /// says went), as a run; its `len` is 0 if none.
+    pub(crate) fn prefix(&self, bytes: usize) -> IdleRun {
+        let mut len = 0;
+        let mut taken = 0;
+        for &unit in &self.units {
+            if len + unit > bytes {
+                break;
+            }
+            len += unit;
+            taken += 1;
+        }
+        IdleRun {
+            len,
+            units: self.units[..taken].to_vec(),
+            ..*self
+        }
+    }
 }
 
 impl Arena {
@@ -75,7 +151,8 @@ impl Arena {
         let all = (stream, 0, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
         for &(_, size, addr, slot) in self.unmapped[class as usize].range(all) {
             let b = &self.blocks[slot as usize];
-            let page = self.segments[b.segment as usize]
+            let seg = &self.segments[b.segment as usize];
+            let page = seg
                 .pages
                 .as_ref()
                 .expect("unmapped blocks are in expandable segments")
@@ -113,20 +190,31 @@ impl Arena {
                 hi: end,
                 upward,
                 page,
+                base: seg.base,
             });
         }
         best
     }
 
-    /// Books `growth`'s pages as mapped: they join the mapped free blocks
-    /// beside them, and count as reserved.
-    pub(crate) fn mark_mapped(&mut self, growth: &Growth) {
+    /// Books `growth`'s pages as mapped, in the mapping units `units`
+    /// (which tile it): they join the mapped free blocks beside them, and
+    /// count as reserved.
+    pub(crate) fn mark_mapped(&mut self, growth: &Growth, units: &[(u64, usize)]) {
+        let seg = self.blocks[growth.slot as usize].segment;
         self.book_pages(growth.slot, growth.addr, growth.len, true);
+        let pages = self.segments[seg as usize]
+            .pages
+            .as_mut()
+            .expect("expandable");
+        pages.units.extend(units.iter().copied());
     }
 
-    /// Books an idle run as unmapped: it becomes an unmapped free block.
+    /// Books an idle run (whole units) as unmapped: it becomes an unmapped
+    /// free block.
     pub(crate) fn mark_unmapped(&mut self, run: &IdleRun) {
-        self.book_pages(run.slot, run.addr, run.len, false);
+        if run.len > 0 {
+            self.book_pages(run.slot, run.addr, run.len, false);
+        }
     }
 
     /// Gives `[addr, addr + len)` of the free block `slot` the mapped state
@@ -143,6 +231,11 @@ impl Arena {
             self.stats.on_map(len);
         } else {
             pages.mapped -= len;
+            let end = addr + len as u64;
+            let gone: Vec<u64> = pages.units.range(addr..end).map(|u| *u.0).collect();
+            for start in gone {
+                pages.units.remove(&start);
+            }
             self.stats.on_unmap(len);
         }
     }
@@ -192,9 +285,9 @@ impl Arena {
         rest
     }
 
-    /// The idle pages of the expandable segments: page-aligned runs inside
-    /// mapped free blocks (quick-bin blocks merged back first), lowest
-    /// addresses first, none inside the blocks of `keep`.
+    /// The idle memory of the expandable segments: in each mapped free
+    /// block (quick-bin blocks merged back first) not in `keep`, the whole
+    /// mapping units inside it, lowest addresses first.
     pub(crate) fn idle_runs(&mut self, keep: &[Option<u32>]) -> Vec<IdleRun> {
         if self.quick_blocks > 0 {
             self.flush_quick();
@@ -206,24 +299,43 @@ impl Arena {
             if keep.contains(&Some(slot)) {
                 continue;
             }
-            let page = pages.page as u64;
-            let (start, end) = (
-                addr.next_multiple_of(page),
-                (addr + size as u64) / page * page,
-            );
-            if start < end {
+            // The units starting in the block and ending in it lie end to
+            // end (the block is mapped all through, and units tile what is
+            // mapped).
+            let end = addr + size as u64;
+            let units: Vec<(u64, usize)> = pages
+                .units
+                .range(addr..end)
+                .map(|(&start, &len)| (start, len))
+                .take_while(|&(start, len)| start + len as u64 <= end)
+                .collect();
+            if let Some(&(first, _)) = units.first() {
                 out.push(IdleRun {
                     slot,
-                    addr: start,
-                    len: (end - start) as usize,
+                    addr: first,
+                    len: units.iter().map(|u| u.1).sum(),
                     stream,
+                    units: units.into_iter().map(|u| u.1).collect(),
                 });
             }
         }
-        // Ordered by address already (the index is by (stream, size,
-        // address)): lowest first, away from where ranges grow.
+        // Lowest first, away from where ranges grow.
         out.sort_by_key(|r| r.addr);
         out
+    }
+
+    /// Checks that the mapping units of the segment whose first block is
+    /// `head` tile its mapped runs exactly. For tests.
+    #[cfg(test)]
+    pub(super) fn check_units(&self, head: u32, pages: &super::Pages) {
+        let mut covered = 0;
+        for (addr, len) in self.mapped_runs(head) {
+            let units = crate::backend::whole_units(&pages.units, |&n| n, addr, addr + len as u64);
+            assert!(units.is_ok(), "units tile the mapped run {addr:#x}+{len}");
+            covered += len;
+        }
+        let total: usize = pages.units.values().sum();
+        assert_eq!((covered, total), (pages.mapped, pages.mapped), "units");
     }
 
     /// The mapped runs of the segment whose first block is `head`, in
@@ -265,7 +377,7 @@ mod tests {
         assert!(a.try_alloc(0, 3 * MIB, 1).is_none(), "nothing mapped yet");
         let g = a.plan_growth(0, 3 * MIB).unwrap();
         assert_eq!((g.addr, g.len), (0x4000_0000, 2 * PAGE));
-        a.mark_mapped(&g);
+        a.mark_mapped(&g, &g.units(usize::MAX));
         a.check_invariants();
         let x = a.try_alloc(0, 3 * MIB, 1).unwrap();
         assert_eq!(x.block.addr(), 0x4000_0000);
@@ -276,7 +388,7 @@ mod tests {
             (y_plan.addr, y_plan.len),
             (0x4000_0000 + 4 * MIB as u64, 3 * PAGE)
         );
-        a.mark_mapped(&y_plan);
+        a.mark_mapped(&y_plan, &y_plan.units(usize::MAX));
         let y = a.try_alloc(0, 5 * MIB, 1).unwrap();
         assert_eq!(y.block.addr(), 0x4000_0000 + 4 * MIB as u64);
         a.check_invariants();
@@ -292,12 +404,16 @@ mod tests {
     }
 
     #[test]
-    fn idle_pages_unmap_and_map_again_with_exact_books() {
+    fn idle_units_unmap_and_map_again_with_exact_books() {
         let mut a = arena();
-        let g = a.plan_growth(0, 24 * MIB).unwrap();
-        a.mark_mapped(&g);
+        // Two mapping units, one per block.
+        let g = a.plan_growth(0, 12 * MIB).unwrap();
+        a.mark_mapped(&g, &g.units(usize::MAX));
         let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        let g = a.plan_growth(0, 12 * MIB).unwrap();
+        a.mark_mapped(&g, &g.units(usize::MAX));
         let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        a.check_invariants();
         a.free(x.block, 1);
         a.check_invariants();
         let runs = a.idle_runs(&[]);
@@ -313,7 +429,7 @@ mod tests {
         // The hole is the cheapest place: mapped again there.
         let again = a.plan_growth(0, 12 * MIB).unwrap();
         assert_eq!((again.addr, again.len), (x.block.addr(), 12 * MIB));
-        a.mark_mapped(&again);
+        a.mark_mapped(&again, &again.units(usize::MAX));
         a.check_invariants();
         assert_eq!(a.try_alloc(0, 12 * MIB, 1).unwrap().block, x.block);
         a.free(y.block, 1);
@@ -329,5 +445,53 @@ mod tests {
             1,
             "the range goes once unmapped"
         );
+    }
+
+    #[test]
+    fn only_whole_units_are_idle() {
+        let mut a = arena();
+        // One unit of 24 MiB under two blocks: freeing one leaves no whole
+        // unit idle (CUDA cannot unmap part of a mapping).
+        let g = a.plan_growth(0, 24 * MIB).unwrap();
+        a.mark_mapped(&g, &g.units(usize::MAX));
+        let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        a.free(x.block, 1);
+        assert!(a.idle_runs(&[]).is_empty(), "half a unit is not idle");
+        // Three more units above, all idle once y goes: one run of four,
+        // of which a reclaim of 5 MiB takes the top two (4 + 2 MiB).
+        for len in [8 * MIB, 2 * MIB, 4 * MIB] {
+            let g = a.plan_growth(0, 36 * MIB).unwrap();
+            let mut g = g;
+            g.len = len;
+            g.addr = 0x4000_0000 + a.stats.reserved_bytes as u64;
+            a.mark_mapped(&g, &g.units(usize::MAX));
+            a.check_invariants();
+        }
+        a.free(y.block, 1);
+        let runs = a.idle_runs(&[]);
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].addr, runs[0].len), (0x4000_0000, 38 * MIB));
+        let top = runs[0].top(5 * MIB);
+        assert_eq!(
+            (top.addr, top.len),
+            (0x4000_0000 + 32 * MIB as u64, 6 * MIB)
+        );
+        // A failure after the first unit (2 MiB) of the top: that unit went.
+        let part = top.prefix(3 * MIB);
+        assert_eq!((part.addr, part.len), (top.addr, 2 * MIB));
+        a.mark_unmapped(&part);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 36 * MIB);
+        let rest = a.idle_runs(&[]);
+        assert_eq!(
+            rest.iter().map(|r| r.len).collect::<Vec<_>>(),
+            [32 * MIB, 4 * MIB]
+        );
+        for run in &rest {
+            a.mark_unmapped(run);
+        }
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 0);
     }
 }

@@ -225,7 +225,9 @@ impl<B: Backend> VirtualMemory for LimitAdaptor<B> {
 /// are counted from 1 across [`Backend::reserve`] and [`VirtualMemory::map`];
 /// a call picked by [`FaultAdaptor::fail_reservation`] fails with
 /// [`BackendError::Injected`] without reaching the inner backend. Unmaps are
-/// counted apart ([`FaultAdaptor::fail_unmap`]).
+/// counted apart ([`FaultAdaptor::fail_unmap`]); the adaptor keeps its own
+/// table of the mapping units mapped through it, so a fault can stop an
+/// unmap of several units between two of them, as a driver would.
 ///
 /// ```
 /// use graphalloc::backend::{Backend, FaultAdaptor, HostBackend};
@@ -244,8 +246,10 @@ pub struct FaultAdaptor<B> {
     faults: Mutex<BTreeSet<u64>>,
     /// Unmap calls so far.
     unmaps: AtomicU64,
-    /// 1-based unmap numbers that must fail → pages unmapped first.
+    /// 1-based unmap numbers that must fail → units unmapped first.
     unmap_faults: Mutex<BTreeMap<u64, usize>>,
+    /// Mapping units mapped through this adaptor now: start → size.
+    units: Mutex<BTreeMap<u64, usize>>,
     /// While set, every segment release fails (and keeps the segment).
     failing_releases: AtomicBool,
 }
@@ -269,6 +273,7 @@ impl<B> FaultAdaptor<B> {
             faults: Mutex::new(BTreeSet::new()),
             unmaps: AtomicU64::new(0),
             unmap_faults: Mutex::new(BTreeMap::new()),
+            units: Mutex::new(BTreeMap::new()),
             failing_releases: AtomicBool::new(false),
         }
     }
@@ -281,14 +286,14 @@ impl<B> FaultAdaptor<B> {
 
     /// Makes the `n`th [`VirtualMemory::unmap`] from now (`1` = the next
     /// one; `0` counts as `1`) fail after unmapping only its first
-    /// `pages_first` pages: with none, [`BackendError::Injected`] and nothing
-    /// changed; else [`BackendError::PartlyUnmapped`] saying how many bytes
-    /// went, as a driver failing part way through would.
-    pub fn fail_unmap(&self, n: u64, pages_first: usize) {
+    /// `units_first` mapping units: with none, [`BackendError::Injected`]
+    /// and nothing changed; else [`BackendError::PartlyUnmapped`] saying how
+    /// many bytes went, as a driver failing part way through would.
+    pub fn fail_unmap(&self, n: u64, units_first: usize) {
         let base = self.unmaps.load(Ordering::SeqCst);
         self.unmap_faults
             .lock()
-            .insert(base.saturating_add(n.max(1)), pages_first);
+            .insert(base.saturating_add(n.max(1)), units_first);
     }
 
     /// Makes the `n`th reservation from now fail (`1` = the next one; `0`
@@ -350,25 +355,48 @@ impl<B: Backend> VirtualMemory for FaultAdaptor<B> {
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let vmm = self.inner.vmm()?;
         self.admit()?;
-        vmm.map(addr, size)
+        vmm.map(addr, size)?;
+        self.units.lock().insert(addr, size);
+        Ok(())
     }
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let vmm = self.inner.vmm()?;
         let nth = self.unmaps.fetch_add(1, Ordering::SeqCst) + 1;
-        let Some(pages) = self.unmap_faults.lock().remove(&nth) else {
-            return vmm.unmap(addr, size);
+        let fault = self.unmap_faults.lock().remove(&nth);
+        let end = addr.saturating_add(size as u64);
+        // The units a fault lets go first (all of them with no fault).
+        let done = {
+            let units = self.units.lock();
+            let count = fault.unwrap_or(usize::MAX);
+            units
+                .range(addr..end)
+                .take(count)
+                .map(|(_, &n)| n)
+                .sum::<usize>()
+                .min(size)
         };
-        let cause = BackendError::Injected { nth };
-        let done = pages.saturating_mul(vmm.page_size()?).min(size);
-        if done == 0 {
-            return Err(cause);
+        let result = match fault {
+            None => vmm.unmap(addr, size),
+            Some(_) if done == 0 => return Err(BackendError::Injected { nth }),
+            Some(_) => vmm.unmap(addr, done).and(Err(BackendError::PartlyUnmapped {
+                unmapped: done,
+                requested: size,
+                cause: Box::new(BackendError::Injected { nth }),
+            })),
+        };
+        let gone = match &result {
+            Ok(()) => size,
+            Err(e) => e.unmapped_bytes(),
+        };
+        let mut units = self.units.lock();
+        let starts: Vec<u64> = units
+            .range(addr..addr.saturating_add(gone as u64))
+            .map(|(&start, _)| start)
+            .collect();
+        for start in starts {
+            units.remove(&start);
         }
-        vmm.unmap(addr, done)?;
-        Err(BackendError::PartlyUnmapped {
-            unmapped: done,
-            requested: size,
-            cause: Box::new(cause),
-        })
+        result
     }
 }

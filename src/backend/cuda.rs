@@ -252,9 +252,12 @@ pub struct CudaBackend {
     context: OnceLock<Result<Context, BackendError>>,
     /// The mapping granularity, read from the driver once.
     page: OnceLock<Result<usize, BackendError>>,
-    /// Physical pages mapped by `map`: page address → allocation handle.
-    pages: std::sync::Mutex<std::collections::HashMap<u64, sys::CUmemGenericAllocationHandle>>,
+    /// Mapping units mapped by `map`: start → (allocation handle, size).
+    units: std::sync::Mutex<Units>,
 }
+
+/// A CUDA backend's table of mapping units: start → (handle, size).
+type Units = std::collections::BTreeMap<u64, (sys::CUmemGenericAllocationHandle, usize)>;
 
 /// The handles `cuStreamGetCtx` resolves to the current context: the legacy
 /// default stream (0 and `CU_STREAM_LEGACY`) and the per-thread one.
@@ -276,7 +279,7 @@ impl CudaBackend {
             device,
             context: OnceLock::new(),
             page: OnceLock::new(),
-            pages: std::sync::Mutex::new(std::collections::HashMap::new()),
+            units: std::sync::Mutex::new(Units::new()),
         })
     }
 
@@ -312,11 +315,8 @@ impl CudaBackend {
         prop
     }
 
-    fn lock_pages(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, sys::CUmemGenericAllocationHandle>>
-    {
-        self.pages
+    fn lock_units(&self) -> std::sync::MutexGuard<'_, Units> {
+        self.units
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -461,39 +461,41 @@ impl Backend for CudaBackend {
 }
 
 impl CudaBackend {
-    /// Creates and maps one page at `at`; on a failure nothing is left.
-    fn map_page(
+    /// Creates one handle of `size` bytes and maps it at `addr`, readable
+    /// and writable; on a failure nothing is left.
+    fn map_unit(
         &self,
-        at: u64,
-        page: usize,
-        prop: &sys::CUmemAllocationProp,
+        addr: u64,
+        size: usize,
     ) -> Result<sys::CUmemGenericAllocationHandle, BackendError> {
+        let prop = self.allocation_prop();
         // SAFETY: a context is current (the caller's `managed`).
         let handle =
-            unsafe { raw::create(page, prop) }.map_err(driver_or_oom("cuMemCreate", page))?;
-        // SAFETY: `at` is a page of a range we reserved and did not map;
-        // `handle` is a fresh page of memory.
-        if let Err(e) = unsafe { raw::map(at, page, handle) } {
-            // SAFETY: the handle was created above and is mapped nowhere.
+            unsafe { raw::create(size, &prop) }.map_err(driver_or_oom("cuMemCreate", size))?;
+        // SAFETY: `[addr, addr + size)` lies in a range we reserved and did
+        // not map (the caller checked it against the table); `handle` is a
+        // fresh allocation of exactly `size` bytes.
+        let mapped = unsafe { raw::map(addr, size, handle) }.map_err(driver("cuMemMap"));
+        let result = mapped.and_then(|()| {
+            let desc = sys::CUmemAccessDesc {
+                location: self.location(),
+                flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+            };
+            // SAFETY: the whole range was just mapped.
+            unsafe { raw::set_access(addr, size, &desc) }
+                .map_err(driver("cuMemSetAccess"))
+                .inspect_err(|_| {
+                    // SAFETY: undoing this call's own mapping, unused yet.
+                    let _ = unsafe { raw::unmap(addr, size) };
+                })
+        });
+        if let Err(e) = result {
+            // SAFETY: the handle was created above and is mapped nowhere
+            // (its mapping failed or was undone); released once.
             let _ = unsafe { raw::release(handle) };
-            return Err(driver("cuMemMap")(e));
+            return Err(e);
         }
         Ok(handle)
-    }
-
-    /// Unmaps the page at `at` and gives back its memory. `Ok(Err(_))`: the
-    /// mapping is gone but the memory could not be given back.
-    fn unmap_page(&self, at: u64, page: usize) -> Result<Result<(), BackendError>, BackendError> {
-        // SAFETY: the caller unmaps only what `map` mapped, one page per
-        // mapping; no work may still use it (the allocator unmaps free
-        // pages only).
-        unsafe { raw::unmap(at, page) }.map_err(driver("cuMemUnmap"))?;
-        Ok(match self.lock_pages().remove(&at) {
-            // SAFETY: the page's only mapping is gone; its handle is
-            // released once (removed from the table).
-            Some(handle) => unsafe { raw::release(handle) }.map_err(driver("cuMemRelease")),
-            None => Ok(()),
-        })
     }
 }
 
@@ -528,69 +530,69 @@ impl VirtualMemory for CudaBackend {
     }
 
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        let page = self.page_size()?;
+        let page = self.page_size()? as u64;
         let end = range_end("map", addr, size)?;
-        let prop = self.allocation_prop();
-        self.managed(|| {
-            let mut mapped = Vec::new();
-            let mut result = Ok(());
-            for at in (addr..end).step_by(page) {
-                match self.map_page(at, page, &prop) {
-                    Ok(handle) => mapped.push((at, handle)),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            if result.is_ok() {
-                let desc = sys::CUmemAccessDesc {
-                    location: self.location(),
-                    flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
-                };
-                // SAFETY: the whole range was just mapped.
-                result =
-                    unsafe { raw::set_access(addr, size, &desc) }.map_err(driver("cuMemSetAccess"));
-            }
-            match result {
-                Ok(()) => self.lock_pages().extend(mapped),
-                Err(_) => {
-                    for (at, handle) in mapped {
-                        // SAFETY: undoing this call's own mappings, each
-                        // unmapped and released once.
-                        unsafe {
-                            let _ = raw::unmap(at, page);
-                            let _ = raw::release(handle);
-                        }
-                    }
-                }
-            }
-            result
-        })
+        if size == 0 || addr % page != 0 || size as u64 % page != 0 {
+            return Err(BackendError::InvalidAddress {
+                call: "map",
+                addr,
+                size,
+                why: "empty or not page-aligned",
+            });
+        }
+        if super::overlaps_units(&self.lock_units(), |u| u.1, addr, end) {
+            return Err(BackendError::InvalidAddress {
+                call: "map",
+                addr,
+                size,
+                why: "pages already mapped",
+            });
+        }
+        // One handle for the whole unit: the driver's cost is per handle.
+        let handle = self.managed(|| self.map_unit(addr, size))?;
+        self.lock_units().insert(addr, (handle, size));
+        Ok(())
     }
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        let page = self.page_size()?;
         let end = range_end("unmap", addr, size)?;
+        let units = {
+            let table = self.lock_units();
+            super::whole_units(&table, |u| u.1, addr, end).map_err(|why| {
+                BackendError::InvalidAddress {
+                    call: "unmap",
+                    addr,
+                    size,
+                    why,
+                }
+            })?
+        };
         self.managed(|| {
-            // Page by page, as mapped: a failure stops at that page, so the
-            // caller learns exactly which prefix is unmapped; a handle that
-            // cannot be released is reported but does not stop the rest.
+            // Unit by unit, in address order: a failure stops at that unit,
+            // so the caller learns exactly which prefix is unmapped; a
+            // handle that cannot be released is reported but does not stop
+            // the rest.
             let mut release_error = None;
-            for at in (addr..end).step_by(page) {
-                match self.unmap_page(at, page) {
-                    Ok(released) => {
-                        if let Err(e) = released {
-                            release_error.get_or_insert(e);
-                        }
+            for (at, len) in units {
+                // SAFETY: `[at, at + len)` is exactly one unit `map` mapped
+                // (checked against the table); no work may still use it (the
+                // allocator unmaps idle units only, after their streams).
+                if let Err(e) = unsafe { raw::unmap(at, len) } {
+                    let e = driver("cuMemUnmap")(e);
+                    if at == addr && release_error.is_none() {
+                        return Err(e);
                     }
-                    Err(e) if at == addr && release_error.is_none() => return Err(e),
-                    Err(e) => {
-                        return Err(BackendError::PartlyUnmapped {
-                            unmapped: (at - addr) as usize,
-                            requested: size,
-                            cause: Box::new(e),
-                        })
+                    return Err(BackendError::PartlyUnmapped {
+                        unmapped: (at - addr) as usize,
+                        requested: size,
+                        cause: Box::new(e),
+                    });
+                }
+                if let Some((handle, _)) = self.lock_units().remove(&at) {
+                    // SAFETY: the unit's only mapping is gone; its handle is
+                    // released once (removed from the table).
+                    if let Err(e) = unsafe { raw::release(handle) } {
+                        release_error.get_or_insert(driver("cuMemRelease")(e));
                     }
                 }
             }

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::alloc::{alloc, dealloc, Layout};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 /// Segment alignment on the host backend (a page).
 const HOST_SEGMENT_ALIGN: usize = 4096;
@@ -40,8 +40,10 @@ struct Streams {
 /// Like a driver, it checks what it is given against what it handed out: a
 /// release of an address that is not a held segment (or with another
 /// size), a map or unmap outside a reserved range, unaligned, or of pages
-/// not in the state the call needs, is [`BackendError::InvalidAddress`]
-/// and changes nothing; an unknown event is [`BackendError::UnknownEvent`].
+/// not in the state the call needs, or an unmap of part of a mapping unit
+/// (what one map call mapped: [`VirtualMemory`]), is
+/// [`BackendError::InvalidAddress`] and changes nothing; an unknown event
+/// is [`BackendError::UnknownEvent`].
 ///
 /// Streams and events are simulated too: an event recorded on a stream
 /// completes only when a test says the stream's work is done
@@ -82,8 +84,8 @@ struct Range {
     raw: (u64, usize),
     /// The size asked for.
     size: usize,
-    /// Pages mapped now.
-    mapped: BTreeSet<u64>,
+    /// Mapping units mapped now: start → size.
+    units: BTreeMap<u64, usize>,
 }
 
 impl HostBackend {
@@ -212,15 +214,14 @@ fn invalid(call: &'static str, addr: u64, size: usize, why: &'static str) -> Bac
 
 impl HostBackend {
     /// Checks that `[addr, addr + size)` is a non-empty, page-aligned part
-    /// of a reserved range whose pages are all mapped (`mapped`) or all not,
-    /// and returns the pages; `f` then changes them under the same lock.
-    fn with_pages<T>(
+    /// of a reserved range, and runs `f` on that range's units under the
+    /// lock, with the range's end.
+    fn with_units<T>(
         &self,
         call: &'static str,
         addr: u64,
         size: usize,
-        mapped: bool,
-        f: impl FnOnce(&mut BTreeSet<u64>, &[u64]) -> Result<T, BackendError>,
+        f: impl FnOnce(&mut BTreeMap<u64, usize>, u64) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let page = HOST_PAGE as u64;
         if size == 0 || addr % page != 0 || size as u64 % page != 0 {
@@ -238,16 +239,7 @@ impl HostBackend {
             .find(|(&start, r)| start <= addr && end <= start + r.size as u64)
             .map(|(_, r)| r)
             .ok_or(invalid(call, addr, size, "not inside a reserved range"))?;
-        let pages: Vec<u64> = (addr..end).step_by(HOST_PAGE).collect();
-        if pages.iter().any(|p| range.mapped.contains(p) != mapped) {
-            let why = if mapped {
-                "pages not mapped"
-            } else {
-                "pages already mapped"
-            };
-            return Err(invalid(call, addr, size, why));
-        }
-        f(&mut range.mapped, &pages)
+        f(&mut range.units, end)
     }
 }
 
@@ -335,7 +327,7 @@ impl VirtualMemory for HostBackend {
         let range = Range {
             raw: (addr as u64, len),
             size,
-            mapped: BTreeSet::new(),
+            units: BTreeMap::new(),
         };
         self.ranges.lock().insert(start, range);
         Ok(start)
@@ -354,7 +346,7 @@ impl VirtualMemory for HostBackend {
                         "reserved with another size",
                     ))
                 }
-                Some(r) if !r.mapped.is_empty() => {
+                Some(r) if !r.units.is_empty() => {
                     return Err(invalid("release_range", addr, size, "pages still mapped"))
                 }
                 Some(_) => ranges.remove(&addr).map(|r| r.raw).unwrap_or_default(),
@@ -367,7 +359,10 @@ impl VirtualMemory for HostBackend {
     }
 
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.with_pages("map", addr, size, false, |mapped, pages| {
+        self.with_units("map", addr, size, |units, end| {
+            if super::overlaps_units(units, |&n| n, addr, end) {
+                return Err(invalid("map", addr, size, "pages already mapped"));
+            }
             self.admit(size)?;
             // SAFETY: `[addr, addr + size)` is page-aligned, inside a range
             // from `reserve_range` (checked above), which this process owns
@@ -383,22 +378,24 @@ impl VirtualMemory for HostBackend {
                 self.used.fetch_sub(size, Ordering::SeqCst);
                 return Err(BackendError::OutOfMemory { requested: size });
             }
-            mapped.extend(pages);
+            units.insert(addr, size);
             Ok(())
         })
     }
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.with_pages("unmap", addr, size, true, |mapped, pages| {
-            // SAFETY: as in `map`: page-aligned, mapped pages of our own
+        self.with_units("unmap", addr, size, |units, end| {
+            let whole = super::whole_units(units, |&n| n, addr, end)
+                .map_err(|why| invalid("unmap", addr, size, why))?;
+            // SAFETY: as in `map`: page-aligned, mapped units of our own
             // range (checked above). The pages' contents are dropped, as
             // device memory's would be.
             unsafe {
                 libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED);
                 libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_NONE);
             }
-            for p in pages {
-                mapped.remove(p);
+            for (start, _) in whole {
+                units.remove(&start);
             }
             self.used.fetch_sub(size, Ordering::SeqCst);
             self.releases.fetch_add(1, Ordering::SeqCst);

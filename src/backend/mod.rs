@@ -174,13 +174,19 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
     }
 }
 
-/// Device address space with physical memory mapped into it page by page:
-/// what expandable segments are built on (`cuMemAddressReserve`,
-/// `cuMemCreate` + `cuMemMap`, `cuMemUnmap` + `cuMemRelease`,
+/// Device address space with physical memory mapped into it: what
+/// expandable segments are built on (`cuMemAddressReserve`, `cuMemCreate` +
+/// `cuMemMap` + `cuMemSetAccess`, `cuMemUnmap` + `cuMemRelease`,
 /// `cuMemAddressFree`).
+///
+/// Memory comes in **mapping units**: each [`VirtualMemory::map`] call
+/// creates one physical allocation (one `cuMemCreate` handle) covering all
+/// it maps, and a unit is unmapped whole or not at all (CUDA cannot unmap
+/// part of a `cuMemMap`). The cost of a map is per unit, nearly whatever its
+/// size, so callers map few, large units.
 pub trait VirtualMemory: Send + Sync {
-    /// The granularity of [`VirtualMemory::map`]: physical memory comes in
-    /// pages of this many bytes (2 MiB on current NVIDIA GPUs).
+    /// The granularity of [`VirtualMemory::map`]: addresses and sizes are
+    /// multiples of this many bytes (2 MiB on current NVIDIA GPUs).
     fn page_size(&self) -> Result<usize, BackendError>;
 
     /// Reserves `size` bytes of device address space, with no memory behind
@@ -192,18 +198,63 @@ pub trait VirtualMemory: Send + Sync {
     /// be unmapped.
     fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 
-    /// Creates memory for `[addr, addr + size)`, page-aligned inside a
-    /// reserved range and not mapped yet, and maps it there, readable and
-    /// writable. Counts against the device's capacity like
-    /// [`Backend::reserve`]. All or nothing: on an error no page is mapped.
+    /// Creates one mapping unit: memory for `[addr, addr + size)`,
+    /// page-aligned inside a reserved range and not mapped yet, mapped there
+    /// readable and writable. Counts against the device's capacity like
+    /// [`Backend::reserve`]. All or nothing: on an error nothing is mapped.
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 
-    /// Unmaps `[addr, addr + size)`, page-aligned and mapped by
-    /// [`VirtualMemory::map`] (in one call or several), and gives its memory
-    /// back, page by page in address order. On an error, nothing changed,
+    /// Unmaps `[addr, addr + size)`, which must be exactly one or more whole
+    /// mapping units lying end to end (else [`BackendError::InvalidAddress`],
+    /// changing nothing, where the backend can tell), and gives their memory
+    /// back, unit by unit in address order. On an error, nothing changed,
     /// except for [`BackendError::PartlyUnmapped`], which says how many
-    /// bytes from `addr` are unmapped all the same.
+    /// bytes from `addr` (whole units) are unmapped all the same.
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+}
+
+/// The mapping units, as `(start, size)` in address order, that make up
+/// exactly `[addr, end)`, read from a backend's table of units (start →
+/// unit, `size` reads a unit's size); else why not, in words.
+pub(crate) fn whole_units<V>(
+    units: &std::collections::BTreeMap<u64, V>,
+    size: impl Fn(&V) -> usize,
+    addr: u64,
+    end: u64,
+) -> Result<Vec<(u64, usize)>, &'static str> {
+    if let Some((&start, unit)) = units.range(..addr).next_back() {
+        if start + size(unit) as u64 > addr {
+            return Err("part of a mapping unit");
+        }
+    }
+    let mut out = Vec::new();
+    let mut at = addr;
+    for (&start, unit) in units.range(addr..end) {
+        if start != at {
+            return Err("pages not mapped");
+        }
+        at = start + size(unit) as u64;
+        out.push((start, size(unit)));
+    }
+    match at.cmp(&end) {
+        std::cmp::Ordering::Less => Err("pages not mapped"),
+        std::cmp::Ordering::Greater => Err("part of a mapping unit"),
+        std::cmp::Ordering::Equal => Ok(out),
+    }
+}
+
+/// Whether any unit of `units` (as in [`whole_units`]) overlaps
+/// `[addr, end)`.
+pub(crate) fn overlaps_units<V>(
+    units: &std::collections::BTreeMap<u64, V>,
+    size: impl Fn(&V) -> usize,
+    addr: u64,
+    end: u64,
+) -> bool {
+    units
+        .range(..end)
+        .next_back()
+        .is_some_and(|(&start, unit)| start + size(unit) as u64 > addr)
 }
 
 /// Streams and events: what stream-ordered frees are built on.

@@ -15,6 +15,8 @@ struct Books {
     ranges: BTreeMap<u64, usize>,
     /// Pages mapped into the ranges now.
     pages: BTreeSet<u64>,
+    /// Mapping units mapped now (what each map call mapped): start → size.
+    units: BTreeMap<u64, usize>,
     /// Misuse seen so far, in words.
     violations: Vec<String>,
 }
@@ -24,8 +26,9 @@ struct Books {
 /// an allocator holds and check its calls.
 ///
 /// A call the books say is wrong (a release of a segment that is not held or
-/// with another size, a map of a mapped page, an unmap of an unmapped one, a
-/// segment overlapping a held one) is recorded as a violation
+/// with another size, a map of a mapped page, an unmap of an unmapped one or
+/// of part of a mapping unit, a segment overlapping a held one) is recorded
+/// as a violation
 /// ([`TrackingAdaptor::violations`]); a release or unmap that is wrong
 /// returns [`BackendError::InvalidAddress`] without reaching the inner
 /// backend.
@@ -266,37 +269,37 @@ impl<B: Backend> VirtualMemory for TrackingAdaptor<B> {
                 books.violations.push(format!("page {p:#x} mapped twice"));
             }
         }
+        books.units.insert(addr, size);
         Ok(())
     }
 
     fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        let pages = {
+        let units = {
             let mut books = self.books.lock();
-            match self.pages_of(addr, size) {
-                Some(pages) if pages.iter().all(|p| books.pages.contains(p)) => {
+            let end = addr.saturating_add(size as u64);
+            match super::whole_units(&books.units, |&n| n, addr, end) {
+                Ok(units) => {
                     // Removed before the memory goes back (see `release`).
-                    for p in &pages {
-                        books.pages.remove(p);
+                    for &(start, len) in &units {
+                        books.units.remove(&start);
+                        for p in self.pages_of(start, len).unwrap_or_default() {
+                            books.pages.remove(&p);
+                        }
                     }
-                    pages
+                    units
                 }
-                _ => {
-                    return Err(refuse(
-                        &mut books.violations,
-                        "unmap",
-                        addr,
-                        size,
-                        "not mapped",
-                    ))
-                }
+                Err(why) => return Err(refuse(&mut books.violations, "unmap", addr, size, why)),
             }
         };
         self.inner.vmm()?.unmap(addr, size).inspect_err(|e| {
-            // Pages past what the backend unmapped are still mapped.
-            let done = e.unmapped_bytes();
+            // Units past what the backend unmapped are still mapped.
+            let done = e.unmapped_bytes() as u64;
             let mut books = self.books.lock();
-            for &p in pages.iter().filter(|&&p| p - addr >= done as u64) {
-                books.pages.insert(p);
+            for &(start, len) in units.iter().filter(|u| u.0 - addr >= done) {
+                books.units.insert(start, len);
+                books
+                    .pages
+                    .extend(self.pages_of(start, len).unwrap_or_default());
             }
         })
     }
