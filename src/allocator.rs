@@ -12,6 +12,7 @@ use crate::device_ptr::DevicePtr;
 use crate::error::{Error, Result};
 use crate::graph_pool::record::Recorders;
 use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
+use crate::history::{Action, History};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Claim, Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
@@ -57,6 +58,8 @@ pub struct Allocator {
     pub(crate) recorders: Recorders,
     /// The stream handles accepted beside the built-in ones, per device.
     streams: StreamRegistry,
+    /// The memory history (`history.rs`), shared with the devices.
+    pub(crate) history: Arc<History>,
 }
 
 /// Maps a backend error about a stream argument to the allocator's error.
@@ -138,6 +141,7 @@ impl Allocator {
             _ => CachingSums::Gauged,
         };
         let book = Arc::new(StatsBook::new(sums));
+        let history = Arc::new(History::new(config.history, config.history_backtraces));
         let caches = backends
             .into_iter()
             .map(|b| {
@@ -146,6 +150,7 @@ impl Allocator {
                     book.clone(),
                     config.memory_fraction,
                     config.expandable_segments,
+                    history.clone(),
                 );
                 Arc::new(CachingAllocator::new(Arc::new(device), config.shards))
             })
@@ -161,6 +166,7 @@ impl Allocator {
             capture_pools: ConcurrentMap::new(),
             recorders: Recorders::new(),
             streams: StreamRegistry::new(),
+            history,
         })
     }
 
@@ -312,6 +318,7 @@ impl Allocator {
             self.recorders
                 .on_alloc(device, stream, size, align, rounded, addr);
         }
+        self.history.alloc(device, stream, size, addr, pool.as_deref());
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
             None => Owner::Cache { device, shard },
@@ -518,6 +525,7 @@ impl Allocator {
     pub(crate) fn out_of_memory(&self, device: usize, requested: usize) -> Error {
         let d = &self.caches[device].device;
         let info = d.mem_info();
+        self.history.record(Action::Oom, device, 0, requested, info.free as u64, None);
         Error::OutOfMemory {
             device,
             requested,
@@ -572,6 +580,7 @@ impl Allocator {
         if self.recorders.any() {
             self.recorders.on_free(ptr.addr(), !uses.is_empty());
         }
+        self.history.free_requested(&record, ptr.addr());
         match &record.owner {
             Owner::Cache { device, shard } => {
                 self.caches[*device].free(*shard, block, requested, stream, uses)
@@ -723,6 +732,12 @@ impl Allocator {
             sum.add(&cache.device.mapping_stats());
         }
         sum
+    }
+
+    /// What a snapshot reads: the caching allocators, the ownership map
+    /// and the pool registry.
+    pub(crate) fn snapshot_parts(&self) -> (&[Arc<CachingAllocator>], &OwnershipMap, &PoolRegistry) {
+        (&self.caches, &self.ownership, &self.pools)
     }
 
     /// Statistics of one device's caching allocator.

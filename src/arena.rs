@@ -32,6 +32,9 @@ mod expandable;
 pub(crate) use expandable::IdleRun;
 
 mod place;
+mod walk;
+
+pub(crate) use walk::{WalkState, WalkedSegment};
 
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;

@@ -25,6 +25,7 @@
 use super::{Device, Shortfall};
 use crate::arena::{Arena, Carved, Class, IdleRun, StreamTag, LARGE_SEGMENT};
 use crate::backend::BackendError;
+use crate::history::Action;
 use crate::stats::Side;
 use crate::sync::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -191,6 +192,7 @@ impl Device {
         }
         arena.mark_mapped(&growth);
         self.book.reserved(side, growth.len);
+        self.note(Action::SegmentMap, side, stream, growth.len, growth.addr);
         let carved = arena
             .try_alloc(stream, rounded, requested)
             .expect("the pages just mapped make room for the request");
@@ -261,6 +263,7 @@ impl Device {
             };
             if gone > 0 {
                 arena.mark_unmapped(&IdleRun { len: gone, ..*run });
+                self.note(Action::SegmentUnmap, side, run.stream, gone, run.addr);
                 self.reserved.fetch_sub(gone, Ordering::SeqCst);
                 self.book.released(side, gone);
                 unmapped += gone;

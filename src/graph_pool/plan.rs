@@ -181,7 +181,7 @@ impl PlanCursor {
             let want = entry.filter(|e| (e.stream, e.rounded, e.align) == (stream, rounded, align));
             if let Some(e) = want {
                 if !arena.deferred.is_empty() {
-                    let _ = device.settle(arena, false);
+                    let _ = device.settle(arena, Side::Pools, false);
                 }
                 let (segment, base) = self.bases[e.region];
                 if let Some(carved) =
