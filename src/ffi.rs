@@ -61,6 +61,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 #[path = "ffi_plan.rs"]
 pub mod plan;
 
+#[path = "ffi_history.rs"]
+pub mod history;
+
 /// The version of this C ABI, as [`graphalloc_abi_version`] reports it.
 /// Raised whenever a signature or a `#[repr(C)]` layout changes.
 pub const ABI_VERSION: u32 = 2;
