@@ -280,3 +280,31 @@ def empty_cache() -> int:
     released = library().graphalloc_empty_cache()
     _check(released >= 0)
     return int(released)
+
+
+# The memory history and snapshots (imported last: the module uses the above).
+from .history import (  # noqa: E402
+    clear_history,
+    context,
+    dump_html,
+    dump_snapshot,
+    history_length,
+    record_history,
+    set_context,
+    snapshot,
+    stop_history,
+    write_trace,
+)
+
+__all__ += [
+    "record_history",
+    "stop_history",
+    "clear_history",
+    "history_length",
+    "set_context",
+    "context",
+    "snapshot",
+    "dump_snapshot",
+    "dump_html",
+    "write_trace",
+]

@@ -11,7 +11,10 @@ PyTorch's `torch.cuda.memory.CUDAPluggableAllocator`. With a pluggable
 allocator, PyTorch's own `torch.cuda.memory_stats()`,
 `reset_peak_memory_stats()` and `empty_cache()` do not reach the library: use
 `stats()`, `memory_stats()`, `reset_peak_stats()` and `empty_cache()` of this
-module instead.
+module instead. Likewise `torch.cuda.memory._record_memory_history()` and
+`_dump_snapshot()` see nothing: use `record_history(n)`, `dump_snapshot(path)`
+(the same pickle format, for PyTorch's memory viewer), `snapshot()`,
+`context(text)` and `write_trace(path)` (a trace for the replay tool).
 
 CUDA graphs: allocations on a stream being captured (`torch.cuda.graph`)
 land in a graph pool graphalloc makes for that capture; call
@@ -52,6 +55,17 @@ from . import (
     reset_peak_stats,
     stats,
 )
+from .history import (
+    clear_history,
+    context,
+    dump_html,
+    dump_snapshot,
+    record_history,
+    set_context,
+    snapshot,
+    stop_history,
+    write_trace,
+)
 
 __all__ = [
     "use",
@@ -74,6 +88,15 @@ __all__ = [
     "PlannedPool",
     "planned_graph",
     "GraphallocError",
+    "record_history",
+    "stop_history",
+    "clear_history",
+    "set_context",
+    "context",
+    "snapshot",
+    "dump_snapshot",
+    "dump_html",
+    "write_trace",
 ]
 
 _torch_allocator = None  # keeps PyTorch's CUDAPluggableAllocator object alive
