@@ -12,7 +12,7 @@
 //!   --json       one JSON object per trace per line on stdout
 //!   --svg FILE   draw allocated and reserved bytes over each trace into FILE
 //!   --snapshot FILE  write a memory snapshot at the peak of reserved bytes
-//!                (PyTorch's pickle format; FILE.html: graphalloc's view)
+//!                (PyTorch's pickle format; FILE.html, FILE.svg: graphalloc's view)
 //!   --record FILE    record the replay's own history as a .trace.gz
 //!   --compare CONF...  replay under each GRAPHALLOC_CONF-style setting
 //!                (on top of GRAPHALLOC_CONF) and print one table

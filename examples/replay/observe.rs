@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// Where the observing pass writes.
 pub struct Outputs {
-    /// The snapshot at the peak of reserved bytes (pickle; `.html` beside).
+    /// The snapshot at the peak of reserved bytes (pickle; `.html` and
+    /// `.svg` beside).
     pub snapshot: Option<PathBuf>,
     /// The replay's own history as a trace.
     pub record: Option<PathBuf>,
@@ -83,6 +84,7 @@ pub fn observe(path: &Path, config: &Config, out: &Outputs) -> Result<(), Box<dy
         snap.write_pickle(file)?;
         let html = PathBuf::from(format!("{}.html", file.display()));
         std::fs::write(&html, snap.to_html())?;
+        std::fs::write(format!("{}.svg", file.display()), snap.to_svg())?;
         eprintln!(
             "replay: snapshot of {} after event {} (peak reserved {}): {} segments, {} history events: {} and {}",
             trace.name(),

@@ -61,34 +61,47 @@ impl Snapshot {
         out
     }
 
-    /// The snapshot as one HTML page: a chart of reserved and allocated
-    /// bytes over the history's events, and a map of every segment (one
-    /// row each, largest first, blocks coloured by state).
+    /// The snapshot as one HTML page around [`Snapshot::to_svg`].
     pub fn to_html(&self) -> String {
-        let mut h = String::from(
-            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>graphalloc memory snapshot</title></head>\n<body style=\"font-family:sans-serif\">\n",
+        format!(
+            "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>graphalloc memory snapshot</title></head>\n<body style=\"font-family:sans-serif\">\n{}</body></html>\n",
+            self.to_svg()
+        )
+    }
+
+    /// The snapshot as one SVG picture: a summary line, a chart of reserved
+    /// and allocated bytes over the history's events, and a map of every
+    /// segment (one row each, largest first, blocks coloured by state).
+    pub fn to_svg(&self) -> String {
+        let rows = self.segments.len().min(MAX_ROWS) as f64;
+        let height = 46.0 + CHART + 30.0 + ROW * rows + 10.0;
+        let mut h = format!(
+            r#"<svg width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+"#
         );
-        let active = self.bytes_in(BlockState::ActiveAllocated);
         let _ = writeln!(
             h,
-            "<h2>graphalloc memory snapshot</h2><p>{} segments, reserved {}, allocated {}, pending free {}; {} history events ({} dropped)</p>",
+            r#"<text x="0" y="14" font-size="14" font-weight="bold">graphalloc memory snapshot</text><text x="0" y="30">{} segments, reserved {}, allocated {}, pending free {}; {} history events ({} dropped)</text>"#,
             self.segments.len(),
             mib(self.reserved_bytes() as f64),
-            mib(active as f64),
+            mib(self.bytes_in(BlockState::ActiveAllocated) as f64),
             mib(self.bytes_in(BlockState::ActivePendingFree) as f64),
             self.history.len(),
             self.dropped_events
         );
+        let _ = writeln!(h, r#"<g transform="translate(0,36)">"#);
         self.chart(&mut h);
+        let _ = writeln!(h, r#"</g><g transform="translate(0,{})">"#, 36.0 + CHART);
         self.segment_map(&mut h);
-        h.push_str("</body></html>\n");
+        h.push_str("</g></svg>\n");
         h
     }
 
     fn chart(&self, h: &mut String) {
         let series = self.series();
         if series.is_empty() {
-            h.push_str("<p>No history recorded (GRAPHALLOC_CONF=history:N or record_history).</p>\n");
+            h.push_str("<text x=\"0\" y=\"20\">No history recorded (GRAPHALLOC_CONF=history:N or record_history).</text>\n");
             return;
         }
         let top = series.iter().map(|p| p.1.max(p.2)).max().unwrap_or(1).max(1) as f64;
@@ -107,13 +120,12 @@ impl Snapshot {
         }
         let _ = writeln!(
             h,
-            r##"<h3>Over the history</h3><svg width="{WIDTH}" height="{CHART}" xmlns="http://www.w3.org/2000/svg" font-size="11">
-<rect x="{x0}" y="{y0}" width="{}" height="{}" fill="none" stroke="#333"/>
+            r##"<rect x="{x0}" y="{y0}" width="{}" height="{}" fill="none" stroke="#333"/>
 <text x="{}" y="{}" text-anchor="end">{}</text><text x="{}" y="{y1}" text-anchor="end">0</text>
 <polyline points="{reserved}" fill="none" stroke="#d62728" stroke-width="1.5"/>
 <polyline points="{allocated}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>
 <text x="{x0}" y="{}" fill="#d62728">reserved</text><text x="{}" y="{}" fill="#1f77b4">allocated (requested bytes live)</text>
-<text x="{}" y="{}" text-anchor="end">{} events</text></svg>"##,
+<text x="{}" y="{}" text-anchor="end">{} events</text>"##,
             x1 - x0,
             y1 - y0,
             x0 - 4.0,
@@ -135,11 +147,10 @@ impl Snapshot {
         order.truncate(MAX_ROWS);
         let largest = order.first().map_or(1, |s| s.total_size).max(1) as f64;
         let (x0, x1) = (230.0, WIDTH - 10.0);
-        let height = ROW * order.len() as f64 + 30.0;
         let _ = writeln!(
             h,
-            r#"<h3>Segments (largest first{}; blue: allocated, orange: pending free, grey: free)</h3>
-<svg width="{WIDTH}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-size="10">"#,
+            r#"<text x="0" y="12" font-weight="bold">Segments (largest first{}; blue: allocated, orange: pending free, grey: free)</text>
+<g transform="translate(0,20)" font-size="10">"#,
             if self.segments.len() > MAX_ROWS {
                 format!(", {MAX_ROWS} of {}", self.segments.len())
             } else {
@@ -175,6 +186,6 @@ impl Snapshot {
                 );
             }
         }
-        h.push_str("</svg>\n");
+        h.push_str("</g>\n");
     }
 }
