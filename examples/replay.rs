@@ -213,8 +213,14 @@ fn main() -> ExitCode {
         if args.snapshot.is_some() || args.record.is_some() {
             let many = args.traces.len() > 1;
             let out = observe::Outputs {
-                snapshot: args.snapshot.as_deref().map(|f| observe::per_trace(f, path, many)),
-                record: args.record.as_deref().map(|f| observe::per_trace(f, path, many)),
+                snapshot: args
+                    .snapshot
+                    .as_deref()
+                    .map(|f| observe::per_trace(f, path, many)),
+                record: args
+                    .record
+                    .as_deref()
+                    .map(|f| observe::per_trace(f, path, many)),
             };
             if let Err(e) = observe::observe(path, &config, &out) {
                 eprintln!("replay: {}: {e}", path.display());

@@ -318,7 +318,8 @@ impl Allocator {
             self.recorders
                 .on_alloc(device, stream, size, align, rounded, addr);
         }
-        self.history.alloc(device, stream, size, addr, pool.as_deref());
+        self.history
+            .alloc(device, stream, size, addr, pool.as_deref());
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
             None => Owner::Cache { device, shard },
@@ -525,7 +526,8 @@ impl Allocator {
     pub(crate) fn out_of_memory(&self, device: usize, requested: usize) -> Error {
         let d = &self.caches[device].device;
         let info = d.mem_info();
-        self.history.record(Action::Oom, device, 0, requested, info.free as u64, None);
+        self.history
+            .record(Action::Oom, device, 0, requested, info.free as u64, None);
         Error::OutOfMemory {
             device,
             requested,
@@ -736,7 +738,9 @@ impl Allocator {
 
     /// What a snapshot reads: the caching allocators, the ownership map
     /// and the pool registry.
-    pub(crate) fn snapshot_parts(&self) -> (&[Arc<CachingAllocator>], &OwnershipMap, &PoolRegistry) {
+    pub(crate) fn snapshot_parts(
+        &self,
+    ) -> (&[Arc<CachingAllocator>], &OwnershipMap, &PoolRegistry) {
         (&self.caches, &self.ownership, &self.pools)
     }
 

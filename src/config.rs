@@ -176,17 +176,21 @@ impl Config {
                     .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
             }
             "expandable_segments" => {
-                self.expandable_segments = parse_bool(value).ok_or_else(|| bad("expected true or false"))?
+                self.expandable_segments =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false"))?
             }
             "history_backtraces" => {
-                self.history_backtraces = parse_bool(value).ok_or_else(|| bad("expected true or false"))?
+                self.history_backtraces =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false"))?
             }
             "history" => {
                 self.history = value
                     .parse()
                     .ok()
                     .filter(|n| *n <= crate::history::MAX_HISTORY)
-                    .ok_or_else(|| bad("expected a whole number of events from 0 (off) to 67108864"))?
+                    .ok_or_else(|| {
+                        bad("expected a whole number of events from 0 (off) to 67108864")
+                    })?
             }
             "shards" => {
                 self.shards = value

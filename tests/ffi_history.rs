@@ -26,7 +26,10 @@ fn history_and_snapshots_through_the_c_abi() {
     assert_eq!(graphalloc_history_start(1000), 0, "{}", last_error());
     let context = CString::new("step 1").unwrap();
     // SAFETY: a valid C string.
-    assert_eq!(unsafe { graphalloc_history_set_context(context.as_ptr()) }, 0);
+    assert_eq!(
+        unsafe { graphalloc_history_set_context(context.as_ptr()) },
+        0
+    );
     let p = graphalloc_malloc(3 << 20, 0, null_mut());
     assert!(!p.is_null(), "{}", last_error());
     // SAFETY: null clears the context.
@@ -41,9 +44,18 @@ fn history_and_snapshots_through_the_c_abi() {
     let bytes = std::fs::read(dir.join("s.pickle")).unwrap();
     assert_eq!(bytes.len() as i64, written);
     let value = pickle::read(&bytes).unwrap();
-    let events = value.get("device_traces").unwrap().as_list().unwrap()[0].as_list().unwrap();
-    let first_alloc = events.iter().find(|e| e.get("action").unwrap().as_str() == Some("alloc"));
-    let frames = first_alloc.unwrap().get("frames").unwrap().as_list().unwrap();
+    let events = value.get("device_traces").unwrap().as_list().unwrap()[0]
+        .as_list()
+        .unwrap();
+    let first_alloc = events
+        .iter()
+        .find(|e| e.get("action").unwrap().as_str() == Some("alloc"));
+    let frames = first_alloc
+        .unwrap()
+        .get("frames")
+        .unwrap()
+        .as_list()
+        .unwrap();
     assert_eq!(frames[0].get("name").unwrap().as_str(), Some("step 1"));
 
     // SAFETY: valid C strings.
@@ -63,13 +75,20 @@ fn history_and_snapshots_through_the_c_abi() {
     assert_eq!(unsafe { graphalloc_snapshot_pickle(bad.as_ptr()) }, -1);
     let not_utf8 = CString::new(vec![0xff, 0xfe]).unwrap();
     // SAFETY: a valid C string.
-    assert_eq!(unsafe { graphalloc_history_set_context(not_utf8.as_ptr()) }, -1);
+    assert_eq!(
+        unsafe { graphalloc_history_set_context(not_utf8.as_ptr()) },
+        -1
+    );
 
     assert_eq!(graphalloc_history_stop(), 0);
     let before = graphalloc_history_len();
     let q = graphalloc_malloc(4096, 0, null_mut());
     graphalloc_free(q, 4096, 0, null_mut());
-    assert_eq!(graphalloc_history_len(), before, "stopped: nothing recorded");
+    assert_eq!(
+        graphalloc_history_len(),
+        before,
+        "stopped: nothing recorded"
+    );
     assert_eq!(graphalloc_history_set_backtraces(0), 0);
     assert_eq!(graphalloc_history_clear(), 0);
     assert_eq!(graphalloc_history_len(), 0);

@@ -36,7 +36,10 @@ fn assert_consistent(alloc: &Allocator, snap: &Snapshot) {
         assert_eq!(at - s.address, s.total_size as u64);
     }
     assert_eq!(snap.reserved_bytes(), total.reserved_bytes);
-    assert_eq!(snap.bytes_in(BlockState::ActiveAllocated), total.allocated_bytes);
+    assert_eq!(
+        snap.bytes_in(BlockState::ActiveAllocated),
+        total.allocated_bytes
+    );
     let requested: usize = snap
         .segments
         .iter()
@@ -81,7 +84,10 @@ fn snapshots_agree_with_stats_for_plain_and_expandable_segments() {
         assert_consistent(&alloc, &snap);
         assert!(snap.bytes_in(BlockState::ActivePendingFree) >= 2 * MIB);
         let pooled = snap.segments.iter().filter(|s| s.pool == Some(pool.id()));
-        assert_eq!(pooled.map(|s| s.total_size).sum::<usize>(), alloc.stats().pools.reserved_bytes);
+        assert_eq!(
+            pooled.map(|s| s.total_size).sum::<usize>(),
+            alloc.stats().pools.reserved_bytes
+        );
         assert!(snap.segments.iter().any(|s| s.small) && snap.segments.iter().any(|s| !s.small));
         assert_eq!(snap.segments.iter().any(|s| s.expandable), expandable);
         alloc.free(in_pool).unwrap();
@@ -112,14 +118,25 @@ fn history_records_allocations_frees_and_segments_in_order() {
         [Action::FreeCompleted, Action::SegmentFree]
     );
     let h = alloc.history();
-    assert_eq!((h[1].addr, h[1].size, h[1].stream, h[1].pool), (p.addr(), 3 * MIB, a, None));
+    assert_eq!(
+        (h[1].addr, h[1].size, h[1].stream, h[1].pool),
+        (p.addr(), 3 * MIB, a, None)
+    );
     assert_eq!((h[2].addr, h[2].size), (p.addr(), 3 * MIB));
-    assert_eq!(h[0].addr, h[4].addr, "the segment reserved is the one released");
-    assert!(h.windows(2).all(|w| w[0].seq < w[1].seq && w[0].time_us <= w[1].time_us));
+    assert_eq!(
+        h[0].addr, h[4].addr,
+        "the segment reserved is the one released"
+    );
+    assert!(h
+        .windows(2)
+        .all(|w| w[0].seq < w[1].seq && w[0].time_us <= w[1].time_us));
 
     // A graph pool's blocks name their pool; stopping keeps what was recorded.
     let pool = alloc.create_pool();
-    let q = alloc.with_graph_mode(&pool, || alloc.allocate(4096, 512)).unwrap().unwrap();
+    let q = alloc
+        .with_graph_mode(&pool, || alloc.allocate(4096, 512))
+        .unwrap()
+        .unwrap();
     let last = alloc.history().last().cloned().unwrap();
     assert_eq!((last.action, last.pool), (Action::Alloc, Some(pool.id())));
     alloc.stop_history();
@@ -137,8 +154,16 @@ fn expandable_segments_record_maps_and_unmaps() {
     alloc.free(p).unwrap();
     alloc.empty_cache().unwrap();
     let h = alloc.history();
-    let mapped: usize = h.iter().filter(|e| e.action == Action::SegmentMap).map(|e| e.size).sum();
-    let unmapped: usize = h.iter().filter(|e| e.action == Action::SegmentUnmap).map(|e| e.size).sum();
+    let mapped: usize = h
+        .iter()
+        .filter(|e| e.action == Action::SegmentMap)
+        .map(|e| e.size)
+        .sum();
+    let unmapped: usize = h
+        .iter()
+        .filter(|e| e.action == Action::SegmentUnmap)
+        .map(|e| e.size)
+        .sum();
     assert!(mapped >= 30 * MIB, "{h:?}");
     assert_eq!(mapped, unmapped);
 }
@@ -148,8 +173,15 @@ fn out_of_memory_is_recorded() {
     let (_host, alloc) = host(64 * MIB, false);
     alloc.record_history(100).unwrap();
     let p = alloc.allocate(40 * MIB, 512).unwrap();
-    assert!(matches!(alloc.allocate(40 * MIB, 512), Err(Error::OutOfMemory { .. })));
-    let oom: Vec<_> = alloc.history().into_iter().filter(|e| e.action == Action::Oom).collect();
+    assert!(matches!(
+        alloc.allocate(40 * MIB, 512),
+        Err(Error::OutOfMemory { .. })
+    ));
+    let oom: Vec<_> = alloc
+        .history()
+        .into_iter()
+        .filter(|e| e.action == Action::Oom)
+        .collect();
     assert_eq!(oom.len(), 1);
     assert_eq!(oom[0].size, 40 * MIB);
     alloc.free(p).unwrap();
@@ -168,7 +200,9 @@ fn the_history_config_key_records_from_the_start_and_bounds_the_ring() {
     assert!(h.windows(2).all(|w| w[1].seq == w[0].seq + 1));
     assert_eq!(alloc.snapshot().dropped_events, h[0].seq);
     for bad in [0, graphalloc::history::MAX_HISTORY + 1] {
-        assert!(matches!(alloc.record_history(bad), Err(Error::Config { key, .. }) if key == "history"));
+        assert!(
+            matches!(alloc.record_history(bad), Err(Error::Config { key, .. }) if key == "history")
+        );
     }
 }
 
@@ -181,12 +215,29 @@ fn context_strings_ride_along_as_frames() {
     graphalloc::history::set_context(None);
     alloc.free(p).unwrap();
     let value = alloc.snapshot().to_value();
-    let trace = value.get("device_traces").unwrap().as_list().unwrap()[0].as_list().unwrap();
-    let alloc_event = trace.iter().find(|e| e.get("action").unwrap().as_str() == Some("alloc"));
-    let frames = alloc_event.unwrap().get("frames").unwrap().as_list().unwrap();
+    let trace = value.get("device_traces").unwrap().as_list().unwrap()[0]
+        .as_list()
+        .unwrap();
+    let alloc_event = trace
+        .iter()
+        .find(|e| e.get("action").unwrap().as_str() == Some("alloc"));
+    let frames = alloc_event
+        .unwrap()
+        .get("frames")
+        .unwrap()
+        .as_list()
+        .unwrap();
     assert_eq!(frames[0].get("name").unwrap().as_str(), Some("forward"));
-    let free = trace.iter().find(|e| e.get("action").unwrap().as_str() == Some("free_requested"));
-    assert!(free.unwrap().get("frames").unwrap().as_list().unwrap().is_empty());
+    let free = trace
+        .iter()
+        .find(|e| e.get("action").unwrap().as_str() == Some("free_requested"));
+    assert!(free
+        .unwrap()
+        .get("frames")
+        .unwrap()
+        .as_list()
+        .unwrap()
+        .is_empty());
 }
 
 /// Writes a snapshot with a little of everything.
@@ -194,7 +245,9 @@ fn busy_snapshot() -> (Allocator, Snapshot) {
     let (host, alloc) = host(256 * MIB, true);
     alloc.record_history(10_000).unwrap();
     let s = host.create_stream();
-    let keep: Vec<_> = (1..30).map(|i| alloc.allocate(i * 70_000, 512).unwrap()).collect();
+    let keep: Vec<_> = (1..30)
+        .map(|i| alloc.allocate(i * 70_000, 512).unwrap())
+        .collect();
     let p = alloc.allocate_on(0, s, 3 * MIB, 512).unwrap();
     alloc.record_stream(p, 0).unwrap();
     alloc.free(p).unwrap();
@@ -214,12 +267,31 @@ fn the_pickle_round_trips_with_pytorchs_keys() {
     let segments = value.get("segments").unwrap().as_list().unwrap();
     assert_eq!(segments.len(), snap.segments.len());
     for (seg, s) in segments.iter().zip(&snap.segments) {
-        for key in ["device", "address", "total_size", "allocated_size", "active_size", "requested_size", "stream", "segment_type", "segment_pool_id", "is_expandable", "frames", "blocks"] {
+        for key in [
+            "device",
+            "address",
+            "total_size",
+            "allocated_size",
+            "active_size",
+            "requested_size",
+            "stream",
+            "segment_type",
+            "segment_pool_id",
+            "is_expandable",
+            "frames",
+            "blocks",
+        ] {
             assert!(seg.get(key).is_some(), "segment key {key}");
         }
-        assert_eq!(seg.get("total_size").unwrap().as_int(), Some(s.total_size as i128));
+        assert_eq!(
+            seg.get("total_size").unwrap().as_int(),
+            Some(s.total_size as i128)
+        );
         let blocks = seg.get("blocks").unwrap().as_list().unwrap();
-        let sum: i128 = blocks.iter().map(|b| b.get("size").unwrap().as_int().unwrap()).sum();
+        let sum: i128 = blocks
+            .iter()
+            .map(|b| b.get("size").unwrap().as_int().unwrap())
+            .sum();
         assert_eq!(sum, s.total_size as i128);
     }
     let traces = value.get("device_traces").unwrap().as_list().unwrap();
@@ -258,11 +330,23 @@ for trace in d['device_traces']:
         n += 1
 print(len(d['segments']), n)
 "#;
-    match std::process::Command::new("python3").arg("-c").arg(script).arg(&path).output() {
+    match std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+    {
         Ok(out) => {
-            assert!(out.status.success(), "python3: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "python3: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let text = String::from_utf8_lossy(&out.stdout);
-            assert_eq!(text.trim(), format!("{} {}", snap.segments.len(), snap.history.len()));
+            assert_eq!(
+                text.trim(),
+                format!("{} {}", snap.segments.len(), snap.history.len())
+            );
         }
         Err(e) => eprintln!("SKIPPED the python3 check: python3 not runnable here ({e})"),
     }
@@ -317,7 +401,10 @@ fn threads_record_every_event_once_and_the_ring_stays_bounded() {
             assert_eq!(count(Action::FreeCompleted), threads * per);
             // Every event was caused by a worker thread, which set its context.
             let context = |e: &graphalloc::history::HistoryEvent| {
-                e.extra.as_ref().and_then(|x| x.context.clone()).unwrap_or_default()
+                e.extra
+                    .as_ref()
+                    .and_then(|x| x.context.clone())
+                    .unwrap_or_default()
             };
             assert!(h.iter().all(|e| context(e).starts_with("thread ")));
         } else {
@@ -328,7 +415,10 @@ fn threads_record_every_event_once_and_the_ring_stays_bounded() {
 
 #[test]
 fn a_recorded_replay_replays_to_the_same_events_and_peak() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/traces/resnet50_train.trace.gz");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/traces/resnet50_train.trace.gz"
+    );
     let trace = Trace::from_path(path).unwrap();
     let peak = |trace: &Trace, history: bool| {
         let alloc = Allocator::new(Config::host(80 << 30)).unwrap();

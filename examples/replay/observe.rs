@@ -39,7 +39,11 @@ pub fn observe(path: &Path, config: &Config, out: &Outputs) -> Result<(), Box<dy
     let trace = Trace::from_path(path)?;
     // Each event makes at most an allocation or free request, a completion,
     // and a few segment or mapping events.
-    let capacity = trace.len().saturating_mul(4).saturating_add(10_000).min(MAX_HISTORY);
+    let capacity = trace
+        .len()
+        .saturating_mul(4)
+        .saturating_add(10_000)
+        .min(MAX_HISTORY);
     let recorded = |snapshot_at: Option<usize>| -> Result<_, Box<dyn Error>> {
         let alloc = Allocator::new(config.clone())?;
         alloc.record_history(capacity)?;
@@ -75,7 +79,11 @@ pub fn observe(path: &Path, config: &Config, out: &Outputs) -> Result<(), Box<dy
             file.display(),
             again.len(),
             trace.len(),
-            if again.len() == trace.len() { ", same" } else { ", DIFFERENT" }
+            if again.len() == trace.len() {
+                ", same"
+            } else {
+                ", DIFFERENT"
+            }
         );
     }
     if let Some(file) = &out.snapshot {
@@ -127,7 +135,9 @@ pub fn compare(
         let report = replay(&trace, options, || Allocator::new(config.clone()), |_| {})?;
         rows.push((setting, report));
     }
-    let base = rows.first().map_or(1.0, |r| r.1.peak_reserved.max(1) as f64);
+    let base = rows
+        .first()
+        .map_or(1.0, |r| r.1.peak_reserved.max(1) as f64);
     if json {
         for (setting, r) in &rows {
             println!(
@@ -162,7 +172,8 @@ pub fn compare(
             "  {:<width$}  {:>9.1}  {:>9}  {:>13}  {:>7.4}  {:>10.3}  {:>6}  {:>6}",
             setting,
             r.ns_per_event,
-            r.warm_ns_per_event.map_or("-".into(), |w| format!("{w:.1}")),
+            r.warm_ns_per_event
+                .map_or("-".into(), |w| format!("{w:.1}")),
             super::gb(r.peak_reserved),
             r.ratio,
             r.peak_reserved as f64 / base,

@@ -107,7 +107,14 @@ impl Device {
     /// relaxed load otherwise). A pool's events name pool 0 ("a graph
     /// pool"): the device does not know which.
     #[inline]
-    pub(crate) fn note(&self, action: Action, side: Side, stream: StreamTag, size: usize, addr: u64) {
+    pub(crate) fn note(
+        &self,
+        action: Action,
+        side: Side,
+        stream: StreamTag,
+        size: usize,
+        addr: u64,
+    ) {
         if self.history.on() {
             let pool = (side == Side::Pools).then_some(0);
             self.history

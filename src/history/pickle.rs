@@ -143,7 +143,8 @@ fn put(out: &mut Vec<u8>, value: &Value) {
                 let mut bytes = n.to_le_bytes().to_vec();
                 while bytes.len() > 1 {
                     let (last, prev) = (bytes[bytes.len() - 1], bytes[bytes.len() - 2]);
-                    let redundant = (last == 0 && prev & 0x80 == 0) || (last == 0xff && prev & 0x80 != 0);
+                    let redundant =
+                        (last == 0 && prev & 0x80 == 0) || (last == 0xff && prev & 0x80 != 0);
                     if !redundant {
                         break;
                     }
@@ -229,7 +230,9 @@ pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
             NEWFALSE => stack.push(Value::Bool(false)),
             BININT => {
                 let b = take(&mut at, 4)?;
-                stack.push(Value::Int(i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into()));
+                stack.push(Value::Int(
+                    i32::from_le_bytes([b[0], b[1], b[2], b[3]]).into(),
+                ));
             }
             LONG1 => {
                 let n = take(&mut at, 1)?[0] as usize;
@@ -237,14 +240,20 @@ pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
                 if n > 16 {
                     return Err(err(at, "integer too long"));
                 }
-                let fill = if b.last().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 };
+                let fill = if b.last().is_some_and(|x| x & 0x80 != 0) {
+                    0xff
+                } else {
+                    0
+                };
                 let mut full = [fill; 16];
                 full[..n].copy_from_slice(b);
                 stack.push(Value::Int(i128::from_le_bytes(full)));
             }
             BINFLOAT => {
                 let b = take(&mut at, 8)?;
-                stack.push(Value::Float(f64::from_be_bytes(b.try_into().unwrap_or([0; 8]))));
+                stack.push(Value::Float(f64::from_be_bytes(
+                    b.try_into().unwrap_or([0; 8]),
+                )));
             }
             BINUNICODE => {
                 let b = take(&mut at, 4)?;

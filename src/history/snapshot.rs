@@ -124,7 +124,14 @@ impl History {
                 Owner::Pool(p) => Some(p.id),
             };
             let (device, stream) = (record.device(), record.stream);
-            self.record(Action::FreeRequested, device, stream, record.requested, ptr, pool);
+            self.record(
+                Action::FreeRequested,
+                device,
+                stream,
+                record.requested,
+                ptr,
+                pool,
+            );
         }
     }
 }
@@ -332,7 +339,10 @@ impl Snapshot {
                     ),
                     ("requested_size", requested.into()),
                     ("stream", s.stream.into()),
-                    ("segment_type", if s.small { "small" } else { "large" }.into()),
+                    (
+                        "segment_type",
+                        if s.small { "small" } else { "large" }.into(),
+                    ),
                     (
                         "segment_pool_id",
                         Value::List(vec![0u64.into(), s.pool.unwrap_or(0).into()]),

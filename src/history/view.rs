@@ -27,7 +27,9 @@ fn mib(bytes: f64) -> String {
 }
 
 fn esc(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 impl Snapshot {
@@ -104,7 +106,12 @@ impl Snapshot {
             h.push_str("<text x=\"0\" y=\"20\">No history recorded (GRAPHALLOC_CONF=history:N or record_history).</text>\n");
             return;
         }
-        let top = series.iter().map(|p| p.1.max(p.2)).max().unwrap_or(1).max(1) as f64;
+        let top = series
+            .iter()
+            .map(|p| p.1.max(p.2))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
         let step = series.len().div_ceil(MAX_POINTS).max(1);
         let n = (series.len() - 1).max(1) as f64;
         let (x0, x1, y0, y1) = (70.0, WIDTH - 10.0, 10.0, CHART - 30.0);
