@@ -8,10 +8,10 @@
 //! that would record costs one relaxed atomic load.
 //!
 //! The ring itself (this file) imports nothing above the ground layer, so the
-//! device code below the pools records into it; [`snapshot`] (the front
+//! device code below the pools records into it; `snapshot.rs` (the front
 //! layer) reads it with the segments into a [`Snapshot`], written in
 //! PyTorch's memory snapshot format ([`pickle`]), as a page of its own
-//! ([`view`]), or as a replay trace.
+//! (`view.rs`), or as a replay trace.
 
 pub mod pickle;
 pub(crate) mod snapshot;

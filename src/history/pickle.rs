@@ -1,7 +1,7 @@
 //! A small Python pickle writer and reader: the subset of protocol 2 that
 //! a memory snapshot needs (dicts with string keys, lists, strings,
-//! integers, floats, booleans and `None`). What [`write`] produces loads
-//! with Python's `pickle.load`; [`read`] reads it back (and nothing else).
+//! integers, floats, booleans and `None`). What [`write()`] produces loads
+//! with Python's `pickle.load`; [`read()`] reads it back (and nothing else).
 
 use std::collections::BTreeMap;
 
@@ -187,7 +187,7 @@ fn put(out: &mut Vec<u8>, value: &Value) {
     }
 }
 
-/// Why [`read`] failed.
+/// Why [`read()`] failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a snapshot pickle: {reason} at byte {at}")]
 pub struct PickleError {
@@ -197,7 +197,7 @@ pub struct PickleError {
     pub reason: &'static str,
 }
 
-/// Reads a pickle [`write`] made (the same opcode subset).
+/// Reads a pickle [`write()`] made (the same opcode subset).
 pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
     let mut stack: Vec<Value> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
