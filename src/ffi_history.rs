@@ -98,6 +98,24 @@ pub unsafe extern "C" fn graphalloc_history_set_context(context: *const c_char) 
     })
 }
 
+/// Writes what `make` returns to `path`; returns the bytes written.
+///
+/// # Safety
+/// `path` is a NUL-terminated string valid for the call.
+unsafe fn write_snapshot(
+    name: &str,
+    path: *const c_char,
+    make: impl FnOnce(&crate::history::Snapshot) -> Vec<u8>,
+) -> i64 {
+    ffi_call(name, -1, Log::Quiet, || {
+        // SAFETY: the caller's contract, passed on.
+        let path = unsafe { path_arg(path) }?;
+        let bytes = make(&allocator()?.snapshot());
+        std::fs::write(path, &bytes).map_err(|e| format!("cannot write {path}: {e}"))?;
+        Ok(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
+    })
+}
+
 /// Writes a snapshot of every segment and block, with the history, to
 /// `path` in PyTorch's memory snapshot format (a pickle, as
 /// `torch.cuda.memory._dump_snapshot` writes). Returns the bytes written,
@@ -107,13 +125,8 @@ pub unsafe extern "C" fn graphalloc_history_set_context(context: *const c_char) 
 /// `path` is a NUL-terminated string valid for the call.
 #[no_mangle]
 pub unsafe extern "C" fn graphalloc_snapshot_pickle(path: *const c_char) -> i64 {
-    ffi_call("graphalloc_snapshot_pickle", -1, Log::Quiet, || {
-        // SAFETY: the caller's contract, passed on.
-        let path = unsafe { path_arg(path) }?;
-        let bytes = allocator()?.snapshot().to_pickle();
-        std::fs::write(path, &bytes).map_err(|e| format!("cannot write {path}: {e}"))?;
-        Ok(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
-    })
+    // SAFETY: the caller's contract, passed on.
+    unsafe { write_snapshot("graphalloc_snapshot_pickle", path, |s| s.to_pickle()) }
 }
 
 /// Writes a snapshot as a self-contained HTML page (reserved and allocated
@@ -124,13 +137,12 @@ pub unsafe extern "C" fn graphalloc_snapshot_pickle(path: *const c_char) -> i64 
 /// `path` is a NUL-terminated string valid for the call.
 #[no_mangle]
 pub unsafe extern "C" fn graphalloc_snapshot_html(path: *const c_char) -> i64 {
-    ffi_call("graphalloc_snapshot_html", -1, Log::Quiet, || {
-        // SAFETY: the caller's contract, passed on.
-        let path = unsafe { path_arg(path) }?;
-        let html = allocator()?.snapshot().to_html();
-        std::fs::write(path, &html).map_err(|e| format!("cannot write {path}: {e}"))?;
-        Ok(i64::try_from(html.len()).unwrap_or(i64::MAX))
-    })
+    // SAFETY: the caller's contract, passed on.
+    unsafe {
+        write_snapshot("graphalloc_snapshot_html", path, |s| {
+            s.to_html().into_bytes()
+        })
+    }
 }
 
 /// Writes the history's allocations and free requests as a replay trace

@@ -282,29 +282,9 @@ def empty_cache() -> int:
     return int(released)
 
 
-# The memory history and snapshots (imported last: the module uses the above).
-from .history import (  # noqa: E402
-    clear_history,
-    context,
-    dump_html,
-    dump_snapshot,
-    history_length,
-    record_history,
-    set_context,
-    snapshot,
-    stop_history,
-    write_trace,
-)
 
-__all__ += [
-    "record_history",
-    "stop_history",
-    "clear_history",
-    "history_length",
-    "set_context",
-    "context",
-    "snapshot",
-    "dump_snapshot",
-    "dump_html",
-    "write_trace",
-]
+# The memory history and snapshots (imported last: the module uses the above).
+from . import history as _history  # noqa: E402
+from .history import *  # noqa: E402,F401,F403
+
+__all__ += _history.__all__

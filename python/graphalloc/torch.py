@@ -55,17 +55,8 @@ from . import (
     reset_peak_stats,
     stats,
 )
-from .history import (
-    clear_history,
-    context,
-    dump_html,
-    dump_snapshot,
-    record_history,
-    set_context,
-    snapshot,
-    stop_history,
-    write_trace,
-)
+from . import history as _history
+from .history import *  # noqa: F401,F403
 
 __all__ = [
     "use",
@@ -88,16 +79,7 @@ __all__ = [
     "PlannedPool",
     "planned_graph",
     "GraphallocError",
-    "record_history",
-    "stop_history",
-    "clear_history",
-    "set_context",
-    "context",
-    "snapshot",
-    "dump_snapshot",
-    "dump_html",
-    "write_trace",
-]
+] + _history.__all__
 
 _torch_allocator = None  # keeps PyTorch's CUDAPluggableAllocator object alive
 _lib_path: Optional[str] = None

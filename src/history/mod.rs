@@ -208,7 +208,6 @@ impl History {
 
     /// Records an event if recording is on: a relaxed load otherwise.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         action: Action,
@@ -219,51 +218,44 @@ impl History {
         pool: Option<u64>,
     ) {
         if self.on() {
-            self.push(action, device, stream, size, addr, pool);
+            self.push(HistoryEvent {
+                seq: 0,
+                action,
+                time_us: 0,
+                device,
+                stream,
+                size,
+                addr,
+                pool,
+                extra: None,
+            });
         }
     }
 
+    /// Stamps `event` (number, time, context, backtrace) and keeps it.
     #[cold]
     #[inline(never)]
-    fn push(
-        &self,
-        action: Action,
-        device: usize,
-        stream: u64,
-        size: usize,
-        addr: u64,
-        pool: Option<u64>,
-    ) {
+    fn push(&self, mut event: HistoryEvent) {
         let context = context();
         let backtrace = self
             .backtraces
             .load(Ordering::Relaxed)
             .then(|| std::backtrace::Backtrace::force_capture().to_string());
-        let extra = (context.is_some() || backtrace.is_some())
+        event.extra = (context.is_some() || backtrace.is_some())
             .then(|| std::sync::Arc::new(EventContext { context, backtrace }));
-        let time_us = now_us();
+        event.time_us = now_us();
         let mut ring = self.ring.lock();
         // Stopped while this thread was on its way here: drop the event.
         if ring.capacity == 0 || !self.on() {
             return;
         }
-        let seq = ring.next_seq;
+        event.seq = ring.next_seq;
         ring.next_seq += 1;
         if ring.events.len() == ring.capacity {
             ring.events.pop_front();
             ring.dropped += 1;
         }
-        ring.events.push_back(HistoryEvent {
-            seq,
-            action,
-            time_us,
-            device,
-            stream,
-            size,
-            addr,
-            pool,
-            extra,
-        });
+        ring.events.push_back(event);
     }
 }
 
