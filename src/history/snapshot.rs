@@ -198,8 +198,12 @@ impl Allocator {
     /// alloc.free(p)?;
     /// alloc.stop_history();
     /// let actions: Vec<Action> = alloc.history().iter().map(|e| e.action).collect();
-    /// assert_eq!(actions[0], Action::SegmentAlloc); // (or SegmentMap, expandable)
-    /// assert!(actions.contains(&Action::FreeCompleted));
+    /// // Pages mapped into an expandable segment (the default), the block
+    /// // handed out, its free requested and completed.
+    /// assert_eq!(
+    ///     actions,
+    ///     [Action::SegmentMap, Action::Alloc, Action::FreeRequested, Action::FreeCompleted]
+    /// );
     /// # Ok::<(), graphalloc::Error>(())
     /// ```
     ///
