@@ -437,3 +437,35 @@ fn a_recorded_replay_replays_to_the_same_events_and_peak() {
     assert_eq!(recorded.peak_requested(), trace.peak_requested());
     assert_eq!(peak(&recorded, false).0, original_peak);
 }
+
+#[test]
+fn planned_pools_record_their_segments_and_blocks() {
+    let (_host, alloc) = host(256 * MIB, false);
+    let step = || {
+        let a = alloc.allocate(3 * MIB, 512).unwrap();
+        let b = alloc.allocate(MIB, 512).unwrap();
+        alloc.free(a).unwrap();
+        alloc.free(b).unwrap();
+    };
+    let ((), rec) = alloc.record(step);
+    alloc.record_history(100).unwrap();
+    let pool = alloc.create_planned_pool(&[&rec]).unwrap();
+    alloc.capture_planned(&pool, 0, step).unwrap();
+    let snap = alloc.snapshot();
+    assert_consistent(&alloc, &snap);
+    let h = alloc.history();
+    let reserved: Vec<_> = h
+        .iter()
+        .filter(|e| e.action == Action::SegmentAlloc)
+        .collect();
+    assert_eq!(reserved.len(), 1, "{h:?}");
+    assert_eq!((reserved[0].pool, reserved[0].size), (Some(0), 4 * MIB));
+    let allocs = h.iter().filter(|e| e.action == Action::Alloc);
+    assert!(allocs.clone().count() == 2 && allocs.clone().all(|e| e.pool == Some(pool.id())));
+    drop(pool);
+    let last = alloc.history().pop().unwrap();
+    assert_eq!(
+        (last.action, last.addr),
+        (Action::SegmentFree, reserved[0].addr)
+    );
+}
