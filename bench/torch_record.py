@@ -20,6 +20,11 @@ else .):
 With --replay PATH (the replay example's binary) it also runs that
 comparison and prints its table.
 
+Context strings are per thread: the allocations of `backward()`, which
+PyTorch's autograd engine makes on its own thread, carry none. The trace
+keeps each allocation's stream; this step runs on the default stream (tag 0),
+which the replay tool replays anywhere.
+
 Usage (GPU machine, graphalloc wheel installed or a checkout after
 `cargo build --release`):
     python3 bench/torch_record.py [--lib target/release/libgraphalloc.so]
