@@ -11,11 +11,22 @@
 //!   --no-warm    skip the warm passes
 //!   --json       one JSON object per trace per line on stdout
 //!   --svg FILE   draw allocated and reserved bytes over each trace into FILE
+//!   --snapshot FILE  write a memory snapshot at the peak of reserved bytes
+//!                (PyTorch's pickle format; FILE.html, FILE.svg: graphalloc's view)
+//!   --record FILE    record the replay's own history as a .trace.gz
+//!   --compare CONF...  replay under each GRAPHALLOC_CONF-style setting
+//!                (on top of GRAPHALLOC_CONF) and print one table
 //! ```
+//!
+//! With several traces, `--snapshot` and `--record` write one file per
+//! trace, the trace's name put before the file's extension.
 //!
 //! The backend is what `GRAPHALLOC_CONF` says (default `auto`: CUDA when a
 //! driver loads, else host memory); the first line of output names it (on
 //! stderr with `--json`, where every object carries a `backend` key too).
+
+#[path = "replay/observe.rs"]
+mod observe;
 
 use graphalloc::replay::{replay, ReplayOptions, ReplayReport, Series, Trace};
 use graphalloc::{Allocator, BackendKind, Config};
@@ -76,9 +87,13 @@ struct Args {
     warm: bool,
     json: bool,
     svg: Option<PathBuf>,
+    snapshot: Option<PathBuf>,
+    record: Option<PathBuf>,
+    compare: Vec<String>,
 }
 
-const USAGE: &str = "usage: replay [--runs N] [--no-warm] [--json] [--svg FILE] [TRACE...]";
+const USAGE: &str = "usage: replay [--runs N] [--no-warm] [--json] [--svg FILE] [--snapshot FILE] \
+                     [--record FILE] [--compare CONF CONF ... --] [TRACE...]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -87,6 +102,9 @@ fn parse_args() -> Result<Args, String> {
         warm: true,
         json: false,
         svg: None,
+        snapshot: None,
+        record: None,
+        compare: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -102,6 +120,26 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or_else(|| format!("--runs {n:?}: expected a positive whole number"))?;
             }
             "--svg" => args.svg = Some(it.next().ok_or("--svg needs a file name")?.into()),
+            "--snapshot" => {
+                args.snapshot = Some(it.next().ok_or("--snapshot needs a file name")?.into())
+            }
+            "--record" => args.record = Some(it.next().ok_or("--record needs a file name")?.into()),
+            "--compare" => {
+                // Settings up to `--` or the first argument that is a file.
+                for conf in it.by_ref() {
+                    if conf == "--" {
+                        break;
+                    }
+                    if std::path::Path::new(&conf).is_file() {
+                        args.traces.push(conf.into());
+                        break;
+                    }
+                    args.compare.push(conf);
+                }
+                if args.compare.is_empty() {
+                    return Err("--compare needs at least one setting".into());
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -158,7 +196,37 @@ fn main() -> ExitCode {
     };
     let mut reports = Vec::new();
     let mut failed = false;
+    if !args.compare.is_empty() {
+        for path in &args.traces {
+            if let Err(e) = observe::compare(path, &options, &config, &args.compare, args.json) {
+                eprintln!("replay: {}: {e}", path.display());
+                failed = true;
+            }
+        }
+        return if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
     for path in &args.traces {
+        if args.snapshot.is_some() || args.record.is_some() {
+            let many = args.traces.len() > 1;
+            let out = observe::Outputs {
+                snapshot: args
+                    .snapshot
+                    .as_deref()
+                    .map(|f| observe::per_trace(f, path, many)),
+                record: args
+                    .record
+                    .as_deref()
+                    .map(|f| observe::per_trace(f, path, many)),
+            };
+            if let Err(e) = observe::observe(path, &config, &out) {
+                eprintln!("replay: {}: {e}", path.display());
+                failed = true;
+            }
+        }
         match run_one(path, &options, &config) {
             Ok(report) => {
                 if args.json {

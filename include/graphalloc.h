@@ -269,6 +269,46 @@ int graphalloc_plan_start(uint64_t pool, size_t plan);
 /* Fills *out with a planned pool's figures. Returns 0, or -1. */
 int graphalloc_plan_stats(uint64_t pool, GraphallocPlanStats *out);
 
+/* ---- Memory history and snapshots --------------------------------------- */
+
+/* Starts (or resizes) the memory history: the last `capacity` events (1 to
+ * 2^26: allocations, free requests and completions, segment reserves and
+ * releases, maps and unmaps, out-of-memory failures) are kept from now on,
+ * as GRAPHALLOC_CONF=history:N does from the start. Returns 0, or -1. */
+int graphalloc_history_start(size_t capacity);
+
+/* Stops recording; the events kept stay readable. Returns 0, or -1. */
+int graphalloc_history_stop(void);
+
+/* Forgets the events kept. Returns 0, or -1. */
+int graphalloc_history_clear(void);
+
+/* The number of events kept, or -1. */
+int64_t graphalloc_history_len(void);
+
+/* Whether each event captures a Rust backtrace (slow). Returns 0, or -1. */
+int graphalloc_history_set_backtraces(int enabled);
+
+/* Sets the calling thread's context string (copied; NULL clears it): every
+ * event the thread causes carries it, as a frame of PyTorch's snapshot
+ * format. Returns 0, or -1 (not UTF-8). */
+int graphalloc_history_set_context(const char *context);
+
+/* Writes a snapshot (every segment and block, plus the history) to `path`
+ * in PyTorch's memory snapshot pickle format, as
+ * torch.cuda.memory._dump_snapshot does: open it in PyTorch's memory viewer
+ * or with torch.cuda._memory_viz. Returns the bytes written, or -1. */
+int64_t graphalloc_snapshot_pickle(const char *path);
+
+/* Writes a snapshot as a self-contained HTML page. Returns the bytes
+ * written, or -1. */
+int64_t graphalloc_snapshot_html(const char *path);
+
+/* Writes the history's allocations and frees as a replay trace (gzip'd if
+ * `path` ends in .gz) for `replay --compare`. Returns the number of trace
+ * events, or -1. */
+int64_t graphalloc_history_write_trace(const char *path);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

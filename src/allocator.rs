@@ -12,6 +12,7 @@ use crate::device_ptr::DevicePtr;
 use crate::error::{Error, Result};
 use crate::graph_pool::record::Recorders;
 use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
+use crate::history::{Action, History};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Claim, Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
@@ -59,6 +60,8 @@ pub struct Allocator {
     streams: StreamRegistry,
     /// Out-of-memory observers (`oom.rs`).
     pub(crate) oom: crate::oom::Observers,
+    /// The memory history (`history.rs`), shared with the devices.
+    pub(crate) history: Arc<History>,
 }
 
 /// Maps a backend error about a stream argument to the allocator's error.
@@ -140,6 +143,7 @@ impl Allocator {
             _ => CachingSums::Gauged,
         };
         let book = Arc::new(StatsBook::new(sums));
+        let history = Arc::new(History::new(config.history, config.history_backtraces));
         let caches = backends
             .into_iter()
             .map(|b| {
@@ -148,6 +152,7 @@ impl Allocator {
                     book.clone(),
                     config.memory_fraction,
                     config.expandable_segments,
+                    history.clone(),
                 );
                 Arc::new(CachingAllocator::new(Arc::new(device), config.shards))
             })
@@ -164,6 +169,7 @@ impl Allocator {
             recorders: Recorders::new(),
             streams: StreamRegistry::new(),
             oom: Default::default(),
+            history,
         })
     }
 
@@ -320,6 +326,8 @@ impl Allocator {
             self.recorders
                 .on_alloc(device, stream, size, align, rounded, addr);
         }
+        self.history
+            .alloc(device, stream, size, addr, pool.as_deref());
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
             None => Owner::Cache { device, shard },
@@ -532,6 +540,14 @@ impl Allocator {
         owner: crate::OomOwner,
     ) -> Error {
         let report = crate::oom::gather(&self.caches[device], &self.pools, requested, owner);
+        self.history.record(
+            Action::Oom,
+            device,
+            0,
+            requested,
+            report.device_free as u64,
+            None,
+        );
         self.oom.notify(&report);
         report.into()
     }
@@ -579,6 +595,7 @@ impl Allocator {
         if self.recorders.any() {
             self.recorders.on_free(ptr.addr(), !uses.is_empty());
         }
+        self.history.free_requested(&record, ptr.addr());
         match &record.owner {
             Owner::Cache { device, shard } => {
                 self.caches[*device].free(*shard, block, requested, stream, uses)
@@ -730,6 +747,14 @@ impl Allocator {
             sum.add(&cache.device.mapping_stats());
         }
         sum
+    }
+
+    /// What a snapshot reads: the caching allocators, the ownership map
+    /// and the pool registry.
+    pub(crate) fn snapshot_parts(
+        &self,
+    ) -> (&[Arc<CachingAllocator>], &OwnershipMap, &PoolRegistry) {
+        (&self.caches, &self.ownership, &self.pools)
     }
 
     /// Statistics of one device's caching allocator.

@@ -34,6 +34,9 @@ pub(crate) use books::Books;
 pub(crate) use expandable::{Growth, IdleRun};
 
 mod place;
+mod walk;
+
+pub(crate) use walk::{WalkState, WalkedSegment};
 
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;

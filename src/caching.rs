@@ -15,7 +15,7 @@
 //! others until it is released (out of memory releases every shard's idle
 //! segments before failing).
 
-use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag};
+use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag, WalkedSegment};
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
 use crate::stats::{PoolStats, Side};
@@ -129,7 +129,7 @@ impl CachingAllocator {
         let mut first_error = None;
         for shard in self.shards.iter() {
             let mut arena = shard.lock();
-            if let Err(e) = self.device.settle(&mut arena, true) {
+            if let Err(e) = self.device.settle(&mut arena, Side::Caching, true) {
                 first_error.get_or_insert(e);
             }
             match self.device.release_idle(&mut arena, Side::Caching) {
@@ -177,9 +177,14 @@ impl CachingAllocator {
     pub(crate) fn release_all(&self) {
         for shard in self.shards.iter() {
             let mut arena = shard.lock();
-            let _ = self.device.settle(&mut arena, true);
+            let _ = self.device.settle(&mut arena, Side::Caching, true);
             let _ = self.device.release_all(&mut arena, Side::Caching);
         }
+    }
+
+    /// Every segment of every shard with its blocks (for snapshots).
+    pub(crate) fn walk(&self) -> Vec<WalkedSegment> {
+        self.shards.iter().flat_map(|s| s.lock().walk()).collect()
     }
 
     pub(crate) fn reset_peaks(&self) {

@@ -11,6 +11,8 @@
 //! | `memory_fraction` | fraction of each device's total memory graphalloc may reserve, in (0, 1] | `1` |
 //! | `expandable_segments` | `true`/`false`: cache blocks from address ranges (one per stream and size class) with memory mapped in as needed; `false`: plain segments, like PyTorch's default | `true` |
 //! | `shards` | arenas per device cache, 1 to 64: more let threads allocate without meeting on one lock, and peaks become sums of per-shard peaks (upper bounds) | `1` |
+//! | `history` | events the memory history keeps (0: off), 0 to 2^26; see [`crate::Allocator::record_history`] | `0` |
+//! | `history_backtraces` | `true`/`false`: each history event captures a Rust backtrace (slow; for debugging) | `false` |
 //!
 //! A malformed or out-of-range value is an [`Error::Config`] naming the key;
 //! an unknown key, and a key given twice, are one too. Nothing falls back to
@@ -66,6 +68,11 @@ pub struct Config {
     /// budget, the device limit, or on `empty_cache` (see the README). Like
     /// PyTorch's `expandable_segments:True`; `false` keeps plain segments.
     pub expandable_segments: bool,
+    /// Events the memory history keeps from the start (0: not recording);
+    /// see [`crate::Allocator::record_history`].
+    pub history: usize,
+    /// Whether each history event captures a Rust backtrace.
+    pub history_backtraces: bool,
 }
 
 impl Default for Config {
@@ -77,6 +84,8 @@ impl Default for Config {
             memory_fraction: 1.0,
             shards: 1,
             expandable_segments: true,
+            history: 0,
+            history_backtraces: false,
         }
     }
 }
@@ -167,11 +176,21 @@ impl Config {
                     .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
             }
             "expandable_segments" => {
-                self.expandable_segments = match value.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" => false,
-                    _ => return Err(bad("expected true or false")),
-                }
+                self.expandable_segments =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false"))?
+            }
+            "history_backtraces" => {
+                self.history_backtraces =
+                    parse_bool(value).ok_or_else(|| bad("expected true or false"))?
+            }
+            "history" => {
+                self.history = value
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= crate::history::MAX_HISTORY)
+                    .ok_or_else(|| {
+                        bad("expected a whole number of events from 0 (off) to 67108864")
+                    })?
             }
             "shards" => {
                 self.shards = value
@@ -189,10 +208,19 @@ impl Config {
             }
             _ => return Err(bad(
                 "unknown key; known keys: backend, host_capacity, host_devices, memory_fraction, \
-                 shards, expandable_segments",
+                 shards, expandable_segments, history, history_backtraces",
             )),
         }
         Ok(())
+    }
+}
+
+/// Parses `true`/`1`/`yes` and `false`/`0`/`no`, in any case.
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
     }
 }
 
@@ -251,6 +279,14 @@ mod tests {
     }
 
     #[test]
+    fn history_keys_parse() {
+        let c = Config::parse("history:100000,history_backtraces:true").unwrap();
+        assert_eq!((c.history, c.history_backtraces), (100_000, true));
+        assert_eq!(Config::parse("history:0").unwrap().history, 0);
+        assert_eq!(Config::default().history, 0);
+    }
+
+    #[test]
     fn empty_text_is_the_default() {
         assert_eq!(Config::parse("").unwrap(), Config::default());
     }
@@ -277,6 +313,13 @@ mod tests {
             ("shards:0", "shards"),
             ("shards:65", "shards"),
             ("colour:blue", "colour"),
+            ("history:-1", "history"),
+            ("history:lots", "history"),
+            ("history:1e5", "history"),
+            ("history:67108865", "history"),
+            ("history:", "history"),
+            ("history:10,history:20", "history"),
+            ("history_backtraces:maybe", "history_backtraces"),
             ("backend", "backend"),
         ] {
             match Config::parse(text) {

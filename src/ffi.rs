@@ -65,6 +65,9 @@ pub mod plan;
 mod oom;
 pub use oom::{graphalloc_set_oom_observer, GraphallocOomObserver, GraphallocOomReport};
 
+#[path = "ffi_history.rs"]
+pub mod history;
+
 /// The version of this C ABI, as [`graphalloc_abi_version`] reports it.
 /// Raised whenever a signature or a `#[repr(C)]` layout changes.
 pub const ABI_VERSION: u32 = 2;

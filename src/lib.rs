@@ -49,6 +49,7 @@ mod error;
 pub mod ffi;
 mod global;
 mod graph_pool;
+pub mod history;
 mod mode;
 mod oom;
 mod ownership;

@@ -36,7 +36,7 @@ pub(crate) struct Record {
 
 impl Record {
     /// The device the block is on.
-    fn device(&self) -> usize {
+    pub(crate) fn device(&self) -> usize {
         match &self.owner {
             Owner::Cache { device, .. } => *device,
             Owner::Pool(pool) => pool.device(),
@@ -128,6 +128,16 @@ impl OwnershipMap {
             named |= r.device() == device && (r.stream == stream || r.uses.contains(&stream));
         });
         named
+    }
+
+    /// Block address → (pointer handed out, bytes requested) of every live
+    /// pointer (slow: a copy of the map, for snapshots).
+    pub(crate) fn live_blocks(&self) -> std::collections::HashMap<u64, (u64, usize)> {
+        let mut out = std::collections::HashMap::new();
+        self.map.for_each(|&ptr, r| {
+            out.insert(r.block.addr(), (ptr, r.requested));
+        });
+        out
     }
 
     /// Forgets every live pointer (the allocator is going away).

@@ -370,3 +370,9 @@ def on_out_of_memory(observer: Optional[Callable[[dict], None]]) -> None:
     callback = _OOM_OBSERVER(trampoline)
     _oom_observers.append(callback)
     _check(lib.graphalloc_set_oom_observer(callback, None) == 0, "graphalloc_set_oom_observer")
+
+# The memory history and snapshots (imported last: the module uses the above).
+from . import history as _history  # noqa: E402
+from .history import *  # noqa: E402,F401,F403
+
+__all__ += _history.__all__

@@ -11,7 +11,10 @@ PyTorch's `torch.cuda.memory.CUDAPluggableAllocator`. With a pluggable
 allocator, PyTorch's own `torch.cuda.memory_stats()`,
 `reset_peak_memory_stats()` and `empty_cache()` do not reach the library: use
 `stats()`, `memory_stats()`, `reset_peak_stats()` and `empty_cache()` of this
-module instead.
+module instead. Likewise `torch.cuda.memory._record_memory_history()` and
+`_dump_snapshot()` see nothing: use `record_history(n)`, `dump_snapshot(path)`
+(the same pickle format, for PyTorch's memory viewer), `snapshot()`,
+`context(text)` and `write_trace(path)` (a trace for the replay tool).
 
 CUDA graphs: allocations on a stream being captured (`torch.cuda.graph`)
 land in a graph pool graphalloc makes for that capture; call
@@ -58,6 +61,8 @@ from . import (
     reset_peak_stats,
     stats,
 )
+from . import history as _history
+from .history import *  # noqa: F401,F403
 
 __all__ = [
     "use",
@@ -84,7 +89,7 @@ __all__ = [
     "first_difference",
     "PlannedGraph",
     "GraphallocError",
-]
+] + _history.__all__
 
 _torch_allocator = None  # keeps PyTorch's CUDAPluggableAllocator object alive
 _lib_path: Optional[str] = None

@@ -5,6 +5,7 @@
 use super::Device;
 use crate::arena::{Arena, BlockRef, Deferred, StreamTag};
 use crate::backend::{BackendError, CaptureStatus};
+use crate::history::Action;
 use crate::stats::Side;
 
 impl Device {
@@ -95,6 +96,7 @@ impl Device {
         if uses.is_empty() && !own_capturing {
             let size = arena.free(block, requested);
             self.freed(side, size);
+            self.note(Action::FreeCompleted, side, stream, size, block.addr());
             return;
         }
         let mut deferred = Deferred {
@@ -125,7 +127,12 @@ impl Device {
     /// whose capture has ended get their event now. With `wait`, blocks
     /// until every recorded event has completed (blocks whose stream is
     /// still being captured stay deferred: no wait can end a capture).
-    pub(crate) fn settle(&self, arena: &mut Arena, wait: bool) -> Result<(), BackendError> {
+    pub(crate) fn settle(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        wait: bool,
+    ) -> Result<(), BackendError> {
         let mut first_error = None;
         let mut i = 0;
         while i < arena.deferred.len() {
@@ -171,6 +178,10 @@ impl Device {
             d.events = pending;
             if d.events.is_empty() && d.unrecorded.is_empty() {
                 let done = arena.deferred.swap_remove(i);
+                if self.history.on() {
+                    let (size, stream) = arena.block_info(done.block);
+                    self.note(Action::FreeCompleted, side, stream, size, done.block.addr());
+                }
                 arena.complete_deferred(done.block);
             } else {
                 i += 1;

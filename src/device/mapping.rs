@@ -38,6 +38,7 @@
 use super::{Device, Shortfall};
 use crate::arena::{Arena, Carved, Class, Growth, IdleRun, StreamTag};
 use crate::backend::BackendError;
+use crate::history::Action;
 use crate::stats::Side;
 use crate::sync::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -210,6 +211,7 @@ impl Device {
         }
         arena.mark_mapped(&growth, &growth.units(MAX_UNIT));
         self.book.reserved(side, growth.len);
+        self.note(Action::SegmentMap, side, stream, growth.len, growth.addr);
         let carved = arena
             .try_alloc(stream, rounded, requested)
             .expect("the pages just mapped make room for the request");
@@ -315,6 +317,7 @@ impl Device {
             };
             if gone.len > 0 {
                 arena.mark_unmapped(&gone);
+                self.note(Action::SegmentUnmap, side, run.stream, gone.len, gone.addr);
                 self.reserved.fetch_sub(gone.len, Ordering::SeqCst);
                 self.book.released(side, gone.len);
                 unmapped += gone.len;

@@ -15,6 +15,7 @@ use crate::arena::{
     segment_size, tight_segment_size, Arena, Carved, Class, FreedSegment, StreamTag,
 };
 use crate::backend::{Backend, BackendError, LimitAdaptor, MemInfo};
+use crate::history::{Action, History};
 use crate::stats::{Side, StatsBook};
 use crate::sync::{Arc, AtomicUsize, Mutex, Ordering};
 
@@ -64,6 +65,8 @@ pub(crate) struct Device {
     events: Mutex<Vec<u64>>,
     /// Mapping calls made and the time spent in them.
     mapping: mapping::Counters,
+    /// The allocator's memory history, which the device's events go to.
+    history: Arc<History>,
 }
 
 impl Device {
@@ -72,6 +75,7 @@ impl Device {
         book: Arc<StatsBook>,
         memory_fraction: f64,
         expandable: bool,
+        history: Arc<History>,
     ) -> Self {
         let (backend, limiter) = if memory_fraction < 1.0 {
             let limiter =
@@ -95,6 +99,26 @@ impl Device {
             reserved: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
             mapping: mapping::Counters::default(),
+            history,
+        }
+    }
+
+    /// Records an event of this device in the history, if it records (one
+    /// relaxed load otherwise). A pool's events name pool 0 ("a graph
+    /// pool"): the device does not know which.
+    #[inline]
+    pub(crate) fn note(
+        &self,
+        action: Action,
+        side: Side,
+        stream: StreamTag,
+        size: usize,
+        addr: u64,
+    ) {
+        if self.history.on() {
+            let pool = (side == Side::Pools).then_some(0);
+            self.history
+                .record(action, self.ordinal(), stream, size, addr, pool);
         }
     }
 
@@ -156,7 +180,7 @@ impl Device {
     ) -> Result<Carved, Shortfall> {
         if !arena.deferred.is_empty() {
             // Best effort: a block whose events cannot be queried stays deferred.
-            let _ = self.settle(arena, false);
+            let _ = self.settle(arena, side, false);
         }
         if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
             // Blocks of expandable segments are carved from mapped memory only.
@@ -184,6 +208,7 @@ impl Device {
         };
         arena.add_segment(base, size, stream, Class::of(rounded));
         self.book.reserved(side, size);
+        self.note(Action::SegmentAlloc, side, stream, size, base);
         let carved = arena
             .try_alloc(stream, rounded, requested)
             .expect("a fresh segment of segment_size(rounded) fits the request");
@@ -250,14 +275,18 @@ impl Device {
                     if let Err(e) = self.backend.release(seg.base, seg.size) {
                         first_error.get_or_insert(e);
                     }
+                    self.note(Action::SegmentFree, side, seg.stream, seg.size, seg.base);
                     seg.size
                 }
                 Some(runs) => {
                     let mut all_unmapped = true;
                     for &(addr, len) in runs {
-                        if let Err(e) = self.unmap_pages(addr, len) {
-                            all_unmapped = false;
-                            first_error.get_or_insert(e);
+                        match self.unmap_pages(addr, len) {
+                            Ok(()) => self.note(Action::SegmentUnmap, side, seg.stream, len, addr),
+                            Err(e) => {
+                                all_unmapped = false;
+                                first_error.get_or_insert(e);
+                            }
                         }
                     }
                     // A range with pages still mapped cannot be freed.

@@ -6,7 +6,7 @@ pub(crate) mod plan;
 mod planner;
 pub(crate) mod record;
 
-use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag};
+use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag, WalkedSegment};
 use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
@@ -84,6 +84,16 @@ impl PoolRegistry {
         sum
     }
 
+    /// Each live pool's id, device, and segments with their blocks.
+    pub(crate) fn walk(&self) -> Vec<(u64, usize, Vec<WalkedSegment>)> {
+        let inner = self.inner.lock();
+        let mut out: Vec<_> = (inner.live.iter())
+            .map(|(id, (device, arena))| (*id, *device, arena.lock().walk()))
+            .collect();
+        out.sort_by_key(|p| p.0);
+        out
+    }
+
     /// What `addr` is in each live pool's arena.
     pub(crate) fn classify(&self, addr: u64) -> Vec<AddressKind> {
         let inner = self.inner.lock();
@@ -152,7 +162,7 @@ impl PoolCore {
         // them); what can go is the device cache's idle memory. Blocks of
         // the pool waiting for stream work may become reusable too.
         arena.stats.on_oom_retry();
-        let _ = device.settle(&mut arena, true);
+        let _ = device.settle(&mut arena, Side::Pools, true);
         let _ = self.cache.empty_cache();
         device.carve(&mut arena, Side::Pools, stream, rounded, requested)
     }
@@ -188,7 +198,7 @@ impl Drop for PoolCore {
             // goes with the pool. Deferred frees are waited for. Errors
             // cannot be reported from a drop; a segment whose release fails
             // is dropped from the books either way.
-            let _ = device.settle(&mut arena, true);
+            let _ = device.settle(&mut arena, Side::Pools, true);
             let _ = device.release_all(&mut arena, Side::Pools);
             arena.stats
         };

@@ -24,6 +24,7 @@ use crate::backend::BackendError;
 use crate::caching::CachingAllocator;
 use crate::device::{Device, Shortfall};
 use crate::error::{Error, Result};
+use crate::history::Action;
 use crate::stats::Side;
 
 /// What a planned pool reports about its plan and how its captures went.
@@ -181,7 +182,7 @@ impl PlanCursor {
             let want = entry.filter(|e| (e.stream, e.rounded, e.align) == (stream, rounded, align));
             if let Some(e) = want {
                 if !arena.deferred.is_empty() {
-                    let _ = device.settle(arena, false);
+                    let _ = device.settle(arena, Side::Pools, false);
                 }
                 let (segment, base) = self.bases[e.region];
                 if let Some(carved) =
@@ -264,10 +265,11 @@ fn reserve_region(
             }
             other => other,
         };
-        base.map_err(|e| match e {
-            Shortfall::Backend(e) => Error::Backend(e),
-            _ => oom(device.ordinal(), size),
-        })
+        base.inspect(|&base| device.note(Action::SegmentAlloc, Side::Pools, 0, size, base))
+            .map_err(|e| match e {
+                Shortfall::Backend(e) => Error::Backend(e),
+                _ => oom(device.ordinal(), size),
+            })
     };
     let give_back = |base: u64, size: usize| {
         let mut scratch = Arena::new();

@@ -171,6 +171,19 @@ impl<'t> Player<'t> {
         Ok(series)
     }
 
+    /// Runs every event once through `alloc`, untimed, calling
+    /// `after_event` with each event's 0-based index after it (to read
+    /// statistics or take a snapshot at a chosen event). Blocks left live by
+    /// an earlier pass are freed first.
+    pub fn play_observed(
+        &mut self,
+        alloc: &Allocator,
+        after_event: impl FnMut(usize),
+    ) -> Result<(), ReplayError> {
+        self.free_all(alloc)?;
+        self.run(alloc, after_event)
+    }
+
     /// The event loop of every pass: runs each event through `alloc`, then
     /// calls `after_event` with its 0-based index. The caller has freed what
     /// an earlier pass left live.
