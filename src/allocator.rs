@@ -5,7 +5,7 @@ use crate::arena::{round_size, tight_segment_size, AddressKind, BLOCK_ROUND, LAR
 use crate::backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend,
 };
-use crate::caching::CachingAllocator;
+use crate::caching::{CachingAllocator, Origin};
 use crate::config::{BackendChoice, Config};
 use crate::device::{Device, Shortfall};
 use crate::device_ptr::DevicePtr;
@@ -298,7 +298,9 @@ impl Allocator {
             None => self.pool_for_capture(device, stream)?,
         };
         let carved = match &pool {
-            Some(pool) => pool.allocate(stream, rounded, size, align).map(|c| (0, c)),
+            Some(pool) => pool
+                .allocate(stream, rounded, size, align)
+                .map(|c| (Origin::default(), c)),
             None => cache.allocate(stream, rounded, size),
         };
         let carved = carved.map_err(|shortfall| match shortfall {
@@ -306,7 +308,7 @@ impl Allocator {
             Shortfall::Backend(e) => Error::Backend(e),
             Shortfall::Exhausted => self.out_of_memory(device, size),
         })?;
-        let (shard, carved) = carved;
+        let (origin, carved) = carved;
         let addr = carved.block.addr().next_multiple_of(align as u64);
         if self.recorders.any() {
             self.recorders
@@ -314,16 +316,17 @@ impl Allocator {
         }
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
-            None => Owner::Cache { device, shard },
+            None => Owner::Cache { device, origin },
         };
         self.ownership.insert(
             addr,
             Record {
                 owner,
                 block: carved.block,
+                size: carved.size,
                 requested: size,
                 stream,
-                uses: Vec::new(),
+                uses: None,
                 held,
             },
         );
@@ -568,13 +571,13 @@ impl Allocator {
             Claim::NotLive => return Err(self.diagnose(ptr.addr())),
         };
         let (block, requested, stream, uses) =
-            (record.block, record.requested, record.stream, &record.uses);
+            (record.block, record.requested, record.stream, record.uses());
         if self.recorders.any() {
             self.recorders.on_free(ptr.addr(), !uses.is_empty());
         }
         match &record.owner {
-            Owner::Cache { device, shard } => {
-                self.caches[*device].free(*shard, block, requested, stream, uses)
+            Owner::Cache { device, origin } => {
+                self.caches[*device].free(*origin, block, record.size, requested, stream, uses)
             }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }

@@ -6,6 +6,7 @@
 //! pool's last handle was dropped.
 
 use crate::arena::BlockRef;
+use crate::caching::Origin;
 use crate::graph_pool::PoolCore;
 use crate::sync::{Arc, ConcurrentMap};
 
@@ -13,8 +14,8 @@ use crate::sync::{Arc, ConcurrentMap};
 #[derive(Debug, Clone)]
 pub(crate) enum Owner {
     /// The caching allocator of a device (index into the allocator's
-    /// devices), and the shard of it that handed the block out.
-    Cache { device: usize, shard: usize },
+    /// devices), and where in it the block came from.
+    Cache { device: usize, origin: Origin },
     /// A graph pool; holding the `Arc` keeps the pool's segments alive.
     Pool(Arc<PoolCore>),
 }
@@ -24,17 +25,26 @@ pub(crate) enum Owner {
 pub(crate) struct Record {
     pub(crate) owner: Owner,
     pub(crate) block: BlockRef,
+    /// The block's size.
+    pub(crate) size: usize,
     pub(crate) requested: usize,
     /// The stream the block was allocated on.
     pub(crate) stream: u64,
-    /// Other streams that used the block (`record_stream`).
-    pub(crate) uses: Vec<u64>,
+    /// Other streams that used the block (`record_stream`): boxed, as few
+    /// blocks have any, to keep the record (moved in and out of the map on
+    /// every allocation and free) small.
+    pub(crate) uses: Option<Box<Vec<u64>>>,
     /// Whether an owning handle (a `DeviceBuffer`) holds the block: then
     /// only that handle frees it ([`OwnershipMap::claim`] with `held`).
     pub(crate) held: bool,
 }
 
 impl Record {
+    /// The other streams that used the block.
+    pub(crate) fn uses(&self) -> &[u64] {
+        self.uses.as_deref().map_or(&[], Vec::as_slice)
+    }
+
     /// The device the block is on.
     fn device(&self) -> usize {
         match &self.owner {
@@ -95,8 +105,8 @@ impl OwnershipMap {
     pub(crate) fn add_use(&self, ptr: u64, stream: u64) -> bool {
         self.map
             .with_mut(&ptr, |r| {
-                if r.stream != stream && !r.uses.contains(&stream) {
-                    r.uses.push(stream);
+                if r.stream != stream && !r.uses().contains(&stream) {
+                    r.uses.get_or_insert_default().push(stream);
                 }
             })
             .is_some()
@@ -125,7 +135,7 @@ impl OwnershipMap {
     pub(crate) fn names_stream(&self, device: usize, stream: u64) -> bool {
         let mut named = false;
         self.map.for_each(|_, r| {
-            named |= r.device() == device && (r.stream == stream || r.uses.contains(&stream));
+            named |= r.device() == device && (r.stream == stream || r.uses().contains(&stream));
         });
         named
     }
