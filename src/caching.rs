@@ -121,13 +121,26 @@ impl CachingAllocator {
         requested: usize,
     ) -> Result<(Origin, Carved), Shortfall> {
         let hit = self.threads.with(
-            |local| {
-                let cached = local.take(stream, rounded)?;
-                local.counts.on_alloc(cached.size, requested);
-                Some((cached, local.id))
+            |local| match local.take(stream, rounded) {
+                Some(cached) => {
+                    local.counts.on_alloc(cached.size, requested);
+                    Ok((cached, local.id))
+                }
+                // A miss gives the thread's cached blocks back to the arena
+                // first, as a miss in the arena's quick bins merges them
+                // back: the arena then places the request as if no block
+                // had been cached.
+                None => Err(local.take_all()),
             },
             |orphans| self.flush(orphans),
         );
+        let hit = match hit {
+            Ok(hit) => Some(hit),
+            Err(own) => {
+                self.flush(own);
+                None
+            }
+        };
         if let Some((c, thread)) = hit {
             self.note_allocated(c.size);
             let carved = Carved {
@@ -243,6 +256,9 @@ impl CachingAllocator {
     /// block whose stream is being captured by now waits for the capture's
     /// end, as any free does).
     fn flush(&self, mut blocks: Vec<Cached>) {
+        if blocks.is_empty() {
+            return;
+        }
         blocks.sort_unstable_by_key(|c| c.shard);
         for chunk in blocks.chunk_by(|a, b| a.shard == b.shard) {
             let mut arena = self.shards[chunk[0].shard].lock();

@@ -152,7 +152,13 @@ impl Local {
     }
 
     /// Takes every cached block out.
-    fn take_all(&mut self, out: &mut Vec<Cached>) {
+    pub(crate) fn take_all(&mut self) -> Vec<Cached> {
+        let mut out = Vec::new();
+        self.take_all_into(&mut out);
+        out
+    }
+
+    fn take_all_into(&mut self, out: &mut Vec<Cached>) {
         if self.blocks == 0 {
             return;
         }
@@ -241,9 +247,7 @@ impl ThreadCaches {
                 let mut local = Local::default();
                 let r = (f.take().expect("called once"))(&mut local);
                 self.retired.lock().add(&local.counts);
-                let mut left = Vec::new();
-                local.take_all(&mut left);
-                orphans(left);
+                orphans(local.take_all());
                 r
             }
         }
@@ -283,12 +287,12 @@ impl ThreadCaches {
         self.locals.lock().retain(|local| {
             let mut local = local.lock();
             if local.orphan {
-                local.take_all(&mut out);
+                local.take_all_into(&mut out);
                 retired.add(&local.counts);
                 return false;
             }
             if !orphans_only {
-                local.take_all(&mut out);
+                local.take_all_into(&mut out);
             }
             true
         });
@@ -331,8 +335,7 @@ impl Drop for ThreadCaches {
         // empty) so each thread drops its entry at its next registration.
         for local in self.locals.lock().iter() {
             let mut local = local.lock();
-            let mut gone = Vec::new();
-            local.take_all(&mut gone);
+            drop(local.take_all());
             local.dead = true;
         }
     }
