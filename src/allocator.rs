@@ -509,8 +509,12 @@ impl Allocator {
     }
 
     /// Drops the retired streams no live block names on a device without
-    /// pending frees.
+    /// pending frees. (Blocks in thread caches name their stream too: they
+    /// go back to the arena first, while the stream is still held.)
     fn release_retired_streams(&self) {
+        for cache in &self.caches {
+            cache.drain_threads();
+        }
         self.streams.release_retired(|device, stream| {
             let pending = self.caches[device].stats().pending_frees
                 + self.pools.stats(Some(device), false).pending_frees;

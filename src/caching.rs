@@ -188,7 +188,7 @@ impl CachingAllocator {
         }
         // No memory is reserved while a thread cache holds blocks that,
         // merged back, might serve the request.
-        self.flush(self.threads.drain(false));
+        self.drain_threads();
         let first = {
             let mut arena = self.shards[shard].lock();
             self.device
@@ -269,6 +269,11 @@ impl CachingAllocator {
         }
     }
 
+    /// Gives every thread's cached blocks back to the arena.
+    pub(crate) fn drain_threads(&self) {
+        self.flush(self.threads.drain(false));
+    }
+
     fn note_allocated(&self, size: usize) {
         if let Some(gauge) = &self.allocated {
             gauge.0.add(size);
@@ -288,7 +293,7 @@ impl CachingAllocator {
     /// the device. Returns the bytes released, or the first error (after
     /// trying every shard).
     pub(crate) fn empty_cache(&self) -> Result<usize, BackendError> {
-        self.flush(self.threads.drain(false));
+        self.drain_threads();
         let mut released = 0;
         let mut first_error = None;
         for shard in self.shards.iter() {

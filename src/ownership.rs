@@ -66,6 +66,15 @@ pub(crate) enum Claim {
     NotLive,
 }
 
+/// The map key of a pointer: a bijection (multiplication by an odd
+/// constant) that spreads the pointers of one segment over the map's
+/// shards. The map's hasher picks a shard from the key's 2 MiB window; with
+/// the pointer itself as key, every thread working in one small segment of
+/// the default, unsharded cache would meet on one shard's lock.
+fn key(ptr: u64) -> u64 {
+    ptr.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Live pointer → owner. Removing a pointer's entry is what claims the right
 /// to free it, so of two racing frees of one pointer exactly one proceeds.
 #[derive(Debug)]
@@ -83,7 +92,7 @@ impl OwnershipMap {
     /// Records a pointer just handed out. A pointer is live at most once:
     /// the arena never hands out a live block's address.
     pub(crate) fn insert(&self, ptr: u64, record: Record) {
-        let fresh = self.map.insert_new(ptr, record);
+        let fresh = self.map.insert_new(key(ptr), record);
         assert!(fresh, "pointer {ptr:#x} handed out twice");
     }
 
@@ -91,10 +100,10 @@ impl OwnershipMap {
     /// handle of a held block (`true`), or a plain `free` (`false`), which
     /// may not take a held block.
     pub(crate) fn claim(&self, ptr: u64, held: bool) -> Claim {
-        if let Some(record) = self.map.remove_if(&ptr, |r| r.held == held) {
+        if let Some(record) = self.map.remove_if(&key(ptr), |r| r.held == held) {
             return Claim::Claimed(record);
         }
-        match self.map.with(&ptr, |r| r.held) {
+        match self.map.with(&key(ptr), |r| r.held) {
             Some(true) if !held => Claim::Held,
             _ => Claim::NotLive,
         }
@@ -104,7 +113,7 @@ impl OwnershipMap {
     /// not live.
     pub(crate) fn add_use(&self, ptr: u64, stream: u64) -> bool {
         self.map
-            .with_mut(&ptr, |r| {
+            .with_mut(&key(ptr), |r| {
                 if r.stream != stream && !r.uses().contains(&stream) {
                     r.uses.get_or_insert_default().push(stream);
                 }
@@ -114,17 +123,17 @@ impl OwnershipMap {
 
     /// The requested size of a live pointer.
     pub(crate) fn requested(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&ptr, |r| r.requested)
+        self.map.with(&key(ptr), |r| r.requested)
     }
 
     /// The device of a live pointer.
     pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&ptr, Record::device)
+        self.map.with(&key(ptr), Record::device)
     }
 
     /// For a live pointer: the id of its pool, or `None` for the cache.
     pub(crate) fn pool_id(&self, ptr: u64) -> Option<Option<u64>> {
-        self.map.with(&ptr, |r| match &r.owner {
+        self.map.with(&key(ptr), |r| match &r.owner {
             Owner::Cache { .. } => None,
             Owner::Pool(pool) => Some(pool.id),
         })

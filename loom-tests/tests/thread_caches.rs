@@ -64,7 +64,7 @@ fn a_cached_block_races_a_drain() {
     tally.expect(&["main reused its cached block", "the drain took the block"]);
 }
 
-/// Model 13: the device has room for one 20 MiB segment. Main allocates a
+/// Model 13: the device has room for one 20 MiB segment (plain segments). Main allocates a
 /// 3 MiB block (a 20 MiB segment), frees it into its cache and allocates
 /// it again, while another thread asks for 1 KiB (a new small segment: no
 /// room until the 20 MiB one goes). The other thread's out-of-memory path
@@ -82,6 +82,7 @@ fn out_of_memory_drains_another_threads_cache() {
         |tally| {
             let config = Config {
                 memory_fraction: (LARGE_SEGMENT + SMALL_SEGMENT / 2) as f64 / CAPACITY as f64,
+                expandable_segments: false,
                 ..Config::default()
             };
             let (alloc, host) = host_allocator_with(&config);
