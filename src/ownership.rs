@@ -30,10 +30,10 @@ pub(crate) struct Record {
     pub(crate) requested: usize,
     /// The stream the block was allocated on.
     pub(crate) stream: u64,
-    /// Other streams that used the block (`record_stream`): boxed, as few
-    /// blocks have any, to keep the record (moved in and out of the map on
-    /// every allocation and free) small.
-    pub(crate) uses: Option<Box<Vec<u64>>>,
+    /// Other streams that used the block (`record_stream`): a boxed slice,
+    /// as few blocks have any, to keep the record (moved in and out of the
+    /// map on every allocation and free) small.
+    pub(crate) uses: Option<Box<[u64]>>,
     /// Whether an owning handle (a `DeviceBuffer`) holds the block: then
     /// only that handle frees it ([`OwnershipMap::claim`] with `held`).
     pub(crate) held: bool,
@@ -42,7 +42,7 @@ pub(crate) struct Record {
 impl Record {
     /// The other streams that used the block.
     pub(crate) fn uses(&self) -> &[u64] {
-        self.uses.as_deref().map_or(&[], Vec::as_slice)
+        self.uses.as_deref().unwrap_or(&[])
     }
 
     /// The device the block is on.
@@ -115,7 +115,9 @@ impl OwnershipMap {
         self.map
             .with_mut(&key(ptr), |r| {
                 if r.stream != stream && !r.uses().contains(&stream) {
-                    r.uses.get_or_insert_default().push(stream);
+                    let mut uses = r.uses.take().map(Vec::from).unwrap_or_default();
+                    uses.push(stream);
+                    r.uses = Some(uses.into_boxed_slice());
                 }
             })
             .is_some()
