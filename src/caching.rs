@@ -171,9 +171,6 @@ impl CachingAllocator {
     /// memory when the device is full.
     fn carve(&self, stream: StreamTag, rounded: usize) -> Result<(usize, Carved), Shortfall> {
         let shard = thread_shard(self.shards.len());
-        if self.threads.has_orphans() {
-            self.flush(self.threads.drain(true));
-        }
         {
             let mut arena = self.shards[shard].lock();
             if !arena.deferred.is_empty() {

@@ -25,8 +25,10 @@
 //!
 //! A thread that exits marks its cache orphaned (its thread-local destructor
 //! cannot reach the arena); orphaned caches stay registered, counted by
-//! `stats()`, until the next drain or registration flushes them into the
-//! arena and folds their counts into the retired ones. A thread that frees
+//! `stats()`, until the next drain above (or a registration that finds the
+//! list of caches long) flushes them into the arena and folds their counts
+//! into the retired ones. Their blocks are never lost to a reservation:
+//! every drain before reserving takes them. A thread that frees
 //! or allocates late in its teardown, when its thread-locals are gone, uses
 //! no cache: the block goes straight to the arena, its counts to the
 //! retired ones.
@@ -37,7 +39,7 @@
 
 use crate::arena::{BlockRef, StreamTag};
 use crate::stats::PoolStats;
-use crate::sync::{next_id, thread_local, Arc, AtomicBool, Mutex, Ordering};
+use crate::sync::{next_id, thread_local, Arc, Mutex};
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 
@@ -47,6 +49,8 @@ pub(crate) const CAP_BLOCKS: usize = 64;
 pub(crate) const CAP_BYTES: usize = 1 << 30;
 /// Blocks one bin (stream, size) of a thread's cache holds at most.
 pub(crate) const BIN_CAP: usize = 8;
+/// Registered caches past which a registration lets the orphans go.
+const PRUNE_AT: usize = 64;
 
 /// A block in a thread cache: handed out by the arena of `shard`, freed by
 /// the user.
@@ -175,14 +179,11 @@ impl Local {
 struct Handle {
     owner: u64,
     local: Arc<Mutex<Local>>,
-    /// The device's flag that some cache is orphaned.
-    orphans: Arc<AtomicBool>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
         self.local.lock().orphan = true;
-        self.orphans.store(true, Ordering::Release);
     }
 }
 
@@ -199,10 +200,6 @@ pub(crate) struct ThreadCaches {
     locals: Mutex<Vec<Arc<Mutex<Local>>>>,
     /// The counts of flushed orphans and of calls that could use no cache.
     retired: Mutex<Counts>,
-    /// Set when a thread's cache is orphaned, cleared by the drain that
-    /// flushes orphans: a thread's blocks go back to the arena at the first
-    /// carve after it exited.
-    orphans: Arc<AtomicBool>,
 }
 
 impl ThreadCaches {
@@ -211,15 +208,13 @@ impl ThreadCaches {
             id: next_id(),
             locals: Mutex::new(Vec::new()),
             retired: Mutex::new(Counts::default()),
-            orphans: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Runs `f` on the calling thread's cache, registering one on first
-    /// use; `orphans` receives the blocks of orphaned caches found then.
-    /// Late in the thread's teardown (no thread-locals), runs `f` on a
+    /// use. Late in the thread's teardown (no thread-locals), runs `f` on a
     /// throwaway cache whose counts are retired and whose blocks (if `f`
-    /// left any) go to `orphans`.
+    /// left any) go to `orphans`, for the arena.
     pub(crate) fn with<R>(
         &self,
         f: impl FnOnce(&mut Local) -> R,
@@ -253,13 +248,12 @@ impl ThreadCaches {
         }
     }
 
-    /// Registers a new thread's cache (in the thread-local list and here);
-    /// returns the blocks of the orphaned caches it let go.
+    /// Registers a new thread's cache (in the thread-local list and here).
+    /// Late in the thread's teardown, returns its blocks.
     fn register(&self, local: Arc<Mutex<Local>>) -> Vec<Cached> {
         let handle = Handle {
             owner: self.id,
             local: local.clone(),
-            orphans: self.orphans.clone(),
         };
         let registered = MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
@@ -269,19 +263,28 @@ impl ThreadCaches {
             mine.push(handle);
         });
         if registered.is_err() {
-            // No thread-locals: the cache is used once, then drained.
-            local.lock().orphan = true;
+            // No thread-locals: the cache is used once and not registered.
+            let mut local = local.lock();
+            self.retired.lock().add(&local.counts);
+            return local.take_all();
         }
-        self.locals.lock().push(local);
-        self.drain(true)
+        let mut locals = self.locals.lock();
+        locals.push(local);
+        // With threads coming and going, the orphans are let go whenever
+        // the list doubles past PRUNE_AT, so it stays about as long as the
+        // threads alive (and `stats()` and drains stay short).
+        let n = locals.len();
+        drop(locals);
+        if n >= PRUNE_AT && n.is_power_of_two() {
+            return self.drain(true);
+        }
+        Vec::new()
     }
 
     /// Takes the blocks out of every thread's cache (only of orphaned ones
     /// with `orphans_only`), dropping orphaned caches and retiring their
     /// counts. The caller gives the blocks back to the arena.
     pub(crate) fn drain(&self, orphans_only: bool) -> Vec<Cached> {
-        // Cleared before the scan: an orphan made during it sets it again.
-        self.orphans.store(false, Ordering::Release);
         let mut out = Vec::new();
         let mut retired = Counts::default();
         self.locals.lock().retain(|local| {
@@ -298,11 +301,6 @@ impl ThreadCaches {
         });
         self.retired.lock().add(&retired);
         out
-    }
-
-    /// Whether some thread's cache was orphaned since the last drain.
-    pub(crate) fn has_orphans(&self) -> bool {
-        self.orphans.load(Ordering::Acquire)
     }
 
     /// The user-level figures of every thread, summed.
