@@ -4,7 +4,8 @@
 //! On the allocator `Config::from_env()` builds (the host backend where no
 //! CUDA driver loads; `GRAPHALLOC_CONF` overrides it), measures:
 //! - the cached allocate+free pair and the same pair in graph mode, at
-//!   512 B, 64 KiB and 1 MiB, and prints graph/cached (target: at most 1.2);
+//!   512 B, 64 KiB, 1 MiB, 16 MiB and 256 MiB (the sizes of
+//!   `benches/alloc.rs`), and prints graph/cached (target: at most 1.2);
 //! - one thread's pairs per second and two threads' together, and prints
 //!   2 threads / 1 thread (target: at least 1.7; needs two idle cores).
 //!
@@ -17,7 +18,13 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 const ALIGN: usize = 512;
-const SIZES: [(usize, &str); 3] = [(512, "512B"), (64 << 10, "64KiB"), (1 << 20, "1MiB")];
+const SIZES: [(usize, &str); 5] = [
+    (512, "512B"),
+    (64 << 10, "64KiB"),
+    (1 << 20, "1MiB"),
+    (16 << 20, "16MiB"),
+    (256 << 20, "256MiB"),
+];
 
 fn pair(alloc: &Allocator, size: usize) {
     let p = alloc.allocate(black_box(size), ALIGN).expect("allocate");
