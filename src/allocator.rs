@@ -5,7 +5,7 @@ use crate::arena::{round_size, tight_segment_size, AddressKind, BLOCK_ROUND, LAR
 use crate::backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend,
 };
-use crate::caching::CachingAllocator;
+use crate::caching::{CachingAllocator, Origin};
 use crate::config::{BackendChoice, Config};
 use crate::device::{Device, Shortfall};
 use crate::device_ptr::DevicePtr;
@@ -307,7 +307,9 @@ impl Allocator {
             None => self.pool_for_capture(device, stream)?,
         };
         let carved = match &pool {
-            Some(pool) => pool.allocate(stream, rounded, size, align).map(|c| (0, c)),
+            Some(pool) => pool
+                .allocate(stream, rounded, size, align)
+                .map(|c| (Origin::default(), c)),
             None => cache.allocate(stream, rounded, size),
         };
         let carved = carved.map_err(|shortfall| match shortfall {
@@ -320,7 +322,7 @@ impl Allocator {
                 self.out_of_memory(device, size, owner)
             }
         })?;
-        let (shard, carved) = carved;
+        let (origin, carved) = carved;
         let addr = carved.block.addr().next_multiple_of(align as u64);
         if self.recorders.any() {
             self.recorders
@@ -330,16 +332,17 @@ impl Allocator {
             .alloc(device, stream, size, addr, pool.as_deref());
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
-            None => Owner::Cache { device, shard },
+            None => Owner::Cache { device, origin },
         };
         self.ownership.insert(
             addr,
             Record {
                 owner,
                 block: carved.block,
+                size: carved.size,
                 requested: size,
                 stream,
-                uses: Vec::new(),
+                uses: None,
                 held,
             },
         );
@@ -522,8 +525,12 @@ impl Allocator {
     }
 
     /// Drops the retired streams no live block names on a device without
-    /// pending frees.
+    /// pending frees. (Blocks in thread caches name their stream too: they
+    /// go back to the arena first, while the stream is still held.)
     fn release_retired_streams(&self) {
+        for cache in &self.caches {
+            cache.drain_threads();
+        }
         self.streams.release_retired(|device, stream| {
             let pending = self.caches[device].stats().pending_frees
                 + self.pools.stats(Some(device), false).pending_frees;
@@ -591,14 +598,14 @@ impl Allocator {
             Claim::NotLive => return Err(self.diagnose(ptr.addr())),
         };
         let (block, requested, stream, uses) =
-            (record.block, record.requested, record.stream, &record.uses);
+            (record.block, record.requested, record.stream, record.uses());
         if self.recorders.any() {
             self.recorders.on_free(ptr.addr(), !uses.is_empty());
         }
         self.history.free_requested(&record, ptr.addr());
         match &record.owner {
-            Owner::Cache { device, shard } => {
-                self.caches[*device].free(*shard, block, requested, stream, uses)
+            Owner::Cache { device, origin } => {
+                self.caches[*device].free(*origin, block, record.size, requested, stream, uses)
             }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }

@@ -6,6 +6,13 @@
 //! [`CachingAllocator::empty_cache`] or when an allocation finds the device
 //! full (release everything idle, retry once).
 //!
+//! In front of the arena, each thread keeps the blocks it freed in a cache
+//! of its own ([`crate::thread_cache`]), so that the common allocate/free
+//! pair of one size on one stream touches no shared lock. The
+//! user-level statistics are per-thread counts summed when asked, and the
+//! exact peak of allocated bytes a gauge of the device's (one atomic add
+//! per allocation and per free, the one shared write of the fast path).
+//!
 //! The cache is one arena by default, like PyTorch's one lock per device.
 //! With `shards: N` it is N arenas, each with its own lock and segments:
 //! each thread allocates from the shard it was assigned (round robin, on its
@@ -13,13 +20,16 @@
 //! block out, whichever thread frees it. Threads then rarely meet on a lock,
 //! at the price of memory cached in one shard being invisible to the
 //! others until it is released (out of memory releases every shard's idle
-//! segments before failing).
+//! segments before failing). A sharded cache also keeps no gauge: its
+//! allocated peak is the sum of the shards' arena peaks (which count blocks
+//! in thread caches as handed out), an upper bound.
 
 use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag, WalkedSegment};
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
-use crate::stats::{PoolStats, Side};
+use crate::stats::{Gauge, PoolStats, Side};
 use crate::sync::{thread_local, Arc, Mutex};
+use crate::thread_cache::{Cached, ThreadCaches};
 use std::cell::Cell;
 
 thread_local! {
@@ -62,10 +72,29 @@ impl std::ops::Deref for Shard {
     }
 }
 
+/// A gauge on cache lines of its own: written by every allocation and free,
+/// it must not share a line with the fields every call reads.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(Gauge);
+
+/// Where a caching allocator's block came from: the shard that handed it
+/// out, and the id of the thread cache that counted its allocation (the
+/// only one a free puts it in).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Origin {
+    shard: usize,
+    thread: u64,
+}
+
 #[derive(Debug)]
 pub(crate) struct CachingAllocator {
     pub(crate) device: Arc<Device>,
     shards: Box<[Shard]>,
+    /// The threads' caches of freed blocks, and the user-level counts.
+    threads: ThreadCaches,
+    /// Bytes allocated (user level), for the exact peak; none when sharded.
+    allocated: Option<Padded>,
 }
 
 impl CachingAllocator {
@@ -75,23 +104,92 @@ impl CachingAllocator {
             shards: (0..shards.max(1))
                 .map(|_| Shard(Mutex::new(Arena::new())))
                 .collect(),
+            threads: ThreadCaches::new(),
+            allocated: (shards <= 1).then(Padded::default),
         }
     }
 
-    /// Carves a block from the calling thread's shard; returns the shard
-    /// with it. When the device is full, waits for deferred frees, releases
-    /// every shard's idle segments, and tries once more.
+    /// Serves `rounded` bytes on `stream`: from the calling thread's cache
+    /// if it holds a block of exactly that size on that stream, else carved
+    /// from the calling thread's shard. Returns where the block came from.
+    /// When the device is full, waits for deferred frees, releases every
+    /// shard's idle segments, and tries once more.
     pub(crate) fn allocate(
         &self,
         stream: StreamTag,
         rounded: usize,
         requested: usize,
-    ) -> Result<(usize, Carved), Shortfall> {
+    ) -> Result<(Origin, Carved), Shortfall> {
+        let hit = self.threads.with(
+            |local| match local.take(stream, rounded) {
+                Some(cached) => {
+                    local.counts.on_alloc(cached.size, requested);
+                    Ok((cached, local.id))
+                }
+                // A miss gives the thread's cached blocks back to the arena
+                // first, as a miss in the arena's quick bins merges them
+                // back: the arena then places the request as if no block
+                // had been cached.
+                None => Err(local.take_all()),
+            },
+            |orphans| self.flush(orphans),
+        );
+        let hit = match hit {
+            Ok(hit) => Some(hit),
+            Err(own) => {
+                self.flush(own);
+                None
+            }
+        };
+        if let Some((c, thread)) = hit {
+            self.note_allocated(c.size);
+            let carved = Carved {
+                block: c.block,
+                size: c.size,
+            };
+            let origin = Origin {
+                shard: c.shard,
+                thread,
+            };
+            return Ok((origin, carved));
+        }
+        let (shard, carved) = self.carve(stream, rounded)?;
+        let thread = self.threads.with(
+            |local| {
+                local.counts.on_alloc(carved.size, requested);
+                local.id
+            },
+            |orphans| self.flush(orphans),
+        );
+        self.note_allocated(carved.size);
+        Ok((Origin { shard, thread }, carved))
+    }
+
+    /// Carves from the arena: from what it has free; else, after every
+    /// thread's cache was drained into it, as [`Device::carve`] does
+    /// (reserving or mapping memory), retrying once after releasing idle
+    /// memory when the device is full.
+    fn carve(&self, stream: StreamTag, rounded: usize) -> Result<(usize, Carved), Shortfall> {
         let shard = thread_shard(self.shards.len());
+        {
+            let mut arena = self.shards[shard].lock();
+            if !arena.deferred.is_empty() {
+                // Best effort: a block whose events cannot be queried stays deferred.
+                let _ = self.device.settle(&mut arena, false);
+            }
+            // The arena's figures count blocks out of the arena (requested
+            // bytes are counted per thread, so none here).
+            if let Some(carved) = arena.try_alloc(stream, rounded, 0) {
+                return Ok((shard, carved));
+            }
+        }
+        // No memory is reserved while a thread cache holds blocks that,
+        // merged back, might serve the request.
+        self.drain_threads();
         let first = {
             let mut arena = self.shards[shard].lock();
             self.device
-                .carve(&mut arena, Side::Caching, stream, rounded, requested)
+                .carve(&mut arena, Side::Caching, stream, rounded, 0)
         };
         match first {
             Err(Shortfall::Exhausted) => {}
@@ -103,28 +201,96 @@ impl CachingAllocator {
         let mut arena = self.shards[shard].lock();
         arena.stats.on_oom_retry();
         self.device
-            .carve(&mut arena, Side::Caching, stream, rounded, requested)
+            .carve(&mut arena, Side::Caching, stream, rounded, 0)
             .map(|carved| (shard, carved))
     }
 
-    /// Frees a block of `shard` allocated on `stream` and also used on `uses`.
+    /// Frees a block of `size` bytes from `origin`, allocated on `stream`
+    /// and also used on `uses`: into the calling thread's cache when that
+    /// thread allocated it, it may be reused at once on its own stream (no
+    /// other stream used it, its stream is not being captured) and the
+    /// cache has room; else into the arena (which defers it as stream order
+    /// requires). A block freed by another thread than the one that
+    /// allocated it so goes back where every thread sees it.
     pub(crate) fn free(
         &self,
-        shard: usize,
+        origin: Origin,
         block: BlockRef,
+        size: usize,
         requested: usize,
         stream: StreamTag,
         uses: &[StreamTag],
     ) {
-        let mut arena = self.shards[shard].lock();
-        self.device
-            .free_block(&mut arena, Side::Caching, block, requested, stream, uses);
+        self.note_freed(size);
+        // A failed capture query keeps the block out of the cache, to be safe.
+        let cacheable = uses.is_empty() && self.device.capturing(stream) == Ok(false);
+        let shard = origin.shard;
+        let cached = Cached {
+            block,
+            size,
+            shard,
+            stream,
+        };
+        let to_arena = self.threads.with(
+            |local| {
+                local.counts.on_free(size, requested);
+                if cacheable && local.id == origin.thread {
+                    local.put(cached).is_err()
+                } else {
+                    true
+                }
+            },
+            |orphans| self.flush(orphans),
+        );
+        if to_arena {
+            let mut arena = self.shards[shard].lock();
+            self.device
+                .free_block(&mut arena, Side::Caching, block, 0, stream, uses);
+        }
     }
 
-    /// Waits for the stream work of deferred frees, then releases every
-    /// cached, unused segment of every shard to the device. Returns the
-    /// bytes released, or the first error (after trying every shard).
+    /// Gives blocks taken out of thread caches back to their arenas (a
+    /// block whose stream is being captured by now waits for the capture's
+    /// end, as any free does).
+    fn flush(&self, mut blocks: Vec<Cached>) {
+        if blocks.is_empty() {
+            return;
+        }
+        blocks.sort_unstable_by_key(|c| c.shard);
+        for chunk in blocks.chunk_by(|a, b| a.shard == b.shard) {
+            let mut arena = self.shards[chunk[0].shard].lock();
+            for c in chunk {
+                self.device
+                    .free_block(&mut arena, Side::Caching, c.block, 0, c.stream, &[]);
+            }
+        }
+    }
+
+    /// Gives every thread's cached blocks back to the arena.
+    pub(crate) fn drain_threads(&self) {
+        self.flush(self.threads.drain(false));
+    }
+
+    fn note_allocated(&self, size: usize) {
+        if let Some(gauge) = &self.allocated {
+            gauge.0.add(size);
+        }
+        self.device.book.cache_allocated(size);
+    }
+
+    fn note_freed(&self, size: usize) {
+        if let Some(gauge) = &self.allocated {
+            gauge.0.sub(size);
+        }
+        self.device.book.cache_freed(size);
+    }
+
+    /// Drains every thread's cache, waits for the stream work of deferred
+    /// frees, then releases every cached, unused segment of every shard to
+    /// the device. Returns the bytes released, or the first error (after
+    /// trying every shard).
     pub(crate) fn empty_cache(&self) -> Result<usize, BackendError> {
+        self.drain_threads();
         let mut released = 0;
         let mut first_error = None;
         for shard in self.shards.iter() {
@@ -142,13 +308,18 @@ impl CachingAllocator {
         first_error.map_or(Ok(released), Err)
     }
 
-    /// The statistics of the device's cache. With one shard they are exact;
-    /// with several, current figures are exact sums and each peak is the
-    /// sum of the shards' peaks, an upper bound of the true peak.
+    /// The statistics of the device's cache: current figures exact whenever
+    /// no allocation or free is in flight. With one shard the peaks are
+    /// exact; with several, each peak is the sum of the shards' peaks, an
+    /// upper bound of the true peak.
     pub(crate) fn stats(&self) -> PoolStats {
         let mut sum = PoolStats::default();
         for shard in self.shards.iter() {
             sum.add(&shard.lock().stats);
+        }
+        self.threads.counts().write_to(&mut sum);
+        if let Some(gauge) = &self.allocated {
+            sum.peak_allocated_bytes = gauge.0.peak();
         }
         sum
     }
@@ -165,6 +336,17 @@ impl CachingAllocator {
     }
 
     pub(crate) fn classify(&self, addr: u64) -> AddressKind {
+        // A block in a thread cache is free for the user.
+        if let Some((start, _)) = self.threads.containing(addr) {
+            return if start == addr {
+                AddressKind::FreeBlockStart
+            } else {
+                AddressKind::Inside {
+                    block: start,
+                    allocated: false,
+                }
+            };
+        }
         self.shards
             .iter()
             .map(|shard| shard.lock().classify(addr))
@@ -175,6 +357,8 @@ impl CachingAllocator {
     /// Releases every segment, live blocks and all: the allocator is
     /// going away.
     pub(crate) fn release_all(&self) {
+        // The cached blocks go with their segments.
+        drop(self.threads.drain(false));
         for shard in self.shards.iter() {
             let mut arena = shard.lock();
             let _ = self.device.settle(&mut arena, Side::Caching, true);
@@ -188,6 +372,9 @@ impl CachingAllocator {
     }
 
     pub(crate) fn reset_peaks(&self) {
+        if let Some(gauge) = &self.allocated {
+            gauge.0.reset_peak();
+        }
         for shard in self.shards.iter() {
             shard.lock().stats.reset_peaks();
         }

@@ -59,6 +59,7 @@ pub mod stats;
 mod stream;
 mod sync;
 pub mod tensor;
+mod thread_cache;
 
 pub use allocator::{Allocator, DeviceAllocator, DEFAULT_STREAM, MAX_ALIGNMENT};
 pub use arena::{BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};

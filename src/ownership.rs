@@ -6,6 +6,7 @@
 //! pool's last handle was dropped.
 
 use crate::arena::BlockRef;
+use crate::caching::Origin;
 use crate::graph_pool::PoolCore;
 use crate::sync::{Arc, ConcurrentMap};
 
@@ -13,8 +14,8 @@ use crate::sync::{Arc, ConcurrentMap};
 #[derive(Debug, Clone)]
 pub(crate) enum Owner {
     /// The caching allocator of a device (index into the allocator's
-    /// devices), and the shard of it that handed the block out.
-    Cache { device: usize, shard: usize },
+    /// devices), and where in it the block came from.
+    Cache { device: usize, origin: Origin },
     /// A graph pool; holding the `Arc` keeps the pool's segments alive.
     Pool(Arc<PoolCore>),
 }
@@ -24,17 +25,26 @@ pub(crate) enum Owner {
 pub(crate) struct Record {
     pub(crate) owner: Owner,
     pub(crate) block: BlockRef,
+    /// The block's size.
+    pub(crate) size: usize,
     pub(crate) requested: usize,
     /// The stream the block was allocated on.
     pub(crate) stream: u64,
-    /// Other streams that used the block (`record_stream`).
-    pub(crate) uses: Vec<u64>,
+    /// Other streams that used the block (`record_stream`): a boxed slice,
+    /// as few blocks have any, to keep the record (moved in and out of the
+    /// map on every allocation and free) small.
+    pub(crate) uses: Option<Box<[u64]>>,
     /// Whether an owning handle (a `DeviceBuffer`) holds the block: then
     /// only that handle frees it ([`OwnershipMap::claim`] with `held`).
     pub(crate) held: bool,
 }
 
 impl Record {
+    /// The other streams that used the block.
+    pub(crate) fn uses(&self) -> &[u64] {
+        self.uses.as_deref().unwrap_or(&[])
+    }
+
     /// The device the block is on.
     pub(crate) fn device(&self) -> usize {
         match &self.owner {
@@ -56,6 +66,15 @@ pub(crate) enum Claim {
     NotLive,
 }
 
+/// The map key of a pointer: a bijection (multiplication by an odd
+/// constant) that spreads the pointers of one segment over the map's
+/// shards. The map's hasher picks a shard from the key's 2 MiB window; with
+/// the pointer itself as key, every thread working in one small segment of
+/// the default, unsharded cache would meet on one shard's lock.
+fn key(ptr: u64) -> u64 {
+    ptr.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// Live pointer → owner. Removing a pointer's entry is what claims the right
 /// to free it, so of two racing frees of one pointer exactly one proceeds.
 #[derive(Debug)]
@@ -73,7 +92,7 @@ impl OwnershipMap {
     /// Records a pointer just handed out. A pointer is live at most once:
     /// the arena never hands out a live block's address.
     pub(crate) fn insert(&self, ptr: u64, record: Record) {
-        let fresh = self.map.insert_new(ptr, record);
+        let fresh = self.map.insert_new(key(ptr), record);
         assert!(fresh, "pointer {ptr:#x} handed out twice");
     }
 
@@ -81,10 +100,10 @@ impl OwnershipMap {
     /// handle of a held block (`true`), or a plain `free` (`false`), which
     /// may not take a held block.
     pub(crate) fn claim(&self, ptr: u64, held: bool) -> Claim {
-        if let Some(record) = self.map.remove_if(&ptr, |r| r.held == held) {
+        if let Some(record) = self.map.remove_if(&key(ptr), |r| r.held == held) {
             return Claim::Claimed(record);
         }
-        match self.map.with(&ptr, |r| r.held) {
+        match self.map.with(&key(ptr), |r| r.held) {
             Some(true) if !held => Claim::Held,
             _ => Claim::NotLive,
         }
@@ -94,9 +113,11 @@ impl OwnershipMap {
     /// not live.
     pub(crate) fn add_use(&self, ptr: u64, stream: u64) -> bool {
         self.map
-            .with_mut(&ptr, |r| {
-                if r.stream != stream && !r.uses.contains(&stream) {
-                    r.uses.push(stream);
+            .with_mut(&key(ptr), |r| {
+                if r.stream != stream && !r.uses().contains(&stream) {
+                    let mut uses = r.uses.take().map(Vec::from).unwrap_or_default();
+                    uses.push(stream);
+                    r.uses = Some(uses.into_boxed_slice());
                 }
             })
             .is_some()
@@ -104,17 +125,17 @@ impl OwnershipMap {
 
     /// The requested size of a live pointer.
     pub(crate) fn requested(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&ptr, |r| r.requested)
+        self.map.with(&key(ptr), |r| r.requested)
     }
 
     /// The device of a live pointer.
     pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&ptr, Record::device)
+        self.map.with(&key(ptr), Record::device)
     }
 
     /// For a live pointer: the id of its pool, or `None` for the cache.
     pub(crate) fn pool_id(&self, ptr: u64) -> Option<Option<u64>> {
-        self.map.with(&ptr, |r| match &r.owner {
+        self.map.with(&key(ptr), |r| match &r.owner {
             Owner::Cache { .. } => None,
             Owner::Pool(pool) => Some(pool.id),
         })
@@ -125,7 +146,7 @@ impl OwnershipMap {
     pub(crate) fn names_stream(&self, device: usize, stream: u64) -> bool {
         let mut named = false;
         self.map.for_each(|_, r| {
-            named |= r.device() == device && (r.stream == stream || r.uses.contains(&stream));
+            named |= r.device() == device && (r.stream == stream || r.uses().contains(&stream));
         });
         named
     }

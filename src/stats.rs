@@ -234,8 +234,9 @@ pub(crate) struct StatsBook {
 /// How the caching side's sums are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CachingSums {
-    /// One device, one shard: the caching peaks are the arena's own, exact
-    /// without a gauge; only the total gauge is kept.
+    /// One device, one shard: the caching peaks are the device's own
+    /// (its allocated gauge and its arena's reserved peak), exact; only the
+    /// total gauge is kept here.
     OneArena,
     /// Several devices, one shard each: the caching and total gauges are kept.
     Gauged,
@@ -272,13 +273,36 @@ impl StatsBook {
             (Side::Pools, _) => [Some(&self.pools), Some(&self.total)],
         }
     }
+    /// A block of `side` left its arena. The caching side's gauges follow
+    /// the user's allocations instead ([`StatsBook::cache_allocated`]): a
+    /// block in a thread cache is out of its arena but free for the user.
     pub(crate) fn allocated(&self, side: Side, bytes: usize) {
-        for g in self.gauges(side).into_iter().flatten() {
+        if side == Side::Pools {
+            self.pool_allocated(bytes);
+        }
+    }
+    /// A block of `side` went back to its arena; see [`StatsBook::allocated`].
+    pub(crate) fn freed(&self, side: Side, bytes: usize) {
+        if side == Side::Pools {
+            for g in self.gauges(side).into_iter().flatten() {
+                g.allocated.sub(bytes);
+            }
+        }
+    }
+    fn pool_allocated(&self, bytes: usize) {
+        for g in self.gauges(Side::Pools).into_iter().flatten() {
             g.allocated.add(bytes);
         }
     }
-    pub(crate) fn freed(&self, side: Side, bytes: usize) {
-        for g in self.gauges(side).into_iter().flatten() {
+    /// The user got a block of `bytes` from a caching allocator.
+    pub(crate) fn cache_allocated(&self, bytes: usize) {
+        for g in self.gauges(Side::Caching).into_iter().flatten() {
+            g.allocated.add(bytes);
+        }
+    }
+    /// The user freed a block of `bytes` of a caching allocator.
+    pub(crate) fn cache_freed(&self, bytes: usize) {
+        for g in self.gauges(Side::Caching).into_iter().flatten() {
             g.allocated.sub(bytes);
         }
     }
@@ -324,8 +348,11 @@ impl StatsBook {
 /// An allocator's statistics: the caching allocators (all devices), the
 /// graph pools (all pools, also those already dropped), and both summed.
 ///
-/// Current figures are exact whenever no allocation or free is in flight.
-/// Peaks cover the time since the allocator was built or since
+/// Current figures are exact whenever no allocation or free is in flight
+/// (the caching side's allocated, requested, live-block, allocation and
+/// free figures are per-thread counts summed when asked; a block in a
+/// thread's cache of freed blocks counts as freed, and as cached in
+/// `reserved_bytes`). Peaks cover the time since the allocator was built or since
 /// [`crate::Allocator::reset_peak_stats`]; they are the exact peaks of each
 /// sum, except with a sharded cache (`shards` > 1), where the caching and
 /// total peaks are the sums of the shards' peaks, an upper bound.

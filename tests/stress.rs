@@ -414,6 +414,24 @@ fn stress_16_threads_sharded_expandable() {
     });
 }
 
+/// A tight device (64 MiB) and small sizes: allocations often find it full,
+/// so threads' out-of-memory paths drain the other threads' caches of freed
+/// blocks while those threads use them (the thread caches' slow paths,
+/// under the oracle; the fast path runs in every plan).
+#[test]
+fn stress_8_threads_tight_device_drains_thread_caches() {
+    run_stress(Plan {
+        threads: 8,
+        ops_per_thread: 5_000,
+        check_every: 500,
+        max_size: 4 * MIB,
+        max_live: 16,
+        capacity: 64 * MIB,
+        seed: 0x5EED_0006,
+        config: "",
+    });
+}
+
 /// Small sizes, few threads, few operations: the run for valgrind.
 #[test]
 fn stress_4_threads_small_sizes() {

@@ -1,11 +1,11 @@
-//! Model 12: the memory history's ring under concurrent recording (issue 18).
+//! Model 14: the memory history's ring under concurrent recording (issue 18).
 #![cfg(loom)]
 
 use graphalloc::history::Action;
 use loom::thread;
 use loom_tests::{explore, host_allocator};
 
-/// Model 12a: two threads allocate and free while the ring holds fewer
+/// Model 14a: two threads allocate and free while the ring holds fewer
 /// events than they cause. The ring stays within its capacity, its events
 /// are numbered in the order they entered, and it ends with the newest.
 #[test]
@@ -36,7 +36,7 @@ fn two_threads_record_into_a_small_ring() {
     tally.expect(&["bounded, in order"]);
 }
 
-/// Model 12b: `stop_history` races an allocation and its free. Either
+/// Model 14b: `stop_history` races an allocation and its free. Either
 /// event may be cut off, but never the allocation alone while its free is
 /// kept: once stopped, nothing more is recorded.
 #[test]

@@ -1,0 +1,202 @@
+//! The per-thread caches of freed blocks (`src/thread_cache.rs`) on the host
+//! backend: reuse on the freeing thread, exact statistics, errors for frees
+//! of cached blocks, stream order, and the drains (a miss, another thread's
+//! reservation or out-of-memory, `empty_cache`, a thread's exit).
+
+use graphalloc::{Allocator, Backend, Config, Error, HostBackend, SMALL_SEGMENT};
+use std::sync::Arc;
+
+const MIB: usize = 1 << 20;
+
+fn setup(capacity: usize) -> (Arc<HostBackend>, Allocator) {
+    let host = Arc::new(HostBackend::new(0, capacity));
+    let alloc = Allocator::from_backends(vec![host.clone() as Arc<dyn Backend>], 1.0).unwrap();
+    (host, alloc)
+}
+
+#[test]
+fn a_freed_block_comes_back_to_its_thread_and_the_books_stay_exact() {
+    let (_host, alloc) = setup(1 << 30);
+    let p = alloc.allocate(MIB, 512).unwrap();
+    alloc.free(p).unwrap();
+    let s = alloc.stats().caching;
+    assert_eq!(
+        (s.allocated_bytes, s.requested_bytes, s.live_blocks),
+        (0, 0, 0)
+    );
+    assert_eq!((s.allocations, s.frees), (1, 1));
+    assert_eq!(s.peak_allocated_bytes, MIB);
+    let q = alloc.allocate(MIB - 100, 512).unwrap();
+    assert_eq!(p, q, "the thread's cache gave the block back");
+    let s = alloc.stats();
+    assert_eq!(s.caching.allocated_bytes, MIB);
+    assert_eq!(s.caching.requested_bytes, MIB - 100);
+    assert_eq!(s.caching.live_blocks, 1);
+    assert_eq!(s.total.allocated_bytes, MIB);
+    // A different size misses: the cached blocks merge back first.
+    let r = alloc.allocate(512, 512).unwrap();
+    alloc.free(q).unwrap();
+    alloc.free(r).unwrap();
+    let s = alloc.stats();
+    assert_eq!(s.caching.peak_allocated_bytes, MIB + 512, "the exact peak");
+    assert_eq!(s.total.peak_allocated_bytes, MIB + 512);
+    assert_eq!(
+        alloc.device_stats(0).unwrap().peak_allocated_bytes,
+        MIB + 512
+    );
+    assert_eq!((s.caching.allocations, s.caching.frees), (3, 3));
+    assert_eq!(s.caching.allocated_bytes, 0);
+}
+
+#[test]
+fn a_cached_block_freed_again_is_a_double_free() {
+    let (_host, alloc) = setup(1 << 30);
+    let p = alloc.allocate(4096, 512).unwrap();
+    alloc.free(p).unwrap();
+    assert_eq!(alloc.free(p), Err(Error::DoubleFree { ptr: p.addr() }));
+    let inside = graphalloc::DevicePtr::new(p.addr() + 512);
+    assert!(matches!(
+        alloc.free(inside),
+        Err(Error::DoubleFree { .. } | Error::UnknownPointer { .. })
+    ));
+    assert_eq!(alloc.stats().caching.frees, 1, "nothing changed");
+}
+
+#[test]
+fn empty_cache_releases_a_segment_whose_block_sits_in_a_thread_cache() {
+    let (host, alloc) = setup(1 << 30);
+    let p = alloc.allocate(4096, 512).unwrap();
+    alloc.free(p).unwrap();
+    assert_eq!(alloc.empty_cache().unwrap(), SMALL_SEGMENT);
+    assert_eq!(host.outstanding_bytes(), 0);
+    assert_eq!(alloc.stats().caching.reserved_bytes, 0);
+}
+
+#[test]
+fn a_block_freed_during_its_streams_capture_never_enters_a_thread_cache() {
+    let (host, alloc) = setup(1 << 30);
+    let s = host.create_stream();
+    let p = alloc.allocate_on(0, s, 4096, 512).unwrap();
+    host.begin_capture(s);
+    alloc.free(p).unwrap();
+    assert_eq!(
+        alloc.stats().caching.pending_frees,
+        1,
+        "waits for the capture"
+    );
+    host.end_capture(s);
+    // Not in the thread's cache (which would hand it out at once): the
+    // arena records an event on the stream now and waits for it.
+    let q = alloc.allocate_on(0, s, 4096, 512).unwrap();
+    assert_ne!(p, q, "not reused before the capture's work completed");
+    host.complete_stream(s);
+    let r = alloc.allocate_on(0, s, 4096, 512).unwrap();
+    assert_eq!(alloc.stats().caching.pending_frees, 0);
+    assert_eq!(p, r, "reused once the event completed");
+    alloc.free(q).unwrap();
+    alloc.free(r).unwrap();
+}
+
+#[test]
+fn a_block_freed_by_another_thread_goes_back_to_the_arena() {
+    let (_host, alloc) = setup(1 << 30);
+    let p = alloc.allocate(4096, 512).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| alloc.free(p).unwrap());
+    });
+    // The arena has it (not the other thread's cache, which may not even
+    // be gone yet): this thread's next request of that size gets it.
+    let q = alloc.allocate(4096, 512).unwrap();
+    assert_eq!(p, q);
+    alloc.free(q).unwrap();
+}
+
+#[test]
+fn out_of_memory_drains_another_live_threads_cache() {
+    // Room for one 20 MiB segment only (plain segments: the sizes are
+    // known).
+    let host = Arc::new(HostBackend::new(0, 21 * MIB));
+    let config = Config {
+        expandable_segments: false,
+        ..Config::default()
+    };
+    let alloc =
+        Allocator::from_backends_with(vec![host.clone() as Arc<dyn Backend>], &config).unwrap();
+    let (freed_tx, freed_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let alloc = &alloc;
+        s.spawn(move || {
+            let p = alloc.allocate(3 * MIB, 512).unwrap();
+            alloc.free(p).unwrap(); // into this live thread's cache
+            freed_tx.send(()).unwrap();
+            done_rx.recv().unwrap(); // stay alive until the other is served
+        });
+        freed_rx.recv().unwrap();
+        // A small request needs a 2 MiB segment: only after the idle 20 MiB
+        // one (whose block sits in the other thread's cache) goes.
+        let q = alloc.allocate(1024, 512).expect("served after the drain");
+        alloc.free(q).unwrap();
+        done_tx.send(()).unwrap();
+    });
+    let s = alloc.stats().caching;
+    assert_eq!(s.oom_retries, 1);
+    assert_eq!(s.reserved_bytes, SMALL_SEGMENT);
+}
+
+#[test]
+fn an_exited_threads_cached_block_is_not_lost() {
+    let (_host, alloc) = setup(1 << 30);
+    // Reserve the segment from this thread, so both threads carve from it.
+    let first = alloc.allocate(512, 512).unwrap();
+    let p = std::thread::scope(|s| {
+        s.spawn(|| {
+            let p = alloc.allocate(8192, 512).unwrap();
+            alloc.free(p).unwrap(); // into this thread's cache, which exits
+            p
+        })
+        .join()
+        .unwrap()
+    });
+    // The thread's exit (its thread-locals' destruction) may end after the
+    // join: wait for the orphaned cache to be flushed by a carve.
+    let mut q = alloc.allocate(8192, 512).unwrap();
+    for _ in 0..1000 {
+        if q == p {
+            break;
+        }
+        alloc.free(q).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        alloc.empty_cache().unwrap();
+        q = alloc.allocate(8192, 512).unwrap();
+    }
+    assert_eq!(q, p, "the exited thread's block came back to the arena");
+    alloc.free(q).unwrap();
+    alloc.free(first).unwrap();
+    let s = alloc.stats().caching;
+    assert_eq!((s.live_blocks, s.allocated_bytes), (0, 0));
+}
+
+#[test]
+fn many_threads_and_allocators_keep_exact_counts() {
+    for _ in 0..3 {
+        let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let alloc = &alloc;
+                s.spawn(move || {
+                    for i in 0..200 {
+                        let p = alloc.allocate(512 * (1 + (i + t) % 3), 512).unwrap();
+                        alloc.free(p).unwrap();
+                    }
+                });
+            }
+        });
+        let s = alloc.stats().caching;
+        assert_eq!((s.allocations, s.frees), (800, 800));
+        assert_eq!(
+            (s.live_blocks, s.allocated_bytes, s.requested_bytes),
+            (0, 0, 0)
+        );
+    }
+}
