@@ -175,7 +175,7 @@ impl CachingAllocator {
             let mut arena = self.shards[shard].lock();
             if !arena.deferred.is_empty() {
                 // Best effort: a block whose events cannot be queried stays deferred.
-                let _ = self.device.settle(&mut arena, false);
+                let _ = self.device.settle(&mut arena, Side::Caching, false);
             }
             // The arena's figures count blocks out of the arena (requested
             // bytes are counted per thread, so none here).
