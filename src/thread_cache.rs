@@ -287,7 +287,8 @@ impl ThreadCaches {
     pub(crate) fn drain(&self, orphans_only: bool) -> Vec<Cached> {
         let mut out = Vec::new();
         let mut retired = Counts::default();
-        self.locals.lock().retain(|local| {
+        let mut locals = self.locals.lock();
+        locals.retain(|local| {
             let mut local = local.lock();
             if local.orphan {
                 local.take_all_into(&mut out);
@@ -299,14 +300,20 @@ impl ThreadCaches {
             }
             true
         });
+        // Under the list's lock, so `counts` sees an orphan's counts in the
+        // list or in the retired ones, never in neither.
         self.retired.lock().add(&retired);
+        drop(locals);
         out
     }
 
-    /// The user-level figures of every thread, summed.
+    /// The user-level figures of every thread, summed. (Lock order: the
+    /// list, then a cache or the retired counts; a cache, then the retired
+    /// counts.)
     pub(crate) fn counts(&self) -> Counts {
+        let locals = self.locals.lock();
         let mut sum = *self.retired.lock();
-        for local in self.locals.lock().iter() {
+        for local in locals.iter() {
             sum.add(&local.lock().counts);
         }
         sum
