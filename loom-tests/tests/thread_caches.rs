@@ -9,8 +9,8 @@ use loom::thread;
 use loom_tests::{explore, host_allocator, host_allocator_with, CAPACITY};
 
 /// Preemption bound of model 13 (at bound 8 it explores 143,594
-/// interleavings, 20 s, and passes; model 12 saturates: 118 at bound 8, so it
-/// runs unbounded).
+/// interleavings, 20 s, and passes; model 12 saturates, so it runs unbounded:
+/// 80 interleavings).
 const BOUND: usize = 3;
 
 /// Model 12: main frees a block into its own thread cache, then takes a
