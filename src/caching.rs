@@ -24,7 +24,7 @@
 //! allocated peak is the sum of the shards' arena peaks (which count blocks
 //! in thread caches as handed out), an upper bound.
 
-use crate::arena::{AddressKind, Arena, BlockRef, Carved, StreamTag};
+use crate::arena::{AddressKind, Arena, BlockRef, Carved, StreamTag, SMALL_REQUEST_MAX};
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
 use crate::stats::{Gauge, PoolStats, Side};
@@ -124,23 +124,12 @@ impl CachingAllocator {
             |local| match local.take(stream, rounded) {
                 Some(cached) => {
                     local.counts.on_alloc(cached.size, requested);
-                    Ok((cached, local.id))
+                    Some((cached, local.id))
                 }
-                // A miss gives the thread's cached blocks back to the arena
-                // first, as a miss in the arena's quick bins merges them
-                // back: the arena then places the request as if no block
-                // had been cached.
-                None => Err(local.take_all()),
+                None => None,
             },
             |orphans| self.flush(orphans),
         );
-        let hit = match hit {
-            Ok(hit) => Some(hit),
-            Err(own) => {
-                self.flush(own);
-                None
-            }
-        };
         if let Some((c, thread)) = hit {
             self.note_allocated(c.size);
             let carved = Carved {
@@ -222,8 +211,12 @@ impl CachingAllocator {
         uses: &[StreamTag],
     ) {
         self.note_freed(size);
-        // A failed capture query keeps the block out of the cache, to be safe.
-        let cacheable = uses.is_empty() && self.device.capturing(stream) == Ok(false);
+        // Only small blocks: large ones go back to best fit at once, where
+        // their placement decides fragmentation (as with the arena's quick
+        // bins). A failed capture query keeps the block out, to be safe.
+        let cacheable = size <= SMALL_REQUEST_MAX
+            && uses.is_empty()
+            && self.device.capturing(stream) == Ok(false);
         let shard = origin.shard;
         let cached = Cached {
             block,

@@ -1,8 +1,9 @@
 //! Per-thread caches of freed blocks, in front of a device's arenas.
 //!
-//! A block freed on the caching side goes, when it may be reused at once on
-//! its own stream (no `record_stream` uses, its stream not being captured),
-//! into the freeing thread's cache for its device, in a bin for its exact
+//! A small block (of a request up to 1 MiB) freed on the caching side goes,
+//! when it may be reused at once on its own stream (no `record_stream`
+//! uses, its stream not being captured) and the freeing thread allocated
+//! it, into the freeing thread's cache for its device, in a bin for its exact
 //! (stream, block size). The next request of that thread for that rounded
 //! size on that stream takes it back without touching the arena's lock.
 //! Each thread's cache sits behind a lock of its own, uncontended except
@@ -156,7 +157,7 @@ impl Local {
     }
 
     /// Takes every cached block out.
-    pub(crate) fn take_all(&mut self) -> Vec<Cached> {
+    fn take_all(&mut self) -> Vec<Cached> {
         let mut out = Vec::new();
         self.take_all_into(&mut out);
         out
