@@ -120,16 +120,22 @@ impl CachingAllocator {
         rounded: usize,
         requested: usize,
     ) -> Result<(Origin, Carved), Shortfall> {
-        let hit = self.threads.with(
-            |local| match local.take(stream, rounded) {
-                Some(cached) => {
-                    local.counts.on_alloc(cached.size, requested);
-                    Some((cached, local.id))
-                }
-                None => None,
-            },
-            |orphans| self.flush(orphans),
-        );
+        // Large blocks are never cached: no look there.
+        let look = rounded <= SMALL_REQUEST_MAX;
+        let hit = look
+            .then(|| {
+                self.threads.with(
+                    |local| match local.take(stream, rounded) {
+                        Some(cached) => {
+                            local.counts.on_alloc(cached.size, requested);
+                            Some((cached, local.id))
+                        }
+                        None => None,
+                    },
+                    |orphans| self.flush(orphans),
+                )
+            })
+            .flatten();
         if let Some((c, thread)) = hit {
             self.note_allocated(c.size);
             let carved = Carved {

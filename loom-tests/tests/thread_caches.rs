@@ -8,9 +8,8 @@ use graphalloc::{Config, Error, SMALL_SEGMENT};
 use loom::thread;
 use loom_tests::{explore, host_allocator, host_allocator_with, CAPACITY};
 
-/// Preemption bound of model 13 (at bound 8 it explores 143,594
-/// interleavings, 20 s, and passes; model 12 saturates, so it runs unbounded:
-/// 80 interleavings).
+/// Preemption bound of model 13 (136 interleavings; model 12 saturates, so
+/// it runs unbounded: 80 interleavings).
 const BOUND: usize = 3;
 
 /// Model 12: main frees a block into its own thread cache, then takes a
