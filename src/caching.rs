@@ -6,9 +6,10 @@
 //! [`CachingAllocator::empty_cache`] or when an allocation finds the device
 //! full (release everything idle, retry once).
 //!
-//! In front of the arena, each thread keeps the blocks it freed in a cache
-//! of its own ([`crate::thread_cache`]), so that the common allocate/free
-//! pair of one size on one stream touches no shared lock. The
+//! In front of the arena, each thread keeps the small blocks it allocated
+//! and freed in a cache of its own ([`crate::thread_cache`]), so that the
+//! common allocate/free pair of one small size on one stream touches no
+//! shared lock (large blocks go back to best fit at once). The
 //! user-level statistics are per-thread counts summed when asked, and the
 //! exact peak of allocated bytes a gauge of the device's (one atomic add
 //! per allocation and per free, the one shared write of the fast path).
