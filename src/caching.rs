@@ -6,9 +6,10 @@
 //! [`CachingAllocator::empty_cache`] or when an allocation finds the device
 //! full (release everything idle, retry once).
 //!
-//! In front of the arena, each thread keeps the blocks it freed in a cache
-//! of its own ([`crate::thread_cache`]), so that the common allocate/free
-//! pair of one size on one stream touches no shared lock. The
+//! In front of the arena, each thread keeps the small blocks it allocated
+//! and freed in a cache of its own ([`crate::thread_cache`]), so that the
+//! common allocate/free pair of one small size on one stream touches no
+//! shared lock (large blocks go back to best fit at once). The
 //! user-level statistics are per-thread counts summed when asked, and the
 //! exact peak of allocated bytes a gauge of the device's (one atomic add
 //! per allocation and per free, the one shared write of the fast path).
@@ -24,7 +25,9 @@
 //! allocated peak is the sum of the shards' arena peaks (which count blocks
 //! in thread caches as handed out), an upper bound.
 
-use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag, WalkedSegment};
+use crate::arena::{
+    AddressKind, Arena, BlockRef, Books, Carved, StreamTag, WalkedSegment, SMALL_REQUEST_MAX,
+};
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
 use crate::stats::{Gauge, PoolStats, Side};
@@ -120,27 +123,22 @@ impl CachingAllocator {
         rounded: usize,
         requested: usize,
     ) -> Result<(Origin, Carved), Shortfall> {
-        let hit = self.threads.with(
-            |local| match local.take(stream, rounded) {
-                Some(cached) => {
-                    local.counts.on_alloc(cached.size, requested);
-                    Ok((cached, local.id))
-                }
-                // A miss gives the thread's cached blocks back to the arena
-                // first, as a miss in the arena's quick bins merges them
-                // back: the arena then places the request as if no block
-                // had been cached.
-                None => Err(local.take_all()),
-            },
-            |orphans| self.flush(orphans),
-        );
-        let hit = match hit {
-            Ok(hit) => Some(hit),
-            Err(own) => {
-                self.flush(own);
-                None
-            }
-        };
+        // Large blocks are never cached: no look there.
+        let look = rounded <= SMALL_REQUEST_MAX;
+        let hit = look
+            .then(|| {
+                self.threads.with(
+                    |local| match local.take(stream, rounded) {
+                        Some(cached) => {
+                            local.counts.on_alloc(cached.size, requested);
+                            Some((cached, local.id))
+                        }
+                        None => None,
+                    },
+                    |orphans| self.flush(orphans),
+                )
+            })
+            .flatten();
         if let Some((c, thread)) = hit {
             self.note_allocated(c.size);
             let carved = Carved {
@@ -222,8 +220,12 @@ impl CachingAllocator {
         uses: &[StreamTag],
     ) {
         self.note_freed(size);
-        // A failed capture query keeps the block out of the cache, to be safe.
-        let cacheable = uses.is_empty() && self.device.capturing(stream) == Ok(false);
+        // Only small blocks: large ones go back to best fit at once, where
+        // their placement decides fragmentation (as with the arena's quick
+        // bins). A failed capture query keeps the block out, to be safe.
+        let cacheable = size <= SMALL_REQUEST_MAX
+            && uses.is_empty()
+            && self.device.capturing(stream) == Ok(false);
         let shard = origin.shard;
         let cached = Cached {
             block,

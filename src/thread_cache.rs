@@ -1,8 +1,9 @@
 //! Per-thread caches of freed blocks, in front of a device's arenas.
 //!
-//! A block freed on the caching side goes, when it may be reused at once on
-//! its own stream (no `record_stream` uses, its stream not being captured),
-//! into the freeing thread's cache for its device, in a bin for its exact
+//! A small block (of a request up to 1 MiB) freed on the caching side goes,
+//! when it may be reused at once on its own stream (no `record_stream`
+//! uses, its stream not being captured) and the freeing thread allocated
+//! it, into the freeing thread's cache for its device, in a bin for its exact
 //! (stream, block size). The next request of that thread for that rounded
 //! size on that stream takes it back without touching the arena's lock.
 //! Each thread's cache sits behind a lock of its own, uncontended except
@@ -156,7 +157,7 @@ impl Local {
     }
 
     /// Takes every cached block out.
-    pub(crate) fn take_all(&mut self) -> Vec<Cached> {
+    fn take_all(&mut self) -> Vec<Cached> {
         let mut out = Vec::new();
         self.take_all_into(&mut out);
         out
@@ -287,7 +288,8 @@ impl ThreadCaches {
     pub(crate) fn drain(&self, orphans_only: bool) -> Vec<Cached> {
         let mut out = Vec::new();
         let mut retired = Counts::default();
-        self.locals.lock().retain(|local| {
+        let mut locals = self.locals.lock();
+        locals.retain(|local| {
             let mut local = local.lock();
             if local.orphan {
                 local.take_all_into(&mut out);
@@ -299,14 +301,20 @@ impl ThreadCaches {
             }
             true
         });
+        // Under the list's lock, so `counts` sees an orphan's counts in the
+        // list or in the retired ones, never in neither.
         self.retired.lock().add(&retired);
+        drop(locals);
         out
     }
 
-    /// The user-level figures of every thread, summed.
+    /// The user-level figures of every thread, summed. (Lock order: the
+    /// list, then a cache or the retired counts; a cache, then the retired
+    /// counts.)
     pub(crate) fn counts(&self) -> Counts {
+        let locals = self.locals.lock();
         let mut sum = *self.retired.lock();
-        for local in self.locals.lock().iter() {
+        for local in locals.iter() {
             sum.add(&local.lock().counts);
         }
         sum

@@ -33,7 +33,6 @@ fn a_freed_block_comes_back_to_its_thread_and_the_books_stay_exact() {
     assert_eq!(s.caching.requested_bytes, MIB - 100);
     assert_eq!(s.caching.live_blocks, 1);
     assert_eq!(s.total.allocated_bytes, MIB);
-    // A different size misses: the cached blocks merge back first.
     let r = alloc.allocate(512, 512).unwrap();
     alloc.free(q).unwrap();
     alloc.free(r).unwrap();
@@ -113,9 +112,9 @@ fn a_block_freed_by_another_thread_goes_back_to_the_arena() {
 
 #[test]
 fn out_of_memory_drains_another_live_threads_cache() {
-    // Room for one 20 MiB segment only (plain segments: the sizes are
-    // known).
-    let host = Arc::new(HostBackend::new(0, 21 * MIB));
+    // Room for a 12 MiB segment and a little more (plain segments: the
+    // sizes are known).
+    let host = Arc::new(HostBackend::new(0, 13 * MIB));
     let config = Config {
         expandable_segments: false,
         ..Config::default()
@@ -127,21 +126,38 @@ fn out_of_memory_drains_another_live_threads_cache() {
     std::thread::scope(|s| {
         let alloc = &alloc;
         s.spawn(move || {
-            let p = alloc.allocate(3 * MIB, 512).unwrap();
+            let p = alloc.allocate(MIB, 512).unwrap(); // a 2 MiB segment
             alloc.free(p).unwrap(); // into this live thread's cache
             freed_tx.send(()).unwrap();
             done_rx.recv().unwrap(); // stay alive until the other is served
         });
         freed_rx.recv().unwrap();
-        // A small request needs a 2 MiB segment: only after the idle 20 MiB
-        // one (whose block sits in the other thread's cache) goes.
-        let q = alloc.allocate(1024, 512).expect("served after the drain");
+        // 12 MiB fit only after the idle 2 MiB segment (whose block sits in
+        // the other thread's cache) goes.
+        let q = alloc
+            .allocate(12 * MIB, 512)
+            .expect("served after the drain");
         alloc.free(q).unwrap();
         done_tx.send(()).unwrap();
     });
     let s = alloc.stats().caching;
     assert_eq!(s.oom_retries, 1);
-    assert_eq!(s.reserved_bytes, SMALL_SEGMENT);
+    assert_eq!(s.reserved_bytes, 12 * MIB);
+}
+
+#[test]
+fn large_blocks_go_back_to_best_fit_at_once() {
+    let (_host, alloc) = setup(1 << 30);
+    let p = alloc.allocate(3 * MIB, 512).unwrap();
+    alloc.free(p).unwrap();
+    // Not cached: another thread's request of another size reuses it at once.
+    let q = std::thread::scope(|s| {
+        s.spawn(|| alloc.allocate(2 * MIB, 512).unwrap())
+            .join()
+            .unwrap()
+    });
+    assert_eq!(p, q, "best fit, lowest address");
+    alloc.free(q).unwrap();
 }
 
 #[test]

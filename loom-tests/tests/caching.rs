@@ -43,7 +43,7 @@ fn worker(alloc: &graphalloc::Allocator, live: &Live, sizes: [usize; 2]) -> u64 
 /// Preemption bound of model 1: the gauges' relaxed atomics make the
 /// unbounded state space too large. (Bound 5 was 10,242 interleavings
 /// before the thread caches of freed blocks; with them, bound 3 explores
-/// 29,834 in about 17 s on 2 cores, and bound 5 runs for many minutes.)
+/// 29,303 in 5-17 s on 2 cores, and bound 5 runs for many minutes.)
 const BOUND: usize = 3;
 
 /// Model 1: two threads allocate and free concurrently through the caching

@@ -8,9 +8,8 @@ use graphalloc::{Config, Error, SMALL_SEGMENT};
 use loom::thread;
 use loom_tests::{explore, host_allocator, host_allocator_with, CAPACITY};
 
-/// Preemption bound of model 13 (at bound 8 it explores 143,594
-/// interleavings, 20 s, and passes; model 12 saturates: 118 at bound 8, so it
-/// runs unbounded).
+/// Preemption bound of model 13 (136 interleavings; model 12 saturates, so
+/// it runs unbounded: 80 interleavings).
 const BOUND: usize = 3;
 
 /// Model 12: main frees a block into its own thread cache, then takes a
@@ -68,12 +67,12 @@ fn a_cached_block_races_a_drain() {
     ]);
 }
 
-/// Model 13: the device has room for one 12 MiB segment (plain segments).
-/// Main allocates a 12 MiB block (a 12 MiB segment), frees it into its
-/// cache and allocates it again, while another thread asks for 1 KiB (a new
-/// 2 MiB segment: no room until the 12 MiB one goes) and keeps it. The other
-/// thread's out-of-memory path drains main's cache and releases the idle
-/// segment. Exactly one request fails, the one made while the other
+/// Model 13: the device has room for a 12 MiB segment and a little more
+/// (plain segments). Main allocates 1 MiB (a 2 MiB segment), frees it into
+/// its cache and allocates it again, while another thread asks for 12 MiB
+/// (a 12 MiB segment: no room until the 2 MiB one goes) and keeps it. The
+/// other thread's out-of-memory path drains main's cache and releases the
+/// idle segment. Exactly one request fails, the one made while the other
 /// thread held the memory: never for want of a block that sits unused in a
 /// cache.
 #[test]
@@ -81,6 +80,7 @@ fn out_of_memory_drains_another_threads_cache() {
     // At least 10 MiB: its segment is its size rounded to 2 MiB, with no
     // smaller segment to fall back to.
     const BIG: usize = 12 << 20;
+    const SMALL: usize = 1 << 20;
     let tally = explore(
         "13 thread caches: out of memory drains every thread's cache",
         Some(BOUND),
@@ -91,14 +91,14 @@ fn out_of_memory_drains_another_threads_cache() {
                 ..Config::default()
             };
             let (alloc, host) = host_allocator_with(&config);
-            let a = alloc.allocate(BIG, 512).unwrap();
+            let a = alloc.allocate(SMALL, 512).unwrap();
             alloc.free(a).unwrap(); // into main's cache
                                     // The other thread keeps its block: main frees it after the join.
             let other = {
                 let alloc = alloc.clone();
-                thread::spawn(move || alloc.allocate(1024, 512))
+                thread::spawn(move || alloc.allocate(BIG, 512))
             };
-            let mine = alloc.allocate(BIG, 512);
+            let mine = alloc.allocate(SMALL, 512);
             let theirs = other.join().unwrap();
             let outcome = match (&mine, &theirs) {
                 (Ok(_), Err(Error::OutOfMemory { .. })) => "main kept its block, the other ran out",
