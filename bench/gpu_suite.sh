@@ -31,7 +31,7 @@ for line in sys.stdin:
         print(j["target"]["name"], j["executable"])' "$@"
     }
     cargo build --release --lib --examples
-    cp target/release/libgraphalloc.so target/release/examples/{replay,capture,training_loop,planned_capture} "$G"/
+    cp target/release/libgraphalloc.so target/release/examples/{replay,capture,training_loop,planned_capture,hot_check} "$G"/
     cargo test --release --no-run --message-format=json 2>/dev/null |
         exe gpu_backend gpu_streams gpu_capture gpu_training gpu_pool_sharing gpu_two_devices gpu_expandable gpu_planned tensor |
         while read -r name path; do cp "$path" "$G/test_$name"; done

@@ -35,6 +35,9 @@ pub fn handle(stream: &CudaStream) -> u64 {
     stream.cu_stream() as u64
 }
 
+/// Blocks of 256 threads that run `spin_copy`.
+const SPIN_BLOCKS: u32 = 32;
+
 fn cfg(n: usize) -> LaunchConfig {
     LaunchConfig::for_num_elems(n as u32)
 }
@@ -71,11 +74,19 @@ impl ByteGpu {
         let (d, s, n64) = (dst.addr(), src.addr(), n as u64);
         let mut launch = stream.launch_builder(&self.spin_copy);
         launch.arg(&d).arg(&s).arg(&n64).arg(&ns);
+        // A small grid that copies in a grid-stride loop: every thread
+        // spins `ns` once, however large `n` is.
+        let grid = LaunchConfig {
+            grid_dim: (SPIN_BLOCKS, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: both are blocks of at least `n` bytes, live when the work
         // is queued; the allocator keeps them from reuse (and their pages
         // mapped) until this stream's work is done, the properties the
-        // tests check; `dst` is owned by the test.
-        unsafe { launch.launch(cfg(n)) }.unwrap();
+        // tests check; `dst` is owned by the test. The kernel touches
+        // exactly bytes [0, n) of each.
+        unsafe { launch.launch(grid) }.unwrap();
     }
 
     /// Copies `n` bytes of `ptr` to the host.
