@@ -30,6 +30,7 @@ use crate::arena::{
 };
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
+use crate::history::Action;
 use crate::stats::{Gauge, PoolStats, Side};
 use crate::sync::{thread_local, Arc, Mutex};
 use crate::thread_cache::{Cached, ThreadCaches};
@@ -248,6 +249,16 @@ impl CachingAllocator {
             let mut arena = self.shards[shard].lock();
             self.device
                 .free_block(&mut arena, Side::Caching, block, 0, stream, uses);
+        } else {
+            // In the thread's cache the block is free and reusable at once:
+            // its free is complete.
+            self.device.note(
+                Action::FreeCompleted,
+                Side::Caching,
+                stream,
+                size,
+                block.addr(),
+            );
         }
     }
 
@@ -262,8 +273,7 @@ impl CachingAllocator {
         for chunk in blocks.chunk_by(|a, b| a.shard == b.shard) {
             let mut arena = self.shards[chunk[0].shard].lock();
             for c in chunk {
-                self.device
-                    .free_block(&mut arena, Side::Caching, c.block, 0, c.stream, &[]);
+                self.device.return_cached(&mut arena, c.block, c.stream);
             }
         }
     }
@@ -369,7 +379,11 @@ impl CachingAllocator {
     }
 
     /// Every segment of every shard with its blocks (for snapshots).
+    ///
+    /// Thread caches are drained first, so that the blocks they hold show
+    /// as free (they are, for the statistics).
     pub(crate) fn walk(&self) -> Vec<WalkedSegment> {
+        self.drain_threads();
         self.shards.iter().flat_map(|s| s.lock().walk()).collect()
     }
 

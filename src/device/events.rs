@@ -75,6 +75,20 @@ impl Device {
         }
     }
 
+    /// Gives back to `arena` a block that sat in a thread cache: its free
+    /// was completed (and recorded in the history) when it entered the
+    /// cache, so nothing is recorded now, unless its stream is being
+    /// captured by now: then it waits for the capture's end as any free
+    /// does (and that completion is recorded again).
+    pub(crate) fn return_cached(&self, arena: &mut Arena, block: BlockRef, stream: StreamTag) {
+        if self.capturing(stream) == Ok(false) {
+            let size = arena.free(block, 0);
+            self.freed(Side::Caching, size);
+        } else {
+            self.free_block(arena, Side::Caching, block, 0, stream, &[]);
+        }
+    }
+
     /// Frees a live block of `arena`. The block becomes reusable at once
     /// unless other streams used it (`uses`, from `record_stream`): then an
     /// event is recorded on each and the block waits for them. A caching
