@@ -273,7 +273,7 @@ impl CachingAllocator {
         for chunk in blocks.chunk_by(|a, b| a.shard == b.shard) {
             let mut arena = self.shards[chunk[0].shard].lock();
             for c in chunk {
-                self.device.return_cached(&mut arena, c.block, c.stream);
+                self.device.return_cached(&mut arena, c.block);
             }
         }
     }

@@ -204,6 +204,9 @@ pub(crate) fn gather(
     let d = &cache.device;
     let device = d.ordinal();
     let info = d.mem_info();
+    // Blocks freed into thread caches since the failed request's own drain
+    // are free, not live: give them back before reading the books.
+    cache.drain_threads();
     let cached = cache.books(OOM_LARGEST_LIVE);
     let pooled = pools.books(device, OOM_LARGEST_LIVE);
     let (cache_idle, pool_idle) = (

@@ -216,3 +216,28 @@ fn many_threads_and_allocators_keep_exact_counts() {
         );
     }
 }
+
+#[test]
+fn a_cached_block_drained_during_its_streams_capture_is_free_and_completed_once() {
+    let (host, alloc) = setup(1 << 30);
+    alloc.record_history(1000).unwrap();
+    let s = host.create_stream();
+    let p = alloc.allocate_on(0, s, 4096, 512).unwrap();
+    alloc.free(p).unwrap(); // into this thread's cache: a completed free
+    host.begin_capture(s);
+    alloc.empty_cache().unwrap(); // drains the thread caches mid-capture
+    assert_eq!(
+        alloc.stats().caching.pending_frees,
+        0,
+        "freed before the capture: nothing to wait for"
+    );
+    host.end_capture(s);
+    let q = alloc.allocate_on(0, s, 4096, 512).unwrap();
+    let completed = alloc
+        .history()
+        .iter()
+        .filter(|e| e.action == graphalloc::history::Action::FreeCompleted && e.addr == p.addr())
+        .count();
+    assert_eq!(completed, 1, "one free, one completion");
+    alloc.free(q).unwrap();
+}

@@ -75,18 +75,15 @@ impl Device {
         }
     }
 
-    /// Gives back to `arena` a block that sat in a thread cache: its free
+    /// Gives back to `arena` a block that sat in a thread cache. Its free
     /// was completed (and recorded in the history) when it entered the
-    /// cache, so nothing is recorded now, unless its stream is being
-    /// captured by now: then it waits for the capture's end as any free
-    /// does (and that completion is recorded again).
-    pub(crate) fn return_cached(&self, arena: &mut Arena, block: BlockRef, stream: StreamTag) {
-        if self.capturing(stream) == Ok(false) {
-            let size = arena.free(block, 0);
-            self.freed(Side::Caching, size);
-        } else {
-            self.free_block(arena, Side::Caching, block, 0, stream, &[]);
-        }
+    /// cache, with no stream work pending on it (only such blocks enter
+    /// one), so it is simply free now, recorded nothing more: also when its
+    /// stream is being captured by now, as no captured work can use a block
+    /// the user freed before the capture began.
+    pub(crate) fn return_cached(&self, arena: &mut Arena, block: BlockRef) {
+        let size = arena.free(block, 0);
+        self.freed(Side::Caching, size);
     }
 
     /// Frees a live block of `arena`. The block becomes reusable at once

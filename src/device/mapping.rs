@@ -258,6 +258,7 @@ impl Device {
                 .collect();
             arena.mark_mapped(&kept, &kept_units);
             self.book.reserved(side, kept.len);
+            self.note(Action::SegmentMap, side, growth.stream, kept.len, kept.addr);
             return Err((e, true));
         }
         Ok(())

@@ -284,6 +284,11 @@ impl Device {
                         match self.unmap_pages(addr, len) {
                             Ok(()) => self.note(Action::SegmentUnmap, side, seg.stream, len, addr),
                             Err(e) => {
+                                // What the failing call did unmap is gone.
+                                let gone = e.unmapped_bytes().min(len);
+                                if gone > 0 {
+                                    self.note(Action::SegmentUnmap, side, seg.stream, gone, addr);
+                                }
                                 all_unmapped = false;
                                 first_error.get_or_insert(e);
                             }
