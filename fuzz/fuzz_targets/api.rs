@@ -298,6 +298,22 @@ pub fn c_record_stream(ptr: *mut c_void, stream: *mut c_void) -> i32 {
     unsafe { graphalloc_record_stream(ptr, stream) }
 }
 
+thread_local! {
+    /// Out-of-memory reports the C observer got on this thread.
+    static OOM_REPORTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The C observer of out-of-memory failures: counts them on the failing
+/// thread (where observers run), so that each failed malloc can be checked
+/// to report exactly once.
+unsafe extern "C" fn count_oom(report: *const GraphallocOomReport, _user_data: *mut c_void) {
+    // SAFETY: graphalloc passes a report that is valid during the call.
+    let requested = unsafe { (*report).requested };
+    if requested > 0 {
+        OOM_REPORTS.with(|n| n.set(n.get() + 1));
+    }
+}
+
 fn last_error() -> String {
     // SAFETY: never null; valid until this thread's next graphalloc call.
     unsafe { CStr::from_ptr(graphalloc_last_error()) }
@@ -313,8 +329,10 @@ fn no_caught_panic(what: &str) {
 
 /// Every function of the C ABI with arguments from the input (absurd
 /// sizes, devices, streams, pointers and pool ids included); no call may
-/// panic (not even one the boundary catches), and the process-wide
-/// allocator ends each input as it started: no live block, no graph mode.
+/// panic (not even one the boundary catches), each malloc that runs out of
+/// memory is reported exactly once to the out-of-memory observer, and the
+/// process-wide allocator ends each input as it started: no live block, no
+/// graph mode.
 pub fn run_c_abi(data: &[u8]) {
     static SETUP: std::sync::Once = std::sync::Once::new();
     SETUP.call_once(|| {
@@ -322,6 +340,10 @@ pub fn run_c_abi(data: &[u8]) {
             std::env::set_var("GRAPHALLOC_CONF", C_CONF);
         }
         graphalloc_set_log_errors(0);
+        // SAFETY: `count_oom` may run on any thread, needs no user data,
+        // and cannot unwind.
+        let rc = unsafe { graphalloc_set_oom_observer(Some(count_oom), std::ptr::null_mut()) };
+        assert_eq!(rc, 0, "{}", last_error());
     });
     let mut b = Bytes::new(data);
     let devices = [0, 1, -1, 2, i32::MIN, i32::MAX];
@@ -342,8 +364,15 @@ pub fn run_c_abi(data: &[u8]) {
                 } else {
                     size as isize
                 };
+                let reports = OOM_REPORTS.get();
                 let p = c_malloc(size, device, stream);
                 no_caught_panic("malloc");
+                let oom = p.is_null() && last_error().contains("out of memory on device");
+                assert_eq!(
+                    OOM_REPORTS.get() - reports,
+                    usize::from(oom),
+                    "one report per OOM"
+                );
                 if p.is_null() {
                     assert_eq!(
                         last_error().is_empty(),
