@@ -25,6 +25,18 @@ fn assert_books_exact(h: &Harness) {
     assert_eq!(s.total.reserved_bytes, h.backend.mapped_bytes(), "{s}");
 }
 
+/// A request of `size` bytes is served from memory left mapped, without a
+/// map call; then `empty_cache` unmaps everything, with exact books.
+fn reuse_without_a_map_then_empty(h: &mut Harness, size: usize) {
+    let maps = h.alloc.mapping_stats().maps;
+    let b = h.allocate(size, 512).unwrap();
+    assert_eq!(h.alloc.mapping_stats().maps, maps, "no map call");
+    h.free_block(b.ptr);
+    h.alloc.empty_cache().unwrap();
+    assert_eq!(h.backend.mapped_bytes(), 0);
+    assert_books_exact(h);
+}
+
 /// A map that fails when the cache grows changes no figure, peaks
 /// included, and maps nothing.
 #[test]
@@ -89,12 +101,7 @@ fn a_failed_unmap_leaves_the_pages_mapped_and_booked() {
     assert_eq!(h.alloc.stats().caching.reserved_bytes, 12 * MIB);
     assert_books_exact(&h);
     // Still usable: the pages serve the next request without a map.
-    let maps = h.alloc.mapping_stats().maps;
-    let b = h.allocate(12 * MIB, 512).unwrap();
-    assert_eq!(h.alloc.mapping_stats().maps, maps);
-    h.free_block(b.ptr);
-    h.alloc.empty_cache().unwrap();
-    assert_eq!(h.backend.mapped_bytes(), 0);
+    reuse_without_a_map_then_empty(&mut h, 12 * MIB);
     h.teardown();
 }
 
@@ -187,13 +194,7 @@ fn a_failed_undo_of_a_multi_unit_growth_books_what_stays_mapped() {
     assert_eq!(h.alloc.stats().caching.allocated_bytes, 0);
     assert_books_exact(&h);
     // 100 MiB fits in the unit left mapped: no map call.
-    let maps = h.alloc.mapping_stats().maps;
-    let a = h.allocate(100 * MIB, 512).unwrap();
-    assert_eq!(h.alloc.mapping_stats().maps, maps);
-    h.free_block(a.ptr);
-    h.alloc.empty_cache().unwrap();
-    assert_eq!(h.backend.mapped_bytes(), 0);
-    assert_books_exact(&h);
+    reuse_without_a_map_then_empty(&mut h, 100 * MIB);
     h.teardown();
 }
 

@@ -364,6 +364,13 @@ mod tests {
     const MIB: usize = 1 << 20;
     const PAGE: usize = 2 * MIB;
 
+    /// Maps room for `size` bytes, in one unit, and carves it.
+    fn grow_and_alloc(a: &mut Arena, size: usize) -> super::super::Carved {
+        let g = a.plan_growth(0, size).unwrap();
+        a.mark_mapped(&g, &g.units(usize::MAX));
+        a.try_alloc(0, size, 1).unwrap()
+    }
+
     fn arena() -> Arena {
         let mut a = Arena::new();
         a.add_expandable_segment(0x4000_0000, 64 * PAGE, 0, Class::Large, PAGE);
@@ -407,12 +414,8 @@ mod tests {
     fn idle_units_unmap_and_map_again_with_exact_books() {
         let mut a = arena();
         // Two mapping units, one per block.
-        let g = a.plan_growth(0, 12 * MIB).unwrap();
-        a.mark_mapped(&g, &g.units(usize::MAX));
-        let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
-        let g = a.plan_growth(0, 12 * MIB).unwrap();
-        a.mark_mapped(&g, &g.units(usize::MAX));
-        let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
+        let x = grow_and_alloc(&mut a, 12 * MIB);
+        let y = grow_and_alloc(&mut a, 12 * MIB);
         a.check_invariants();
         a.free(x.block, 1);
         a.check_invariants();
@@ -452,8 +455,8 @@ mod tests {
         let mut a = arena();
         // One unit of 24 MiB under two blocks: freeing one leaves no whole
         // unit idle (CUDA cannot unmap part of a mapping).
-        let g = a.plan_growth(0, 24 * MIB).unwrap();
-        a.mark_mapped(&g, &g.units(usize::MAX));
+        let x = grow_and_alloc(&mut a, 24 * MIB);
+        a.free(x.block, 1);
         let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
         let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
         a.free(x.block, 1);

@@ -264,11 +264,12 @@ impl Device {
         Ok(())
     }
 
-    /// Unmaps idle pages of `arena`'s expandable segments, at least
+    /// Unmaps idle units of `arena`'s expandable segments, at least
     /// `at_least` bytes if there are (`usize::MAX`: all), lowest
-    /// addresses first and none in the blocks of `keep`, after the work queued on
-    /// their streams has completed. Returns the bytes unmapped, or the
-    /// first error (pages whose unmapping failed stay mapped and booked).
+    /// addresses first and none in the blocks of `keep`, after the work
+    /// queued on their streams has completed. Returns the bytes unmapped,
+    /// or the first error (units whose unmapping failed stay mapped and
+    /// booked).
     pub(super) fn reclaim(
         &self,
         arena: &mut Arena,
