@@ -17,6 +17,10 @@ else .):
                        bench/torch_memviz_check.py)
   gpt2_step.html       graphalloc's own view of the snapshot
 
+With --workload vartrans the steps take the sequence lengths of
+torch_plugin.py's vartrans workload (same --seed), and the files are named
+vartrans_step.*.
+
 With --replay PATH (the replay example's binary) it also runs that
 comparison and prints its table.
 
@@ -48,6 +52,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--lib", default=None, help="libgraphalloc.so to install (default: the package's)")
     p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--workload", choices=("gpt2", "vartrans"), default="gpt2",
+                   help="gpt2: 512 tokens every step (writes gpt2_step.*); vartrans: the "
+                        "sequence lengths of torch_plugin.py's vartrans (writes vartrans_step.*)")
+    p.add_argument("--seed", type=int, default=1234, help="vartrans: torch_plugin.py's --seed")
     p.add_argument("--events", type=int, default=2_000_000, help="history capacity")
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--replay", default=None, help="the replay example's binary, to run --compare")
@@ -71,10 +79,17 @@ def main() -> int:
         model = build_gpt2(torch, nn, F).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=True)
     gen = torch.Generator(device=dev).manual_seed(1)
+    if args.workload == "vartrans":
+        import random
+
+        lengths = random.Random(args.seed + 2)
+        seqs = [64 * lengths.randint(1, 16) for _ in range(args.steps)]
+    else:
+        seqs = [512] * args.steps
     t0 = time.perf_counter()
     for i in range(args.steps):
         with ga.context(f"step {i} data"):
-            idx = torch.randint(0, 50257, (8, 513), device=dev, generator=gen)
+            idx = torch.randint(0, 50257, (8, seqs[i] + 1), device=dev, generator=gen)
         opt.zero_grad(set_to_none=True)
         with ga.context(f"step {i} forward"), torch.autocast("cuda", dtype=torch.bfloat16):
             loss = model(idx[:, :-1], idx[:, 1:])
@@ -83,10 +98,11 @@ def main() -> int:
         with ga.context(f"step {i} optimizer"):
             opt.step()
         torch.cuda.synchronize()
-        print(f"step {i}: loss {loss.item():.4f}")
+        print(f"step {i}: {seqs[i]} tokens, loss {loss.item():.4f}")
     ga.stop_history()
     wall = time.perf_counter() - t0
-    trace, snap, html = out / "gpt2_step.trace.gz", out / "gpt2_step.pickle", out / "gpt2_step.html"
+    name = "gpt2_step" if args.workload == "gpt2" else "vartrans_step"
+    trace, snap, html = out / f"{name}.trace.gz", out / f"{name}.pickle", out / f"{name}.html"
     n = ga.write_trace(trace)
     size = ga.dump_snapshot(snap)
     ga.dump_html(html)
