@@ -12,10 +12,15 @@ Workloads:
             random weights, plain torch.nn), batch 8 x 512, bf16 autocast,
             AdamW, 20 steps.
   vartrans  The GPT-2 small model trained with a sequence length that changes
-            every step (batch 8, lengths drawn from 64..1024 in steps of 64 by
-            a seeded generator, the same in every process), bf16 autocast,
-            AdamW, 20 steps: the shape churn in which PyTorch's default
-            segments reserve far more than they allocate.
+            every step (batch 8, lengths 64..1024 in steps of 64), bf16
+            autocast, AdamW: the shape churn in which PyTorch's default
+            segments reserve far more than they allocate. First one step at
+            each of the 16 lengths (shuffled; timed apart as `warmup_ms`:
+            the first step at a length is dominated by one-time library work,
+            kernel loading and heuristics, not by the allocator), then
+            max(--steps, 40) steps with lengths drawn by a seeded generator,
+            the same in every process: `step_ms` is their median, `mean_ms`
+            their mean. Peak reserved/allocated cover all steps.
   resnet50  ResNet-50 (torchvision if importable, else hand-written),
             batch 64 x 3 x 224 x 224, bf16 autocast, SGD momentum, 20 steps.
   graph     An MLP training step (AdamW, capturable) captured with
@@ -194,21 +199,25 @@ def build_resnet50(torch, nn):
 # Workloads (child process).
 
 
-def timed_steps(torch, step, steps, warmup):
+def timed_steps(torch, step, steps, warmup, on_step=None):
     """Runs `step` `steps` times; returns (median ms of the steps after
-    `warmup`, the last loss)."""
+    `warmup`, the last loss). `on_step(i, ms)` sees every step's time."""
     times, loss = [], None
     for i in range(steps):
         t0 = time.perf_counter()
         loss = step(i)
         torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1e3
+        if on_step is not None:
+            on_step(i, ms)
         if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
+            times.append(ms)
     return statistics.median(times), float(loss)
 
 
-def run_gpt2_steps(torch, args, seq_of_step):
-    """GPT-2 small trained with batch 8 and `seq_of_step(i)` tokens at step i."""
+def run_gpt2_steps(torch, args, seq_of_step, steps=None, warmup=None, on_step=None):
+    """GPT-2 small trained with batch 8 and `seq_of_step(i)` tokens at step i,
+    `steps` steps (default --steps), the first `warmup` untimed (default 3)."""
     import torch.nn as nn
     import torch.nn.functional as F
 
@@ -228,7 +237,9 @@ def run_gpt2_steps(torch, args, seq_of_step):
         opt.step()
         return loss.detach()
 
-    ms, loss = timed_steps(torch, step, args.steps, min(3, args.steps - 1))
+    steps = args.steps if steps is None else steps
+    warmup = min(3, steps - 1) if warmup is None else warmup
+    ms, loss = timed_steps(torch, step, steps, warmup, on_step)
     return {"step_ms": ms, "loss": loss}
 
 
@@ -236,12 +247,32 @@ def run_gpt2(torch, args):
     return run_gpt2_steps(torch, args, lambda i: 512)
 
 
+VARTRANS_LENGTHS = [64 * k for k in range(1, 17)]
+
+
 def run_vartrans(torch, args):
     import random
 
-    lengths = random.Random(args.seed + 2)
-    seqs = [64 * lengths.randint(1, 16) for _ in range(args.steps)]
-    return dict(run_gpt2_steps(torch, args, lambda i: seqs[i]), seq_lengths=seqs)
+    rng = random.Random(args.seed + 2)
+    warm = VARTRANS_LENGTHS[:]
+    rng.shuffle(warm)
+    measured = [rng.choice(VARTRANS_LENGTHS) for _ in range(max(args.steps, 40))]
+    seqs = warm + measured
+    t0 = time.perf_counter()
+    times = []
+
+    def on_step(i, ms):
+        times.append(ms)
+
+    result = run_gpt2_steps(torch, args, lambda i: seqs[i], len(seqs), len(warm), on_step)
+    warmup_ms = sum(times[: len(warm)])
+    return dict(
+        result,
+        warmup_ms=warmup_ms,
+        mean_ms=statistics.fmean(times[len(warm):]),
+        seq_lengths=seqs,
+        wall_steps_s=time.perf_counter() - t0,
+    )
 
 
 def run_resnet50(torch, args):
@@ -634,6 +665,11 @@ def parent(args):
                 )
                 results.append(r)
     print(table(results))
+    for r in results:
+        if "mean_ms" in r:
+            print(f"{r['workload']} {r['allocator']} #{r['repeat']}: median {r['step_ms']:.2f} ms, "
+                  f"mean {r['mean_ms']:.2f} ms over the measured steps; "
+                  f"first step at each length {r['warmup_ms']:.0f} ms in all")
     device = next((r["device"] for r in results if "device" in r), "unknown device")
     torch_version = next((r["torch"] for r in results if "torch" in r), "unknown")
     print(f"\n{device}, PyTorch {torch_version}, library {args.lib}; "
