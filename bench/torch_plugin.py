@@ -18,7 +18,7 @@ Workloads:
             each of the 16 lengths (shuffled; timed apart as `warmup_ms`:
             the first step at a length is dominated by one-time library work,
             kernel loading and heuristics, not by the allocator), then
-            max(--steps, 40) steps with lengths drawn by a seeded generator,
+            max(--steps, 80) steps with lengths drawn by a seeded generator,
             the same in every process: `step_ms` is their median, `mean_ms`
             their mean. Peak reserved/allocated cover all steps.
   resnet50  ResNet-50 (torchvision if importable, else hand-written),
@@ -256,7 +256,7 @@ def run_vartrans(torch, args):
     rng = random.Random(args.seed + 2)
     warm = VARTRANS_LENGTHS[:]
     rng.shuffle(warm)
-    measured = [rng.choice(VARTRANS_LENGTHS) for _ in range(max(args.steps, 40))]
+    measured = [rng.choice(VARTRANS_LENGTHS) for _ in range(max(args.steps, 80))]
     seqs = warm + measured
     t0 = time.perf_counter()
     times = []
