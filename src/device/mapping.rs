@@ -53,6 +53,13 @@ const IDLE_BUDGET: usize = 32;
 /// tighter): fewer, larger calls.
 const GROWTH_GRANULE: usize = 16 << 20;
 
+/// ... but no more than 1/GRANULE_SHARE of what the cache already maps: a
+/// small cache's units stay small, so that the few long-lived blocks in a
+/// partly used unit hold little idle memory that no reclaim can take
+/// (gpt2_generate, 0.66 GB at its peak: 1.062 with 16 MiB from the start,
+/// 1.044 with this).
+const GRANULE_SHARE: usize = 16;
+
 /// The largest mapping unit: growth is mapped in units cut at multiples of
 /// this many bytes, so that a reclaim can unmap part of a large idle block
 /// (a unit goes only whole).
@@ -186,6 +193,7 @@ impl Device {
         } else {
             growth.widen(
                 GROWTH_GRANULE
+                    .min(reserved / GRANULE_SHARE)
                     .saturating_sub(need.len)
                     .min(budget - reserved - need.len),
             );
