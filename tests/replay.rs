@@ -110,10 +110,9 @@ fn replay_report_is_consistent() {
 #[test]
 fn the_bundled_training_trace_maps_only_in_its_cold_pass() {
     let trace = Trace::from_path(BUNDLED).unwrap();
+    // Two cold passes and two warm ones, no series.
     let options = ReplayOptions {
         runs: 2,
-        warm: true,
-        series_points: 0,
         ..ReplayOptions::default()
     };
     let r = replay(&trace, &options, host, |_| {}).unwrap();
