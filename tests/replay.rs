@@ -103,6 +103,25 @@ fn replay_report_is_consistent() {
     assert!(sr.abs_diff(r.peak_reserved) as f64 <= 0.05 * r.peak_reserved as f64);
 }
 
+/// The default configuration (virtual-memory segments) on the bundled
+/// training trace: the warm passes make no mapping call (the cache the cold
+/// pass left holds every block of the next passes), and peak reserved stays
+/// within PyTorch `expandable_segments:True`'s 1.0189 on this trace.
+#[test]
+fn the_bundled_training_trace_maps_only_in_its_cold_pass() {
+    let trace = Trace::from_path(BUNDLED).unwrap();
+    // Two cold passes and two warm ones, no series.
+    let options = ReplayOptions {
+        runs: 2,
+        ..ReplayOptions::default()
+    };
+    let r = replay(&trace, &options, host, |_| {}).unwrap();
+    assert!(r.maps.maps > 0, "the cold pass maps: {:?}", r.maps);
+    let warm = r.warm_maps.expect("warm passes ran");
+    assert_eq!((warm.maps, warm.unmaps), (0, 0), "warm passes: {warm:?}");
+    assert!(r.ratio <= 1.0189, "peak reserved / allocated {}", r.ratio);
+}
+
 #[test]
 fn freeing_everything_leaves_nothing_allocated() {
     let trace = Trace::parse_str("t", "# t\na 1 1000 0\na 2 3000000 0\nf 1\na 3 512 0\n").unwrap();
