@@ -29,6 +29,7 @@
 
 mod books;
 mod expandable;
+mod index;
 
 pub(crate) use books::Books;
 pub(crate) use expandable::{Growth, IdleRun};
@@ -41,7 +42,7 @@ pub(crate) use walk::{WalkState, WalkedSegment};
 use crate::stats::PoolStats;
 use rustc_hash::FxHashMap;
 use slab::Slab;
-use std::collections::BTreeSet;
+use index::FreeIndex;
 
 /// Blocks a quick bin holds at most; more are merged into the free index.
 const QUICK_BIN_CAPACITY: usize = 64;
@@ -217,9 +218,9 @@ pub(crate) struct Arena {
     blocks: Slab<Block>,
     segments: Slab<Segment>,
     /// Free blocks with memory behind them, per class: what `try_alloc` searches.
-    free: [BTreeSet<FreeKey>; 2],
+    free: [FreeIndex<FreeKey>; 2],
     /// Unmapped free blocks of expandable segments, per class.
-    unmapped: [BTreeSet<FreeKey>; 2],
+    unmapped: [FreeIndex<FreeKey>; 2],
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
@@ -262,7 +263,7 @@ impl Arena {
     }
 
     /// The index a free block belongs in: mapped or unmapped, by class.
-    fn index_of(&mut self, slot: u32) -> &mut BTreeSet<FreeKey> {
+    fn index_of(&mut self, slot: u32) -> &mut FreeIndex<FreeKey> {
         let b = &self.blocks[slot as usize];
         let class = self.segments[b.segment as usize].class as usize;
         if b.mapped {
@@ -311,10 +312,15 @@ impl Arena {
             self.flush_quick();
         }
         let class = Class::of(rounded);
-        let &(_, found_size, _, slot) = self.free[class as usize]
-            .range((stream, rounded, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX))
-            .next()?;
-        self.index_remove(slot);
+        // The first key at or above (stream, rounded) is the best fit if it
+        // is of `stream` (the index orders by stream first).
+        let index = &mut self.free[class as usize];
+        let &found = index
+            .first_from(&(stream, rounded, 0, 0))
+            .filter(|k| k.0 == stream)?;
+        let removed = index.remove(&found);
+        debug_assert!(removed);
+        let (_, found_size, _, slot) = found;
         let remaining = found_size - rounded;
         if class.should_split(remaining) {
             let at = self.blocks[slot as usize].addr + rounded as u64;
@@ -561,8 +567,8 @@ impl Arena {
             self.stats.on_release(held);
         }
         self.blocks.clear();
-        self.free.iter_mut().for_each(BTreeSet::clear);
-        self.unmapped.iter_mut().for_each(BTreeSet::clear);
+        self.free.iter_mut().for_each(FreeIndex::clear);
+        self.unmapped.iter_mut().for_each(FreeIndex::clear);
         self.quick.clear();
         self.quick_listed.clear();
         self.quick_blocks = 0;
@@ -707,7 +713,7 @@ impl Arena {
             .free
             .iter()
             .chain(&self.unmapped)
-            .map(BTreeSet::len)
+            .map(FreeIndex::len)
             .sum();
         assert_eq!(indexed, free_blocks);
         let deferred: usize = self
