@@ -340,7 +340,10 @@ impl Allocator {
                 Err(s) => return Err(self.shortfall(s, cache, device, size, None)),
             },
         };
-        let addr = carved.block.addr().next_multiple_of(align as u64);
+        // `align` is a power of two: a mask, not the division of
+        // `next_multiple_of` (no overflow: blocks lie far below 2^64).
+        let mask = align as u64 - 1;
+        let addr = (carved.block.addr() + mask) & !mask;
         if self.recorders.any() {
             self.recorders
                 .on_alloc(device, stream, size, align, rounded, addr);

@@ -35,7 +35,7 @@ pub(crate) struct Record {
     pub(crate) stream: u64,
     /// Other streams that used the block (`record_stream`): boxed, as few
     /// blocks have any, behind a thin pointer to keep the record small.
-    pub(crate) uses: Option<Box<Vec<u64>>>,
+    pub(crate) uses: Option<Box<Uses>>,
     /// Whether an owning handle (a `DeviceBuffer`) holds the block: then
     /// only that handle frees it ([`OwnershipMap::claim`] with `held`).
     pub(crate) held: bool,
@@ -45,7 +45,7 @@ impl Record {
     /// The other streams that used the block.
     #[inline]
     pub(crate) fn uses(&self) -> &[u64] {
-        self.uses.as_deref().map_or(&[], Vec::as_slice)
+        self.uses.as_deref().map_or(&[], |u| u.0.as_slice())
     }
 
     /// The device the block is on.
@@ -56,6 +56,11 @@ impl Record {
         }
     }
 }
+
+/// The other streams that used a block: a `Vec` behind the record's thin
+/// pointer.
+#[derive(Debug, Default)]
+pub(crate) struct Uses(Vec<u64>);
 
 /// What [`OwnershipMap::claim`] found.
 #[derive(Debug)]
@@ -138,7 +143,7 @@ impl OwnershipMap {
         self.map
             .with_mut(&key(ptr), |r| {
                 if r.stream != stream && !r.uses().contains(&stream) {
-                    r.uses.get_or_insert_with(Box::default).push(stream);
+                    r.uses.get_or_insert_with(Box::default).0.push(stream);
                 }
             })
             .is_some()
