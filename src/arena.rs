@@ -314,18 +314,21 @@ impl Arena {
         let class = Class::of(rounded);
         // The first key at or above (stream, rounded) is the best fit if it
         // is of `stream` (the index orders by stream first).
-        let index = &mut self.free[class as usize];
-        let &found = index
+        let &found = self.free[class as usize]
             .first_from(&(stream, rounded, 0, 0))
             .filter(|k| k.0 == stream)?;
-        let removed = index.remove(&found);
-        debug_assert!(removed);
-        let (_, found_size, _, slot) = found;
+        let (_, found_size, found_addr, slot) = found;
         let remaining = found_size - rounded;
         if class.should_split(remaining) {
-            let at = self.blocks[slot as usize].addr + rounded as u64;
+            // What is left takes the found block's place in the same index
+            // (same stream, class and mapped state).
+            let at = found_addr + rounded as u64;
             let rest = self.split_free(slot, at);
-            self.index_insert(rest);
+            let rest_key = self.key(rest);
+            self.free[class as usize].replace(&found, rest_key);
+        } else {
+            let removed = self.free[class as usize].remove(&found);
+            debug_assert!(removed, "best fit missing from the index");
         }
         let b = &mut self.blocks[slot as usize];
         b.allocated = true;
@@ -511,20 +514,33 @@ impl Arena {
     fn merge_and_index(&mut self, mut slot: u32) -> u32 {
         let mapped = self.blocks[slot as usize].mapped;
         let joins = |b: &Block| !b.allocated && b.mapped == mapped;
+        // The merged block takes the place of one merged neighbour in the
+        // index (the same one: same segment, same mapped state).
+        let mut replaced = None;
         if let Some(next) = self.blocks[slot as usize].next {
             if joins(&self.blocks[next as usize]) {
-                self.index_remove(next);
+                replaced = Some(self.key(next));
                 self.absorb_next(slot);
             }
         }
         if let Some(prev) = self.blocks[slot as usize].prev {
             if joins(&self.blocks[prev as usize]) {
-                self.index_remove(prev);
+                let key = self.key(prev);
+                if let Some(next_key) = replaced.replace(key) {
+                    let removed = self.index_of(prev).remove(&next_key);
+                    debug_assert!(removed, "free block missing from the index");
+                }
                 self.absorb_next(prev);
                 slot = prev;
             }
         }
-        self.index_insert(slot);
+        match replaced {
+            Some(old) => {
+                let key = self.key(slot);
+                self.index_of(slot).replace(&old, key);
+            }
+            None => self.index_insert(slot),
+        }
         slot
     }
 

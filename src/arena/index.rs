@@ -102,6 +102,40 @@ impl<K: Ord + Copy> FreeIndex<K> {
         }
     }
 
+    /// Replaces `old`, which must be present, with `new`, which must be
+    /// absent: as `remove(old)` then `insert(new)`, but in the `Vec` one
+    /// rotation of the entries between their places instead of two shifts
+    /// of everything after them. (A split or a merge replaces one free
+    /// block by another of the same stream.)
+    #[inline]
+    pub(crate) fn replace(&mut self, old: &K, new: K) {
+        match self {
+            FreeIndex::Small(v) => {
+                let Ok(i) = v.binary_search(old) else {
+                    debug_assert!(false, "replaced key missing");
+                    self.insert(new);
+                    return;
+                };
+                if new < *old {
+                    let j = v[..i].partition_point(|k| *k < new);
+                    debug_assert!(v.get(j) != Some(&new), "new key present");
+                    v[j..=i].rotate_right(1);
+                    v[j] = new;
+                } else {
+                    let j = i + 1 + v[i + 1..].partition_point(|k| *k < new);
+                    debug_assert!(v.get(j) != Some(&new), "new key present");
+                    v[i..j].rotate_left(1);
+                    v[j - 1] = new;
+                }
+            }
+            FreeIndex::Large(s) => {
+                let removed = s.remove(old);
+                debug_assert!(removed, "replaced key missing");
+                s.insert(new);
+            }
+        }
+    }
+
     /// Removes `key`; returns whether it was present.
     #[inline]
     pub(crate) fn remove(&mut self, key: &K) -> bool {
@@ -180,6 +214,15 @@ mod tests {
                 (false, true) => grew += 1,
                 (true, false) => shrank += 1,
                 _ => {}
+            }
+            // A replacement of a present key by an absent one.
+            if let Some(&old) = model.iter().nth(rng.random_range(0..model.len().max(1))) {
+                let new = (rng.random_range(0..2), rng.random_range(0..60));
+                if !model.contains(&new) {
+                    index.replace(&old, new);
+                    model.remove(&old);
+                    model.insert(new);
+                }
             }
             let probe = (rng.random_range(0..2), rng.random_range(0..64));
             assert_eq!(index.first_from(&probe), model.range(probe..).next());
