@@ -295,7 +295,6 @@ impl Allocator {
     /// handle's. `graph` is the calling thread's graph-mode pool that
     /// applies (looked up once by the caller: one thread-local access per
     /// call); `device` is the device asked for, else the pool's, else 0.
-    #[inline]
     fn allocate_as(
         &self,
         graph: Option<Arc<PoolCore>>,
@@ -353,10 +352,7 @@ impl Allocator {
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
             // Device indices come from a `Vec` of backends: far below 2^32.
-            None => Owner::Cache {
-                device: device as u32,
-                origin,
-            },
+            None => Owner::Cache { device, origin },
         };
         self.ownership.insert(
             addr,
@@ -398,7 +394,8 @@ impl Allocator {
             Shortfall::Overflow => too_large(cache, size),
             Shortfall::Backend(e) => Error::Backend(e),
             Shortfall::Exhausted => {
-                let owner = pool.map_or(crate::OomOwner::Cache, |p| crate::OomOwner::GraphPool(p.id));
+                let owner =
+                    pool.map_or(crate::OomOwner::Cache, |p| crate::OomOwner::GraphPool(p.id));
                 self.out_of_memory(device, size, owner)
             }
         }
@@ -646,7 +643,6 @@ impl Allocator {
         self.free_as(ptr, true)
     }
 
-    #[inline]
     fn free_as(&self, ptr: DevicePtr, held: bool) -> Result<()> {
         let record = match self.ownership.claim(ptr.addr(), held) {
             Claim::Claimed(record) => record,
@@ -659,8 +655,9 @@ impl Allocator {
         }
         self.history.free_requested(&record, ptr.addr());
         match &record.owner {
-            Owner::Cache { device, origin } => self.caches[*device as usize]
-                .free(*origin, block, record.size, requested, stream, uses),
+            Owner::Cache { device, origin } => {
+                self.caches[*device].free(*origin, block, record.size, requested, stream, uses)
+            }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }
         Ok(())

@@ -40,9 +40,9 @@ mod walk;
 pub(crate) use walk::{WalkState, WalkedSegment};
 
 use crate::stats::PoolStats;
+use index::FreeIndex;
 use rustc_hash::FxHashMap;
 use slab::Slab;
-use index::FreeIndex;
 
 /// Blocks a quick bin holds at most; more are merged into the free index.
 const QUICK_BIN_CAPACITY: usize = 64;

@@ -14,16 +14,16 @@ use crate::sync::{Arc, ConcurrentMap};
 #[derive(Debug, Clone)]
 pub(crate) enum Owner {
     /// The caching allocator of a device (index into the allocator's
-    /// devices), and where in it the block came from. (A `u32` device
-    /// keeps the variant, tag included, at 24 bytes.)
-    Cache { device: u32, origin: Origin },
+    /// devices), and where in it the block came from.
+    Cache { device: usize, origin: Origin },
     /// A graph pool; holding the `Arc` keeps the pool's segments alive.
     Pool(Arc<PoolCore>),
 }
 
-/// What the map records for one live pointer: 80 bytes, moved into the map
+/// What the map records for one live pointer: 88 bytes, moved into the map
 /// on every allocation and out of it on every free, so kept small (a thin
-/// pointer for the rare `uses`, a 24-byte owner).
+/// pointer for the rare `uses`). (Packing the device into a `u32`, or
+/// aligning the record to 16 bytes, measured slower on the host.)
 #[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) owner: Owner,
@@ -51,7 +51,7 @@ impl Record {
     /// The device the block is on.
     pub(crate) fn device(&self) -> usize {
         match &self.owner {
-            Owner::Cache { device, .. } => *device as usize,
+            Owner::Cache { device, .. } => *device,
             Owner::Pool(pool) => pool.device(),
         }
     }
@@ -85,12 +85,11 @@ fn key(ptr: u64) -> u64 {
 
 #[cfg(all(test, target_pointer_width = "64"))]
 mod layout {
-    /// The record stays at 80 bytes (it was 96): every allocation moves one
+    /// The record stays at 88 bytes (it was 96): every allocation moves one
     /// into the map and every free one out.
     #[test]
     fn record_is_small() {
-        assert_eq!(std::mem::size_of::<super::Owner>(), 24);
-        assert_eq!(std::mem::size_of::<super::Record>(), 80);
+        assert_eq!(std::mem::size_of::<super::Record>(), 88);
     }
 }
 
