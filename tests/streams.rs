@@ -139,7 +139,9 @@ fn a_capture_begun_after_cached_pairs_still_routes_to_its_pool() {
     }
     let id = host.begin_capture(s);
     let p = alloc.allocate_on(0, s, 4096, 512).unwrap();
-    let pool = alloc.capture_pool(0, id).expect("a pool made for the capture");
+    let pool = alloc
+        .capture_pool(0, id)
+        .expect("a pool made for the capture");
     assert_eq!(alloc.pool_of(p), Some(pool.id()));
     alloc.free(p).unwrap();
     host.end_capture(s);
