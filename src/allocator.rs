@@ -64,6 +64,31 @@ pub struct Allocator {
     pub(crate) history: Arc<History>,
 }
 
+/// The error for a zero size or an alignment [`Allocator::allocate`] does
+/// not serve.
+#[cold]
+#[inline(never)]
+fn bad_request(size: usize, align: usize) -> Error {
+    if size == 0 {
+        Error::ZeroSize
+    } else {
+        Error::InvalidAlignment {
+            align,
+            max: MAX_ALIGNMENT,
+        }
+    }
+}
+
+/// The error for a request larger than any segment `cache`'s device can hold.
+#[cold]
+#[inline(never)]
+fn too_large(cache: &CachingAllocator, size: usize) -> Error {
+    Error::TooLarge {
+        requested: size,
+        limit: cache.device.capacity(),
+    }
+}
+
 /// Maps a backend error about a stream argument to the allocator's error.
 fn stream_error(e: BackendError, stream: u64) -> Error {
     match e {
@@ -209,10 +234,10 @@ impl Allocator {
     }
 
     fn cache(&self, device: usize) -> Result<&Arc<CachingAllocator>> {
-        self.caches.get(device).ok_or(Error::InvalidDevice {
-            device,
-            count: self.caches.len(),
-        })
+        match self.caches.get(device) {
+            Some(cache) => Ok(cache),
+            None => Err(self.invalid_device(device)),
+        }
     }
 
     /// Allocates `size` bytes aligned to `align` on the calling thread's
@@ -279,51 +304,45 @@ impl Allocator {
         align: usize,
         held: bool,
     ) -> Result<DevicePtr> {
-        if size == 0 {
-            return Err(Error::ZeroSize);
-        }
-        if !align.is_power_of_two() || align > MAX_ALIGNMENT {
-            return Err(Error::InvalidAlignment {
-                align,
-                max: MAX_ALIGNMENT,
-            });
+        if size == 0 || !align.is_power_of_two() || align > MAX_ALIGNMENT {
+            return Err(bad_request(size, align));
         }
         let device = device.unwrap_or_else(|| graph.as_ref().map_or(0, |p| p.device()));
-        let cache = self.cache(device)?;
+        let Some(cache) = self.caches.get(device) else {
+            return Err(self.invalid_device(device));
+        };
         self.check_stream(device, stream)?;
         let padding = align.saturating_sub(BLOCK_ROUND);
-        let too_large = || Error::TooLarge {
-            requested: size,
-            limit: cache.device.capacity(),
-        };
         // A request that can never fit fails before it can flush any cache.
         let rounded = size
             .checked_add(padding)
             .and_then(round_size)
-            .filter(|&r| tight_segment_size(r).is_some_and(|s| s <= cache.device.capacity()))
-            .ok_or_else(too_large)?;
+            .filter(|&r| tight_segment_size(r).is_some_and(|s| s <= cache.device.capacity()));
+        let Some(rounded) = rounded else {
+            return Err(too_large(cache, size));
+        };
         let pool = match graph {
             Some(pool) => Some(pool),
+            // The default stream is never captured: no look-up at all.
+            None if stream == DEFAULT_STREAM => None,
             None => self.pool_for_capture(device, stream)?,
         };
-        let carved = match &pool {
-            Some(pool) => pool
-                .allocate(stream, rounded, size, align)
-                .map(|c| (Origin::default(), c)),
-            None => cache.allocate(stream, rounded, size),
+        // The error paths are out of line, so that the common path moves
+        // no error value around.
+        let (origin, carved) = match &pool {
+            Some(pool) => match pool.allocate(stream, rounded, size, align) {
+                Ok(carved) => (Origin::default(), carved),
+                Err(s) => return Err(self.shortfall(s, cache, device, size, Some(pool))),
+            },
+            None => match cache.allocate(stream, rounded, size) {
+                Ok(carved) => carved,
+                Err(s) => return Err(self.shortfall(s, cache, device, size, None)),
+            },
         };
-        let carved = carved.map_err(|shortfall| match shortfall {
-            Shortfall::Overflow => too_large(),
-            Shortfall::Backend(e) => Error::Backend(e),
-            Shortfall::Exhausted => {
-                let owner = pool
-                    .as_ref()
-                    .map_or(crate::OomOwner::Cache, |p| crate::OomOwner::GraphPool(p.id));
-                self.out_of_memory(device, size, owner)
-            }
-        })?;
-        let (origin, carved) = carved;
-        let addr = carved.block.addr().next_multiple_of(align as u64);
+        // `align` is a power of two: a mask, not the division of
+        // `next_multiple_of` (no overflow: blocks lie far below 2^64).
+        let mask = align as u64 - 1;
+        let addr = (carved.block.addr() + mask) & !mask;
         if self.recorders.any() {
             self.recorders
                 .on_alloc(device, stream, size, align, rounded, addr);
@@ -332,6 +351,7 @@ impl Allocator {
             .alloc(device, stream, size, addr, pool.as_deref());
         let owner = match pool {
             Some(pool) => Owner::Pool(pool),
+            // Device indices come from a `Vec` of backends: far below 2^32.
             None => Owner::Cache { device, origin },
         };
         self.ownership.insert(
@@ -347,6 +367,38 @@ impl Allocator {
             },
         );
         Ok(DevicePtr::new(addr))
+    }
+
+    /// The error for a request on a device this allocator does not have.
+    #[cold]
+    #[inline(never)]
+    fn invalid_device(&self, device: usize) -> Error {
+        Error::InvalidDevice {
+            device,
+            count: self.caches.len(),
+        }
+    }
+
+    /// The error for a carve that fell short.
+    #[cold]
+    #[inline(never)]
+    fn shortfall(
+        &self,
+        shortfall: Shortfall,
+        cache: &CachingAllocator,
+        device: usize,
+        size: usize,
+        pool: Option<&Arc<PoolCore>>,
+    ) -> Error {
+        match shortfall {
+            Shortfall::Overflow => too_large(cache, size),
+            Shortfall::Backend(e) => Error::Backend(e),
+            Shortfall::Exhausted => {
+                let owner =
+                    pool.map_or(crate::OomOwner::Cache, |p| crate::OomOwner::GraphPool(p.id));
+                self.out_of_memory(device, size, owner)
+            }
+        }
     }
 
     /// The pool that allocations on `stream` go to while it is being
@@ -594,8 +646,7 @@ impl Allocator {
     fn free_as(&self, ptr: DevicePtr, held: bool) -> Result<()> {
         let record = match self.ownership.claim(ptr.addr(), held) {
             Claim::Claimed(record) => record,
-            Claim::Held => return Err(Error::BufferHeld { ptr: ptr.addr() }),
-            Claim::NotLive => return Err(self.diagnose(ptr.addr())),
+            other => return Err(self.unclaimed(other, ptr.addr())),
         };
         let (block, requested, stream, uses) =
             (record.block, record.requested, record.stream, record.uses());
@@ -610,6 +661,16 @@ impl Allocator {
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }
         Ok(())
+    }
+
+    /// The error for a free whose claim took nothing.
+    #[cold]
+    #[inline(never)]
+    fn unclaimed(&self, claim: Claim, addr: u64) -> Error {
+        match claim {
+            Claim::Held => Error::BufferHeld { ptr: addr },
+            _ => self.diagnose(addr),
+        }
     }
 
     /// Why `addr` is not a live pointer (slow; only on the error path).

@@ -29,6 +29,7 @@
 
 mod books;
 mod expandable;
+mod index;
 
 pub(crate) use books::Books;
 pub(crate) use expandable::{Growth, IdleRun};
@@ -39,9 +40,9 @@ mod walk;
 pub(crate) use walk::{WalkState, WalkedSegment};
 
 use crate::stats::PoolStats;
+use index::FreeIndex;
 use rustc_hash::FxHashMap;
 use slab::Slab;
-use std::collections::BTreeSet;
 
 /// Blocks a quick bin holds at most; more are merged into the free index.
 const QUICK_BIN_CAPACITY: usize = 64;
@@ -217,9 +218,9 @@ pub(crate) struct Arena {
     blocks: Slab<Block>,
     segments: Slab<Segment>,
     /// Free blocks with memory behind them, per class: what `try_alloc` searches.
-    free: [BTreeSet<FreeKey>; 2],
+    free: [FreeIndex<FreeKey>; 2],
     /// Unmapped free blocks of expandable segments, per class.
-    unmapped: [BTreeSet<FreeKey>; 2],
+    unmapped: [FreeIndex<FreeKey>; 2],
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
@@ -262,7 +263,7 @@ impl Arena {
     }
 
     /// The index a free block belongs in: mapped or unmapped, by class.
-    fn index_of(&mut self, slot: u32) -> &mut BTreeSet<FreeKey> {
+    fn index_of(&mut self, slot: u32) -> &mut FreeIndex<FreeKey> {
         let b = &self.blocks[slot as usize];
         let class = self.segments[b.segment as usize].class as usize;
         if b.mapped {
@@ -311,15 +312,23 @@ impl Arena {
             self.flush_quick();
         }
         let class = Class::of(rounded);
-        let &(_, found_size, _, slot) = self.free[class as usize]
-            .range((stream, rounded, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX))
-            .next()?;
-        self.index_remove(slot);
+        // The first key at or above (stream, rounded) is the best fit if it
+        // is of `stream` (the index orders by stream first).
+        let &found = self.free[class as usize]
+            .first_from(&(stream, rounded, 0, 0))
+            .filter(|k| k.0 == stream)?;
+        let (_, found_size, found_addr, slot) = found;
         let remaining = found_size - rounded;
         if class.should_split(remaining) {
-            let at = self.blocks[slot as usize].addr + rounded as u64;
+            // What is left takes the found block's place in the same index
+            // (same stream, class and mapped state).
+            let at = found_addr + rounded as u64;
             let rest = self.split_free(slot, at);
-            self.index_insert(rest);
+            let rest_key = self.key(rest);
+            self.free[class as usize].replace(&found, rest_key);
+        } else {
+            let removed = self.free[class as usize].remove(&found);
+            debug_assert!(removed, "best fit missing from the index");
         }
         let b = &mut self.blocks[slot as usize];
         b.allocated = true;
@@ -505,20 +514,33 @@ impl Arena {
     fn merge_and_index(&mut self, mut slot: u32) -> u32 {
         let mapped = self.blocks[slot as usize].mapped;
         let joins = |b: &Block| !b.allocated && b.mapped == mapped;
+        // The merged block takes the place of one merged neighbour in the
+        // index (the same one: same segment, same mapped state).
+        let mut replaced = None;
         if let Some(next) = self.blocks[slot as usize].next {
             if joins(&self.blocks[next as usize]) {
-                self.index_remove(next);
+                replaced = Some(self.key(next));
                 self.absorb_next(slot);
             }
         }
         if let Some(prev) = self.blocks[slot as usize].prev {
             if joins(&self.blocks[prev as usize]) {
-                self.index_remove(prev);
+                let key = self.key(prev);
+                if let Some(next_key) = replaced.replace(key) {
+                    let removed = self.index_of(prev).remove(&next_key);
+                    debug_assert!(removed, "free block missing from the index");
+                }
                 self.absorb_next(prev);
                 slot = prev;
             }
         }
-        self.index_insert(slot);
+        match replaced {
+            Some(old) => {
+                let key = self.key(slot);
+                self.index_of(slot).replace(&old, key);
+            }
+            None => self.index_insert(slot),
+        }
         slot
     }
 
@@ -561,8 +583,8 @@ impl Arena {
             self.stats.on_release(held);
         }
         self.blocks.clear();
-        self.free.iter_mut().for_each(BTreeSet::clear);
-        self.unmapped.iter_mut().for_each(BTreeSet::clear);
+        self.free.iter_mut().for_each(FreeIndex::clear);
+        self.unmapped.iter_mut().for_each(FreeIndex::clear);
         self.quick.clear();
         self.quick_listed.clear();
         self.quick_blocks = 0;
@@ -707,7 +729,7 @@ impl Arena {
             .free
             .iter()
             .chain(&self.unmapped)
-            .map(BTreeSet::len)
+            .map(FreeIndex::len)
             .sum();
         assert_eq!(indexed, free_blocks);
         let deferred: usize = self

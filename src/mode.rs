@@ -25,6 +25,15 @@ struct Entry {
 thread_local! {
     static STACK: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
     static NEXT_TOKEN: Cell<u64> = const { Cell::new(0) };
+    /// The stack's length, kept beside it: a `Cell<usize>` needs no
+    /// destructor, so reading it is one plain load, and a thread outside
+    /// graph mode (the common case) never touches the stack itself.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Mirrors the stack's length into [`DEPTH`].
+fn set_depth(stack: &[Entry]) {
+    let _ = DEPTH.try_with(|d| d.set(stack.len()));
 }
 
 /// Keeps the calling thread in graph mode on one pool until dropped.
@@ -63,10 +72,12 @@ pub(crate) fn enter(pool: &GraphPool) -> GraphModeGuard {
         })
         .unwrap_or(u64::MAX);
     let _ = STACK.try_with(|s| {
-        s.borrow_mut().push(Entry {
+        let mut stack = s.borrow_mut();
+        stack.push(Entry {
             token,
             pool: pool.core.clone(),
-        })
+        });
+        set_depth(&stack);
     });
     GraphModeGuard {
         token,
@@ -82,6 +93,7 @@ impl Drop for GraphModeGuard {
             let mut stack = s.borrow_mut();
             if let Some(i) = stack.iter().rposition(|e| e.token == self.token) {
                 stack.remove(i);
+                set_depth(&stack);
             }
         });
     }
@@ -91,7 +103,12 @@ impl Drop for GraphModeGuard {
 /// in graph mode on: on `device`, or with `None` on any device (guards on
 /// other devices' pools are looked through). One thread-local access, and
 /// none of the stack's `Arc`s is touched unless one is returned.
+#[inline]
 pub(crate) fn current_pool(allocator_id: u64, device: Option<usize>) -> Option<Arc<PoolCore>> {
+    // Outside graph mode (or once the thread-locals are gone): no pool.
+    if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
+        return None;
+    }
     STACK
         .try_with(|s| {
             s.borrow()

@@ -124,6 +124,32 @@ fn allocations_on_a_capturing_stream_land_in_its_pool() {
     assert_eq!(alloc.release_capture_pools(), 1);
 }
 
+/// The allocator asks for a stream's capture status on every allocation
+/// (a capture can begin through the driver, unseen): a capture that begins
+/// after pairs on the stream went through the cache's fast path still gets
+/// the capture's pool, and the cache again once it ends.
+#[test]
+fn a_capture_begun_after_cached_pairs_still_routes_to_its_pool() {
+    let (host, alloc) = setup();
+    let s = host.create_stream();
+    for _ in 0..3 {
+        let p = alloc.allocate_on(0, s, 4096, 512).unwrap();
+        assert_eq!(alloc.pool_of(p), None);
+        alloc.free(p).unwrap();
+    }
+    let id = host.begin_capture(s);
+    let p = alloc.allocate_on(0, s, 4096, 512).unwrap();
+    let pool = alloc
+        .capture_pool(0, id)
+        .expect("a pool made for the capture");
+    assert_eq!(alloc.pool_of(p), Some(pool.id()));
+    alloc.free(p).unwrap();
+    host.end_capture(s);
+    let q = alloc.allocate_on(0, s, 4096, 512).unwrap();
+    assert_eq!(alloc.pool_of(q), None, "eager work uses the cache again");
+    alloc.free(q).unwrap();
+}
+
 #[test]
 fn a_registered_pool_serves_its_streams_captures() {
     let (host, alloc) = setup();

@@ -59,6 +59,8 @@ pub(crate) struct Device {
     /// The device's total memory, read on first need (so building an
     /// allocator touches no device); the limit derives from it.
     total: std::sync::OnceLock<usize>,
+    /// [`Device::capacity`] once known for good; 0 before.
+    capacity: AtomicUsize,
     /// Bytes held in segments now, caches and pools together.
     reserved: AtomicUsize,
     /// Idle events, reused for stream ordering (destroyed with the device).
@@ -96,6 +98,7 @@ impl Device {
             limiter,
             expandable,
             total: std::sync::OnceLock::new(),
+            capacity: AtomicUsize::new(0),
             reserved: AtomicUsize::new(0),
             events: Mutex::new(Vec::new()),
             mapping: mapping::Counters::default(),
@@ -141,9 +144,32 @@ impl Device {
     }
 
     /// The most any single request can get: the device's total memory, or
-    /// the limit if lower.
+    /// the limit if lower. Once both are known it cannot change (the total
+    /// is read once, the limit derives from it or is fixed): then it is one
+    /// relaxed load, as every allocation asks.
+    #[inline]
     pub(crate) fn capacity(&self) -> usize {
-        self.total().unwrap_or(usize::MAX).min(self.limit())
+        match self.capacity.load(Ordering::Relaxed) {
+            0 => self.capacity_slow(),
+            known => known,
+        }
+    }
+
+    /// [`Device::capacity`] while it is not known for good: computed, and
+    /// kept once the total was read and the limit (if any) answered.
+    #[cold]
+    fn capacity_slow(&self) -> usize {
+        let total = self.total();
+        let limit = self.limiter.as_ref().map(|l| l.limit());
+        let capacity = total
+            .unwrap_or(usize::MAX)
+            .min(limit.flatten().unwrap_or(usize::MAX));
+        // A limit that did not answer (its read of the total failed) may
+        // answer later: keep nothing then.
+        if total.is_some() && !matches!(limit, Some(None)) && capacity != 0 {
+            self.capacity.store(capacity, Ordering::Relaxed);
+        }
+        capacity
     }
 
     /// The device's total memory, read from the backend once it answers.

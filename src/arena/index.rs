@@ -1,0 +1,245 @@
+//! [`FreeIndex`]: an ordered set of free-block keys, as a sorted `Vec`
+//! while small and a `BTreeSet` once large.
+//!
+//! Best fit asks the index for the first key at or above `(stream, size)`
+//! and then removes it and inserts what a split leaves: a few operations on
+//! every large allocation and free. Most arenas hold few free blocks per
+//! class, where a binary search and a short `memmove` in one contiguous
+//! buffer beat the B-tree's node walks; an arena with many free blocks keeps
+//! the B-tree's logarithmic cost. Both forms hold the same keys in the same
+//! order, so every search returns what a `BTreeSet` would: placement does
+//! not depend on the form.
+
+use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
+
+/// Entries above which the sorted `Vec` becomes a `BTreeSet`.
+const GROW_AT: usize = 64;
+/// Entries below which the `BTreeSet` becomes a sorted `Vec` again (less
+/// than [`GROW_AT`], so that a set near the limit does not switch back and
+/// forth).
+const SHRINK_AT: usize = 16;
+
+/// An ordered set of keys; see the module docs.
+#[derive(Debug)]
+pub(crate) enum FreeIndex<K: Ord + Copy> {
+    /// Sorted, no duplicates.
+    Small(Vec<K>),
+    Large(BTreeSet<K>),
+}
+
+impl<K: Ord + Copy> Default for FreeIndex<K> {
+    fn default() -> Self {
+        FreeIndex::Small(Vec::new())
+    }
+}
+
+/// The keys of a [`FreeIndex`] in a range, in order.
+pub(crate) enum Iter<'a, K> {
+    Small(std::slice::Iter<'a, K>),
+    Large(std::collections::btree_set::Range<'a, K>),
+}
+
+impl<'a, K> Iterator for Iter<'a, K> {
+    type Item = &'a K;
+    #[inline]
+    fn next(&mut self) -> Option<&'a K> {
+        match self {
+            Iter::Small(it) => it.next(),
+            Iter::Large(it) => it.next(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> FreeIndex<K> {
+    /// The first key at or above `from`.
+    #[inline]
+    pub(crate) fn first_from(&self, from: &K) -> Option<&K> {
+        match self {
+            FreeIndex::Small(v) => v.get(v.partition_point(|k| k < from)),
+            FreeIndex::Large(s) => s.range(from..).next(),
+        }
+    }
+
+    /// The keys in `range`, in order (none if it is empty).
+    pub(crate) fn range(&self, range: RangeInclusive<K>) -> Iter<'_, K> {
+        if range.start() > range.end() {
+            return Iter::Small([].iter());
+        }
+        match self {
+            FreeIndex::Small(v) => {
+                let start = v.partition_point(|k| k < range.start());
+                let end = v.partition_point(|k| k <= range.end());
+                Iter::Small(v[start..end].iter())
+            }
+            FreeIndex::Large(s) => Iter::Large(s.range(range)),
+        }
+    }
+
+    /// Every key, in order.
+    pub(crate) fn iter(&self) -> Iter<'_, K> {
+        match self {
+            FreeIndex::Small(v) => Iter::Small(v.iter()),
+            FreeIndex::Large(s) => Iter::Large(s.range(..)),
+        }
+    }
+
+    /// Inserts `key`; returns whether it was absent.
+    #[inline]
+    pub(crate) fn insert(&mut self, key: K) -> bool {
+        match self {
+            FreeIndex::Small(v) => match v.binary_search(&key) {
+                Ok(_) => false,
+                Err(at) => {
+                    v.insert(at, key);
+                    if v.len() > GROW_AT {
+                        *self = FreeIndex::Large(v.drain(..).collect());
+                    }
+                    true
+                }
+            },
+            FreeIndex::Large(s) => s.insert(key),
+        }
+    }
+
+    /// Replaces `old`, which must be present, with `new`, which must be
+    /// absent: as `remove(old)` then `insert(new)`, but in the `Vec` one
+    /// rotation of the entries between their places instead of two shifts
+    /// of everything after them. (A split or a merge replaces one free
+    /// block by another of the same stream.)
+    #[inline]
+    pub(crate) fn replace(&mut self, old: &K, new: K) {
+        match self {
+            FreeIndex::Small(v) => {
+                let Ok(i) = v.binary_search(old) else {
+                    debug_assert!(false, "replaced key missing");
+                    self.insert(new);
+                    return;
+                };
+                if new < *old {
+                    let j = v[..i].partition_point(|k| *k < new);
+                    debug_assert!(v.get(j) != Some(&new), "new key present");
+                    v[j..=i].rotate_right(1);
+                    v[j] = new;
+                } else {
+                    let j = i + 1 + v[i + 1..].partition_point(|k| *k < new);
+                    debug_assert!(v.get(j) != Some(&new), "new key present");
+                    v[i..j].rotate_left(1);
+                    v[j - 1] = new;
+                }
+            }
+            FreeIndex::Large(s) => {
+                let removed = s.remove(old);
+                debug_assert!(removed, "replaced key missing");
+                s.insert(new);
+            }
+        }
+    }
+
+    /// Removes `key`; returns whether it was present.
+    #[inline]
+    pub(crate) fn remove(&mut self, key: &K) -> bool {
+        match self {
+            FreeIndex::Small(v) => match v.binary_search(key) {
+                Ok(at) => {
+                    v.remove(at);
+                    true
+                }
+                Err(_) => false,
+            },
+            FreeIndex::Large(s) => {
+                let removed = s.remove(key);
+                if s.len() < SHRINK_AT {
+                    // A `BTreeSet` iterates in order: the `Vec` is sorted.
+                    *self = FreeIndex::Small(std::mem::take(s).into_iter().collect());
+                }
+                removed
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        match self {
+            FreeIndex::Small(v) => v.binary_search(key).is_ok(),
+            FreeIndex::Large(s) => s.contains(key),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            FreeIndex::Small(v) => v.len(),
+            FreeIndex::Large(s) => s.len(),
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        *self = FreeIndex::default();
+    }
+}
+
+impl<'a, K: Ord + Copy> IntoIterator for &'a FreeIndex<K> {
+    type Item = &'a K;
+    type IntoIter = Iter<'a, K>;
+    fn into_iter(self) -> Iter<'a, K> {
+        self.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// The index answers every query as a `BTreeSet` does, through many
+    /// switches between its two forms.
+    #[test]
+    fn answers_as_a_btreeset_does() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let mut index = FreeIndex::default();
+        let mut model = BTreeSet::new();
+        let (mut grew, mut shrank) = (0, 0);
+        for step in 0..40_000 {
+            // Phases that fill and drain, so both forms and both switches occur.
+            let filling = (step / 2_000) % 2 == 0;
+            let key: (u64, u32) = (rng.random_range(0..2), rng.random_range(0..60));
+            let was_large = matches!(index, FreeIndex::Large(_));
+            if rng.random_bool(if filling { 0.9 } else { 0.1 }) {
+                assert_eq!(index.insert(key), model.insert(key));
+            } else {
+                assert_eq!(index.remove(&key), model.remove(&key));
+            }
+            match (was_large, matches!(index, FreeIndex::Large(_))) {
+                (false, true) => grew += 1,
+                (true, false) => shrank += 1,
+                _ => {}
+            }
+            // A replacement of a present key by an absent one.
+            if let Some(&old) = model.iter().nth(rng.random_range(0..model.len().max(1))) {
+                let new = (rng.random_range(0..2), rng.random_range(0..60));
+                if !model.contains(&new) {
+                    index.replace(&old, new);
+                    model.remove(&old);
+                    model.insert(new);
+                }
+            }
+            let probe = (rng.random_range(0..2), rng.random_range(0..64));
+            assert_eq!(index.first_from(&probe), model.range(probe..).next());
+            assert_eq!(index.contains(&probe), model.contains(&probe));
+            let hi = (probe.0, rng.random_range(0..64));
+            let got: Vec<_> = index.range(probe..=hi).collect();
+            let want: Vec<_> = if probe <= hi {
+                model.range(probe..=hi).collect()
+            } else {
+                Vec::new()
+            };
+            assert_eq!(got, want);
+            assert_eq!(index.len(), model.len());
+        }
+        assert!(index.iter().eq(model.iter()));
+        assert!(grew > 0 && shrank > 0, "both forms were exercised");
+        index.clear();
+        assert_eq!(index.len(), 0);
+    }
+}
