@@ -190,6 +190,38 @@ impl Gauge {
         self.current.fetch_sub(bytes, Ordering::Relaxed);
     }
 
+    /// Applies a signed change of bytes kept pending elsewhere (a thread
+    /// cache's, see [`crate::thread_cache`]) and raises the peak to the new
+    /// value. While other changes are still pending the value may be below
+    /// zero: it wraps, and is read as signed.
+    pub(crate) fn fold(&self, delta: isize) {
+        if delta > 0 {
+            self.add(delta as usize);
+        } else if delta < 0 {
+            self.sub(delta.unsigned_abs());
+        }
+    }
+
+    /// Raises the peak, if needed, to the value plus `pending`, a change
+    /// not applied yet: a cache hit's peak check. Two loads and no write
+    /// unless the peak rises, so threads that only check share the gauge's
+    /// line read-only.
+    pub(crate) fn observe(&self, pending: isize) {
+        let now = (self.current.load(Ordering::Relaxed) as isize).wrapping_add(pending);
+        if now > 0 && now as usize > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(now as usize, Ordering::Relaxed);
+        }
+    }
+
+    /// Raises the peak to the current value (the statistics' reader, once
+    /// every pending change was applied: then the value is exact).
+    pub(crate) fn raise_peak(&self) {
+        let now = self.current.fetch_add(0, Ordering::AcqRel) as isize;
+        if now > 0 {
+            self.peak.fetch_max(now as usize, Ordering::Relaxed);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn current(&self) -> usize {
         self.current.load(Ordering::Relaxed)
@@ -274,7 +306,7 @@ impl StatsBook {
         }
     }
     /// A block of `side` left its arena. The caching side's gauges follow
-    /// the user's allocations instead ([`StatsBook::cache_allocated`]): a
+    /// the user's allocations instead ([`StatsBook::caching_allocated`]): a
     /// block in a thread cache is out of its arena but free for the user.
     pub(crate) fn allocated(&self, side: Side, bytes: usize) {
         if side == Side::Pools {
@@ -294,17 +326,14 @@ impl StatsBook {
             g.allocated.add(bytes);
         }
     }
-    /// The user got a block of `bytes` from a caching allocator.
-    pub(crate) fn cache_allocated(&self, bytes: usize) {
-        for g in self.gauges(Side::Caching).into_iter().flatten() {
-            g.allocated.add(bytes);
-        }
-    }
-    /// The user freed a block of `bytes` of a caching allocator.
-    pub(crate) fn cache_freed(&self, bytes: usize) {
-        for g in self.gauges(Side::Caching).into_iter().flatten() {
-            g.allocated.sub(bytes);
-        }
+    /// The allocated-bytes gauges the caching side keeps here (none, the
+    /// total's, or the caching sum's and the total's): the thread caches
+    /// fold the user's allocations and frees into them.
+    pub(crate) fn caching_allocated(&self) -> impl Iterator<Item = &Gauge> {
+        self.gauges(Side::Caching)
+            .into_iter()
+            .flatten()
+            .map(|g| &g.allocated)
     }
     pub(crate) fn reserved(&self, side: Side, bytes: usize) {
         for g in self.gauges(side).into_iter().flatten() {
