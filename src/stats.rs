@@ -213,15 +213,6 @@ impl Gauge {
         }
     }
 
-    /// Raises the peak to the current value (the statistics' reader, once
-    /// every pending change was applied: then the value is exact).
-    pub(crate) fn raise_peak(&self) {
-        let now = self.current.fetch_add(0, Ordering::AcqRel) as isize;
-        if now > 0 {
-            self.peak.fetch_max(now as usize, Ordering::Relaxed);
-        }
-    }
-
     #[cfg(test)]
     pub(crate) fn current(&self) -> usize {
         self.current.load(Ordering::Relaxed)

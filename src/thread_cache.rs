@@ -31,8 +31,9 @@
 //! - with T threads caching, a peak differs from the true peak by at most
 //!   (T - 1) x [`SLACK`] (the others' pending changes it did not see);
 //! - `stats()` folds every pending change before it reads, so at
-//!   quiescence the current figures are exact and every peak it reports is
-//!   at least the current value.
+//!   quiescence the current figures and the gauges' values are exact, and
+//!   every peak it reports is at least the current value (every rise of a
+//!   gauge's value, a fold's or a hit's, checks the peak).
 //!
 //! Every thread's cache is drained back into the arena:
 //! - before the arena reserves or maps memory for a request it cannot serve
@@ -116,11 +117,6 @@ impl Sink {
     /// A hit's peak check with `pending` not applied.
     fn observe(&self, pending: isize) {
         self.gauges().for_each(|g| g.observe(pending));
-    }
-
-    /// Raises every peak to its gauge's value (after every fold).
-    pub(crate) fn raise_peaks(&self) {
-        self.gauges().for_each(Gauge::raise_peak);
     }
 }
 
@@ -438,9 +434,9 @@ impl ThreadCaches {
     }
 
     /// The user-level figures of every thread, summed, after folding every
-    /// cache's pending change into the gauges and raising each gauge's peak
-    /// to its value: at quiescence, every figure and gauge is then exact and
-    /// no peak is below its current value. (Lock order: the list, then a
+    /// cache's pending change into the gauges: at quiescence every figure
+    /// and every gauge's value is then exact, and no peak is below its
+    /// gauge's value (every rise of a value checks its peak). (Lock order: the list, then a
     /// cache or the retired counts; a cache, then the retired counts.)
     pub(crate) fn counts(&self) -> Counts {
         let locals = self.locals.lock();
@@ -450,8 +446,6 @@ impl ThreadCaches {
             local.fold(&self.sink);
             sum.add(&local.counts);
         }
-        drop(locals);
-        self.sink.raise_peaks();
         sum
     }
 
