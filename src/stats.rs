@@ -16,7 +16,12 @@ pub struct PoolStats {
     /// Bytes in live blocks (block sizes: requests rounded up to 512 B, plus
     /// any unsplit remainder).
     pub allocated_bytes: usize,
-    /// The highest `allocated_bytes` reached.
+    /// The highest `allocated_bytes` reached (since the allocator was built
+    /// or [`crate::Allocator::reset_peak_stats`]). Exact for graph pools,
+    /// and for a caching allocator while one thread uses it; with T threads
+    /// using a device's cache, within (T - 1) MiB of the true peak (see
+    /// [`MemoryUsageStats`]). Never below `allocated_bytes` when read with
+    /// no call in flight.
     pub peak_allocated_bytes: usize,
     /// Bytes asked for by the live allocations, before rounding.
     pub requested_bytes: usize,
@@ -373,9 +378,20 @@ impl StatsBook {
 /// free figures are per-thread counts summed when asked; a block in a
 /// thread's cache of freed blocks counts as freed, and as cached in
 /// `reserved_bytes`). Peaks cover the time since the allocator was built or since
-/// [`crate::Allocator::reset_peak_stats`]; they are the exact peaks of each
-/// sum, except with a sharded cache (`shards` > 1), where the caching and
-/// total peaks are the sums of the shards' peaks, an upper bound.
+/// [`crate::Allocator::reset_peak_stats`]. The reserved peaks and the
+/// pools' peaks are exact. The caching and total allocated peaks come from
+/// gauges into which each thread's cache folds its changes of allocated
+/// bytes in batches (so that a cache hit writes no line another thread
+/// writes): a thread keeps up to 1 MiB ([`crate::SMALL_REQUEST_MAX`], the
+/// largest cacheable block) of changes pending, and checks the peak on a
+/// hit against the shared value plus its own pending change. So these peaks
+/// are exact while one thread uses the caching allocators (a single-threaded
+/// program, or threads taking turns with the statistics read in between);
+/// with T threads' caches (threads x devices used) they are within
+/// (T - 1) MiB of the true peak, above or below; and read with no call in
+/// flight they are never below the current figure. With a sharded cache
+/// (`shards` > 1), the caching and total peaks are the sums of the shards'
+/// peaks, an upper bound.
 ///
 /// ```
 /// let alloc = graphalloc::Allocator::new(graphalloc::Config::host(1 << 30)).unwrap();
