@@ -228,8 +228,11 @@ impl Gauge {
     }
 }
 
-/// The allocated and reserved gauges of one group of owners.
+/// The allocated and reserved gauges of one group of owners, on cache lines
+/// of their own: the thread caches' hits read the caching side's gauges,
+/// which the pools' allocations (another group) must not keep writing.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct GaugePair {
     pub(crate) allocated: Gauge,
     pub(crate) reserved: Gauge,
