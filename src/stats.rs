@@ -199,6 +199,7 @@ impl Gauge {
     /// cache's, see [`crate::thread_cache`]) and raises the peak to the new
     /// value. While other changes are still pending the value may be below
     /// zero: it wraps, and is read as signed.
+    #[inline]
     pub(crate) fn fold(&self, delta: isize) {
         if delta > 0 {
             self.add(delta as usize);
@@ -211,6 +212,7 @@ impl Gauge {
     /// not applied yet: a cache hit's peak check. Two loads and no write
     /// unless the peak rises, so threads that only check share the gauge's
     /// line read-only.
+    #[inline]
     pub(crate) fn observe(&self, pending: isize) {
         let now = (self.current.load(Ordering::Relaxed) as isize).wrapping_add(pending);
         if now > 0 && now as usize > self.peak.load(Ordering::Relaxed) {
@@ -295,6 +297,7 @@ impl StatsBook {
 
     /// The gauges that an event of `side` updates: its group's, where
     /// kept, and the total's, where kept.
+    #[inline]
     fn gauges(&self, side: Side) -> [Option<&GaugePair>; 2] {
         match (side, self.caching_sums) {
             (Side::Caching, CachingSums::Sharded) => [None, None],
@@ -328,6 +331,7 @@ impl StatsBook {
     /// The allocated-bytes gauges the caching side keeps here (none, the
     /// total's, or the caching sum's and the total's): the thread caches
     /// fold the user's allocations and frees into them.
+    #[inline]
     pub(crate) fn caching_allocated(&self) -> impl Iterator<Item = &Gauge> {
         self.gauges(Side::Caching)
             .into_iter()

@@ -287,6 +287,18 @@ impl Local {
     }
 }
 
+/// A new thread's cache, registered by the caller. Out of line and cold:
+/// built in place, a `Slot` (aligned to 128 bytes) would realign and
+/// enlarge the stack frame of every call of [`ThreadCaches::with`].
+#[cold]
+#[inline(never)]
+fn new_slot() -> Arc<Slot> {
+    Arc::new(Slot(Mutex::new(Local {
+        id: next_id(),
+        ..Local::default()
+    })))
+}
+
 /// A thread's entry for one device's caches; marks the cache orphaned when
 /// the thread's thread-locals are destroyed.
 struct Handle {
@@ -349,10 +361,7 @@ impl ThreadCaches {
         match found {
             Ok(Some(r)) => r,
             Ok(None) => {
-                let local = Arc::new(Slot(Mutex::new(Local {
-                    id: next_id(),
-                    ..Local::default()
-                })));
+                let local = new_slot();
                 let r = (f.take().expect("called once"))(&mut local.lock());
                 orphans(self.register(local));
                 r
