@@ -346,6 +346,7 @@ impl ThreadCaches {
     /// use. Late in the thread's teardown (no thread-locals), runs `f` on a
     /// throwaway cache whose counts are retired and whose blocks (if `f`
     /// left any) go to `orphans`, for the arena.
+    #[inline]
     pub(crate) fn with<R>(
         &self,
         f: impl FnOnce(&mut Local) -> R,
