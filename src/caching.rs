@@ -11,8 +11,10 @@
 //! common allocate/free pair of one small size on one stream touches no
 //! shared lock (large blocks go back to best fit at once). The
 //! user-level statistics are per-thread counts summed when asked, and the
-//! exact peak of allocated bytes a gauge of the device's (one atomic add
-//! per allocation and per free, the one shared write of the fast path).
+//! peak of allocated bytes a gauge of the device's, into which each thread
+//! cache folds its changes in batches (see [`crate::thread_cache`]: exact
+//! with one thread, within a stated bound with several), so that a cache
+//! hit writes no shared line.
 //!
 //! The cache is one arena by default, like PyTorch's one lock per device.
 //! With `shards: N` it is N arenas, each with its own lock and segments:
@@ -31,9 +33,9 @@ use crate::arena::{
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
 use crate::history::Action;
-use crate::stats::{Gauge, PoolStats, Side};
+use crate::stats::{PoolStats, Side};
 use crate::sync::{thread_local, Arc, Mutex};
-use crate::thread_cache::{Cached, ThreadCaches};
+use crate::thread_cache::{Cached, Sink, ThreadCaches};
 use std::cell::Cell;
 
 thread_local! {
@@ -76,12 +78,6 @@ impl std::ops::Deref for Shard {
     }
 }
 
-/// A gauge on cache lines of its own: written by every allocation and free,
-/// it must not share a line with the fields every call reads.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Padded(Gauge);
-
 /// Where a caching allocator's block came from: the shard that handed it
 /// out, and the id of the thread cache that counted its allocation (the
 /// only one a free puts it in).
@@ -95,21 +91,20 @@ pub(crate) struct Origin {
 pub(crate) struct CachingAllocator {
     pub(crate) device: Arc<Device>,
     shards: Box<[Shard]>,
-    /// The threads' caches of freed blocks, and the user-level counts.
+    /// The threads' caches of freed blocks, the user-level counts, and the
+    /// allocated-bytes gauges (the device's, for its peak, none when
+    /// sharded; the book's).
     threads: ThreadCaches,
-    /// Bytes allocated (user level), for the exact peak; none when sharded.
-    allocated: Option<Padded>,
 }
 
 impl CachingAllocator {
     pub(crate) fn new(device: Arc<Device>, shards: usize) -> Self {
         CachingAllocator {
-            device,
             shards: (0..shards.max(1))
                 .map(|_| Shard(Mutex::new(Arena::new())))
                 .collect(),
-            threads: ThreadCaches::new(),
-            allocated: (shards <= 1).then(Padded::default),
+            threads: ThreadCaches::new(Sink::new(device.book.clone(), shards <= 1)),
+            device,
         }
     }
 
@@ -131,7 +126,7 @@ impl CachingAllocator {
                 self.threads.with(
                     |local| match local.take(stream, rounded) {
                         Some(cached) => {
-                            local.counts.on_alloc(cached.size, requested);
+                            local.on_alloc(&self.threads.sink, cached.size, requested, true);
                             Some((cached, local.id))
                         }
                         None => None,
@@ -141,7 +136,6 @@ impl CachingAllocator {
             })
             .flatten();
         if let Some((c, thread)) = hit {
-            self.note_allocated(c.size);
             let carved = Carved {
                 block: c.block,
                 size: c.size,
@@ -155,12 +149,11 @@ impl CachingAllocator {
         let (shard, carved) = self.carve(stream, rounded)?;
         let thread = self.threads.with(
             |local| {
-                local.counts.on_alloc(carved.size, requested);
+                local.on_alloc(&self.threads.sink, carved.size, requested, false);
                 local.id
             },
             |orphans| self.flush(orphans),
         );
-        self.note_allocated(carved.size);
         Ok((Origin { shard, thread }, carved))
     }
 
@@ -220,7 +213,6 @@ impl CachingAllocator {
         stream: StreamTag,
         uses: &[StreamTag],
     ) {
-        self.note_freed(size);
         // Only small blocks: large ones go back to best fit at once, where
         // their placement decides fragmentation (as with the arena's quick
         // bins). A failed capture query keeps the block out, to be safe.
@@ -236,12 +228,10 @@ impl CachingAllocator {
         };
         let to_arena = self.threads.with(
             |local| {
-                local.counts.on_free(size, requested);
-                if cacheable && local.id == origin.thread {
-                    local.put(cached).is_err()
-                } else {
-                    true
-                }
+                let to_arena =
+                    !(cacheable && local.id == origin.thread && local.put(cached).is_ok());
+                local.on_free(&self.threads.sink, size, requested, !to_arena);
+                to_arena
             },
             |orphans| self.flush(orphans),
         );
@@ -283,20 +273,6 @@ impl CachingAllocator {
         self.flush(self.threads.drain(false));
     }
 
-    fn note_allocated(&self, size: usize) {
-        if let Some(gauge) = &self.allocated {
-            gauge.0.add(size);
-        }
-        self.device.book.cache_allocated(size);
-    }
-
-    fn note_freed(&self, size: usize) {
-        if let Some(gauge) = &self.allocated {
-            gauge.0.sub(size);
-        }
-        self.device.book.cache_freed(size);
-    }
-
     /// Drains every thread's cache, waits for the stream work of deferred
     /// frees, then releases every cached, unused segment of every shard to
     /// the device. Returns the bytes released, or the first error (after
@@ -321,16 +297,19 @@ impl CachingAllocator {
     }
 
     /// The statistics of the device's cache: current figures exact whenever
-    /// no allocation or free is in flight. With one shard the peaks are
-    /// exact; with several, each peak is the sum of the shards' peaks, an
-    /// upper bound of the true peak.
+    /// no allocation or free is in flight. With one shard the allocated
+    /// peak is the device gauge's: exact while one thread uses the cache,
+    /// within (T - 1) x [`crate::thread_cache::SLACK`] of the true peak with
+    /// T threads, and never below the current figure at quiescence; the
+    /// reserved peak is exact. With several shards each peak is the sum of
+    /// the shards' peaks, an upper bound of the true peak.
     pub(crate) fn stats(&self) -> PoolStats {
         let mut sum = PoolStats::default();
         for shard in self.shards.iter() {
             sum.add(&shard.lock().stats);
         }
         self.threads.counts().write_to(&mut sum);
-        if let Some(gauge) = &self.allocated {
+        if let Some(gauge) = &self.threads.sink.device {
             sum.peak_allocated_bytes = gauge.0.peak();
         }
         sum
@@ -387,8 +366,12 @@ impl CachingAllocator {
         self.shards.iter().flat_map(|s| s.lock().walk()).collect()
     }
 
+    /// Restarts the peaks from the current figures, after folding every
+    /// thread cache's pending change into the gauges (the book's gauges
+    /// restart after this, in `Allocator::reset_peak_stats`).
     pub(crate) fn reset_peaks(&self) {
-        if let Some(gauge) = &self.allocated {
+        self.threads.fold_all();
+        if let Some(gauge) = &self.threads.sink.device {
             gauge.0.reset_peak();
         }
         for shard in self.shards.iter() {

@@ -93,6 +93,10 @@ mod layout {
     }
 }
 
+/// Shards of the ownership map (128 bytes of lock each, and a table
+/// allocated on first use).
+const MAP_SHARDS: usize = 1024;
+
 /// Live pointer → owner. Removing a pointer's entry is what claims the right
 /// to free it, so of two racing frees of one pointer exactly one proceeds.
 #[derive(Debug)]
@@ -101,9 +105,13 @@ pub(crate) struct OwnershipMap {
 }
 
 impl OwnershipMap {
+    /// With [`MAP_SHARDS`] shards: every allocation and free writes the
+    /// shard of its pointer, so `T` threads each reusing one block meet on a
+    /// shard with probability about 1 - e^(-T(T-1) / (2 x MAP_SHARDS)) (16 threads: 11%,
+    /// against 85% with `DashMap`'s default of 64 shards on 16 cores).
     pub(crate) fn new() -> Self {
         OwnershipMap {
-            map: ConcurrentMap::new(),
+            map: ConcurrentMap::with_shards(MAP_SHARDS),
         }
     }
 

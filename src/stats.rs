@@ -16,7 +16,12 @@ pub struct PoolStats {
     /// Bytes in live blocks (block sizes: requests rounded up to 512 B, plus
     /// any unsplit remainder).
     pub allocated_bytes: usize,
-    /// The highest `allocated_bytes` reached.
+    /// The highest `allocated_bytes` reached (since the allocator was built
+    /// or [`crate::Allocator::reset_peak_stats`]). Exact for graph pools,
+    /// and for a caching allocator while one thread uses it; with T threads
+    /// using a device's cache, within (T - 1) MiB of the true peak (see
+    /// [`MemoryUsageStats`]). Never below `allocated_bytes` when read with
+    /// no call in flight.
     pub peak_allocated_bytes: usize,
     /// Bytes asked for by the live allocations, before rounding.
     pub requested_bytes: usize,
@@ -190,6 +195,31 @@ impl Gauge {
         self.current.fetch_sub(bytes, Ordering::Relaxed);
     }
 
+    /// Applies a signed change of bytes kept pending elsewhere (a thread
+    /// cache's, see [`crate::thread_cache`]) and raises the peak to the new
+    /// value. While other changes are still pending the value may be below
+    /// zero: it wraps, and is read as signed.
+    #[inline]
+    pub(crate) fn fold(&self, delta: isize) {
+        if delta > 0 {
+            self.add(delta as usize);
+        } else if delta < 0 {
+            self.sub(delta.unsigned_abs());
+        }
+    }
+
+    /// Raises the peak, if needed, to the value plus `pending`, a change
+    /// not applied yet: a cache hit's peak check. Two loads and no write
+    /// unless the peak rises, so threads that only check share the gauge's
+    /// line read-only.
+    #[inline]
+    pub(crate) fn observe(&self, pending: isize) {
+        let now = (self.current.load(Ordering::Relaxed) as isize).wrapping_add(pending);
+        if now > 0 && now as usize > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(now as usize, Ordering::Relaxed);
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn current(&self) -> usize {
         self.current.load(Ordering::Relaxed)
@@ -200,8 +230,11 @@ impl Gauge {
     }
 }
 
-/// The allocated and reserved gauges of one group of owners.
+/// The allocated and reserved gauges of one group of owners, on cache lines
+/// of their own: the thread caches' hits read the caching side's gauges,
+/// which the pools' allocations (another group) must not keep writing.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct GaugePair {
     pub(crate) allocated: Gauge,
     pub(crate) reserved: Gauge,
@@ -264,6 +297,7 @@ impl StatsBook {
 
     /// The gauges that an event of `side` updates: its group's, where
     /// kept, and the total's, where kept.
+    #[inline]
     fn gauges(&self, side: Side) -> [Option<&GaugePair>; 2] {
         match (side, self.caching_sums) {
             (Side::Caching, CachingSums::Sharded) => [None, None],
@@ -274,7 +308,7 @@ impl StatsBook {
         }
     }
     /// A block of `side` left its arena. The caching side's gauges follow
-    /// the user's allocations instead ([`StatsBook::cache_allocated`]): a
+    /// the user's allocations instead ([`StatsBook::caching_allocated`]): a
     /// block in a thread cache is out of its arena but free for the user.
     pub(crate) fn allocated(&self, side: Side, bytes: usize) {
         if side == Side::Pools {
@@ -294,17 +328,15 @@ impl StatsBook {
             g.allocated.add(bytes);
         }
     }
-    /// The user got a block of `bytes` from a caching allocator.
-    pub(crate) fn cache_allocated(&self, bytes: usize) {
-        for g in self.gauges(Side::Caching).into_iter().flatten() {
-            g.allocated.add(bytes);
-        }
-    }
-    /// The user freed a block of `bytes` of a caching allocator.
-    pub(crate) fn cache_freed(&self, bytes: usize) {
-        for g in self.gauges(Side::Caching).into_iter().flatten() {
-            g.allocated.sub(bytes);
-        }
+    /// The allocated-bytes gauges the caching side keeps here (none, the
+    /// total's, or the caching sum's and the total's): the thread caches
+    /// fold the user's allocations and frees into them.
+    #[inline]
+    pub(crate) fn caching_allocated(&self) -> impl Iterator<Item = &Gauge> {
+        self.gauges(Side::Caching)
+            .into_iter()
+            .flatten()
+            .map(|g| &g.allocated)
     }
     pub(crate) fn reserved(&self, side: Side, bytes: usize) {
         for g in self.gauges(side).into_iter().flatten() {
@@ -353,9 +385,20 @@ impl StatsBook {
 /// free figures are per-thread counts summed when asked; a block in a
 /// thread's cache of freed blocks counts as freed, and as cached in
 /// `reserved_bytes`). Peaks cover the time since the allocator was built or since
-/// [`crate::Allocator::reset_peak_stats`]; they are the exact peaks of each
-/// sum, except with a sharded cache (`shards` > 1), where the caching and
-/// total peaks are the sums of the shards' peaks, an upper bound.
+/// [`crate::Allocator::reset_peak_stats`]. The reserved peaks and the
+/// pools' peaks are exact. The caching and total allocated peaks come from
+/// gauges into which each thread's cache folds its changes of allocated
+/// bytes in batches (so that a cache hit writes no line another thread
+/// writes): a thread keeps up to 1 MiB ([`crate::SMALL_REQUEST_MAX`], the
+/// largest cacheable block) of changes pending, and checks the peak on a
+/// hit against the shared value plus its own pending change. So these peaks
+/// are exact while one thread uses the caching allocators (a single-threaded
+/// program, or threads taking turns with the statistics read in between);
+/// with T threads' caches (threads x devices used) they are within
+/// (T - 1) MiB of the true peak, above or below; and read with no call in
+/// flight they are never below the current figure. With a sharded cache
+/// (`shards` > 1), the caching and total peaks are the sums of the shards'
+/// peaks, an upper bound.
 ///
 /// ```
 /// let alloc = graphalloc::Allocator::new(graphalloc::Config::host(1 << 30)).unwrap();

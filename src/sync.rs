@@ -96,6 +96,16 @@ mod map {
         pub(crate) fn new() -> Self {
             ConcurrentMap(dashmap::DashMap::with_hasher(super::hash::SegmentAffine))
         }
+        /// A map of `shards` shards (a power of two above 1), each behind a
+        /// lock on cache lines of its own (`DashMap` pads them): more than
+        /// the default (4 per core) for a map every call writes, so that
+        /// threads working on different keys rarely meet on a shard.
+        pub(crate) fn with_shards(shards: usize) -> Self {
+            ConcurrentMap(dashmap::DashMap::with_hasher_and_shard_amount(
+                super::hash::SegmentAffine,
+                shards,
+            ))
+        }
         /// Inserts `value` unless `key` is present; returns whether it inserted.
         pub(crate) fn insert_new(&self, key: K, value: V) -> bool {
             match self.0.entry(key) {
@@ -150,6 +160,10 @@ mod map {
     impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
         pub(crate) fn new() -> Self {
             ConcurrentMap(super::Mutex::new(HashMap::new()))
+        }
+        /// One lock whatever the shard count: shards change no behaviour.
+        pub(crate) fn with_shards(_shards: usize) -> Self {
+            Self::new()
         }
         pub(crate) fn insert_new(&self, key: K, value: V) -> bool {
             let mut map = self.0.lock();

@@ -14,8 +14,26 @@
 //! but still taken out of the arena: the arena's own figures count it as
 //! handed out. The caching side's user-level figures (allocated, requested,
 //! live blocks, allocations, frees) are therefore kept per thread here, in
-//! [`Counts`], and summed by `stats()`; peaks come from gauges
-//! (`CachingAllocator`).
+//! [`Counts`], and summed by `stats()`; peaks come from gauges ([`Sink`]).
+//!
+//! A cache hit or a free into the cache writes no shared line: its change
+//! of allocated bytes stays pending in the thread's cache ([`Local`]'s
+//! `pending`) and is folded into the gauges (one atomic add each) only when
+//! it passes [`SLACK`] either way, when the thread takes the arena's path
+//! (an allocation the cache cannot serve, a free the cache does not take:
+//! those fold at once), when a drain, `stats()` or `reset_peak_stats` reads
+//! the cache, and when the thread exits. A hit checks the peak with loads
+//! only: the gauge's value plus its own pending change against the peak,
+//! and raises the peak only when that exceeds it. So:
+//! - with one thread using the device's cache (or every other thread's
+//!   pending change at zero) every peak is exact, as every gauge value the
+//!   thread sees plus its own change is the true sum;
+//! - with T threads caching, a peak differs from the true peak by at most
+//!   (T - 1) x [`SLACK`] (the others' pending changes it did not see);
+//! - `stats()` folds every pending change before it reads, so at
+//!   quiescence the current figures and the gauges' values are exact, and
+//!   every peak it reports is at least the current value (every rise of a
+//!   gauge's value, a fold's or a hit's, checks the peak).
 //!
 //! Every thread's cache is drained back into the arena:
 //! - before the arena reserves or maps memory for a request it cannot serve
@@ -38,8 +56,8 @@
 //! bytes, and a bin at most [`BIN_CAP`] blocks: a free beyond these goes to
 //! the arena.
 
-use crate::arena::{BlockRef, StreamTag};
-use crate::stats::PoolStats;
+use crate::arena::{BlockRef, StreamTag, SMALL_REQUEST_MAX};
+use crate::stats::{Gauge, PoolStats, StatsBook};
 use crate::sync::{next_id, thread_local, Arc, Mutex};
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
@@ -52,6 +70,68 @@ pub(crate) const CAP_BYTES: usize = 1 << 30;
 pub(crate) const BIN_CAP: usize = 8;
 /// Registered caches past which a registration lets the orphans go.
 const PRUNE_AT: usize = 64;
+/// Allocated bytes a thread's cache keeps pending, either way, before it
+/// folds them into the shared gauges: the largest cacheable block, so that
+/// a thread's allocate/free pairs of any cacheable size never fold, while
+/// a thread that keeps more than that much (or frees it) does.
+pub(crate) const SLACK: usize = SMALL_REQUEST_MAX;
+
+/// A gauge on cache lines of its own: read by every cache hit, written on
+/// folds only, it must not share a line with anything written more often.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Padded(pub(crate) Gauge);
+
+/// The allocated-bytes gauges of one device's caching side, which thread
+/// caches fold their pending changes into: the device's own (for its exact
+/// peak; none with a sharded cache), and the book's ones for the caching
+/// side (the total's, and the caching sum's with several devices).
+#[derive(Debug)]
+pub(crate) struct Sink {
+    pub(crate) device: Option<Padded>,
+    book: Arc<StatsBook>,
+}
+
+impl Sink {
+    pub(crate) fn new(book: Arc<StatsBook>, device_gauge: bool) -> Self {
+        Sink {
+            device: device_gauge.then(Padded::default),
+            book,
+        }
+    }
+
+    fn gauges(&self) -> impl Iterator<Item = &Gauge> {
+        self.device
+            .iter()
+            .map(|p| &p.0)
+            .chain(self.book.caching_allocated())
+    }
+
+    /// Applies a pending change.
+    fn fold(&self, delta: isize) {
+        if delta != 0 {
+            self.gauges().for_each(|g| g.fold(delta));
+        }
+    }
+
+    /// A hit's peak check with `pending` not applied.
+    fn observe(&self, pending: isize) {
+        self.gauges().for_each(|g| g.observe(pending));
+    }
+}
+
+/// A thread's cache on cache lines of its own: its lock and figures are
+/// written by every call of its thread, and by no other thread's.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(Mutex<Local>);
+
+impl std::ops::Deref for Slot {
+    type Target = Mutex<Local>;
+    fn deref(&self) -> &Mutex<Local> {
+        &self.0
+    }
+}
 
 /// A block in a thread cache: handed out by the arena of `shard`, freed by
 /// the user.
@@ -120,7 +200,9 @@ pub(crate) struct Local {
     blocks: usize,
     bytes: usize,
     /// The thread's user-level figures.
-    pub(crate) counts: Counts,
+    counts: Counts,
+    /// Allocated bytes (allocations less frees) not yet in the gauges.
+    pending: isize,
     /// The thread has exited: the next drain flushes this cache for good.
     orphan: bool,
     /// The device's caches are gone: the thread drops its entry.
@@ -128,6 +210,36 @@ pub(crate) struct Local {
 }
 
 impl Local {
+    /// Counts an allocation of a block of `size` bytes for `requested`.
+    /// `hit`: served from this cache, the change stays pending (peak checked
+    /// with loads only) unless past the slack; else it is folded at once.
+    pub(crate) fn on_alloc(&mut self, sink: &Sink, size: usize, requested: usize, hit: bool) {
+        self.counts.on_alloc(size, requested);
+        self.pending = self.pending.wrapping_add(size as isize);
+        if !hit || self.pending > SLACK as isize {
+            self.fold(sink);
+        } else {
+            sink.observe(self.pending);
+        }
+    }
+
+    /// Counts a free of a block of `size` bytes for `requested`. `cached`:
+    /// the block went into this cache, the change stays pending unless past
+    /// the slack; else it is folded at once (no peak check: the sum only
+    /// went down).
+    pub(crate) fn on_free(&mut self, sink: &Sink, size: usize, requested: usize, cached: bool) {
+        self.counts.on_free(size, requested);
+        self.pending = self.pending.wrapping_sub(size as isize);
+        if !cached || self.pending < -(SLACK as isize) {
+            self.fold(sink);
+        }
+    }
+
+    /// Applies the pending change to the gauges.
+    fn fold(&mut self, sink: &Sink) {
+        sink.fold(std::mem::take(&mut self.pending));
+    }
+
     /// Takes a block of exactly `size` bytes on `stream`, lowest address
     /// first (as the arena's quick bins do, so placement does not depend
     /// on the order of frees).
@@ -175,16 +287,31 @@ impl Local {
     }
 }
 
+/// A new thread's cache, registered by the caller. Out of line and cold:
+/// built in place, a `Slot` (aligned to 128 bytes) would realign and
+/// enlarge the stack frame of every call of [`ThreadCaches::with`].
+#[cold]
+#[inline(never)]
+fn new_slot() -> Arc<Slot> {
+    Arc::new(Slot(Mutex::new(Local {
+        id: next_id(),
+        ..Local::default()
+    })))
+}
+
 /// A thread's entry for one device's caches; marks the cache orphaned when
 /// the thread's thread-locals are destroyed.
 struct Handle {
     owner: u64,
-    local: Arc<Mutex<Local>>,
+    local: Arc<Slot>,
+    sink: Arc<Sink>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.local.lock().orphan = true;
+        let mut local = self.local.lock();
+        local.fold(&self.sink);
+        local.orphan = true;
     }
 }
 
@@ -198,17 +325,20 @@ thread_local! {
 pub(crate) struct ThreadCaches {
     id: u64,
     /// Every thread's cache for this device, orphaned ones too.
-    locals: Mutex<Vec<Arc<Mutex<Local>>>>,
+    locals: Mutex<Vec<Arc<Slot>>>,
     /// The counts of flushed orphans and of calls that could use no cache.
     retired: Mutex<Counts>,
+    /// The gauges the caches fold their pending changes into.
+    pub(crate) sink: Arc<Sink>,
 }
 
 impl ThreadCaches {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(sink: Sink) -> Self {
         ThreadCaches {
             id: next_id(),
             locals: Mutex::new(Vec::new()),
             retired: Mutex::new(Counts::default()),
+            sink: Arc::new(sink),
         }
     }
 
@@ -216,6 +346,7 @@ impl ThreadCaches {
     /// use. Late in the thread's teardown (no thread-locals), runs `f` on a
     /// throwaway cache whose counts are retired and whose blocks (if `f`
     /// left any) go to `orphans`, for the arena.
+    #[inline]
     pub(crate) fn with<R>(
         &self,
         f: impl FnOnce(&mut Local) -> R,
@@ -231,10 +362,7 @@ impl ThreadCaches {
         match found {
             Ok(Some(r)) => r,
             Ok(None) => {
-                let local = Arc::new(Mutex::new(Local {
-                    id: next_id(),
-                    ..Local::default()
-                }));
+                let local = new_slot();
                 let r = (f.take().expect("called once"))(&mut local.lock());
                 orphans(self.register(local));
                 r
@@ -242,6 +370,7 @@ impl ThreadCaches {
             Err(_) => {
                 let mut local = Local::default();
                 let r = (f.take().expect("called once"))(&mut local);
+                local.fold(&self.sink);
                 self.retired.lock().add(&local.counts);
                 orphans(local.take_all());
                 r
@@ -251,10 +380,11 @@ impl ThreadCaches {
 
     /// Registers a new thread's cache (in the thread-local list and here).
     /// Late in the thread's teardown, returns its blocks.
-    fn register(&self, local: Arc<Mutex<Local>>) -> Vec<Cached> {
+    fn register(&self, local: Arc<Slot>) -> Vec<Cached> {
         let handle = Handle {
             owner: self.id,
             local: local.clone(),
+            sink: self.sink.clone(),
         };
         let registered = MINE.try_with(|mine| {
             let mut mine = mine.borrow_mut();
@@ -266,6 +396,7 @@ impl ThreadCaches {
         if registered.is_err() {
             // No thread-locals: the cache is used once and not registered.
             let mut local = local.lock();
+            local.fold(&self.sink);
             self.retired.lock().add(&local.counts);
             return local.take_all();
         }
@@ -284,13 +415,17 @@ impl ThreadCaches {
 
     /// Takes the blocks out of every thread's cache (only of orphaned ones
     /// with `orphans_only`), dropping orphaned caches and retiring their
-    /// counts. The caller gives the blocks back to the arena.
+    /// counts, and folds every pending change of the caches it looks at.
+    /// The caller gives the blocks back to the arena.
     pub(crate) fn drain(&self, orphans_only: bool) -> Vec<Cached> {
         let mut out = Vec::new();
         let mut retired = Counts::default();
         let mut locals = self.locals.lock();
         locals.retain(|local| {
             let mut local = local.lock();
+            if local.orphan || !orphans_only {
+                local.fold(&self.sink);
+            }
             if local.orphan {
                 local.take_all_into(&mut out);
                 retired.add(&local.counts);
@@ -308,16 +443,28 @@ impl ThreadCaches {
         out
     }
 
-    /// The user-level figures of every thread, summed. (Lock order: the
-    /// list, then a cache or the retired counts; a cache, then the retired
-    /// counts.)
+    /// The user-level figures of every thread, summed, after folding every
+    /// cache's pending change into the gauges: at quiescence every figure
+    /// and every gauge's value is then exact, and no peak is below its
+    /// gauge's value (every rise of a value checks its peak). (Lock order: the list, then a
+    /// cache or the retired counts; a cache, then the retired counts.)
     pub(crate) fn counts(&self) -> Counts {
         let locals = self.locals.lock();
         let mut sum = *self.retired.lock();
         for local in locals.iter() {
-            sum.add(&local.lock().counts);
+            let mut local = local.lock();
+            local.fold(&self.sink);
+            sum.add(&local.counts);
         }
         sum
+    }
+
+    /// Folds every cache's pending change into the gauges (before a reset
+    /// of their peaks, which restarts them from the gauges' values).
+    pub(crate) fn fold_all(&self) {
+        for local in self.locals.lock().iter() {
+            local.lock().fold(&self.sink);
+        }
     }
 
     /// The cached block that contains `addr`, as (start, size), if any

@@ -6,6 +6,9 @@
 //!   all (the CI version).
 //! - `stress_4_threads_small_sizes`: a short run with small sizes, cheap
 //!   enough for valgrind (docs/reliability.md).
+//! - `stress_8_threads_cached_statistics_within_the_peak_bound`: the thread
+//!   caches' pending statistics: exact current figures at every checkpoint,
+//!   peaks within the documented bound of the true peak.
 //! - `stress_long_10m_ops` (ignored): 10 million operations;
 //!   `cargo test --release --test stress -- --ignored --nocapture`.
 //!   `GRAPHALLOC_STRESS_OPS` overrides its total.
@@ -445,6 +448,135 @@ fn stress_4_threads_small_sizes() {
         seed: 0x5EED_0002,
         config: "",
     });
+}
+
+/// Live bytes as the threads see them, outside the allocator: `hi` counts
+/// a block from before its `allocate` to after its `free`, `lo` from after
+/// its `allocate` to before its `free`, so their peaks bracket the true
+/// peak of allocated bytes (block sizes are known: cacheable requests,
+/// multiples of 512 B at 512 B alignment, are carved exactly).
+#[derive(Default)]
+struct LiveBracket {
+    hi: AtomicU64,
+    hi_peak: AtomicU64,
+    lo: AtomicU64,
+    lo_peak: AtomicU64,
+}
+
+impl LiveBracket {
+    fn up(now: &AtomicU64, peak: &AtomicU64, bytes: usize) {
+        let v = now.fetch_add(bytes as u64, Ordering::SeqCst) + bytes as u64;
+        peak.fetch_max(v, Ordering::SeqCst);
+    }
+    fn allocate(&self, alloc: &Allocator, bytes: usize) -> DevicePtr {
+        Self::up(&self.hi, &self.hi_peak, bytes);
+        let p = alloc.allocate(bytes, 512).expect("room for every block");
+        Self::up(&self.lo, &self.lo_peak, bytes);
+        p
+    }
+    fn free(&self, alloc: &Allocator, p: DevicePtr, bytes: usize) {
+        self.lo.fetch_sub(bytes as u64, Ordering::SeqCst);
+        alloc.free(p).expect("a live block");
+        self.hi.fetch_sub(bytes as u64, Ordering::SeqCst);
+    }
+    /// Restarts both peaks from the current value (at quiescence).
+    fn reset(&self) {
+        let now = self.lo.load(Ordering::SeqCst);
+        self.lo_peak.store(now, Ordering::SeqCst);
+        self.hi_peak.store(now, Ordering::SeqCst);
+    }
+}
+
+/// The statistics of thread caches under the oracle: 8 threads run
+/// allocate/free mixes of cacheable sizes (mostly served by their own
+/// caches, whose changes of allocated bytes stay pending up to 1 MiB),
+/// free some of each other's blocks (those go to the arena), and at every
+/// checkpoint (all threads stopped) one checks that the current figures are
+/// exact and that each peak lies within the documented bound, (T - 1) x 1 MiB
+/// of the true peak (bracketed by [`LiveBracket`]), and at least the current
+/// figure; every other checkpoint also resets the peaks.
+#[test]
+fn stress_8_threads_cached_statistics_within_the_peak_bound() {
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 40;
+    const OPS: usize = 500;
+    let (alloc, _backend) = tracked_allocator(64 * GIB);
+    let live = LiveBracket::default();
+    let handoff: Mutex<Vec<(DevicePtr, usize)>> = Mutex::new(Vec::new());
+    let barrier = Rendezvous::new(THREADS);
+    let slack = (THREADS as u64 - 1) * MIB as u64;
+    run_threads(THREADS, &barrier, |t| {
+        let mut rng = StdRng::seed_from_u64(0x5EED_0015 ^ t as u64);
+        let mut mine: Vec<(DevicePtr, usize)> = Vec::new();
+        for round in 0..ROUNDS {
+            for _ in 0..OPS {
+                let roll = rng.random_range(0..100);
+                if roll < 55 || mine.is_empty() {
+                    // Mostly a few sizes, so that frees feed later hits.
+                    let blocks = if rng.random_bool(0.8) {
+                        [1, 2, 128, 2048][rng.random_range(0..4)]
+                    } else {
+                        rng.random_range(1..=2048)
+                    };
+                    let bytes = blocks * 512;
+                    mine.push((live.allocate(&alloc, bytes), bytes));
+                } else if roll < 97 {
+                    let (p, bytes) = mine.swap_remove(rng.random_range(0..mine.len()));
+                    live.free(&alloc, p, bytes);
+                } else if roll < 99 {
+                    let b = mine.swap_remove(rng.random_range(0..mine.len()));
+                    lock(&handoff).push(b);
+                } else if let Some((p, bytes)) = lock(&handoff).pop() {
+                    live.free(&alloc, p, bytes);
+                }
+            }
+            if barrier.wait() {
+                let s = alloc.stats();
+                let now = live.lo.load(Ordering::SeqCst);
+                assert_eq!(now, live.hi.load(Ordering::SeqCst));
+                let (lo, hi) = (
+                    live.lo_peak.load(Ordering::SeqCst),
+                    live.hi_peak.load(Ordering::SeqCst),
+                );
+                let device = alloc.device_stats(0).expect("device 0");
+                for (name, side) in [
+                    ("caching", s.caching),
+                    ("total", s.total),
+                    ("device", device),
+                ] {
+                    let peak = side.peak_allocated_bytes as u64;
+                    assert_eq!(
+                        side.allocated_bytes as u64, now,
+                        "{name} allocated, round {round}"
+                    );
+                    assert!(
+                        peak >= now,
+                        "{name} peak {peak} below current {now}, round {round}"
+                    );
+                    assert!(
+                        peak + slack >= lo && peak <= hi + slack,
+                        "{name} peak {peak} not within {slack} of the true peak (in [{lo}, {hi}]), round {round}"
+                    );
+                }
+                if round % 2 == 1 {
+                    alloc.reset_peak_stats();
+                    live.reset();
+                    let s = alloc.stats();
+                    assert_eq!(s.total.peak_allocated_bytes as u64, now, "reset to current");
+                }
+            }
+            barrier.wait();
+        }
+        for (p, bytes) in mine {
+            live.free(&alloc, p, bytes);
+        }
+    });
+    for (p, bytes) in std::mem::take(&mut *lock(&handoff)) {
+        live.free(&alloc, p, bytes);
+    }
+    let s = alloc.stats().caching;
+    assert_eq!((s.allocated_bytes, s.live_blocks), (0, 0));
+    assert!(s.allocations > (THREADS * ROUNDS * OPS / 2) as u64);
 }
 
 #[test]

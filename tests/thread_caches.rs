@@ -47,6 +47,36 @@ fn a_freed_block_comes_back_to_its_thread_and_the_books_stay_exact() {
     assert_eq!(s.caching.allocated_bytes, 0);
 }
 
+/// A peak reached and left by cache hits alone, between two reads of the
+/// statistics: the hits' changes of allocated bytes stay pending in the
+/// thread's cache (no shared write) and cancel out before any fold, so only
+/// the hit's own peak check (the shared value plus its pending change) can
+/// see the peak; with one thread it is exact.
+#[test]
+fn a_peak_reached_by_cache_hits_alone_is_exact() {
+    let (_host, alloc) = setup(1 << 30);
+    let blocks: Vec<_> = (0..3).map(|_| alloc.allocate(MIB, 512).unwrap()).collect();
+    for &p in &blocks {
+        alloc.free(p).unwrap(); // into the thread's cache
+    }
+    alloc.reset_peak_stats();
+    assert_eq!(alloc.stats().caching.peak_allocated_bytes, 0);
+    for round in 1..=3 {
+        let again: Vec<_> = (0..round)
+            .map(|_| alloc.allocate(MIB, 512).unwrap())
+            .collect();
+        for p in again {
+            assert!(blocks.contains(&p), "a cache hit");
+            alloc.free(p).unwrap();
+        }
+    }
+    let s = alloc.stats();
+    assert_eq!(s.caching.allocated_bytes, 0);
+    assert_eq!(s.caching.peak_allocated_bytes, 3 * MIB, "the exact peak");
+    assert_eq!(s.total.peak_allocated_bytes, 3 * MIB);
+    assert_eq!(alloc.device_stats(0).unwrap().peak_allocated_bytes, 3 * MIB);
+}
+
 #[test]
 fn a_cached_block_freed_again_is_a_double_free() {
     let (_host, alloc) = setup(1 << 30);

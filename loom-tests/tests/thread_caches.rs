@@ -1,12 +1,14 @@
-//! Models 12 and 13: the per-thread caches of freed blocks
+//! Models 12, 13 and 15: the per-thread caches of freed blocks
 //! (`src/thread_cache.rs`): a block in one thread's cache raced by a drain
-//! from another thread, and the out-of-memory path draining another live
-//! thread's cache.
+//! from another thread, the out-of-memory path draining another live
+//! thread's cache, and the statistics' pending changes (a free into a
+//! cache and a cache hit racing another thread's allocation and `stats()`).
 #![cfg(loom)]
 
-use graphalloc::{Config, Error, SMALL_SEGMENT};
+use graphalloc::{Config, Error, SMALL_REQUEST_MAX, SMALL_SEGMENT};
 use loom::thread;
 use loom_tests::{explore, host_allocator, host_allocator_with, CAPACITY};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Preemption bound of model 13 (136 interleavings; model 12 saturates, so
 /// it runs unbounded: 80 interleavings).
@@ -124,5 +126,121 @@ fn out_of_memory_drains_another_threads_cache() {
     tally.expect(&[
         "main kept its block, the other ran out",
         "the other drained main's cache, main ran out",
+    ]);
+}
+
+/// Ghost counts of live bytes, outside loom (loom runs one thread at a
+/// time, so std atomics add no scheduling point and never race): `hi` counts
+/// a block from before its allocation to after its free, `lo` from after
+/// its allocation to before its free; their peaks bracket the true peak.
+#[derive(Default)]
+struct Ghost {
+    hi: AtomicUsize,
+    hi_peak: AtomicUsize,
+    lo: AtomicUsize,
+    lo_peak: AtomicUsize,
+}
+
+impl Ghost {
+    fn up(now: &AtomicUsize, peak: &AtomicUsize, bytes: usize) {
+        let v = now.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        peak.fetch_max(v, Ordering::SeqCst);
+    }
+    fn allocate(&self, alloc: &graphalloc::Allocator, bytes: usize) -> graphalloc::DevicePtr {
+        Self::up(&self.hi, &self.hi_peak, bytes);
+        let p = alloc.allocate(bytes, 512).unwrap();
+        Self::up(&self.lo, &self.lo_peak, bytes);
+        p
+    }
+    fn free(&self, alloc: &graphalloc::Allocator, p: graphalloc::DevicePtr, bytes: usize) {
+        self.lo.fetch_sub(bytes, Ordering::SeqCst);
+        alloc.free(p).unwrap();
+        self.hi.fetch_sub(bytes, Ordering::SeqCst);
+    }
+}
+
+/// Model 15: the statistics' pending changes. Blocks are of the largest
+/// cacheable size, the slack (1 MiB), so that a thread's pending change
+/// reaches it. Main allocates a block (from the arena: counted at once),
+/// then, while another thread allocates one (from the arena), reads
+/// `stats()` and frees it into its own cache, main frees its block into its
+/// cache and allocates it again (a hit: both only pending). Every `stats()`
+/// reports a peak at least its current allocated figure; at quiescence the
+/// current figures are exact and the peak is within one slack (two threads:
+/// (T - 1) x 1 MiB) of the true peak, bracketed by ghost counts. The bound
+/// is reached: when the other thread's whole run falls between main's free
+/// and its hit, its allocation folds while main's free is still pending,
+/// and the peak reads 2 MiB for a true peak of 1 MiB (tallied "above").
+#[test]
+fn pending_statistics_race_an_allocation_and_a_stats_read() {
+    const M: usize = SMALL_REQUEST_MAX;
+    let tally = explore(
+        "15 thread caches: pending statistics race another thread's allocation and stats()",
+        Some(BOUND),
+        |tally| {
+            let config = Config {
+                expandable_segments: false,
+                ..Config::default()
+            };
+            let (alloc, _host) = host_allocator_with(&config);
+            let ghost = std::sync::Arc::new(Ghost::default());
+            let p = ghost.allocate(&alloc, M);
+            let other = {
+                let (alloc, ghost) = (alloc.clone(), ghost.clone());
+                thread::spawn(move || {
+                    let q = ghost.allocate(&alloc, M);
+                    let s = alloc.stats();
+                    for side in [s.caching, s.total] {
+                        assert!(
+                            side.peak_allocated_bytes >= side.allocated_bytes,
+                            "mid-race peak {} below current {}",
+                            side.peak_allocated_bytes,
+                            side.allocated_bytes
+                        );
+                    }
+                    ghost.free(&alloc, q, M); // into this thread's cache
+                })
+            };
+            ghost.free(&alloc, p, M); // into main's cache
+                                      // A scheduling point between the ghost's end of `p` and its
+                                      // start of `r` (ghost updates are none), so that the other
+                                      // thread's whole run can fall between them.
+            thread::yield_now();
+            let r = ghost.allocate(&alloc, M); // main's cache hit
+            other.join().unwrap();
+            let s = alloc.stats();
+            assert_eq!(s.caching.allocated_bytes, M);
+            assert_eq!((s.caching.allocations, s.caching.frees), (3, 2));
+            assert_eq!(s.caching.live_blocks, 1);
+            let (lo, hi) = (
+                ghost.lo_peak.load(Ordering::SeqCst),
+                ghost.hi_peak.load(Ordering::SeqCst),
+            );
+            for side in [s.caching, s.total] {
+                let peak = side.peak_allocated_bytes;
+                assert!(peak >= side.allocated_bytes, "peak {peak} below current");
+                assert!(
+                    peak + M >= lo && peak <= hi + M,
+                    "peak {peak} not within one slack of the true peak (in [{lo}, {hi}])"
+                );
+            }
+            let peak = s.total.peak_allocated_bytes;
+            tally.note(if lo == hi && peak == lo {
+                "exact"
+            } else if peak > hi {
+                "above the true peak by another thread's pending free"
+            } else if peak < lo {
+                "below the true peak by another thread's pending allocation"
+            } else {
+                "within the ghost bracket"
+            });
+            ghost.free(&alloc, r, M);
+            let s = alloc.stats().caching;
+            assert_eq!((s.allocated_bytes, s.live_blocks, s.frees), (0, 0, 3));
+        },
+    );
+    tally.expect(&[
+        "exact",
+        "above the true peak by another thread's pending free",
     ]);
 }
