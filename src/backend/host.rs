@@ -456,6 +456,17 @@ impl StreamOrder for HostBackend {
         Ok(())
     }
 
+    /// A simulated stream is idle once every event recorded on it has
+    /// completed (its work is what the test recorded on it).
+    fn stream_idle(&self, stream: u64) -> Result<bool, BackendError> {
+        let s = self.streams.lock();
+        let &(recorded, completed) = s
+            .streams
+            .get(&stream)
+            .ok_or(BackendError::UnknownStream { stream })?;
+        Ok(completed >= recorded)
+    }
+
     fn created_stream(&self, stream: u64) -> bool {
         self.streams.lock().streams.contains_key(&stream)
     }

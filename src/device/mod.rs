@@ -7,8 +7,10 @@
 //! that wait for events or for a capture to end) is in [`events`].
 
 mod events;
+mod fences;
 mod mapping;
 
+pub(crate) use fences::Fences;
 pub use mapping::MappingStats;
 
 use crate::arena::{
@@ -232,7 +234,7 @@ impl Device {
         arena: &mut Arena,
         side: Side,
     ) -> Result<usize, BackendError> {
-        let unmapped = self.reclaim(arena, side, usize::MAX, &[]);
+        let unmapped = self.reclaim(arena, side, usize::MAX, &[], mapping::Reclaim::Now);
         let segments = arena.take_free_segments();
         let released = self.release_segments(segments, side)?;
         unmapped.map(|bytes| bytes + released)
@@ -243,6 +245,7 @@ impl Device {
     pub(crate) fn release_all(&self, arena: &mut Arena, side: Side) -> Result<usize, BackendError> {
         let allocated = arena.stats.allocated_bytes;
         self.recycle_deferred_events(arena);
+        self.recycle_fences(arena, None);
         let segments = arena.take_all_segments();
         self.book.freed(side, allocated);
         self.release_segments(segments, side)
