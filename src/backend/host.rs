@@ -136,6 +136,13 @@ impl HostBackend {
         self.streams.lock().streams.get(&stream).copied()
     }
 
+    /// Destroys the simulated `stream` (as `cuStreamDestroy` would): it is
+    /// unknown from now on; events recorded on it that had not completed
+    /// never will.
+    pub fn destroy_stream(&self, stream: u64) {
+        self.streams.lock().streams.remove(&stream);
+    }
+
     /// Starts capturing `stream` into a (simulated) graph; returns the
     /// capture id.
     pub fn begin_capture(&self, stream: u64) -> u64 {
