@@ -66,9 +66,16 @@ fn a_budget_reclaim_never_waits_and_unmaps_once_the_work_completed() {
     let t = host.create_stream();
     let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
     let d = since(&alloc, &before);
-    assert_eq!((d.unmaps, d.waits), (0, 0), "nothing unmapped, no wait: {d:?}");
+    assert_eq!(
+        (d.unmaps, d.waits),
+        (0, 0),
+        "nothing unmapped, no wait: {d:?}"
+    );
     assert!(d.fences >= 1 && d.deferred_unmaps >= 1, "{d:?}");
-    assert!(!host.event_complete(k).unwrap(), "the kernel is still queued");
+    assert!(
+        !host.event_complete(k).unwrap(),
+        "the kernel is still queued"
+    );
     assert_eq!(
         host.stream_progress(s).unwrap().1,
         progress.1,
@@ -90,7 +97,10 @@ fn a_budget_reclaim_never_waits_and_unmaps_once_the_work_completed() {
     let before = alloc.mapping_stats();
     let last = alloc.allocate_on(0, t, 96 * MIB, 512).unwrap();
     let d = since(&alloc, &before);
-    assert!(d.unmaps >= 1, "the idle pages went once the work completed: {d:?}");
+    assert!(
+        d.unmaps >= 1,
+        "the idle pages went once the work completed: {d:?}"
+    );
     assert_eq!(d.waits, 0, "still without a wait");
     assert!(alloc.stats().caching.reserved_bytes < 320 * MIB);
     for p in [keep, big, last] {
@@ -276,7 +286,10 @@ fn a_failed_unmap_of_deferred_units_keeps_the_books_exact() {
     assert_eq!(s.caching.reserved_bytes, h.backend.mapped_bytes(), "{s}");
     assert_eq!(s.caching.reserved_bytes, 104 * MIB, "a's pages kept");
     h.alloc.empty_cache().unwrap();
-    assert_eq!(h.alloc.stats().caching.reserved_bytes, h.backend.mapped_bytes());
+    assert_eq!(
+        h.alloc.stats().caching.reserved_bytes,
+        h.backend.mapped_bytes()
+    );
     assert_eq!(h.backend.mapped_bytes(), 92 * MIB, "a's pages went");
     h.check();
     for p in [b.ptr, c.ptr, d.ptr] {

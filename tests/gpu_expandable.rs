@@ -109,7 +109,10 @@ fn a_budget_reclaim_with_a_busy_stream_returns_without_waiting() {
     let before = g.alloc.mapping_stats();
     let more = g.alloc.allocate_on(0, handle(&t), 4 * N, 512).unwrap();
     let d = g.alloc.mapping_stats().since(&before);
-    assert!(d.unmaps >= 1, "x's pages went once the work was done: {d:?}");
+    assert!(
+        d.unmaps >= 1,
+        "x's pages went once the work was done: {d:?}"
+    );
     assert_eq!(d.waits, 0, "{d:?}");
     for p in [src, out, big, more] {
         g.alloc.free(p).unwrap();
