@@ -4,7 +4,9 @@
 //! Both the caching allocator and the graph pools grow and shrink their
 //! arenas through here, so the "try the cache, else reserve a segment"
 //! sequence and the reserved-bytes books exist once. Stream ordering (frees
-//! that wait for events or for a capture to end) is in [`events`].
+//! that wait for events or for a capture to end) is in [`events`]; the
+//! mapping policy of expandable segments in [`mapping`], with the fences
+//! that let it unmap idle pages without waiting for a stream in [`fences`].
 
 mod events;
 mod fences;
