@@ -49,6 +49,49 @@ fn since(alloc: &Allocator, before: &MappingStats) -> MappingStats {
     alloc.mapping_stats().since(before)
 }
 
+/// The scene of most tests: on a 1 GiB device, `keep` (64 MiB) stays live
+/// on stream `s`, a 64 MiB block is freed on `s` while its kernel `k` is
+/// still queued, and `big` (128 MiB) on stream `t` passes the idle budget:
+/// a budget reclaim that finds the freed block's pages not yet safe.
+struct Scene {
+    host: Arc<HostBackend>,
+    alloc: Allocator,
+    s: u64,
+    t: u64,
+    keep: graphalloc::DevicePtr,
+    big: graphalloc::DevicePtr,
+    k: u64,
+    /// The mapping counts before `big`.
+    before: MappingStats,
+    /// `s`'s progress before `big`.
+    progress: (u64, u64),
+}
+
+fn busy_scene() -> Scene {
+    let Scene {
+        host,
+        alloc,
+        s,
+        t,
+        keep,
+        big,
+        k,
+        before,
+        progress,
+    } = busy_scene();
+    Scene {
+        host,
+        alloc,
+        s,
+        t,
+        keep,
+        big,
+        k,
+        before,
+        progress,
+    }
+}
+
 /// A request on stream `t` that passes the idle budget while the idle
 /// pages of a block freed on `s` may still be in use by `s`'s queued work:
 /// nothing is unmapped and nothing is waited for (the kernel is still
@@ -58,13 +101,17 @@ fn since(alloc: &Allocator, before: &MappingStats) -> MappingStats {
 /// it did) or unmaps before the work completed.
 #[test]
 fn a_budget_reclaim_never_waits_and_unmaps_once_the_work_completed() {
-    let (host, alloc, s) = setup(1024 * MIB, 1.0);
-    let keep = alloc.allocate_on(0, s, 64 * MIB, 512).unwrap();
-    let k = free_while_queued(&host, &alloc, s, 64 * MIB);
-    let progress = host.stream_progress(s).unwrap();
-    let before = alloc.mapping_stats();
-    let t = host.create_stream();
-    let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
+    let Scene {
+        host,
+        alloc,
+        s,
+        t,
+        keep,
+        big,
+        k,
+        before,
+        progress,
+    } = busy_scene();
     let d = since(&alloc, &before);
     assert_eq!(
         (d.unmaps, d.waits),
@@ -115,11 +162,15 @@ fn a_budget_reclaim_never_waits_and_unmaps_once_the_work_completed() {
 /// though more work was queued on `s` after it.
 #[test]
 fn the_pages_go_once_the_fence_recorded_after_their_free_completed() {
-    let (host, alloc, s) = setup(1024 * MIB, 1.0);
-    let keep = alloc.allocate_on(0, s, 64 * MIB, 512).unwrap();
-    let _k = free_while_queued(&host, &alloc, s, 64 * MIB);
-    let t = host.create_stream();
-    let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
+    let Scene {
+        host,
+        alloc,
+        s,
+        t,
+        keep,
+        big,
+        ..
+    } = busy_scene();
     assert_eq!(alloc.mapping_stats().unmaps, 0);
     // The fence is the last event recorded on s: complete up to it, then
     // queue more work (the stream is busy again).
@@ -180,11 +231,16 @@ fn a_full_device_still_waits_for_queued_work() {
 /// (the stream idle), it needs no wait.
 #[test]
 fn empty_cache_waits_only_for_busy_streams() {
-    let (host, alloc, s) = setup(1024 * MIB, 1.0);
-    let keep = alloc.allocate_on(0, s, 64 * MIB, 512).unwrap();
-    let k = free_while_queued(&host, &alloc, s, 64 * MIB);
-    let t = host.create_stream();
-    let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
+    let Scene {
+        host,
+        alloc,
+        s,
+        t,
+        keep,
+        big,
+        k,
+        ..
+    } = busy_scene();
     assert!(alloc.mapping_stats().fences >= 1);
     alloc.free(keep).unwrap();
     let before = alloc.mapping_stats();
@@ -240,11 +296,15 @@ fn pending_fences_are_bounded_and_destroyed_with_the_allocator() {
 /// back to the pool (destroyed with the allocator).
 #[test]
 fn a_destroyed_stream_with_pending_fences_leaks_nothing() {
-    let (host, alloc, s) = setup(1024 * MIB, 1.0);
-    let keep = alloc.allocate_on(0, s, 64 * MIB, 512).unwrap();
-    let _k = free_while_queued(&host, &alloc, s, 64 * MIB);
-    let t = host.create_stream();
-    let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
+    let Scene {
+        host,
+        alloc,
+        s,
+        t,
+        keep,
+        big,
+        ..
+    } = busy_scene();
     assert!(alloc.mapping_stats().fences >= 1);
     alloc.free(keep).unwrap();
     host.destroy_stream(s);

@@ -109,7 +109,9 @@ impl Counters {
 
 /// The mapping calls made for expandable segments (`Backend::map` and
 /// `Backend::unmap`), and the time spent in them, since the allocator was
-/// built. See [`crate::Allocator::mapping_stats`].
+/// built. See [`crate::Allocator::mapping_stats`]. Laid out for C as
+/// `GraphallocMappingStats` (every field a `uint64_t`, in this order).
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MappingStats {
     /// Calls that mapped memory into an address range.
