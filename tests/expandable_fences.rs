@@ -68,17 +68,13 @@ struct Scene {
 }
 
 fn busy_scene() -> Scene {
-    let Scene {
-        host,
-        alloc,
-        s,
-        t,
-        keep,
-        big,
-        k,
-        before,
-        progress,
-    } = busy_scene();
+    let (host, alloc, s) = setup(1024 * MIB, 1.0);
+    let keep = alloc.allocate_on(0, s, 64 * MIB, 512).unwrap();
+    let k = free_while_queued(&host, &alloc, s, 64 * MIB);
+    let progress = host.stream_progress(s).unwrap();
+    let before = alloc.mapping_stats();
+    let t = host.create_stream();
+    let big = alloc.allocate_on(0, t, 128 * MIB, 512).unwrap();
     Scene {
         host,
         alloc,
