@@ -230,8 +230,6 @@ fn empty_cache_waits_only_for_busy_streams() {
     let Scene {
         host,
         alloc,
-        s,
-        t,
         keep,
         big,
         k,
