@@ -39,8 +39,11 @@ after `cargo build --release`: then graphalloc is imported from python/):
 With --repeat N, each workload runs N times per allocator, alternating
 native and graphalloc; the table gives the median step time with its range.
 
-Prints a markdown table; writes JSON to $OUT/torch_plugin.json when $OUT is
-set (or to --json PATH). A workload that fails reports its error in its row.
+Prints a markdown table, then graphalloc's mapping calls per run (maps,
+unmaps, waits for a stream before unmapping, fences, and the ms in them:
+graphalloc.mapping_stats()); writes JSON to $OUT/torch_plugin.json when $OUT
+is set (or to --json PATH), each graphalloc run's counts under "mapping". A
+workload that fails reports its error in its row.
 """
 
 from __future__ import annotations
@@ -489,6 +492,8 @@ def child(args):
             result["peak_allocated"] = s["total"]["peak_allocated_bytes"]
             result["alloc_retries"] = s["total"]["oom_retries"]
             result["graphalloc_stats"] = s
+            if hasattr(ga, "mapping_stats"):  # packages before graphalloc_mapping_stats lack it
+                result["mapping"] = ga.mapping_stats()
     except BaseException as e:  # noqa: BLE001 - reported, never raised
         result["error"] = f"{type(e).__name__}: {e}"
         result["traceback"] = traceback.format_exc()
@@ -639,6 +644,42 @@ def table(results):
     return "\n".join(lines)
 
 
+MAPPING_COLUMNS = (
+    ("maps", "maps", 1),
+    ("unmaps", "unmaps", 1),
+    ("map ms", "map_ns", 1e-6),
+    ("unmap ms", "unmap_ns", 1e-6),
+    ("waits", "waits", 1),
+    ("wait ms", "wait_ns", 1e-6),
+    ("fences", "fences", 1),
+    ("deferred unmaps", "deferred_unmaps", 1),
+)
+
+
+def mapping_table(results):
+    """graphalloc's mapping calls per run (whole run, warm-up included): the
+    median over the repeats of each count and time, or None if no run
+    recorded them."""
+    rows = {}
+    for r in results:
+        if r["allocator"] == "graphalloc" and "mapping" in r:
+            rows.setdefault(r["workload"], []).append(r["mapping"])
+    if not rows:
+        return None
+    head = " | ".join(c[0] for c in MAPPING_COLUMNS)
+    lines = [
+        f"| workload (graphalloc, per run) | {head} |",
+        "|---|" + "---:|" * len(MAPPING_COLUMNS),
+    ]
+    for w, runs in rows.items():
+        cells = []
+        for _, key, scale in MAPPING_COLUMNS:
+            v = statistics.median(m.get(key, 0) for m in runs) * scale
+            cells.append(f"{v:.1f}" if scale != 1 else f"{v:g}")
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parent(args):
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
     for w in workloads:
@@ -670,6 +711,9 @@ def parent(args):
             print(f"{r['workload']} {r['allocator']} #{r['repeat']}: median {r['step_ms']:.2f} ms, "
                   f"mean {r['mean_ms']:.2f} ms over the measured steps; "
                   f"first step at each length {r['warmup_ms']:.0f} ms in all")
+    mapping = mapping_table(results)
+    if mapping:
+        print("\n" + mapping)
     device = next((r["device"] for r in results if "device" in r), "unknown device")
     torch_version = next((r["torch"] for r in results if "torch" in r), "unknown")
     print(f"\n{device}, PyTorch {torch_version}, library {args.lib}; "
@@ -693,6 +737,7 @@ def parent(args):
             "repeat": args.repeat,
             "results": results,
             "table": table(results),
+            "mapping_table": mapping,
         }
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(report, indent=2))

@@ -467,6 +467,13 @@ fn to_json(r: &ReplayReport, runs: usize) -> String {
     field("warm_unmaps", warm(|m| m.unmaps));
     field("warm_map_ns", warm(|m| m.map_ns));
     field("warm_unmap_ns", warm(|m| m.unmap_ns));
+    // Waits for a stream before unmapping, and fences recorded instead.
+    field("waits", r.maps.waits.to_string());
+    field("wait_ns", r.maps.wait_ns.to_string());
+    field("fences", r.maps.fences.to_string());
+    field("deferred_unmaps", r.maps.deferred_unmaps.to_string());
+    field("warm_waits", warm(|m| m.waits));
+    field("warm_wait_ns", warm(|m| m.wait_ns));
     if let Some(a) = anchor(&r.trace) {
         field("target_ratio", json_f64(a.target_ratio));
         field("pytorch_ratio", json_f64(a.pytorch_ratio));

@@ -125,6 +125,27 @@ int graphalloc_device_stats(int device, GraphallocPoolStats *out);
 /* Fills *out with graph pool `pool`'s figures. Returns 0, or -1. */
 int graphalloc_pool_stats(uint64_t pool, GraphallocPoolStats *out);
 
+/* The mapping calls of expandable segments, all devices summed, and what
+ * unmapping waited for: maps and unmaps made (and ns in them), bytes, waits
+ * for a stream before unmapping under real pressure (the limit, a full
+ * device, empty_cache) and ns in them, fences recorded by reclaims for the
+ * idle budget (which never wait) and idle runs those left mapped. */
+typedef struct GraphallocMappingStats {
+    uint64_t maps;
+    uint64_t unmaps;
+    uint64_t map_ns;
+    uint64_t unmap_ns;
+    uint64_t mapped_bytes;
+    uint64_t unmapped_bytes;
+    uint64_t waits;
+    uint64_t wait_ns;
+    uint64_t fences;
+    uint64_t deferred_unmaps;
+} GraphallocMappingStats;
+
+/* Fills *out. Returns 0, or -1 (NULL out, allocator cannot be built). */
+int graphalloc_mapping_stats(GraphallocMappingStats *out);
+
 /* Restarts the caching allocators' peaks from now. Returns 0, or -1. */
 int graphalloc_reset_peak_stats(void);
 

@@ -160,6 +160,10 @@ struct Block {
     /// blocks of plain segments; a free block of an expandable segment may
     /// be unmapped (then it starts and ends on page boundaries).
     mapped: bool,
+    /// For a free block: the tick of its latest free (merged blocks: the
+    /// highest; memory never used: 0), which says when it may be unmapped
+    /// (`device/fences.rs`).
+    freed: u64,
     prev: Option<u32>,
     next: Option<u32>,
 }
@@ -232,6 +236,9 @@ pub(crate) struct Arena {
     /// Blocks in the quick bins.
     quick_blocks: usize,
     pub(crate) stats: PoolStats,
+    /// The tick free blocks are stamped with, and the fences recorded on
+    /// the streams of its expandable segments.
+    pub(crate) fences: crate::device::Fences,
 }
 
 /// What `free` of an address tells about it, for error reports.
@@ -415,6 +422,7 @@ impl Arena {
             segment,
             allocated: false,
             mapped: pages.is_none(),
+            freed: 0,
             prev: None,
             next: None,
         }) as u32;
@@ -505,7 +513,9 @@ impl Arena {
 
     /// Returns a block to the free index, merged with free neighbours.
     fn recycle(&mut self, block: BlockRef) {
-        self.blocks[block.slot as usize].allocated = false;
+        let b = &mut self.blocks[block.slot as usize];
+        b.allocated = false;
+        b.freed = self.fences.tick();
         self.merge_and_index(block.slot);
     }
 
@@ -553,6 +563,7 @@ impl Arena {
         }
         let b = &mut self.blocks[slot as usize];
         b.size += gone.size;
+        b.freed = b.freed.max(gone.freed);
         b.next = gone.next;
     }
 

@@ -68,6 +68,10 @@ pub use oom::{graphalloc_set_oom_observer, GraphallocOomObserver, GraphallocOomR
 #[path = "ffi_history.rs"]
 pub mod history;
 
+#[path = "ffi_mapping.rs"]
+mod mapping;
+pub use mapping::{graphalloc_mapping_stats, GraphallocMappingStats};
+
 /// The version of this C ABI, as [`graphalloc_abi_version`] reports it.
 /// Raised whenever a signature or a `#[repr(C)]` layout changes.
 pub const ABI_VERSION: u32 = 2;

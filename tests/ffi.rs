@@ -566,8 +566,18 @@ int main(int argc, char **argv) {
     CHECK(graphalloc_pool_release(pool) == 0);
     graphalloc_free(p, 1000, 0, NULL);
     CHECK(graphalloc_last_error()[0] == '\0');
+    void *big = graphalloc_malloc(12 << 20, 0, NULL); /* expandable: mapped */
+    CHECK(big != NULL);
+    graphalloc_free(big, 12 << 20, 0, NULL);
     CHECK(graphalloc_empty_cache() > 0);
     CHECK(graphalloc_stats(&s) == 0 && s.total.reserved_bytes == 0);
+    GraphallocMappingStats m;
+    CHECK(graphalloc_mapping_stats(&m) == 0);
+    CHECK(m.maps >= 1 && m.unmaps >= 1 && m.mapped_bytes == m.unmapped_bytes);
+    CHECK(m.waits == 0); /* nothing queued on the host backend's stream 0 */
+    CHECK(graphalloc_mapping_stats(NULL) == -1);
+    printf("mapping %zu %zu\n", sizeof(GraphallocMappingStats),
+           offsetof(GraphallocMappingStats, deferred_unmaps));
     printf("C OK\n");
     return 0;
 }
@@ -642,6 +652,12 @@ fn c_program_links_against_the_cdylib() {
         stdout.contains(&layout),
         "C and Rust layouts differ: {stdout} vs {layout}"
     );
+    let mapping = format!(
+        "mapping {} {}",
+        std::mem::size_of::<GraphallocMappingStats>(),
+        std::mem::offset_of!(GraphallocMappingStats, deferred_unmaps),
+    );
+    assert!(stdout.contains(&mapping), "{stdout} vs {mapping}");
 
     // Abort-on-failure mode: the process ends at the failed allocation.
     let run = Command::new(&program)

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 __all__ = [
     "ABI_VERSION",
     "POOL_STATS_FIELDS",
+    "MAPPING_STATS_FIELDS",
     "GraphallocError",
     "AbiVersionError",
     "LibraryNotFoundError",
@@ -36,6 +37,7 @@ __all__ = [
     "stats",
     "device_stats",
     "pool_stats",
+    "mapping_stats",
     "reset_peak_stats",
     "empty_cache",
     "on_out_of_memory",
@@ -79,6 +81,25 @@ class _PoolStats(ctypes.Structure):
 
     def to_dict(self) -> dict:
         return {name: int(getattr(self, name)) for name in POOL_STATS_FIELDS}
+
+
+# The fields of GraphallocMappingStats, in order (checked against the header by the tests).
+MAPPING_STATS_FIELDS = (
+    "maps",
+    "unmaps",
+    "map_ns",
+    "unmap_ns",
+    "mapped_bytes",
+    "unmapped_bytes",
+    "waits",
+    "wait_ns",
+    "fences",
+    "deferred_unmaps",
+)
+
+
+class _MappingStats(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in MAPPING_STATS_FIELDS]
 
 
 class _Stats(ctypes.Structure):
@@ -214,6 +235,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "graphalloc_device_stats": (c_int, [c_int, ctypes.POINTER(_PoolStats)]),
         "graphalloc_pool_stats": (c_int, [c_u64, ctypes.POINTER(_PoolStats)]),
         "graphalloc_reset_peak_stats": (c_int, []),
+        "graphalloc_mapping_stats": (c_int, [ctypes.POINTER(_MappingStats)]),
         "graphalloc_empty_cache": (c_i64, []),
         "graphalloc_pool_create": (c_u64, [c_int]),
         "graphalloc_pool_release": (c_int, [c_u64]),
@@ -333,6 +355,19 @@ def pool_stats(pool: int) -> dict:
     out = _PoolStats()
     _check(library().graphalloc_pool_stats(int(pool), ctypes.byref(out)) == 0)
     return out.to_dict()
+
+
+def mapping_stats() -> dict:
+    """The mapping calls of expandable segments since the allocator was
+    built, all devices summed: a dict of MAPPING_STATS_FIELDS. `maps`/`unmaps`
+    and `map_ns`/`unmap_ns`: the calls and the time in them; `waits`/`wait_ns`:
+    waits for a stream's work before unmapping (only under real pressure: the
+    limit, a full device, empty_cache); `fences`: events recorded instead by
+    reclaims for the idle budget, which never wait; `deferred_unmaps`: idle runs
+    those left mapped for a later attempt."""
+    out = _MappingStats()
+    _check(library().graphalloc_mapping_stats(ctypes.byref(out)) == 0, "graphalloc_mapping_stats")
+    return {name: int(getattr(out, name)) for name in MAPPING_STATS_FIELDS}
 
 
 def reset_peak_stats() -> None:

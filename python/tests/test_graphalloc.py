@@ -80,6 +80,7 @@ def test_abi_and_structs_match_the_header():
     assert header_struct_fields("GraphallocPoolStats") == list(graphalloc.POOL_STATS_FIELDS)
     stats_fields = [name for name, _ in graphalloc._Stats._fields_]
     assert header_struct_fields("GraphallocStats") == stats_fields
+    assert header_struct_fields("GraphallocMappingStats") == list(graphalloc.MAPPING_STATS_FIELDS)
 
 
 def test_other_abi_version_is_refused():
@@ -151,6 +152,27 @@ def test_stats_follow_allocations_on_the_host_backend():
         released = graphalloc.empty_cache()
         assert released >= 1 << 20, released
         assert graphalloc.stats()["total"]["reserved_bytes"] == 0
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_mapping_stats_count_the_calls_of_expandable_segments():
+    out = run_py(
+        """
+        import graphalloc
+        lib = graphalloc.library()
+        m = graphalloc.mapping_stats()
+        assert set(m) == set(graphalloc.MAPPING_STATS_FIELDS), m
+        p = lib.graphalloc_malloc(12 << 20, 0, None)
+        assert p, graphalloc.last_error()
+        lib.graphalloc_free(p, 12 << 20, 0, None)
+        graphalloc.empty_cache()
+        m = graphalloc.mapping_stats()
+        assert m["maps"] >= 1 and m["unmaps"] >= 1, m
+        assert m["mapped_bytes"] == m["unmapped_bytes"] >= 12 << 20, m
+        assert m["waits"] == 0, m  # nothing queued on the host backend
         print("ok")
         """
     )

@@ -255,7 +255,10 @@ impl Arena {
             let rest = self.split_free(mid, addr + len as u64);
             self.index_insert(rest);
         }
-        self.blocks[mid as usize].mapped = mapped;
+        // Pages mapped or unmapped now hold no memory any work used.
+        let b = &mut self.blocks[mid as usize];
+        b.mapped = mapped;
+        b.freed = 0;
         self.merge_and_index(mid);
     }
 
@@ -263,9 +266,9 @@ impl Arena {
     /// returns the new block above: free, unindexed, in the same mapped
     /// state.
     pub(super) fn split_free(&mut self, slot: u32, at: u64) -> u32 {
-        let (addr, size, segment, mapped, next) = {
+        let (addr, size, segment, mapped, freed, next) = {
             let b = &self.blocks[slot as usize];
-            (b.addr, b.size, b.segment, b.mapped, b.next)
+            (b.addr, b.size, b.segment, b.mapped, b.freed, b.next)
         };
         let rest = self.blocks.insert(Block {
             addr: at,
@@ -273,6 +276,7 @@ impl Arena {
             segment,
             allocated: false,
             mapped,
+            freed,
             prev: Some(slot),
             next,
         }) as u32;
@@ -283,6 +287,12 @@ impl Arena {
         b.size = (at - addr) as usize;
         b.next = Some(rest);
         rest
+    }
+
+    /// The tick of the latest free in the free block `slot` (see
+    /// `device/fences.rs`).
+    pub(crate) fn freed_tick(&self, slot: u32) -> u64 {
+        self.blocks[slot as usize].freed
     }
 
     /// The idle memory of the expandable segments: in each mapped free

@@ -655,6 +655,21 @@ impl StreamOrder for CudaBackend {
         })
     }
 
+    fn stream_idle(&self, stream: u64) -> Result<bool, BackendError> {
+        let context = self.context()?;
+        self.with_context(|| {
+            self.check_stream(stream, context)?;
+            // SAFETY: a context is current; an invalid stream handle makes
+            // the driver return an error rather than touch memory.
+            match unsafe { sys::cuStreamQuery(stream as sys::CUstream) }.result() {
+                Ok(()) => Ok(true),
+                Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+                Err(e) if is_bad_handle(e) => Err(BackendError::UnknownStream { stream }),
+                Err(e) => Err(driver("cuStreamQuery")(e)),
+            }
+        })
+    }
+
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
         let context = self.context()?;
         self.with_context(|| {

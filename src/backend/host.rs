@@ -136,6 +136,13 @@ impl HostBackend {
         self.streams.lock().streams.get(&stream).copied()
     }
 
+    /// Destroys the simulated `stream` (as `cuStreamDestroy` would): it is
+    /// unknown from now on; events recorded on it that had not completed
+    /// never will.
+    pub fn destroy_stream(&self, stream: u64) {
+        self.streams.lock().streams.remove(&stream);
+    }
+
     /// Starts capturing `stream` into a (simulated) graph; returns the
     /// capture id.
     pub fn begin_capture(&self, stream: u64) -> u64 {
@@ -454,6 +461,17 @@ impl StreamOrder for HostBackend {
             *completed = (*completed).max(seq);
         }
         Ok(())
+    }
+
+    /// A simulated stream is idle once every event recorded on it has
+    /// completed (its work is what the test recorded on it).
+    fn stream_idle(&self, stream: u64) -> Result<bool, BackendError> {
+        let s = self.streams.lock();
+        let &(recorded, completed) = s
+            .streams
+            .get(&stream)
+            .ok_or(BackendError::UnknownStream { stream })?;
+        Ok(completed >= recorded)
     }
 
     fn created_stream(&self, stream: u64) -> bool {

@@ -278,6 +278,16 @@ pub trait StreamOrder: Send + Sync {
     /// Blocks until `event` has completed.
     fn wait_event(&self, event: u64) -> Result<(), BackendError>;
 
+    /// Whether all the work queued on `stream` so far has completed
+    /// (`cuStreamQuery`), without blocking: then memory its work used is
+    /// free of it now. The default, for a backend that cannot tell, is
+    /// `false` (work may be queued). Not to be called on a stream being
+    /// captured.
+    fn stream_idle(&self, stream: u64) -> Result<bool, BackendError> {
+        let _ = stream;
+        Ok(false)
+    }
+
     /// Whether `stream` is being captured (`cuStreamGetCaptureInfo`); an
     /// unknown handle is [`BackendError::UnknownStream`], a stream of another
     /// device [`BackendError::ForeignStream`].

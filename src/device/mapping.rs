@@ -27,10 +27,22 @@
 //!   (the peak reserved so far, or the peak allocated bytes plus
 //!   1/[`IDLE_BUDGET`] of them, whichever is higher), the device limit
 //!   (`memory_fraction`) or the device is full, or `empty_cache`.
-//! - Before unmapping units, the work queued on their stream must be done:
-//!   an event recorded on the stream is waited for (PyTorch synchronizes
-//!   the stream before `cuMemUnmap`). A stream being captured is not
-//!   waited on (no wait can end a capture): its units stay mapped.
+//! - Before unmapping units, the work queued on their stream before their
+//!   blocks were freed must be done. A reclaim for the **budget** never
+//!   waits for it (a wait would drain the pipeline: the CPU blocks until
+//!   the GPU is done, then the GPU idles while the CPU queues work again):
+//!   it unmaps only idle runs known to be free of their stream's work, by
+//!   a fence (`fences.rs`: an event recorded at an earlier attempt after
+//!   their free and found complete, without waiting) or because the
+//!   stream is idle; for the others it records a fence, and leaves them
+//!   mapped (reserved bytes may pass the budget a while; the next attempt
+//!   finds them safe). Under **real pressure** (the device limit, a full
+//!   device, the out-of-memory retry, `empty_cache`) memory must go now:
+//!   the reclaim waits for the streams of the runs not yet known safe, as
+//!   PyTorch synchronizes before `cuMemUnmap`. With no work queued (the
+//!   host backend in the replay tool), both unmap the same runs as a wait
+//!   would. A stream being captured is never waited on nor fenced (no wait
+//!   can end a capture): its units stay mapped.
 //!
 //! A repeating workload therefore mostly settles: once a pass has mapped
 //! what it needs, the next pass finds its blocks in mapped memory. Host
@@ -74,6 +86,18 @@ const MAX_UNIT: usize = 128 << 20;
 /// The most address space one expandable segment reserves.
 const MAX_RANGE: usize = 1 << 46;
 
+/// What a reclaim may do about work still queued on a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reclaim {
+    /// For the idle budget: never wait; runs not known to be free of their
+    /// stream's work stay mapped for a later attempt.
+    Budget,
+    /// Under real pressure (the limit, a full device, the out-of-memory
+    /// retry, `empty_cache`): wait for the streams whose work may still
+    /// use the runs.
+    Now,
+}
+
 /// Mapping calls of one device, for [`MappingStats`].
 #[derive(Debug, Default)]
 pub(super) struct Counters {
@@ -83,11 +107,24 @@ pub(super) struct Counters {
     unmap_ns: AtomicU64,
     mapped_bytes: AtomicU64,
     unmapped_bytes: AtomicU64,
+    waits: AtomicU64,
+    wait_ns: AtomicU64,
+    fences: AtomicU64,
+    deferred_unmaps: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a fence recorded.
+    pub(super) fn fence_recorded(&self) {
+        self.fences.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The mapping calls made for expandable segments (`Backend::map` and
 /// `Backend::unmap`), and the time spent in them, since the allocator was
-/// built. See [`crate::Allocator::mapping_stats`].
+/// built. See [`crate::Allocator::mapping_stats`]. Laid out for C as
+/// `GraphallocMappingStats` (every field a `uint64_t`, in this order).
+#[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MappingStats {
     /// Calls that mapped memory into an address range.
@@ -102,6 +139,18 @@ pub struct MappingStats {
     pub mapped_bytes: u64,
     /// Bytes unmapped, in all.
     pub unmapped_bytes: u64,
+    /// Waits for a stream's work before unmapping its pages (real
+    /// pressure: the limit, a full device, `empty_cache`, the allocator
+    /// going away). A reclaim for the idle budget never waits.
+    pub waits: u64,
+    /// Nanoseconds spent in those waits.
+    pub wait_ns: u64,
+    /// Fences recorded: events a budget reclaim recorded on a stream, to
+    /// learn later, without waiting, when idle pages are free of its work.
+    pub fences: u64,
+    /// Idle runs a budget reclaim left mapped because the work of their
+    /// stream might still use them (each attempt counts the runs it saw).
+    pub deferred_unmaps: u64,
 }
 
 impl MappingStats {
@@ -113,6 +162,10 @@ impl MappingStats {
         self.unmap_ns += other.unmap_ns;
         self.mapped_bytes += other.mapped_bytes;
         self.unmapped_bytes += other.unmapped_bytes;
+        self.waits += other.waits;
+        self.wait_ns += other.wait_ns;
+        self.fences += other.fences;
+        self.deferred_unmaps += other.deferred_unmaps;
     }
 
     /// The counts made since `earlier` (taken from the same allocator).
@@ -124,6 +177,10 @@ impl MappingStats {
             unmap_ns: self.unmap_ns.saturating_sub(earlier.unmap_ns),
             mapped_bytes: self.mapped_bytes.saturating_sub(earlier.mapped_bytes),
             unmapped_bytes: self.unmapped_bytes.saturating_sub(earlier.unmapped_bytes),
+            waits: self.waits.saturating_sub(earlier.waits),
+            wait_ns: self.wait_ns.saturating_sub(earlier.wait_ns),
+            fences: self.fences.saturating_sub(earlier.fences),
+            deferred_unmaps: self.deferred_unmaps.saturating_sub(earlier.deferred_unmaps),
         }
     }
 }
@@ -139,6 +196,10 @@ impl Device {
             unmap_ns: c.unmap_ns.load(Ordering::Relaxed),
             mapped_bytes: c.mapped_bytes.load(Ordering::Relaxed),
             unmapped_bytes: c.unmapped_bytes.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
+            wait_ns: c.wait_ns.load(Ordering::Relaxed),
+            fences: c.fences.load(Ordering::Relaxed),
+            deferred_unmaps: c.deferred_unmaps.load(Ordering::Relaxed),
         }
     }
 
@@ -195,7 +256,8 @@ impl Device {
         let mut growth = need;
         if reserved + need.len > budget {
             // Best effort: what cannot be unmapped only leaves more mapped.
-            let _ = self.reclaim(arena, side, reserved + need.len - budget, &need.keep);
+            let excess = reserved + need.len - budget;
+            let _ = self.reclaim(arena, side, excess, &need.keep, Reclaim::Budget);
         } else {
             growth.widen(
                 GROWTH_GRANULE
@@ -208,7 +270,9 @@ impl Device {
         if let Err((BackendError::OutOfMemory { .. }, false)) = mapped {
             // The limit or the device is full: unmap idle pages, then map
             // just what the request needs (if that can change anything).
-            let freed = self.reclaim(arena, side, need.len, &need.keep).unwrap_or(0);
+            let freed = self
+                .reclaim(arena, side, need.len, &need.keep, Reclaim::Now)
+                .unwrap_or(0);
             if freed > 0 || growth != need {
                 growth = need;
                 mapped = self.map_growth(arena, side, &growth, MAX_UNIT);
@@ -280,46 +344,83 @@ impl Device {
 
     /// Unmaps idle units of `arena`'s expandable segments, at least
     /// `at_least` bytes if there are (`usize::MAX`: all), lowest
-    /// addresses first and none in the blocks of `keep`, after the work
-    /// queued on their streams has completed. Returns the bytes unmapped,
-    /// or the first error (units whose unmapping failed stay mapped and
-    /// booked).
+    /// addresses first and none in the blocks of `keep`, only once the
+    /// work queued on their streams before their free has completed: for
+    /// [`Reclaim::Budget`], runs not known to be free of it yet are skipped
+    /// (never a wait); for [`Reclaim::Now`], their streams are waited for.
+    /// Returns the bytes unmapped, or the first error (units whose
+    /// unmapping failed stay mapped and booked).
     pub(super) fn reclaim(
         &self,
         arena: &mut Arena,
         side: Side,
         at_least: usize,
         keep: &[Option<u32>],
+        how: Reclaim,
     ) -> Result<usize, BackendError> {
         let runs = arena.idle_runs(keep);
+        let stamps: Vec<u64> = runs.iter().map(|r| arena.freed_tick(r.slot)).collect();
+        let mut first_error = None;
+        // Per stream met: (stream, whether its runs may go at all: not
+        // while it is captured, whether it was brought up to date).
+        let mut streams: Vec<(StreamTag, bool, bool)> = Vec::new();
         let mut chosen: Vec<IdleRun> = Vec::new();
         let mut total = 0usize;
-        for run in runs {
+        let mut deferred = 0u64;
+        for (run, &freed) in runs.iter().zip(&stamps) {
             if total >= at_least {
                 break;
+            }
+            let at = match streams.iter().position(|s| s.0 == run.stream) {
+                Some(at) => at,
+                None => {
+                    let usable = match self.capturing(run.stream) {
+                        Ok(capturing) => !capturing,
+                        // A stream that no longer exists has no work left.
+                        Err(BackendError::UnknownStream { .. }) => {
+                            self.stream_drained(arena, run.stream);
+                            true
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                            false
+                        }
+                    };
+                    streams.push((run.stream, usable, false));
+                    streams.len() - 1
+                }
+            };
+            let (stream, usable, fresh) = streams[at];
+            if usable && !fresh && !arena.fences.safe(stream, freed) {
+                streams[at].2 = true;
+                // The newest free among the stream's runs: one fence for all.
+                let newest = runs
+                    .iter()
+                    .zip(&stamps)
+                    .filter(|(r, _)| r.stream == stream)
+                    .map(|(_, &t)| t)
+                    .max()
+                    .unwrap_or(freed);
+                if let Err(e) = self.catch_up(arena, stream, newest, how) {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if !usable || !arena.fences.safe(stream, freed) {
+                deferred += 1;
+                continue;
             }
             // Part of a run: its top units, leaving the mapped rest in place.
             let run = run.top(at_least - total);
             total += run.len;
             chosen.push(run);
         }
-        let mut streams: Vec<StreamTag> = chosen.iter().map(|r| r.stream).collect();
-        streams.sort_unstable();
-        streams.dedup();
-        let mut first_error = None;
-        let mut busy = Vec::new();
-        for stream in streams {
-            match self.drain_stream(stream) {
-                Ok(true) => {}
-                Ok(false) => busy.push(stream),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    busy.push(stream);
-                }
-            }
+        if deferred > 0 && how == Reclaim::Budget {
+            self.mapping
+                .deferred_unmaps
+                .fetch_add(deferred, Ordering::Relaxed);
         }
         let mut unmapped = 0;
-        for run in chosen.iter().filter(|r| !busy.contains(&r.stream)) {
+        for run in &chosen {
             // What went: all of the run, or the units a failing call
             // unmapped before it stopped (the rest stays booked as mapped:
             // the books follow the device exactly).
@@ -343,10 +444,33 @@ impl Device {
         first_error.map_or(Ok(unmapped), Err)
     }
 
+    /// Brings what `arena` knows of the work of `stream` (not being
+    /// captured) up to date, so that memory stamped `newest` or lower may
+    /// be found free of it: without waiting (fences polled, the stream
+    /// queried, a fence recorded), unless `how` is [`Reclaim::Now`] and
+    /// that is not enough: then the stream is waited for.
+    fn catch_up(
+        &self,
+        arena: &mut Arena,
+        stream: StreamTag,
+        newest: u64,
+        how: Reclaim,
+    ) -> Result<(), BackendError> {
+        let budget = how == Reclaim::Budget;
+        let refreshed = self.refresh_fences(arena, stream, newest, budget);
+        if budget || arena.fences.safe(stream, newest) {
+            return refreshed;
+        }
+        if self.drain_stream(stream)? {
+            self.stream_drained(arena, stream);
+        }
+        Ok(())
+    }
+
     /// Waits until the work queued on `stream` so far has completed, and
     /// says so; `false` for a stream being captured, which no wait can
     /// drain (its pages then stay mapped). A stream that no longer exists
-    /// has no work left.
+    /// has no work left. Counts the wait.
     pub(super) fn drain_stream(&self, stream: StreamTag) -> Result<bool, BackendError> {
         match self.capturing(stream) {
             Ok(true) => return Ok(false),
@@ -355,7 +479,12 @@ impl Device {
             Err(e) => return Err(e),
         }
         let event = self.record_on(stream)?;
+        let start = Instant::now();
         let waited = self.backend.streams().and_then(|v| v.wait_event(event));
+        let c = &self.mapping;
+        c.wait_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        c.waits.fetch_add(1, Ordering::Relaxed);
         self.recycle_event(event);
         waited.map(|()| true)
     }

@@ -4,11 +4,15 @@
 //! Both the caching allocator and the graph pools grow and shrink their
 //! arenas through here, so the "try the cache, else reserve a segment"
 //! sequence and the reserved-bytes books exist once. Stream ordering (frees
-//! that wait for events or for a capture to end) is in [`events`].
+//! that wait for events or for a capture to end) is in [`events`]; the
+//! mapping policy of expandable segments in [`mapping`], with the fences
+//! that let it unmap idle pages without waiting for a stream in [`fences`].
 
 mod events;
+mod fences;
 mod mapping;
 
+pub(crate) use fences::Fences;
 pub use mapping::MappingStats;
 
 use crate::arena::{
@@ -258,7 +262,7 @@ impl Device {
         arena: &mut Arena,
         side: Side,
     ) -> Result<usize, BackendError> {
-        let unmapped = self.reclaim(arena, side, usize::MAX, &[]);
+        let unmapped = self.reclaim(arena, side, usize::MAX, &[], mapping::Reclaim::Now);
         let segments = arena.take_free_segments();
         let released = self.release_segments(segments, side)?;
         unmapped.map(|bytes| bytes + released)
@@ -269,6 +273,7 @@ impl Device {
     pub(crate) fn release_all(&self, arena: &mut Arena, side: Side) -> Result<usize, BackendError> {
         let allocated = arena.stats.allocated_bytes;
         self.recycle_deferred_events(arena);
+        self.recycle_fences(arena, None);
         let segments = arena.take_all_segments();
         self.book.freed(side, allocated);
         self.release_segments(segments, side)
