@@ -351,3 +351,30 @@ fn a_failed_unmap_of_deferred_units_keeps_the_books_exact() {
     }
     h.teardown();
 }
+
+/// The overshoot of never waiting is capped: in a large cache (5 GiB peak),
+/// a growth past the budget while 1 GiB of idle pages may still be in use
+/// by queued work would leave the cache holding 10% more than its peak;
+/// past the peak plus 1/24 the reclaim waits for the stream and unmaps.
+/// Fails without the cap (no wait, 5.5 GiB reserved).
+#[test]
+fn the_overshoot_of_a_budget_reclaim_is_capped() {
+    const GIB: usize = 1024 * MIB;
+    let (host, alloc, s) = setup(16 * GIB, 1.0);
+    let keep = alloc.allocate_on(0, s, 4 * GIB, 512).unwrap();
+    let _k = free_while_queued(&host, &alloc, s, GIB);
+    let before = alloc.mapping_stats();
+    let t = host.create_stream();
+    let big = alloc.allocate_on(0, t, GIB / 2, 512).unwrap();
+    let d = since(&alloc, &before);
+    assert!(d.waits > 0, "past the cap the reclaim waits: {d:?}");
+    assert!(d.unmaps > 0, "and unmaps: {d:?}");
+    let peak = 5 * GIB;
+    let reserved = alloc.stats().caching.reserved_bytes;
+    assert!(
+        reserved <= peak + peak / 24,
+        "reserved {reserved} within the cap"
+    );
+    alloc.free(big).unwrap();
+    alloc.free(keep).unwrap();
+}

@@ -36,7 +36,13 @@
 //!   their free and found complete, without waiting) or because the
 //!   stream is idle; for the others it records a fence, and leaves them
 //!   mapped (reserved bytes may pass the budget a while; the next attempt
-//!   finds them safe). Under **real pressure** (the device limit, a full
+//!   finds them safe), up to a hard cap: past the peak allocated bytes plus
+//!   1/[`HARD_CAP`] of them, at least [`HARD_CAP_FLOOR`] (or past the
+//!   budget, if higher) the reclaim
+//!   waits, so a device running far behind the CPU cannot make the cache
+//!   hold more than that (`examples/lagged_replay.rs` simulates one: without
+//!   the cap, vartrans_step reached 1.27 at a lag of 10 events). Under
+//!   **real pressure** (the device limit, a full
 //!   device, the out-of-memory retry, `empty_cache`) memory must go now:
 //!   the reclaim waits for the streams of the runs not yet known safe, as
 //!   PyTorch synchronizes before `cuMemUnmap`. With no work queued (the
@@ -65,6 +71,19 @@ use std::time::Instant;
 /// mapped but idle (above the peak itself) before a mapping unmaps idle
 /// pages first.
 const IDLE_BUDGET: usize = 32;
+
+/// A budget reclaim never waits for stream work: the idle runs whose
+/// streams may still use them stay mapped. That overshoot is capped: a
+/// growth that would take the cache's reserved bytes past its peak
+/// allocated bytes plus 1/HARD_CAP of them (or past the budget, if that is
+/// higher) waits for those streams and unmaps down to the cap, so deferrals
+/// alone never take the fragmentation ratio past 1 + 1/HARD_CAP once the
+/// peak passes 24 x [`HARD_CAP_FLOOR`] (3 GiB).
+const HARD_CAP: usize = 24;
+
+/// ... and a cache never waits to hold fewer than this many idle bytes
+/// over its peak: small caches keep their pipeline full.
+const HARD_CAP_FLOOR: usize = 128 << 20;
 
 /// Growth maps at least this many bytes at once when the budget allows
 /// (PyTorch's `large_segment_size` is 20 MB; 16 MiB packs resnet50_train
@@ -257,7 +276,17 @@ impl Device {
         if reserved + need.len > budget {
             // Best effort: what cannot be unmapped only leaves more mapped.
             let excess = reserved + need.len - budget;
+            let deferred = self.mapping.deferred_unmaps.load(Ordering::Relaxed);
             let _ = self.reclaim(arena, side, excess, &need.keep, Reclaim::Budget);
+            // Runs skipped because their streams' work may still run leave
+            // the cache over its budget; past the hard cap (or past the
+            // budget, if that is higher) a reclaim waits for them.
+            let cap = budget.max(peak + (peak / HARD_CAP).max(HARD_CAP_FLOOR));
+            let over = (arena.stats.reserved_bytes + need.len).saturating_sub(cap);
+            let skipped = self.mapping.deferred_unmaps.load(Ordering::Relaxed) > deferred;
+            if skipped && over > 0 {
+                let _ = self.reclaim(arena, side, over, &need.keep, Reclaim::Now);
+            }
         } else {
             growth.widen(
                 GROWTH_GRANULE
