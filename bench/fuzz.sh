@@ -25,6 +25,8 @@ BIN=$PWD/.gpu-fuzz/fuzz_ops
 DIR=${OUT:-out}/fuzz
 mkdir -p "$DIR/corpus"
 [ -d .gpu-fuzz/corpus ] && cp -n .gpu-fuzz/corpus/* "$DIR/corpus/" 2>/dev/null
+# A corpus of many small files travels better packed: .gpu-fuzz/corpus.tar.gz (holding corpus/).
+[ -f .gpu-fuzz/corpus.tar.gz ] && tar -xzf .gpu-fuzz/corpus.tar.gz -C "$DIR"
 JOBS=${JOBS:-$(nproc)}
 cd "$DIR"
 t0=$SECONDS
