@@ -382,6 +382,10 @@ fn faults_under_8_threads() {
                 let pool_refs: Vec<_> = pools.iter().collect();
                 lock(&model).check(&alloc, &backend, &pool_refs);
             }
+            // The threads free what they hold only after the last check
+            // (without this rendezvous, their frees raced it: a block out
+            // of the model and not yet freed failed the check now and then).
+            barrier.wait();
         });
         run_threads(THREADS, &barrier, |t| {
             let mut rng = StdRng::seed_from_u64(0xFA17_0000 + t as u64);
@@ -431,6 +435,7 @@ fn faults_under_8_threads() {
                 drop(guard);
                 barrier.wait();
             }
+            barrier.wait(); // the controller's last check is done
             for b in mine {
                 b.verify();
                 lock(&model).remove(b.ptr);
