@@ -166,8 +166,14 @@ impl Gauge {
     pub(crate) fn add(&self, bytes: usize) {
         // Acquire on the increment: see `reset_peak`. (On x86 it costs what
         // Relaxed costs: a locked add either way.)
-        let now = self.current.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        if now > self.peak.load(Ordering::Relaxed) {
+        // The value may be below zero while thread caches hold changes
+        // pending (see `fold`): it wraps, and a value below zero is never a
+        // peak.
+        let now = self
+            .current
+            .fetch_add(bytes, Ordering::AcqRel)
+            .wrapping_add(bytes);
+        if (now as isize) > 0 && now > self.peak.load(Ordering::Relaxed) {
             self.peak.fetch_max(now, Ordering::Relaxed);
         }
     }
@@ -185,10 +191,10 @@ impl Gauge {
     /// raises the peak itself. (Plain loads would allow the store-buffering
     /// outcome where both sides miss each other.)
     pub(crate) fn reset_peak(&self) {
-        let now = self.current.fetch_add(0, Ordering::AcqRel);
-        self.peak.store(now, Ordering::Relaxed);
-        let now = self.current.fetch_add(0, Ordering::AcqRel);
-        self.peak.fetch_max(now, Ordering::Relaxed);
+        // A value below zero (changes still pending elsewhere) reads as 0.
+        let read = || (self.current.fetch_add(0, Ordering::AcqRel) as isize).max(0) as usize;
+        self.peak.store(read(), Ordering::Relaxed);
+        self.peak.fetch_max(read(), Ordering::Relaxed);
     }
 
     pub(crate) fn sub(&self, bytes: usize) {
@@ -455,6 +461,22 @@ impl fmt::Display for MemoryUsageStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gauge below zero (other threads' changes still pending) wraps;
+    /// an addition that leaves it below zero, and a reset then, must not
+    /// take the peak to the wrapped value (it did: about 2^64).
+    #[test]
+    fn a_gauge_below_zero_is_never_a_peak() {
+        let g = Gauge::default();
+        g.add(8192);
+        g.fold(-12288);
+        g.add(512);
+        assert_eq!(g.peak(), 8192);
+        g.reset_peak();
+        assert_eq!(g.peak(), 0);
+        g.add(8192);
+        assert_eq!(g.peak(), 4608);
+    }
 
     #[test]
     fn display_uses_fractional_megabytes() {

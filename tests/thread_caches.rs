@@ -271,3 +271,32 @@ fn a_cached_block_drained_during_its_streams_capture_is_free_and_completed_once(
     assert_eq!(completed, 1, "one free, one completion");
     alloc.free(q).unwrap();
 }
+
+/// Another thread's frees can take a gauge below zero while the thread that
+/// allocated holds a change pending (a cache hit): the next allocation's
+/// peak must not be the wrapped value (it was about 2^64; found in review).
+#[test]
+fn frees_by_another_thread_during_a_pending_hit_keep_the_peak_sane() {
+    let (_host, alloc) = setup(1 << 30);
+    let (q, r) = {
+        let p = alloc.allocate(4096, 512).unwrap();
+        alloc.free(p).unwrap(); // into this thread's cache: -4 KiB pending
+        let q = alloc.allocate(8192, 512).unwrap(); // a miss: folds
+        let r = alloc.allocate(4096, 512).unwrap(); // a hit: +4 KiB pending
+        (q.addr(), r.addr())
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Not this thread's blocks: to the arena, folded at once.
+            alloc.free(graphalloc::DevicePtr::new(q)).unwrap();
+            alloc.free(graphalloc::DevicePtr::new(r)).unwrap();
+            let x = alloc.allocate(512, 512).unwrap();
+            alloc.free(x).unwrap();
+        });
+    });
+    let peak = alloc.stats().caching.peak_allocated_bytes;
+    assert!(peak <= 16 << 20, "peak {peak}");
+    alloc.reset_peak_stats();
+    let peak = alloc.stats().total.peak_allocated_bytes;
+    assert!(peak <= 16 << 20, "peak after a reset {peak}");
+}
