@@ -5,7 +5,9 @@
 //! memory (idle pages stay mapped until a fence says their work is done)
 //! and that they never wait.
 //!
-//!     cargo run --release --example lagged_replay -- TRACE [LAG...]
+//!     cargo run --release --example lagged_replay -- [TRACE [LAG...]]
+//!
+//! (without a trace: the bundled `traces/resnet50_train.trace.gz`)
 //!
 //! Prints, per lag: peak reserved / peak allocated, the mapping calls of
 //! the cold and warm passes, the waits, fences and deferred unmaps.
@@ -15,12 +17,13 @@ use graphalloc::replay::{Player, Trace};
 use graphalloc::{Allocator, Backend, Config, HostBackend};
 use std::sync::Arc;
 
+/// The bundled trace used when no trace is named.
+const DEFAULT_TRACE: &str = "traces/resnet50_train.trace.gz";
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let Some(path) = args.next() else {
-        eprintln!("usage: lagged_replay TRACE [LAG...]");
-        std::process::exit(2);
-    };
+    // Without a trace: the bundled one (as the replay example does).
+    let path = args.next().unwrap_or_else(|| DEFAULT_TRACE.to_string());
     let trace = match Trace::from_path(&path) {
         Ok(t) => t,
         Err(e) => {
