@@ -297,7 +297,9 @@ impl CachingAllocator {
     }
 
     /// The statistics of the device's cache: current figures exact whenever
-    /// no allocation or free is in flight. With one shard the allocated
+    /// no allocation or free is in flight (while some are, a snapshot is not
+    /// one instant's, but allocated bytes stay between 0 and reserved
+    /// bytes, and requested bytes at most allocated bytes). With one shard the allocated
     /// peak is the device gauge's: exact while one thread uses the cache,
     /// within (T - 1) x [`crate::thread_cache::SLACK`] of the true peak with
     /// T threads, and never below the current figure at quiescence; the
@@ -309,6 +311,11 @@ impl CachingAllocator {
             sum.add(&shard.lock().stats);
         }
         self.threads.counts().write_to(&mut sum);
+        // The shards and the caches are read one after the other: while
+        // other threads allocate (a segment reserved after its shard was
+        // read) the sum could show more allocated than reserved.
+        sum.allocated_bytes = sum.allocated_bytes.min(sum.reserved_bytes);
+        sum.requested_bytes = sum.requested_bytes.min(sum.allocated_bytes);
         if let Some(gauge) = &self.threads.sink.device {
             sum.peak_allocated_bytes = gauge.0.peak();
         }

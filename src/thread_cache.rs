@@ -181,10 +181,17 @@ impl Counts {
     }
 
     /// Writes the figures into `stats` (replacing its user-level ones).
+    ///
+    /// The caches are read one after the other, so a sum taken while
+    /// other threads allocate and free is not one instant's: a block
+    /// allocated by a cache read before and freed by a cache read after
+    /// counts only its free, and a figure may sum below zero. Such a
+    /// figure reads as zero (never as the wrapped value, about 2^64).
     pub(crate) fn write_to(&self, stats: &mut PoolStats) {
-        stats.allocated_bytes = self.allocated;
-        stats.requested_bytes = self.requested;
-        stats.live_blocks = self.live;
+        let at_least_zero = |v: usize| (v as isize).max(0) as usize;
+        stats.allocated_bytes = at_least_zero(self.allocated);
+        stats.requested_bytes = at_least_zero(self.requested).min(stats.allocated_bytes);
+        stats.live_blocks = at_least_zero(self.live);
         stats.allocations = self.allocations;
         stats.frees = self.frees;
     }
@@ -491,5 +498,26 @@ impl Drop for ThreadCaches {
             drop(local.take_all());
             local.dead = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counts;
+    use crate::stats::PoolStats;
+
+    #[test]
+    fn a_sum_below_zero_reads_as_zero_not_as_the_wrapped_value() {
+        // Cache A read before it allocated 4 KiB, cache B after it freed
+        // that block: the sum counts the free only.
+        let (mut a, mut b) = (Counts::default(), Counts::default());
+        b.on_free(4096, 4000);
+        a.add(&b);
+        let mut stats = PoolStats::default();
+        a.write_to(&mut stats);
+        assert_eq!(stats.allocated_bytes, 0);
+        assert_eq!(stats.requested_bytes, 0);
+        assert_eq!(stats.live_blocks, 0);
+        assert_eq!(stats.frees, 1);
     }
 }
