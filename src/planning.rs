@@ -4,7 +4,7 @@
 //! [`crate::graph_pool`].
 
 use crate::allocator::Allocator;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph_pool::plan::{reserve_plan, Plan};
 use crate::graph_pool::record::{thread_token, Filter, Recording, RecordingGuard};
 use crate::graph_pool::GraphPool;
@@ -69,6 +69,10 @@ impl Allocator {
     /// Captures follow plan 0 first; [`GraphPool::start_plan`] picks another
     /// ([`Allocator::capture_planned`] does both).
     ///
+    /// Fails with [`Error::TooLarge`] when the recordings' blocks on
+    /// `device` add up past `isize::MAX` bytes, and as reserving memory
+    /// fails (e.g. [`Error::OutOfMemory`]).
+    ///
     /// ```
     /// use graphalloc::{Allocator, Config};
     /// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
@@ -95,7 +99,10 @@ impl Allocator {
         recordings: &[&Recording],
     ) -> Result<GraphPool> {
         let (allocator_id, cache, registry) = self.pool_parts(device)?;
-        let plan = Plan::new(recordings, device);
+        let plan = Plan::new(recordings, device).map_err(|total| Error::TooLarge {
+            requested: total,
+            limit: cache.device.capacity(),
+        })?;
         GraphPool::create_with(allocator_id, cache.clone(), registry, |cache, arena| {
             reserve_plan(plan, cache, arena, &|d, s| {
                 self.out_of_memory(d, s, crate::OomOwner::NewPlannedPool)

@@ -173,18 +173,18 @@ pub struct MappingStats {
 }
 
 impl MappingStats {
-    /// Adds `other`'s counts to these.
+    /// Adds `other`'s counts to these (saturating at the type's maximum).
     pub fn add(&mut self, other: &MappingStats) {
-        self.maps += other.maps;
-        self.unmaps += other.unmaps;
-        self.map_ns += other.map_ns;
-        self.unmap_ns += other.unmap_ns;
-        self.mapped_bytes += other.mapped_bytes;
-        self.unmapped_bytes += other.unmapped_bytes;
-        self.waits += other.waits;
-        self.wait_ns += other.wait_ns;
-        self.fences += other.fences;
-        self.deferred_unmaps += other.deferred_unmaps;
+        self.maps = self.maps.saturating_add(other.maps);
+        self.unmaps = self.unmaps.saturating_add(other.unmaps);
+        self.map_ns = self.map_ns.saturating_add(other.map_ns);
+        self.unmap_ns = self.unmap_ns.saturating_add(other.unmap_ns);
+        self.mapped_bytes = self.mapped_bytes.saturating_add(other.mapped_bytes);
+        self.unmapped_bytes = self.unmapped_bytes.saturating_add(other.unmapped_bytes);
+        self.waits = self.waits.saturating_add(other.waits);
+        self.wait_ns = self.wait_ns.saturating_add(other.wait_ns);
+        self.fences = self.fences.saturating_add(other.fences);
+        self.deferred_unmaps = self.deferred_unmaps.saturating_add(other.deferred_unmaps);
     }
 
     /// The counts made since `earlier` (taken from the same allocator).

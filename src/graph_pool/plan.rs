@@ -97,7 +97,25 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(recordings: &[&Recording], device: usize) -> Plan {
+    /// Plans `recordings`' allocations on `device`. Fails with the
+    /// recordings' total bytes (saturated) when they add past `isize::MAX`:
+    /// no device holds that, and below it no sum the planner makes (every
+    /// offset plus size, every peak, is at most the total) can overflow.
+    pub(crate) fn new(recordings: &[&Recording], device: usize) -> Result<Plan, usize> {
+        let total = recordings
+            .iter()
+            .flat_map(|r| r.allocs.iter())
+            .filter(|a| a.device == device)
+            .try_fold(0usize, |sum, a| sum.checked_add(a.rounded))
+            .filter(|&t| t <= isize::MAX as usize);
+        if total.is_none() {
+            let saturated = recordings
+                .iter()
+                .flat_map(|r| r.allocs.iter())
+                .filter(|a| a.device == device)
+                .fold(0usize, |sum, a| sum.saturating_add(a.rounded));
+            return Err(saturated);
+        }
         let mut streams: Vec<StreamTag> = recordings
             .iter()
             .flat_map(|r| r.allocs.iter())
@@ -133,14 +151,14 @@ impl Plan {
                 }
             }
         }
-        Plan {
+        Ok(Plan {
             regions,
             entries: entries
                 .into_iter()
                 .map(|e| e.into_iter().flatten().collect())
                 .collect(),
             peak_live: planner::peak_live(&intervals(recordings, device, None)),
-        }
+        })
     }
 }
 

@@ -197,9 +197,17 @@ pub struct PickleError {
     pub reason: &'static str,
 }
 
-/// Reads a pickle [`write()`] made (the same opcode subset).
+/// How deep [`read()`] lets values nest (a snapshot nests about 6 deep).
+/// A deeper input is refused: dropping a value nested without bound would
+/// recurse past the thread's stack, which aborts the process.
+pub const MAX_DEPTH: usize = 128;
+
+/// Reads a pickle [`write()`] made (the same opcode subset). Values nested
+/// deeper than [`MAX_DEPTH`] are an error.
 pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
     let mut stack: Vec<Value> = Vec::new();
+    // The nesting depth of each value on `stack` (a scalar is 0).
+    let mut depths: Vec<usize> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
     let mut at = 0;
     let err = |at, reason| PickleError { at, reason };
@@ -220,10 +228,11 @@ pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
                 take(&mut at, 1)?;
             }
             STOP => {
+                debug_assert_eq!(stack.len(), depths.len());
                 return match (stack.pop(), stack.is_empty()) {
                     (Some(v), true) => Ok(v),
                     _ => Err(err(at, "stack not one value at STOP")),
-                }
+                };
             }
             NONE => stack.push(Value::None),
             NEWTRUE => stack.push(Value::Bool(true)),
@@ -267,6 +276,13 @@ pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
             APPENDS | SETITEMS => {
                 let mark = marks.pop().ok_or(err(at, "no MARK"))?;
                 let items = stack.split_off(mark);
+                let inner = depths.split_off(mark).into_iter().max().unwrap_or(0);
+                if let Some(depth) = depths.last_mut() {
+                    *depth = (*depth).max(inner + 1);
+                    if *depth > MAX_DEPTH {
+                        return Err(err(at, "values nested too deep"));
+                    }
+                }
                 match (stack.last_mut(), op) {
                     (Some(Value::List(list)), APPENDS) => list.extend(items),
                     (Some(Value::Dict(map)), SETITEMS) if items.len() % 2 == 0 => {
@@ -280,6 +296,8 @@ pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
             }
             _ => return Err(err(at - 1, "unsupported opcode")),
         }
+        // Every other opcode pushes a value that holds nothing yet.
+        depths.resize(stack.len(), 0);
     }
 }
 
@@ -303,6 +321,21 @@ mod tests {
             ("list", big.into()),
         ]);
         assert_eq!(read(&write(&v)).unwrap(), v);
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_reads_and_deeper_is_refused() {
+        let nested = |depth: usize| {
+            let mut v = Value::Int(1);
+            for _ in 0..depth {
+                v = Value::List(vec![v]);
+            }
+            v
+        };
+        let v = nested(MAX_DEPTH);
+        assert_eq!(read(&write(&v)).unwrap(), v);
+        let e = read(&write(&nested(MAX_DEPTH + 1))).unwrap_err();
+        assert_eq!(e.reason, "values nested too deep");
     }
 
     #[test]

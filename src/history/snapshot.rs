@@ -78,8 +78,7 @@ impl SegmentSnapshot {
         self.blocks
             .iter()
             .filter(|b| b.state == state)
-            .map(|b| b.size)
-            .sum()
+            .fold(0usize, |sum, b| sum.saturating_add(b.size))
     }
 }
 
@@ -331,7 +330,8 @@ impl Snapshot {
                     })
                     .collect::<Vec<_>>();
                 let allocated = s.bytes_in(BlockState::ActiveAllocated);
-                let requested: usize = s.blocks.iter().map(|b| b.requested_size).sum();
+                let requested =
+                    (s.blocks.iter()).fold(0usize, |sum, b| sum.saturating_add(b.requested_size));
                 dict([
                     ("device", s.device.into()),
                     ("address", s.address.into()),
@@ -413,11 +413,11 @@ impl Snapshot {
 
     /// Bytes in segments, all devices and owners together.
     pub fn reserved_bytes(&self) -> usize {
-        self.segments.iter().map(|s| s.total_size).sum()
+        (self.segments.iter()).fold(0usize, |sum, s| sum.saturating_add(s.total_size))
     }
 
     /// Bytes of blocks in `state`, all segments together.
     pub fn bytes_in(&self, state: BlockState) -> usize {
-        self.segments.iter().map(|s| s.bytes_in(state)).sum()
+        (self.segments.iter()).fold(0usize, |sum, s| sum.saturating_add(s.bytes_in(state)))
     }
 }

@@ -1,15 +1,14 @@
-//! Review of issue 13: the public entry points added after
-//! `tests/extreme_values.rs` was written (planned pools and recordings, the
-//! memory history and snapshots, the out-of-memory observer, the stream
-//! registry, the mapping statistics, and their C functions in
-//! `src/ffi_plan.rs`, `src/ffi_history.rs`, `src/ffi_oom.rs`,
-//! `src/ffi_mapping.rs`), run with extreme values. Every call runs under
-//! `catch_unwind`; a panic fails the test naming the call. Through C, an
-//! error whose text says "panicked" (a panic the boundary caught) fails it
-//! too.
-//!
-//! The tests marked `#[ignore = "BUG: ..."]` reproduce what this review
-//! found; run them with `--ignored`.
+//! Extreme values for the public entry points `tests/extreme_values.rs`
+//! does not reach (issue 13): planned pools and recordings, the memory
+//! history and snapshots (and the pickle reader), the out-of-memory
+//! observer, the stream registry, the mapping statistics, and their C
+//! functions in `src/ffi_plan.rs`, `src/ffi_history.rs`, `src/ffi_oom.rs`,
+//! `src/ffi_mapping.rs`. Every call runs under `catch_unwind`; a panic fails
+//! the test naming the call. Through C, an error whose text says "panicked"
+//! (a panic the boundary caught) fails it too. Three of these failed before
+//! their fixes: a planner sum past `usize::MAX` (a panic with overflow
+//! checks), a pickle nested 100,000 deep (the drop overflowed the stack and
+//! aborted), a hand-built snapshot's sums (now saturating).
 
 use graphalloc::ffi::history::*;
 use graphalloc::ffi::plan::*;
@@ -209,10 +208,10 @@ impl Backend for Unbounded {
 /// recording (one block of 2^62 bytes that outlives it) for four graphs
 /// adds 4 x 2^62 bytes in `planner::peak_live` and `planner::greedy`
 /// (`offset + it.size`, `outliving[..] += ..`, `peak + all_outliving`),
-/// which overflows: a panic with overflow checks (debug builds, the fuzz
-/// target's `-a`), a wrapped size in release builds.
+/// which overflowed before the fix: a panic with overflow checks (debug
+/// builds, the fuzz target's `-a`), a wrapped size in release builds (the
+/// plan's figures below then failed). Now `Error::TooLarge`.
 #[test]
-#[ignore = "BUG: planner arithmetic overflows (panics in debug builds)"]
 fn planning_recordings_whose_sum_overflows_is_an_error_not_a_panic() {
     let dev = Unbounded::new();
     let alloc = Allocator::from_backends(vec![dev.clone() as Arc<dyn Backend>], 1.0).unwrap();
@@ -316,10 +315,10 @@ fn the_pickle_reader_refuses_garbage() {
 /// `pickle::read` (a public parser of bytes) nests values without bound and
 /// the derived `Drop` of a nested `Value` recurses: a 300 KB input of
 /// `](` repeated then `e` repeated is a list nested 100,000 deep, and
-/// dropping it overflows the stack (the process aborts: "thread ... has
-/// overflowed its stack"), which `catch_unwind` cannot catch.
+/// dropping it overflowed the stack before the fix (the process aborted:
+/// "thread ... has overflowed its stack"), which `catch_unwind` cannot
+/// catch. Now nesting past `pickle::MAX_DEPTH` is an error.
 #[test]
-#[ignore = "BUG: pickle::read nests without bound; the drop overflows the stack (aborts)"]
 fn the_pickle_reader_bounds_its_nesting() {
     let depth = 100_000;
     let mut text = Vec::new();
@@ -859,13 +858,13 @@ fn c_plan_history_oom_and_mapping_with_extreme_values() {
     assert_eq!(st.total.allocated_bytes, 0, "{st:?}");
 }
 
-/// Low severity: `Snapshot` and `SegmentSnapshot` have public fields, and
-/// their figures (`reserved_bytes`, `bytes_in`, `to_html`/`to_svg`) sum
-/// `usize` without checking: a hand-built snapshot whose sizes add past
-/// `usize::MAX` panics with overflow checks (debug builds) and wraps in
-/// release builds. (A snapshot taken from an allocator cannot get there.)
+/// `Snapshot` and `SegmentSnapshot` have public fields, and their figures
+/// (`reserved_bytes`, `bytes_in`, `to_html`/`to_svg`) summed `usize`
+/// without checking: a hand-built snapshot whose sizes add past
+/// `usize::MAX` panicked with overflow checks (debug builds) and wrapped in
+/// release builds. Now they saturate. (A snapshot taken from an allocator
+/// cannot get there.)
 #[test]
-#[ignore = "BUG (low): Snapshot sums overflow on hand-built values (panics in debug builds)"]
 fn a_hand_built_snapshot_with_huge_sizes_does_not_panic() {
     use graphalloc::history::{BlockSnapshot, BlockState, SegmentSnapshot, Snapshot};
     let seg = SegmentSnapshot {
@@ -893,8 +892,9 @@ fn a_hand_built_snapshot_with_huge_sizes_does_not_panic() {
         devices: 1,
         history_capacity: 0,
     };
-    call("reserved_bytes", || snap.reserved_bytes());
-    call("bytes_in", || snap.bytes_in(BlockState::ActiveAllocated));
+    assert_eq!(call("reserved_bytes", || snap.reserved_bytes()), usize::MAX);
+    let held = call("bytes_in", || snap.bytes_in(BlockState::ActiveAllocated));
+    assert_eq!(held, usize::MAX);
     call("to_html", || snap.to_html());
     call("to_pickle", || snap.to_pickle());
 }
