@@ -303,37 +303,10 @@ thread_local! {
     static OOM_REPORTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The C observer of out-of-memory failures: counts them on the failing
-/// thread (where observers run), so that each failed malloc can be checked
-/// to report exactly once.
-unsafe extern "C" fn count_oom(report: *const GraphallocOomReport, _user_data: *mut c_void) {
-    // SAFETY: graphalloc passes a report that is valid during the call.
-    let requested = unsafe { (*report).requested };
-    if requested > 0 {
-        OOM_REPORTS.with(|n| n.set(n.get() + 1));
-    }
-}
-
-fn last_error() -> String {
-    // SAFETY: never null; valid until this thread's next graphalloc call.
-    unsafe { CStr::from_ptr(graphalloc_last_error()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Fails if the latest C call caught a panic inside the boundary.
-fn no_caught_panic(what: &str) {
-    let e = last_error();
-    assert!(!e.contains("panicked"), "{what}: {e}");
-}
-
-/// Every function of the C ABI with arguments from the input (absurd
-/// sizes, devices, streams, pointers and pool ids included); no call may
-/// panic (not even one the boundary catches), each malloc that runs out of
-/// memory is reported exactly once to the out-of-memory observer, and the
-/// process-wide allocator ends each input as it started: no live block, no
-/// graph mode.
-pub fn run_c_abi(data: &[u8]) {
+/// Configures the process-wide allocator ([`C_CONF`], unless
+/// `GRAPHALLOC_CONF` is set) and installs the out-of-memory observer, once
+/// per process.
+pub fn setup_c_abi() {
     static SETUP: std::sync::Once = std::sync::Once::new();
     SETUP.call_once(|| {
         if std::env::var_os("GRAPHALLOC_CONF").is_none() {
@@ -345,6 +318,41 @@ pub fn run_c_abi(data: &[u8]) {
         let rc = unsafe { graphalloc_set_oom_observer(Some(count_oom), std::ptr::null_mut()) };
         assert_eq!(rc, 0, "{}", last_error());
     });
+}
+
+/// The C observer of out-of-memory failures: counts them on the failing
+/// thread (where observers run), so that each failed malloc can be checked
+/// to report exactly once.
+unsafe extern "C" fn count_oom(report: *const GraphallocOomReport, _user_data: *mut c_void) {
+    // SAFETY: graphalloc passes a report that is valid during the call.
+    let requested = unsafe { (*report).requested };
+    if requested > 0 {
+        OOM_REPORTS.with(|n| n.set(n.get() + 1));
+    }
+}
+
+/// The last C error's text.
+pub fn last_error() -> String {
+    // SAFETY: never null; valid until this thread's next graphalloc call.
+    unsafe { CStr::from_ptr(graphalloc_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Fails if the latest C call caught a panic inside the boundary.
+pub fn no_caught_panic(what: &str) {
+    let e = last_error();
+    assert!(!e.contains("panicked"), "{what}: {e}");
+}
+
+/// Every function of the C ABI with arguments from the input (absurd
+/// sizes, devices, streams, pointers and pool ids included); no call may
+/// panic (not even one the boundary catches), each malloc that runs out of
+/// memory is reported exactly once to the out-of-memory observer, and the
+/// process-wide allocator ends each input as it started: no live block, no
+/// graph mode.
+pub fn run_c_abi(data: &[u8]) {
+    setup_c_abi();
     let mut b = Bytes::new(data);
     let devices = [0, 1, -1, 2, i32::MIN, i32::MAX];
     let streams = [0usize, 0, 1, usize::MAX];

@@ -1,4 +1,4 @@
-//! Fuzz target `ops`: the first byte picks one of three bodies, which get
+//! Fuzz target `ops`: the first byte picks one of five bodies, which get
 //! the rest of the input:
 //!
 //! - `oracle::run_ops` (`tests/oracle/mod.rs`, included as is): allocator
@@ -12,6 +12,13 @@
 //! - `api::run_c_abi` (`api.rs`): every C function on the process-wide
 //!   allocator (host backend, two devices, expandable segments) with absurd
 //!   sizes, devices, streams, pointers and pool ids.
+//! - `extras::run_extras` (`extras.rs`): recordings, planned pools and
+//!   captures following a plan, history and snapshots round-tripped through
+//!   the pickle reader, out-of-memory observers, mapping statistics; then
+//!   the input's rest as a pickle.
+//! - `extras::run_c_extras`: the C functions of recordings and planned
+//!   pools, history, snapshots and mapping statistics, with absurd ids,
+//!   devices, streams, plan numbers and paths.
 //!
 //! Run: `cd fuzz && cargo +nightly fuzz run ops` (docs/reliability.md).
 #![no_main]
@@ -23,6 +30,9 @@ mod oracle;
 
 #[path = "api.rs"]
 mod api;
+
+#[path = "extras.rs"]
+mod extras;
 
 /// AddressSanitizer's defaults for this binary (`ASAN_OPTIONS` overrides
 /// them): a 16 MiB quarantine instead of 256 MiB. The bodies reserve and
@@ -40,9 +50,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    match which % 3 {
+    match which % 5 {
         0 => drop(oracle::run_ops(rest)),
         1 => api::run_streams(rest),
-        _ => api::run_c_abi(rest),
+        2 => api::run_c_abi(rest),
+        3 => extras::run_extras(rest),
+        _ => extras::run_c_extras(rest),
     }
 });
