@@ -767,6 +767,7 @@ impl Allocator {
         for cache in &self.caches {
             cache.reset_peaks();
         }
+        self.pools.fold(&self.book);
         self.book.caching.reset_peaks();
         self.book.pools.reset_peaks();
         self.book.total.reset_peaks();
@@ -778,6 +779,7 @@ impl Allocator {
         for cache in &self.caches {
             caching.add(&cache.stats());
         }
+        self.pools.fold(&self.book);
         let pools = self.pools.stats(None, true);
         self.book.summarize(caching, pools, self.is_graph_mode())
     }

@@ -334,6 +334,16 @@ impl StatsBook {
             g.allocated.add(bytes);
         }
     }
+    /// The allocated-bytes gauges the pools' changes go to (the pools'
+    /// sum's, and the total's where kept): graph pools keep a change
+    /// pending and fold it into these (`graph_pool/pending.rs`).
+    #[inline]
+    pub(crate) fn pools_allocated(&self) -> impl Iterator<Item = &Gauge> {
+        self.gauges(Side::Pools)
+            .into_iter()
+            .flatten()
+            .map(|g| &g.allocated)
+    }
     /// The allocated-bytes gauges the caching side keeps here (none, the
     /// total's, or the caching sum's and the total's): the thread caches
     /// fold the user's allocations and frees into them.

@@ -2,6 +2,7 @@
 //! planned pools ([`plan`]) place its blocks ahead of the capture from a
 //! recording ([`record`]) of the same run.
 
+mod pending;
 pub(crate) mod plan;
 mod planner;
 pub(crate) mod record;
@@ -10,6 +11,8 @@ use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag, Walke
 use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
+use crate::history::Action;
+use pending::PoolArena;
 use crate::stats::{PoolStats, Side};
 use crate::sync::{next_id, Arc, AtomicBool, Mutex, Ordering};
 use std::collections::HashMap;
@@ -31,7 +34,7 @@ pub(crate) struct PoolRegistry {
 #[derive(Debug, Default)]
 struct Registered {
     /// Pool id → the pool's device and arena.
-    live: HashMap<u64, (usize, Arc<Mutex<Arena>>)>,
+    live: HashMap<u64, (usize, Arc<Mutex<PoolArena>>)>,
     /// The cumulative counts of pools already dropped.
     retired: PoolStats,
     /// Pool id → the pool, for each pool whose last handle was dropped
@@ -51,7 +54,7 @@ impl PoolRegistry {
         }
     }
 
-    fn register(&self, id: u64, device: usize, arena: Arc<Mutex<Arena>>) {
+    fn register(&self, id: u64, device: usize, arena: Arc<Mutex<PoolArena>>) {
         self.inner.lock().live.insert(id, (device, arena));
     }
 
@@ -89,6 +92,15 @@ impl PoolRegistry {
         let mut inner = self.inner.lock();
         inner.closed = true;
         inner.parked.drain().map(|(_, core)| core).collect()
+    }
+
+    /// Folds every live pool's pending change of allocated bytes into the
+    /// gauges of `book` (before they are read or their peaks restarted).
+    pub(crate) fn fold(&self, book: &crate::stats::StatsBook) {
+        let inner = self.inner.lock();
+        for (_, arena) in inner.live.values() {
+            arena.lock().fold_pending(book);
+        }
     }
 
     /// The sum of the figures of the pools alive now, on `device` or on all;
@@ -157,7 +169,7 @@ pub(crate) struct PoolCore {
     /// The caching allocator of the pool's device: where its segments come
     /// from, and the cache emptied when the device is full.
     cache: Arc<CachingAllocator>,
-    arena: Arc<Mutex<Arena>>,
+    arena: Arc<Mutex<PoolArena>>,
     /// The allocator's registry, which this pool leaves when dropped.
     registry: Arc<PoolRegistry>,
     /// A planned pool's plan and cursor. Lock order: this, then the arena.
@@ -192,11 +204,19 @@ impl PoolCore {
         if let Some(cursor) = cursor.as_mut() {
             let planned = cursor.serve(device, &mut arena, stream, rounded, requested, align);
             if let Some(carved) = planned {
-                device.book.allocated(Side::Pools, carved.size);
+                arena.pend_alloc(&device.book, carved.size);
                 return Ok(carved);
             }
         }
         drop(cursor);
+        // The common case, as `carve` does it with no deferred free to
+        // settle and a free block that fits: the change stays pending.
+        if arena.deferred.is_empty() {
+            if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
+                arena.pend_alloc(&device.book, carved.size);
+                return Ok(carved);
+            }
+        }
         match device.carve(&mut arena, Side::Pools, stream, rounded, requested) {
             Err(Shortfall::Exhausted) => {}
             other => return other,
@@ -226,9 +246,16 @@ impl PoolCore {
         uses: &[StreamTag],
     ) -> Option<Arc<PoolCore>> {
         let mut arena = self.arena.lock();
-        self.cache
-            .device
-            .free_block(&mut arena, Side::Pools, block, requested, stream, uses);
+        let device = &self.cache.device;
+        if uses.is_empty() {
+            // As `free_block` does with a pool's block used on its own stream
+            // only (reusable at once), the change kept pending.
+            let size = arena.free(block, requested);
+            arena.pend_free(&device.book, size);
+            device.note(Action::FreeCompleted, Side::Pools, stream, size, block.addr());
+        } else {
+            device.free_block(&mut arena, Side::Pools, block, requested, stream, uses);
+        }
         // No handle is left once orphaned, so no block can be allocated
         // any more: the live count only falls, and exactly one free takes
         // it to zero (under this lock).
@@ -360,6 +387,7 @@ impl Drop for PoolCore {
             // is dropped from the books either way.
             let _ = device.settle(&mut arena, Side::Pools, true);
             let _ = device.release_all(&mut arena, Side::Pools);
+            arena.fold_pending(&device.book);
             arena.stats
         };
         // Not under the arena lock: the registry is locked first and the
@@ -451,7 +479,7 @@ impl GraphPool {
         arena: Arena,
         plan: Option<Mutex<plan::PlanCursor>>,
     ) -> Self {
-        let arena = Arc::new(Mutex::new(arena));
+        let arena = Arc::new(Mutex::new(PoolArena::new(arena)));
         let id = next_id();
         let device = cache.device.ordinal();
         registry.register(id, device, arena.clone());
