@@ -335,8 +335,8 @@ impl StatsBook {
         }
     }
     /// The allocated-bytes gauges the pools' changes go to (the pools'
-    /// sum's, and the total's where kept): graph pools keep a change
-    /// pending and fold it into these (`graph_pool/pending.rs`).
+    /// sum's, and the total's where kept): graph pools keep their latest
+    /// free pending and fold it into these (`graph_pool/pending.rs`).
     #[inline]
     pub(crate) fn pools_allocated(&self) -> impl Iterator<Item = &Gauge> {
         self.gauges(Side::Pools)

@@ -1,31 +1,33 @@
-//! A pool's arena with its change of allocated bytes kept pending: what
-//! lets a graph-mode allocate/free pair write no shared counter.
+//! A pool's arena with its latest free kept pending: what lets a
+//! graph-mode allocate/free pair write no shared counter.
 //!
 //! Every allocation and free of a pool used to add to or subtract from two
 //! shared gauges (the pools' sum and the total), four atomic writes per
 //! pair on lines every pool's thread writes. Instead, under the arena lock
-//! the pool already holds, an allocation folds what was pending (if
-//! anything) and keeps its own size pending, checking the peaks with loads
-//! only (the gauge's value plus the pending change against the peak); a
-//! free subtracts its size from what is pending and folds the rest, if any.
-//! So at most one allocation of each pool (its latest) is pending, and an
-//! allocate/free pair of one size, the common graph-mode pattern, never
-//! folds. `stats()` and `reset_peak_stats()` fold every live pool first,
-//! and a pool folds when dropped.
+//! the pool already holds, a free keeps its size pending (after folding
+//! what was pending before, if anything), and an allocation applies its
+//! size less what is pending: nothing at all when it is of the size just
+//! freed, the common graph-mode pattern, so an allocate/free pair of one
+//! size never writes a gauge once warm. `stats()` and `reset_peak_stats()`
+//! fold every live pool first, and a pool folds when dropped.
 //!
-//! Exactness: while one pool allocates at a time, every peak of the sums
-//! is exact (the pending change is the only one the gauges miss, and each
-//! check adds it); with P pools allocating at once, a peak may miss the
-//! other pools' latest allocations (at most P - 1 blocks); read by
-//! `stats()` (which folds first) with no call in flight, no peak is below
-//! the current figure. A pool's own figures ([`crate::GraphPool::stats`])
+//! Exactness: only frees are pending, at most one per pool (its latest, if
+//! no allocation of the pool followed it), so a gauge's value is never
+//! below the true sum, and above it by at most those blocks. A pool's
+//! allocation leaves none of its own pending, so a peak it checks is exact
+//! but for the other pools' pending frees: every peak of the sums is at
+//! least the true peak, exact while no other pool has a free pending (one
+//! pool in use, or the others' last operation an allocation), and above
+//! it by at most one block per other pool otherwise. Read by `stats()`
+//! with no call in flight (it folds first), current figures are exact and
+//! no peak is below them. A pool's own figures ([`crate::GraphPool::stats`])
 //! are kept under its lock and stay exact.
 
 use crate::arena::Arena;
 use crate::stats::StatsBook;
 
 /// A pool's arena and the change of allocated bytes it keeps pending (not
-/// yet in the allocator's gauges).
+/// yet in the allocator's gauges): zero or its latest free, negative.
 #[derive(Debug)]
 pub(crate) struct PoolArena {
     arena: Arena,
@@ -37,21 +39,20 @@ impl PoolArena {
         PoolArena { arena, pending: 0 }
     }
 
-    /// A block of `size` bytes left the arena: folds what was pending and
-    /// keeps this change pending, its peak checked with loads.
+    /// A block of `size` bytes left the arena: applies it less the pending
+    /// free (nothing when they cancel; an increase checks the peaks).
     #[inline]
     pub(crate) fn pend_alloc(&mut self, book: &StatsBook, size: usize) {
+        self.pending += size as isize;
         self.fold_pending(book);
-        self.pending = size as isize;
-        book.pools_allocated().for_each(|g| g.observe(self.pending));
     }
 
-    /// A block of `size` bytes went back to the arena: cancels a pending
-    /// allocation of that size, else folds the difference.
+    /// A block of `size` bytes went back to the arena: folds what was
+    /// pending and keeps this free pending.
     #[inline]
     pub(crate) fn pend_free(&mut self, book: &StatsBook, size: usize) {
-        self.pending -= size as isize;
         self.fold_pending(book);
+        self.pending = -(size as isize);
     }
 
     /// Applies the pending change to the gauges.
