@@ -10,16 +10,20 @@ use crate::graph_pool::PoolCore;
 use crate::history::Action;
 
 /// Why an allocation failed: out of memory is reported to the observers by
-/// [`Allocator::report`], after graph mode's stack is released.
-pub(super) enum Failed {
+/// [`Allocator::report`], after graph mode's stack is released. Boxed, so
+/// that the allocation's result comes back in registers.
+pub(super) struct Failed(Box<Failure>);
+
+enum Failure {
     Error(Error),
     /// Device, bytes requested, owner.
     OutOfMemory(usize, usize, crate::OomOwner),
 }
 
 impl From<Error> for Failed {
+    #[cold]
     fn from(e: Error) -> Self {
-        Failed::Error(e)
+        Failed(Box::new(Failure::Error(e)))
     }
 }
 
@@ -30,10 +34,12 @@ impl Allocator {
     pub(super) fn report(&self, result: std::result::Result<DevicePtr, Failed>) -> Result<DevicePtr> {
         match result {
             Ok(ptr) => Ok(ptr),
-            Err(Failed::Error(e)) => Err(e),
-            Err(Failed::OutOfMemory(device, size, owner)) => {
-                Err(self.out_of_memory(device, size, owner))
-            }
+            Err(failed) => Err(match *failed.0 {
+                Failure::Error(e) => e,
+                Failure::OutOfMemory(device, size, owner) => {
+                    self.out_of_memory(device, size, owner)
+                }
+            }),
         }
     }
 
@@ -49,12 +55,12 @@ impl Allocator {
         pool: Option<&PoolCore>,
     ) -> Failed {
         match shortfall {
-            Shortfall::Overflow => Failed::Error(too_large(cache, size)),
-            Shortfall::Backend(e) => Failed::Error(Error::Backend(e)),
+            Shortfall::Overflow => too_large(cache, size).into(),
+            Shortfall::Backend(e) => Error::Backend(e).into(),
             Shortfall::Exhausted => {
                 let owner =
                     pool.map_or(crate::OomOwner::Cache, |p| crate::OomOwner::GraphPool(p.id));
-                Failed::OutOfMemory(device, size, owner)
+                Failed(Box::new(Failure::OutOfMemory(device, size, owner)))
             }
         }
     }
