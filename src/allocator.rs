@@ -624,7 +624,8 @@ impl Allocator {
             other => return Err(self.unclaimed(other, ptr.addr())),
         };
         if self.recorders.any() {
-            self.recorders.on_free(ptr.addr(), !record.uses().is_empty());
+            self.recorders
+                .on_free(ptr.addr(), !record.uses().is_empty());
         }
         self.history.free_requested(&record, ptr.addr());
         let (block, requested, stream) = (record.block, record.requested, record.stream);

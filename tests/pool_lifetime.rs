@@ -9,7 +9,7 @@
 
 mod support;
 
-use graphalloc::{Allocator, DevicePtr, GraphPool};
+use graphalloc::{Allocator, DevicePtr, GraphPool, HostBackend};
 use std::sync::Barrier;
 use support::{host_allocator, MIB};
 
@@ -61,7 +61,47 @@ fn a_pool_whose_handle_goes_while_a_guard_lives_serves_the_guard_then_waits_for_
     assert!(host.releases() > releases, "released with its last block");
     let s = alloc.stats();
     assert_eq!((s.pools.reserved_bytes, s.pools.allocated_bytes), (0, 0));
-    assert_eq!(host.outstanding_bytes(), alloc.stats().caching.reserved_bytes);
+    assert_eq!(
+        host.outstanding_bytes(),
+        alloc.stats().caching.reserved_bytes
+    );
+}
+
+/// Drops `handles` (the last ones of their pool) and frees `blocks` (the
+/// last of the pool, of `size` bytes, checked live until freed), each
+/// handle and each chunk of `chunk` blocks on a thread of its own, all
+/// starting at once; then checks that the pool's segments went back once.
+fn race(
+    host: &HostBackend,
+    alloc: &Allocator,
+    handles: Vec<GraphPool>,
+    blocks: &[DevicePtr],
+    chunk: usize,
+    size: usize,
+) {
+    let segments = handles[0].stats().segments as u64;
+    let releases = host.releases();
+    let start = Barrier::new(handles.len() + blocks.len().div_ceil(chunk));
+    std::thread::scope(|s| {
+        let start = &start;
+        for h in handles {
+            s.spawn(move || {
+                start.wait();
+                drop(h);
+            });
+        }
+        for chunk in blocks.chunks(chunk) {
+            s.spawn(move || {
+                start.wait();
+                for &p in chunk {
+                    touch(p, size, 0x3c);
+                    alloc.free(p).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(host.releases(), releases + segments);
+    assert_eq!(alloc.stats().pools.reserved_bytes, 0);
 }
 
 /// The last handle's drop and the last block's free race (each on its own
@@ -74,27 +114,12 @@ fn the_last_handle_and_the_last_block_race_and_the_pool_is_released_once() {
         let pool = alloc.create_pool();
         let size = [4096, MIB, 3 * MIB][round % 3];
         let blocks = allocate_in(&alloc, &pool, 1 + round % 2, size);
-        let segments = pool.stats().segments as u64;
-        let releases = host.releases();
-        let start = Barrier::new(2);
-        std::thread::scope(|s| {
-            let (alloc, start, blocks) = (&alloc, &start, &blocks);
-            s.spawn(move || {
-                start.wait();
-                for &p in blocks {
-                    touch(p, size, round as u8);
-                    alloc.free(p).unwrap();
-                }
-            });
-            s.spawn(move || {
-                start.wait();
-                drop(pool);
-            });
-        });
-        assert_eq!(host.releases(), releases + segments, "round {round}");
-        assert_eq!(alloc.stats().pools.reserved_bytes, 0, "round {round}");
+        race(&host, &alloc, vec![pool], &blocks, 2, size);
     }
-    assert_eq!(host.outstanding_bytes(), alloc.stats().caching.reserved_bytes);
+    assert_eq!(
+        host.outstanding_bytes(),
+        alloc.stats().caching.reserved_bytes
+    );
 }
 
 /// Clones of the last handle dropped on several threads while other threads
@@ -102,31 +127,12 @@ fn the_last_handle_and_the_last_block_race_and_the_pool_is_released_once() {
 #[test]
 fn handles_and_blocks_dropped_on_many_threads_release_the_pool_once() {
     let (host, alloc) = host_allocator(512 * MIB);
-    for round in 0..50 {
+    for _ in 0..50 {
         let pool = alloc.create_pool();
         let blocks = allocate_in(&alloc, &pool, 16, 64 << 10);
-        let segments = pool.stats().segments as u64;
-        let releases = host.releases();
         let handles: Vec<GraphPool> = (0..4).map(|_| pool.clone()).collect();
         drop(pool);
-        let start = Barrier::new(8);
-        std::thread::scope(|s| {
-            for h in handles {
-                let start = &start;
-                s.spawn(move || {
-                    start.wait();
-                    drop(h);
-                });
-            }
-            for chunk in blocks.chunks(4) {
-                let (alloc, start) = (&alloc, &start);
-                s.spawn(move || {
-                    start.wait();
-                    chunk.iter().for_each(|&p| alloc.free(p).unwrap());
-                });
-            }
-        });
-        assert_eq!(host.releases(), releases + segments, "round {round}");
+        race(&host, &alloc, handles, &blocks, 4, 64 << 10);
     }
 }
 
@@ -165,7 +171,10 @@ fn pool_sums_stay_exact_at_every_stats_call_with_frees_pending() {
     let (p1, p2) = (alloc.create_pool(), alloc.create_pool());
     let mut live = 0;
     let mut peak = 0;
-    for (i, size) in [512, 64 << 10, MIB, 16 * MIB, 512, 512, 3 * MIB].into_iter().enumerate() {
+    for (i, size) in [512, 64 << 10, MIB, 16 * MIB, 512, 512, 3 * MIB]
+        .into_iter()
+        .enumerate()
+    {
         let a = allocate_in(&alloc, &p1, 1, size)[0];
         live += size;
         peak = usize::max(peak, live);
@@ -198,5 +207,8 @@ fn pool_sums_stay_exact_at_every_stats_call_with_frees_pending() {
     assert!(s.pools.peak_allocated_bytes <= true_peak + MIB);
     alloc.free(b).unwrap();
     let s = alloc.stats();
-    assert_eq!((s.pools.allocated_bytes, s.total.allocated_bytes), (base, base));
+    assert_eq!(
+        (s.pools.allocated_bytes, s.total.allocated_bytes),
+        (base, base)
+    );
 }

@@ -31,7 +31,10 @@ impl Allocator {
     /// An allocation's result, with an out-of-memory failure reported to
     /// the observers (user code: not while graph mode's stack is borrowed).
     #[inline]
-    pub(super) fn report(&self, result: std::result::Result<DevicePtr, Failed>) -> Result<DevicePtr> {
+    pub(super) fn report(
+        &self,
+        result: std::result::Result<DevicePtr, Failed>,
+    ) -> Result<DevicePtr> {
         match result {
             Ok(ptr) => Ok(ptr),
             Err(failed) => Err(match *failed.0 {

@@ -12,9 +12,9 @@ use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
 use crate::history::Action;
-use pending::PoolArena;
 use crate::stats::{PoolStats, Side};
 use crate::sync::{next_id, Arc, AtomicBool, Mutex, Ordering};
+use pending::PoolArena;
 use std::collections::HashMap;
 use std::fmt;
 use std::ptr::NonNull;
@@ -252,7 +252,13 @@ impl PoolCore {
             // only (reusable at once), the change kept pending.
             let size = arena.free(block, requested);
             arena.pend_free(&device.book, size);
-            device.note(Action::FreeCompleted, Side::Pools, stream, size, block.addr());
+            device.note(
+                Action::FreeCompleted,
+                Side::Pools,
+                stream,
+                size,
+                block.addr(),
+            );
         } else {
             device.free_block(&mut arena, Side::Pools, block, requested, stream, uses);
         }
