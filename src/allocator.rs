@@ -7,17 +7,20 @@ use crate::backend::{
 };
 use crate::caching::{CachingAllocator, Origin};
 use crate::config::{BackendChoice, Config};
-use crate::device::{Device, Shortfall};
+use crate::device::Device;
 use crate::device_ptr::DevicePtr;
 use crate::error::{Error, Result};
 use crate::graph_pool::record::Recorders;
-use crate::graph_pool::{GraphPool, PoolCore, PoolRegistry};
-use crate::history::{Action, History};
+use crate::graph_pool::{GraphPool, PoolCore, PoolHandle, PoolPtr, PoolRegistry};
+use crate::history::History;
 use crate::mode::{self, GraphModeGuard};
-use crate::ownership::{Claim, Owner, OwnershipMap, Record};
+use crate::ownership::{Claim, Owner, OwnershipMap, Record, Uses};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
 use crate::stream::{current_stream, StreamRegistry};
 use crate::sync::{next_id, Arc, ConcurrentMap};
+
+mod failure;
+use failure::Failed;
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
 /// large segments (2 MiB). Blocks are always aligned to 512 bytes; larger
@@ -245,16 +248,20 @@ impl Allocator {
     /// from the thread's current graph pool in graph mode (on the pool's
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let pool = mode::current_pool(self.id, None);
-        self.allocate_as(pool, None, current_stream(), size, align, false)
+        let stream = current_stream();
+        self.report(mode::with_current_pool(self.id, None, |pool| {
+            self.allocate_as(pool, None, stream, size, align, false)
+        }))
     }
 
     /// As [`Allocator::allocate`], for an owning handle (a `DeviceBuffer`):
     /// the block is marked held, so [`Allocator::free`] refuses it and only
     /// [`Allocator::free_held`] (the handle's drop) frees it.
     pub(crate) fn allocate_held(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let pool = mode::current_pool(self.id, None);
-        self.allocate_as(pool, None, current_stream(), size, align, true)
+        let stream = current_stream();
+        self.report(mode::with_current_pool(self.id, None, |pool| {
+            self.allocate_as(pool, None, stream, size, align, true)
+        }))
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on
@@ -287,29 +294,31 @@ impl Allocator {
         size: usize,
         align: usize,
     ) -> Result<DevicePtr> {
-        let pool = mode::current_pool(self.id, Some(device));
-        self.allocate_as(pool, Some(device), stream, size, align, false)
+        self.report(mode::with_current_pool(self.id, Some(device), |pool| {
+            self.allocate_as(pool, Some(device), stream, size, align, false)
+        }))
     }
 
     /// [`Allocator::allocate_on`]; `held` marks the block as an owning
     /// handle's. `graph` is the calling thread's graph-mode pool that
-    /// applies (looked up once by the caller: one thread-local access per
-    /// call); `device` is the device asked for, else the pool's, else 0.
+    /// applies, borrowed from its graph-mode stack (looked up once by the
+    /// caller: one thread-local access per call, no reference count);
+    /// `device` is the device asked for, else the pool's, else 0.
     fn allocate_as(
         &self,
-        graph: Option<Arc<PoolCore>>,
+        graph: Option<&PoolCore>,
         device: Option<usize>,
         stream: u64,
         size: usize,
         align: usize,
         held: bool,
-    ) -> Result<DevicePtr> {
+    ) -> std::result::Result<DevicePtr, Failed> {
         if size == 0 || !align.is_power_of_two() || align > MAX_ALIGNMENT {
-            return Err(bad_request(size, align));
+            return Err(bad_request(size, align).into());
         }
-        let device = device.unwrap_or_else(|| graph.as_ref().map_or(0, |p| p.device()));
+        let device = device.unwrap_or_else(|| graph.map_or(0, PoolCore::device));
         let Some(cache) = self.caches.get(device) else {
-            return Err(self.invalid_device(device));
+            return Err(self.invalid_device(device).into());
         };
         self.check_stream(device, stream)?;
         let padding = align.saturating_sub(BLOCK_ROUND);
@@ -319,17 +328,23 @@ impl Allocator {
             .and_then(round_size)
             .filter(|&r| tight_segment_size(r).is_some_and(|s| s <= cache.device.capacity()));
         let Some(rounded) = rounded else {
-            return Err(too_large(cache, size));
+            return Err(too_large(cache, size).into());
         };
+        // A capture's pool is held (its handle cloned) until the block is
+        // recorded; a graph-mode pool is held by the borrowed stack.
+        let capture;
         let pool = match graph {
             Some(pool) => Some(pool),
             // The default stream is never captured: no look-up at all.
             None if stream == DEFAULT_STREAM => None,
-            None => self.pool_for_capture(device, stream)?,
+            None => {
+                capture = self.pool_for_capture(device, stream)?;
+                capture.as_deref().map(|handle| &**handle)
+            }
         };
         // The error paths are out of line, so that the common path moves
         // no error value around.
-        let (origin, carved) = match &pool {
+        let (origin, carved) = match pool {
             Some(pool) => match pool.allocate(stream, rounded, size, align) {
                 Ok(carved) => (Origin::default(), carved),
                 Err(s) => return Err(self.shortfall(s, cache, device, size, Some(pool))),
@@ -347,10 +362,13 @@ impl Allocator {
             self.recorders
                 .on_alloc(device, stream, size, align, rounded, addr);
         }
-        self.history
-            .alloc(device, stream, size, addr, pool.as_deref());
+        self.history.alloc(device, stream, size, addr, pool);
         let owner = match pool {
-            Some(pool) => Owner::Pool(pool),
+            // SAFETY: `pool` is borrowed from a handle held until this
+            // returns (graph mode's stack, or `capture`), its arena just
+            // counted the block live, and the pointer goes into the block's
+            // record below.
+            Some(pool) => Owner::Pool(unsafe { PoolPtr::for_block(pool) }),
             // Device indices come from a `Vec` of backends: far below 2^32.
             None => Owner::Cache { device, origin },
         };
@@ -379,31 +397,9 @@ impl Allocator {
         }
     }
 
-    /// The error for a carve that fell short.
-    #[cold]
-    #[inline(never)]
-    fn shortfall(
-        &self,
-        shortfall: Shortfall,
-        cache: &CachingAllocator,
-        device: usize,
-        size: usize,
-        pool: Option<&Arc<PoolCore>>,
-    ) -> Error {
-        match shortfall {
-            Shortfall::Overflow => too_large(cache, size),
-            Shortfall::Backend(e) => Error::Backend(e),
-            Shortfall::Exhausted => {
-                let owner =
-                    pool.map_or(crate::OomOwner::Cache, |p| crate::OomOwner::GraphPool(p.id));
-                self.out_of_memory(device, size, owner)
-            }
-        }
-    }
-
     /// The pool that allocations on `stream` go to while it is being
     /// captured, or `None` when it is not.
-    fn pool_for_capture(&self, device: usize, stream: u64) -> Result<Option<Arc<PoolCore>>> {
+    fn pool_for_capture(&self, device: usize, stream: u64) -> Result<Option<Arc<PoolHandle>>> {
         let capture = self.caches[device]
             .device
             .capture_id(stream)
@@ -590,27 +586,6 @@ impl Allocator {
         });
     }
 
-    /// The error for a failed request, after its report went to the
-    /// observers (`oom.rs`). Called with no lock held.
-    pub(crate) fn out_of_memory(
-        &self,
-        device: usize,
-        requested: usize,
-        owner: crate::OomOwner,
-    ) -> Error {
-        let report = crate::oom::gather(&self.caches[device], &self.pools, requested, owner);
-        self.history.record(
-            Action::Oom,
-            device,
-            0,
-            requested,
-            report.device_free as u64,
-            None,
-        );
-        self.oom.notify(&report);
-        report.into()
-    }
-
     /// Frees a pointer from [`Allocator::allocate`], routed to its owner (a
     /// device's caching allocator or a graph pool) whatever the calling
     /// thread's mode. A pointer that is not live is a typed error
@@ -648,15 +623,16 @@ impl Allocator {
             Claim::Claimed(record) => record,
             other => return Err(self.unclaimed(other, ptr.addr())),
         };
-        let (block, requested, stream, uses) =
-            (record.block, record.requested, record.stream, record.uses());
         if self.recorders.any() {
-            self.recorders.on_free(ptr.addr(), !uses.is_empty());
+            self.recorders
+                .on_free(ptr.addr(), !record.uses().is_empty());
         }
         self.history.free_requested(&record, ptr.addr());
-        match &record.owner {
+        let (block, requested, stream) = (record.block, record.requested, record.stream);
+        let uses = Uses::of(&record.uses);
+        match record.owner {
             Owner::Cache { device, origin } => {
-                self.caches[*device].free(*origin, block, record.size, requested, stream, uses)
+                self.caches[device].free(origin, block, record.size, requested, stream, uses)
             }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }
@@ -792,6 +768,7 @@ impl Allocator {
         for cache in &self.caches {
             cache.reset_peaks();
         }
+        self.pools.fold(&self.book);
         self.book.caching.reset_peaks();
         self.book.pools.reset_peaks();
         self.book.total.reset_peaks();
@@ -803,6 +780,7 @@ impl Allocator {
         for cache in &self.caches {
             caching.add(&cache.stats());
         }
+        self.pools.fold(&self.book);
         let pools = self.pools.stats(None, true);
         self.book.summarize(caching, pools, self.is_graph_mode())
     }
@@ -841,6 +819,8 @@ impl Drop for Allocator {
         self.stream_pools.clear();
         self.capture_pools.clear();
         self.ownership.clear();
+        // No record names a pool any more: the parked pools go now.
+        drop(self.pools.close());
         for cache in &self.caches {
             cache.release_all();
         }

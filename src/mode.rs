@@ -12,14 +12,14 @@
 //! on no pool, allocations go where they would outside graph mode, and a
 //! guard made then does nothing. Nothing panics.
 
-use crate::graph_pool::{GraphPool, PoolCore};
+use crate::graph_pool::{GraphPool, PoolCore, PoolHandle};
 use crate::sync::{thread_local, Arc};
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 
 struct Entry {
     token: u64,
-    pool: Arc<PoolCore>,
+    pool: Arc<PoolHandle>,
 }
 
 thread_local! {
@@ -99,29 +99,34 @@ impl Drop for GraphModeGuard {
     }
 }
 
-/// The innermost pool of allocator `allocator_id` that the calling thread is
-/// in graph mode on: on `device`, or with `None` on any device (guards on
-/// other devices' pools are looked through). One thread-local access, and
-/// none of the stack's `Arc`s is touched unless one is returned.
+/// Runs `f` with the innermost pool of allocator `allocator_id` that the
+/// calling thread is in graph mode on: on `device`, or with `None` on any
+/// device (guards on other devices' pools are looked through); `None`
+/// outside graph mode. One thread-local access, and no reference count
+/// touched: the pool is borrowed from the thread's stack, which stays
+/// borrowed (so no guard of this thread can be made or dropped) until `f`
+/// returns. `f` must therefore run no user code (out-of-memory observers run
+/// after it); it is called exactly once.
 #[inline]
-pub(crate) fn current_pool(allocator_id: u64, device: Option<usize>) -> Option<Arc<PoolCore>> {
+pub(crate) fn with_current_pool<R>(
+    allocator_id: u64,
+    device: Option<usize>,
+    mut f: impl FnMut(Option<&PoolCore>) -> R,
+) -> R {
     // Outside graph mode (or once the thread-locals are gone): no pool.
     if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
-        return None;
+        return f(None);
     }
-    STACK
-        .try_with(|s| {
-            s.borrow()
-                .iter()
-                .rev()
-                .find(|e| {
-                    e.pool.allocator_id == allocator_id
-                        && device.is_none_or(|d| e.pool.device() == d)
-                })
-                .map(|e| e.pool.clone())
-        })
-        .ok()
-        .flatten()
+    let found = STACK.try_with(|s| {
+        let stack = s.borrow();
+        let pool = stack.iter().rev().find(|e| {
+            e.pool.allocator_id == allocator_id && device.is_none_or(|d| e.pool.device() == d)
+        });
+        f(pool.map(|e| &**e.pool))
+    });
+    // The stack is gone (thread teardown): graph mode on no pool; `f` did
+    // not run.
+    found.unwrap_or_else(|_| f(None))
 }
 
 /// Whether the calling thread is in graph mode for allocator `allocator_id`.

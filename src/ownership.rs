@@ -7,17 +7,18 @@
 
 use crate::arena::BlockRef;
 use crate::caching::Origin;
-use crate::graph_pool::PoolCore;
-use crate::sync::{Arc, ConcurrentMap};
+use crate::graph_pool::PoolPtr;
+use crate::sync::ConcurrentMap;
 
 /// The owner of a live block.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Owner {
     /// The caching allocator of a device (index into the allocator's
     /// devices), and where in it the block came from.
     Cache { device: usize, origin: Origin },
-    /// A graph pool; holding the `Arc` keeps the pool's segments alive.
-    Pool(Arc<PoolCore>),
+    /// A graph pool, which stays alive while the block is live (no
+    /// reference count: see [`PoolPtr`]).
+    Pool(PoolPtr),
 }
 
 /// What the map records for one live pointer: 88 bytes, moved into the map
@@ -45,14 +46,14 @@ impl Record {
     /// The other streams that used the block.
     #[inline]
     pub(crate) fn uses(&self) -> &[u64] {
-        self.uses.as_deref().map_or(&[], |u| u.0.as_slice())
+        Uses::of(&self.uses)
     }
 
     /// The device the block is on.
     pub(crate) fn device(&self) -> usize {
         match &self.owner {
             Owner::Cache { device, .. } => *device,
-            Owner::Pool(pool) => pool.device(),
+            Owner::Pool(pool) => pool.get().device(),
         }
     }
 }
@@ -61,6 +62,15 @@ impl Record {
 /// pointer.
 #[derive(Debug, Default)]
 pub(crate) struct Uses(Vec<u64>);
+
+impl Uses {
+    /// The streams of a record's `uses` field (borrowing that field only,
+    /// so a free can take the record's owner by value meanwhile).
+    #[inline]
+    pub(crate) fn of(uses: &Option<Box<Uses>>) -> &[u64] {
+        uses.as_deref().map_or(&[], |u| u.0.as_slice())
+    }
+}
 
 /// What [`OwnershipMap::claim`] found.
 #[derive(Debug)]
@@ -170,7 +180,7 @@ impl OwnershipMap {
     pub(crate) fn pool_id(&self, ptr: u64) -> Option<Option<u64>> {
         self.map.with(&key(ptr), |r| match &r.owner {
             Owner::Cache { .. } => None,
-            Owner::Pool(pool) => Some(pool.id),
+            Owner::Pool(pool) => Some(pool.get().id),
         })
     }
 

@@ -334,15 +334,26 @@ impl StatsBook {
             g.allocated.add(bytes);
         }
     }
+    /// The allocated-bytes gauges the pools' changes go to (the pools'
+    /// sum's, and the total's where kept): graph pools keep their latest
+    /// free pending and fold it into these (`graph_pool/pending.rs`).
+    #[inline]
+    pub(crate) fn pools_allocated(&self) -> impl Iterator<Item = &Gauge> {
+        self.allocated_gauges(Side::Pools)
+    }
+    #[inline]
+    fn allocated_gauges(&self, side: Side) -> impl Iterator<Item = &Gauge> {
+        self.gauges(side)
+            .into_iter()
+            .flatten()
+            .map(|g| &g.allocated)
+    }
     /// The allocated-bytes gauges the caching side keeps here (none, the
     /// total's, or the caching sum's and the total's): the thread caches
     /// fold the user's allocations and frees into them.
     #[inline]
     pub(crate) fn caching_allocated(&self) -> impl Iterator<Item = &Gauge> {
-        self.gauges(Side::Caching)
-            .into_iter()
-            .flatten()
-            .map(|g| &g.allocated)
+        self.allocated_gauges(Side::Caching)
     }
     pub(crate) fn reserved(&self, side: Side, bytes: usize) {
         for g in self.gauges(side).into_iter().flatten() {
@@ -391,8 +402,13 @@ impl StatsBook {
 /// free figures are per-thread counts summed when asked; a block in a
 /// thread's cache of freed blocks counts as freed, and as cached in
 /// `reserved_bytes`). Peaks cover the time since the allocator was built or since
-/// [`crate::Allocator::reset_peak_stats`]. The reserved peaks and the
-/// pools' peaks are exact. The caching and total allocated peaks come from
+/// [`crate::Allocator::reset_peak_stats`]. The reserved peaks are exact.
+/// The pools' allocated peak is never below the true peak: each pool keeps
+/// its latest free pending (so that a graph-mode allocate/free pair writes
+/// no shared counter), and a peak may count the pending frees of the pools
+/// other than the one allocating, at most one block each (each pool's own
+/// peaks, [`crate::GraphPool::stats`], are exact). The total's may count
+/// them too. The caching and total allocated peaks come from
 /// gauges into which each thread's cache folds its changes of allocated
 /// bytes in batches (so that a cache hit writes no line another thread
 /// writes): a thread keeps up to 1 MiB ([`crate::SMALL_REQUEST_MAX`], the

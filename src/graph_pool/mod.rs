@@ -2,6 +2,7 @@
 //! planned pools ([`plan`]) place its blocks ahead of the capture from a
 //! recording ([`record`]) of the same run.
 
+mod pending;
 pub(crate) mod plan;
 mod planner;
 pub(crate) mod record;
@@ -10,10 +11,13 @@ use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag, Walke
 use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
+use crate::history::Action;
 use crate::stats::{PoolStats, Side};
-use crate::sync::{next_id, Arc, Mutex};
+use crate::sync::{next_id, Arc, AtomicBool, Mutex, Ordering};
+use pending::PoolArena;
 use std::collections::HashMap;
 use std::fmt;
+use std::ptr::NonNull;
 
 /// The pools of one allocator: the arena of each pool alive now, and the
 /// cumulative counts of the pools already dropped.
@@ -30,9 +34,17 @@ pub(crate) struct PoolRegistry {
 #[derive(Debug, Default)]
 struct Registered {
     /// Pool id → the pool's device and arena.
-    live: HashMap<u64, (usize, Arc<Mutex<Arena>>)>,
+    live: HashMap<u64, (usize, Arc<Mutex<PoolArena>>)>,
     /// The cumulative counts of pools already dropped.
     retired: PoolStats,
+    /// Pool id → the pool, for each pool whose last handle was dropped
+    /// while blocks of it were live: kept alive here until its last block
+    /// is freed ([`PoolCore::free`]) or the allocator goes away
+    /// ([`PoolRegistry::close`]). See [`PoolPtr`].
+    parked: HashMap<u64, Arc<PoolCore>>,
+    /// Set when the allocator goes away: its ownership records are gone,
+    /// so no block of a pool will be freed any more, and nothing is parked.
+    closed: bool,
 }
 
 impl PoolRegistry {
@@ -42,7 +54,7 @@ impl PoolRegistry {
         }
     }
 
-    fn register(&self, id: u64, device: usize, arena: Arc<Mutex<Arena>>) {
+    fn register(&self, id: u64, device: usize, arena: Arc<Mutex<PoolArena>>) {
         self.inner.lock().live.insert(id, (device, arena));
     }
 
@@ -51,6 +63,44 @@ impl PoolRegistry {
         let mut inner = self.inner.lock();
         inner.live.remove(&id);
         inner.retired.add_counts(last);
+    }
+
+    /// Parks `core`, whose last handle is being dropped while `live` says
+    /// blocks of it are live (read under the pool's arena lock, held by the
+    /// caller with this registry's lock: `live` is called with both held).
+    /// Returns whether it parked (not once the allocator is gone).
+    fn park_if(&self, core: &Arc<PoolCore>, live: impl FnOnce() -> bool) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.closed || !live() {
+            return false;
+        }
+        inner.parked.insert(core.id, core.clone());
+        true
+    }
+
+    /// Takes parked pool `id` out (its last block was just freed); the
+    /// caller drops it, outside every lock of the pool.
+    fn unpark(&self, id: u64) -> Option<Arc<PoolCore>> {
+        self.inner.lock().parked.remove(&id)
+    }
+
+    /// The allocator is going away (its ownership records were cleared):
+    /// nothing parks any more, and every parked pool is returned to be
+    /// dropped by the caller (outside this registry's lock, which a pool's
+    /// drop takes).
+    pub(crate) fn close(&self) -> Vec<Arc<PoolCore>> {
+        let mut inner = self.inner.lock();
+        inner.closed = true;
+        inner.parked.drain().map(|(_, core)| core).collect()
+    }
+
+    /// Folds every live pool's pending change of allocated bytes into the
+    /// gauges of `book` (before they are read or their peaks restarted).
+    pub(crate) fn fold(&self, book: &crate::stats::StatsBook) {
+        let inner = self.inner.lock();
+        for (_, arena) in inner.live.values() {
+            arena.lock().fold_pending(book);
+        }
     }
 
     /// The sum of the figures of the pools alive now, on `device` or on all;
@@ -105,11 +155,12 @@ impl PoolRegistry {
     }
 }
 
-/// The shared state of a pool. Every [`GraphPool`] handle, every live block
-/// of the pool (through its ownership record) and every active graph-mode
-/// guard on it hold an `Arc` to this, so it is dropped (and its segments are
-/// released) exactly once: when the last handle is gone *and* no block of it
-/// is live.
+/// The shared state of a pool. It is dropped (and its segments are
+/// released) exactly once: when its last handle ([`PoolHandle`]) is gone
+/// *and* no block of it is live. The handle holds an `Arc` to it; the
+/// ownership records of its live blocks hold a [`PoolPtr`] (no reference
+/// count per block), and a pool whose last handle goes while blocks live is
+/// parked in its registry until its last block is freed.
 pub(crate) struct PoolCore {
     pub(crate) id: u64,
     pub(crate) allocator_id: u64,
@@ -118,11 +169,15 @@ pub(crate) struct PoolCore {
     /// The caching allocator of the pool's device: where its segments come
     /// from, and the cache emptied when the device is full.
     cache: Arc<CachingAllocator>,
-    arena: Arc<Mutex<Arena>>,
+    arena: Arc<Mutex<PoolArena>>,
     /// The allocator's registry, which this pool leaves when dropped.
     registry: Arc<PoolRegistry>,
     /// A planned pool's plan and cursor. Lock order: this, then the arena.
     plan: Option<Mutex<plan::PlanCursor>>,
+    /// Whether the pool's last handle is gone and it is parked in the
+    /// registry. Read and written only under the arena lock (an atomic only
+    /// to be `Sync`).
+    orphaned: AtomicBool,
 }
 
 impl fmt::Debug for PoolCore {
@@ -149,11 +204,19 @@ impl PoolCore {
         if let Some(cursor) = cursor.as_mut() {
             let planned = cursor.serve(device, &mut arena, stream, rounded, requested, align);
             if let Some(carved) = planned {
-                device.book.allocated(Side::Pools, carved.size);
+                arena.pend_alloc(&device.book, carved.size);
                 return Ok(carved);
             }
         }
         drop(cursor);
+        // The common case, as `carve` does it with no deferred free to
+        // settle and a free block that fits: the change stays pending.
+        if arena.deferred.is_empty() {
+            if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
+                arena.pend_alloc(&device.book, carved.size);
+                return Ok(carved);
+            }
+        }
         match device.carve(&mut arena, Side::Pools, stream, rounded, requested) {
             Err(Shortfall::Exhausted) => {}
             other => return other,
@@ -170,21 +233,151 @@ impl PoolCore {
     /// Frees a block allocated on `stream` and also used on `uses`. Blocks
     /// freed during the pool's own capture are reusable by that capture at
     /// once (they never reach eager work: only the pool hands them out).
-    pub(crate) fn free(
+    ///
+    /// Returns the pool itself when this was the last live block of a
+    /// parked pool: the caller drops it once it holds no reference into
+    /// the pool (see [`PoolPtr::free`]).
+    #[must_use]
+    fn free(
         &self,
         block: BlockRef,
         requested: usize,
         stream: StreamTag,
         uses: &[StreamTag],
-    ) {
+    ) -> Option<Arc<PoolCore>> {
         let mut arena = self.arena.lock();
-        self.cache
-            .device
-            .free_block(&mut arena, Side::Pools, block, requested, stream, uses);
+        let device = &self.cache.device;
+        if uses.is_empty() {
+            // As `free_block` does with a pool's block used on its own stream
+            // only (reusable at once), the change kept pending.
+            let size = arena.free(block, requested);
+            arena.pend_free(&device.book, size);
+            device.note(
+                Action::FreeCompleted,
+                Side::Pools,
+                stream,
+                size,
+                block.addr(),
+            );
+        } else {
+            device.free_block(&mut arena, Side::Pools, block, requested, stream, uses);
+        }
+        // No handle is left once orphaned, so no block can be allocated
+        // any more: the live count only falls, and exactly one free takes
+        // it to zero (under this lock).
+        let last = arena.is_idle() && self.orphaned.load(Ordering::Relaxed);
+        drop(arena);
+        if last {
+            // Not under the arena lock: the registry is locked first.
+            self.registry.unpark(self.id)
+        } else {
+            None
+        }
     }
 
     pub(crate) fn device(&self) -> usize {
         self.device
+    }
+}
+
+/// A pool's handle: what [`GraphPool`] handles, graph-mode guards and the
+/// allocator's capture maps share (as `Arc<PoolHandle>`). Allocating from a
+/// pool needs one held, which keeps the pool alive; when the last one goes
+/// while blocks of the pool are live, the pool is parked (see [`PoolPtr`]).
+pub(crate) struct PoolHandle {
+    core: Arc<PoolCore>,
+}
+
+impl std::ops::Deref for PoolHandle {
+    type Target = PoolCore;
+    fn deref(&self) -> &PoolCore {
+        &self.core
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        let core = &self.core;
+        // Lock order: the registry (held while `live` runs), then the
+        // arena. The flag is set under the arena lock, in the same critical
+        // section as the count it is decided on; a free that sees it can
+        // take the pool out of the registry only after the registry lock is
+        // released here, by when the pool is parked.
+        core.registry.park_if(core, || {
+            let arena = core.arena.lock();
+            let live = !arena.is_idle();
+            core.orphaned.store(live, Ordering::Relaxed);
+            live
+        });
+        // Unless parked, `core`'s last `Arc` goes with this handle, outside
+        // every lock (the pool's drop takes the registry and arena locks).
+    }
+}
+
+/// A pool as the ownership record of one of its live blocks names it: a
+/// plain pointer, so that an allocation and a free in graph mode touch no
+/// reference count.
+///
+/// Why it never dangles: a `PoolPtr` is made only for a block the pool just
+/// handed out ([`PoolPtr::for_block`]), by a caller holding a
+/// [`PoolHandle`], and lives in that block's ownership record until
+/// [`PoolPtr::free`] consumes it (it is neither `Copy` nor `Clone`). The
+/// block is counted in the arena's live blocks from its allocation until
+/// that free, under the arena lock. The pool's `Arc<PoolCore>` is held by
+/// every handle; the last handle's drop, with the registry and arena locks
+/// held, parks a clone in the registry when the count is above zero
+/// ([`PoolHandle`]'s drop), and only the free that takes the count of a
+/// parked pool to zero, or the allocator's drop (which first clears every
+/// ownership record), takes it out again. So while a record holds a
+/// `PoolPtr`, its block is counted, and a handle or the registry holds the
+/// pool. (An allocator dropped while handles live leaves its records
+/// cleared and the registry closed: the pool is dropped with its last
+/// handle, and no `PoolPtr` is left.)
+#[derive(Debug)]
+pub(crate) struct PoolPtr(NonNull<PoolCore>);
+
+// SAFETY: a `PoolPtr` is a shared reference to a `PoolCore` (valid for as
+// long as the `PoolPtr` lives, see above), and `PoolCore` is `Sync` (so
+// `&PoolCore` is `Send` and `Sync`).
+unsafe impl Send for PoolPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for PoolPtr {}
+
+impl PoolPtr {
+    /// The pointer for a block that `pool` just handed out, to be stored
+    /// in the block's ownership record.
+    ///
+    /// # Safety
+    /// The caller holds a [`PoolHandle`] of `pool` (`pool` is borrowed from
+    /// it), the pool's arena counts the block live, and the pointer goes
+    /// into the block's record, to be consumed by [`PoolPtr::free`] when
+    /// the block is freed (or dropped with the record).
+    pub(crate) unsafe fn for_block(pool: &PoolCore) -> Self {
+        PoolPtr(NonNull::from(pool))
+    }
+
+    /// The pool.
+    #[inline]
+    pub(crate) fn get(&self) -> &PoolCore {
+        // SAFETY: while this `PoolPtr` lives, its block is live and the pool
+        // is held by a handle or the registry (see the type's docs); the
+        // reference is bounded by the borrow of `self`, and `free`, the only
+        // way a block stops being live, consumes `self`.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Frees the block whose record held this pointer; when it was the
+    /// last block of a parked pool, the pool is dropped here, after the
+    /// last use of the reference.
+    pub(crate) fn free(
+        self,
+        block: BlockRef,
+        requested: usize,
+        stream: StreamTag,
+        uses: &[StreamTag],
+    ) {
+        let parked = self.get().free(block, requested, stream, uses);
+        drop(parked);
     }
 }
 
@@ -194,12 +387,13 @@ impl Drop for PoolCore {
         let stats = {
             let mut arena = self.arena.lock();
             // Live blocks remain only when their allocator was dropped
-            // first (its ownership records held this pool): their memory
-            // goes with the pool. Deferred frees are waited for. Errors
+            // first (its ownership records are gone): their memory goes
+            // with the pool. Deferred frees are waited for. Errors
             // cannot be reported from a drop; a segment whose release fails
             // is dropped from the books either way.
             let _ = device.settle(&mut arena, Side::Pools, true);
             let _ = device.release_all(&mut arena, Side::Pools);
+            arena.fold_pending(&device.book);
             arena.stats
         };
         // Not under the arena lock: the registry is locked first and the
@@ -236,7 +430,7 @@ impl Drop for PoolCore {
 /// ```
 #[derive(Clone)]
 pub struct GraphPool {
-    pub(crate) core: Arc<PoolCore>,
+    pub(crate) core: Arc<PoolHandle>,
 }
 
 impl fmt::Debug for GraphPool {
@@ -291,20 +485,22 @@ impl GraphPool {
         arena: Arena,
         plan: Option<Mutex<plan::PlanCursor>>,
     ) -> Self {
-        let arena = Arc::new(Mutex::new(arena));
+        let arena = Arc::new(Mutex::new(PoolArena::new(arena)));
         let id = next_id();
         let device = cache.device.ordinal();
         registry.register(id, device, arena.clone());
+        let core = Arc::new(PoolCore {
+            id,
+            allocator_id,
+            device,
+            cache,
+            arena,
+            registry: registry.clone(),
+            plan,
+            orphaned: AtomicBool::new(false),
+        });
         GraphPool {
-            core: Arc::new(PoolCore {
-                id,
-                allocator_id,
-                device,
-                cache,
-                arena,
-                registry: registry.clone(),
-                plan,
-            }),
+            core: Arc::new(PoolHandle { core }),
         }
     }
 

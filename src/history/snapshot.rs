@@ -120,7 +120,7 @@ impl History {
         if self.on() {
             let pool = match &record.owner {
                 Owner::Cache { .. } => None,
-                Owner::Pool(p) => Some(p.id),
+                Owner::Pool(p) => Some(p.get().id),
             };
             let (device, stream) = (record.device(), record.stream);
             self.record(
