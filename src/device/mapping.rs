@@ -259,8 +259,8 @@ impl Device {
                     .vmm()
                     .and_then(|v| v.reserve_range(size))
                     .map_err(Shortfall::from)?;
-                let class = Class::of(rounded);
-                fresh = Some(arena.add_expandable_segment(base, size, stream, class, page));
+                // One range per stream holds blocks of every size.
+                fresh = Some(arena.add_expandable_segment(base, size, stream, Class::Large, page));
                 arena
                     .plan_growth(stream, rounded)
                     .expect("a fresh range holds any request it is not smaller than")
