@@ -236,9 +236,6 @@ pub(crate) struct Arena {
     /// Blocks in the quick bins.
     quick_blocks: usize,
     pub(crate) stats: PoolStats,
-    /// Whether every request is carved in the large class: set once the
-    /// arena has an expandable segment (see `arena/expandable.rs`).
-    one_class: bool,
     /// The tick free blocks are stamped with, and the fences recorded on
     /// the streams of its expandable segments.
     pub(crate) fences: crate::device::Fences,
@@ -321,16 +318,15 @@ impl Arena {
         if self.quick_blocks > 0 {
             self.flush_quick();
         }
-        let class = self.class_of(rounded);
+        let class = Class::of(rounded);
         // The first key at or above (stream, rounded) is the best fit if it
         // is of `stream` (the index orders by stream first).
-        let &best = self.free[class as usize]
+        let &found = self.free[class as usize]
             .first_from(&(stream, rounded, 0, 0))
             .filter(|k| k.0 == stream)?;
-        let found = self.place(class, best, rounded);
         let (_, found_size, found_addr, slot) = found;
         let remaining = found_size - rounded;
-        if Class::of(rounded).should_split(remaining) {
+        if class.should_split(remaining) {
             // What is left takes the found block's place in the same index
             // (same stream, class and mapped state).
             let at = found_addr + rounded as u64;
@@ -383,7 +379,6 @@ impl Arena {
             units: Default::default(),
         };
         let id = self.insert_segment(base, size, stream, class, Some(pages));
-        self.one_class = true;
         self.stats.on_reserve(0);
         id
     }

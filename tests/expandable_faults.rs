@@ -126,12 +126,9 @@ fn a_failed_unmap_in_a_budget_reclaim_keeps_the_books_exact() {
     h.teardown();
 }
 
-/// The largest mapping unit (`MAX_UNIT` in `src/device/mapping.rs`).
-const UNIT: usize = 64 * MIB;
-
-/// A block of 150 MiB is mapped as three units (cut every 64 MiB from the
+/// A block of 300 MiB is mapped as three units (cut every 128 MiB from the
 /// range's base): three map calls.
-const BIG: usize = 150 * MIB;
+const BIG: usize = 300 * MIB;
 
 /// An unmap that fails in the middle of a multi-unit run (after its first
 /// unit, as `cuMemUnmap` failing on the second handle would): the first
@@ -153,7 +150,7 @@ fn a_failure_in_the_middle_of_a_multi_unit_unmap_keeps_the_books_exact() {
     );
     assert_eq!(
         h.alloc.stats().caching.reserved_bytes,
-        reserved - UNIT,
+        reserved - 128 * MIB,
         "the first unit went"
     );
     assert_books_exact(&h);
@@ -192,12 +189,12 @@ fn a_failed_undo_of_a_multi_unit_growth_books_what_stays_mapped() {
     h.backend.faults().fail_unmap(1, 0);
     let err = h.alloc.allocate(BIG, 512).unwrap_err();
     assert!(matches!(err, Error::Backend(BackendError::Injected { .. })));
-    assert_eq!(h.backend.mapped_bytes(), UNIT);
-    assert_eq!(h.alloc.stats().caching.reserved_bytes, UNIT);
+    assert_eq!(h.backend.mapped_bytes(), 128 * MIB);
+    assert_eq!(h.alloc.stats().caching.reserved_bytes, 128 * MIB);
     assert_eq!(h.alloc.stats().caching.allocated_bytes, 0);
     assert_books_exact(&h);
-    // 50 MiB fits in the unit left mapped: no map call.
-    reuse_without_a_map_then_empty(&mut h, 50 * MIB);
+    // 100 MiB fits in the unit left mapped: no map call.
+    reuse_without_a_map_then_empty(&mut h, 100 * MIB);
     h.teardown();
 }
 

@@ -13,7 +13,7 @@
 //! [`Arena::idle_runs`]. The arena only books: its owner makes the mapping
 //! calls in between.
 
-use super::{Arena, Block, Class, FreeKey, StreamTag};
+use super::{Arena, Block, Class, StreamTag};
 
 /// Where to map pages so that a request fits: `len` bytes at `addr`, inside
 /// the unmapped free block `slot`. Together with the mapped free blocks
@@ -134,47 +134,6 @@ impl IdleRun {
 }
 
 impl Arena {
-    /// The class a request of `rounded` bytes is carved in: the large one
-    /// for every size once the arena has expandable segments. One address
-    /// range per stream then holds blocks of all sizes, so memory that
-    /// small blocks free at one point of a workload serves large ones at
-    /// another by placement alone, not by unmapping it from one range and
-    /// mapping it into another (gpt2_generate traded pages between its two
-    /// ranges on every pass). Remainders are split by the request's own
-    /// class (any remainder for a small request).
-    pub(crate) fn class_of(&self, rounded: usize) -> Class {
-        if self.one_class {
-            Class::Large
-        } else {
-            Class::of(rounded)
-        }
-    }
-
-    /// Where a request of `rounded` bytes goes, given `best`, the best fit
-    /// of `class`'s mapped free blocks. In expandable segments, the best
-    /// fit if it fits snugly (at most twice the request); else the
-    /// lowest-addressed free block that fits (address-ordered first fit).
-    /// So the free memory at high addresses, where a range grows, is cut
-    /// only when nothing below fits, and a cache that starts over with all
-    /// its mapped memory free (the next pass of a repeating workload)
-    /// places its blocks as the growing cache did: bottom up, the same
-    /// blocks in the same holes, without a mapping call. Best fit alone put
-    /// each first block of a pass into the smallest mapped run, scattering
-    /// the long-lived ones, and a 785 MiB block of gpt2_train then found no
-    /// mapped hole.
-    pub(super) fn place(&self, class: Class, best: FreeKey, rounded: usize) -> FreeKey {
-        if !self.one_class || best.1 - rounded <= rounded {
-            return best;
-        }
-        let stream = best.0;
-        let fits = (stream, rounded, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
-        self.free[class as usize]
-            .range(fits)
-            .min_by_key(|k| k.2)
-            .copied()
-            .unwrap_or(best)
-    }
-
     /// The free neighbour of `slot` (before or after) if it is mapped.
     fn mapped_free(&self, neighbour: Option<u32>) -> Option<(u32, usize)> {
         let n = neighbour?;
@@ -187,7 +146,7 @@ impl Arena {
     /// the mapped free blocks beside each unmapped one; ties go to the
     /// lowest address. `None` if no unmapped block can make room.
     pub(crate) fn plan_growth(&self, stream: StreamTag, rounded: usize) -> Option<Growth> {
-        let class = self.class_of(rounded);
+        let class = Class::of(rounded);
         let mut best: Option<Growth> = None;
         let all = (stream, 0, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
         for &(_, size, addr, slot) in self.unmapped[class as usize].range(all) {

@@ -1,18 +1,13 @@
 //! The mapping policy of expandable segments: when memory is mapped into
 //! the cache's address ranges and when it is unmapped again.
 //!
-//! - One address range per stream holds blocks of every size (no separate
-//!   range for small blocks: memory small blocks free at one point of a
-//!   workload serves large ones at another without a mapping call).
-//! - A request is carved from mapped free memory whenever some fits
-//!   (`Arena::try_alloc`: the best fit if it fits snugly, at most twice the
-//!   request, else the lowest-addressed free block that fits; see
-//!   `Arena::place`): no mapping call. Only a true miss maps, and
+//! - A request is carved from mapped free memory whenever some fits (best
+//!   fit, `Arena::try_alloc`): no mapping call. Only a true miss maps, and
 //!   it maps the fewest pages that make room, next to mapped free blocks
 //!   ([`crate::arena::Arena::plan_growth`]), widened to a granule of
 //!   [`GROWTH_GRANULE`] bytes while the budget allows, or of
 //!   1/[`GRANULE_SHARE`] of what the cache maps already if that is less
-//!   (a small cache is not left holding large units that a few
+//!   (a small cache is not left holding 16 MiB units that a few
 //!   long-lived blocks keep from ever being idle).
 //! - Memory is mapped in **mapping units**: one map call, one physical
 //!   allocation (one `cuMemCreate` handle, one `cuMemMap`, one
@@ -55,21 +50,14 @@
 //!   would. A stream being captured is never waited on nor fenced (no wait
 //!   can end a capture): its units stay mapped.
 //!
-//! A repeating workload therefore settles: once a pass has mapped what it
-//! needs, the next pass finds its blocks in mapped memory. Host replay
-//! (`replay --runs 3 --json`, warm calls summed over 3 warm passes): no
-//! warm mapping call on any of our five traces. Before, with best fit
-//! alone and a range per size class, gpt2_train made 15 maps and 6 unmaps,
-//! gpt2_step 2 and 1, gpt2_generate 33 and 26: a warm pass starts with all
-//! its mapped memory free, in runs between the holes the cold pass's
-//! reclaims unmapped; best fit put each first block into the smallest run
-//! that fit (the cold pass had put them bottom up), so a 785 MiB logits
-//! block later found no mapped hole; and gpt2_generate's small blocks peak
-//! before its large ones, so the budget unmapped one range's idle pages to
-//! map the other's, in both directions on every pass. (Six warm passes:
-//! none either. What thread caches hold at the end of a pass, blocks freed
-//! last, is served first by the next one: a pass that frees its small
-//! blocks in another order than a stack can still place them elsewhere.)
+//! A repeating workload therefore mostly settles: once a pass has mapped
+//! what it needs, the next pass finds its blocks in mapped memory. Host
+//! replay (`replay --runs 3 --json`, warm calls summed over 3 warm passes):
+//! resnet50_train and vartrans_step make no warm mapping call; gpt2_train
+//! makes 15 maps and 6 unmaps, gpt2_step 2 and 1, gpt2_generate 33 and 26:
+//! a 785 MiB logits block finds no mapped hole, because a warm pass starts
+//! from the holes the cold pass's reclaims unmapped and places its blocks
+//! differently (not a fixed point yet; issue 14).
 
 use super::{Device, Shortfall};
 use crate::arena::{Arena, Carved, Class, Growth, IdleRun, StreamTag};
@@ -97,12 +85,10 @@ const HARD_CAP: usize = 24;
 /// over its peak: small caches keep their pipeline full.
 const HARD_CAP_FLOOR: usize = 128 << 20;
 
-/// Growth maps at least this many bytes at once when the budget allows:
-/// fewer, larger calls (PyTorch's `large_segment_size` is 20 MB). With one
-/// range for all sizes and first fit for loose fits, 64 MiB made the
-/// fewest cold map calls over our five traces (16 MiB: 282 on gpt2_train,
-/// 160 on resnet50_train; 64 MiB: 233 and 128) at about the same ratios.
-const GROWTH_GRANULE: usize = 64 << 20;
+/// Growth maps at least this many bytes at once when the budget allows
+/// (PyTorch's `large_segment_size` is 20 MB; 16 MiB packs resnet50_train
+/// tighter): fewer, larger calls.
+const GROWTH_GRANULE: usize = 16 << 20;
 
 /// ... but no more than 1/GRANULE_SHARE of what the cache already maps: a
 /// small cache's units stay small, so that the few long-lived blocks in a
@@ -113,11 +99,8 @@ const GRANULE_SHARE: usize = 16;
 
 /// The largest mapping unit: growth is mapped in units cut at multiples of
 /// this many bytes, so that a reclaim can unmap part of a large idle block
-/// (a unit goes only whole). Since blocks of every size share one range,
-/// a small block left in a large hole keeps its whole unit mapped: with
-/// 128 MiB units, tests/expandable.rs's training-like workload reached
-/// 1.09 of its peak (no whole unit idle where the budget needed one).
-const MAX_UNIT: usize = 64 << 20;
+/// (a unit goes only whole).
+const MAX_UNIT: usize = 128 << 20;
 
 /// The most address space one expandable segment reserves.
 const MAX_RANGE: usize = 1 << 46;
@@ -276,8 +259,8 @@ impl Device {
                     .vmm()
                     .and_then(|v| v.reserve_range(size))
                     .map_err(Shortfall::from)?;
-                // One range per stream holds blocks of every size.
-                fresh = Some(arena.add_expandable_segment(base, size, stream, Class::Large, page));
+                let class = Class::of(rounded);
+                fresh = Some(arena.add_expandable_segment(base, size, stream, class, page));
                 arena
                     .plan_growth(stream, rounded)
                     .expect("a fresh range holds any request it is not smaller than")
