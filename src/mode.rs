@@ -71,8 +71,14 @@ pub(crate) fn enter(pool: &GraphPool) -> GraphModeGuard {
             token
         })
         .unwrap_or(u64::MAX);
+    // The stack is borrowed only while a graph-mode allocation runs
+    // (`with_current_pool`); a backend method called inside it that enters
+    // graph mode (backends must not call into graphalloc: they run under
+    // its locks) gets a guard that does nothing, not a panic.
     let _ = STACK.try_with(|s| {
-        let mut stack = s.borrow_mut();
+        let Ok(mut stack) = s.try_borrow_mut() else {
+            return;
+        };
         stack.push(Entry {
             token,
             pool: pool.core.clone(),
@@ -89,8 +95,12 @@ impl Drop for GraphModeGuard {
     fn drop(&mut self) {
         // During thread teardown the stack may already be gone; then there
         // is nothing left to restore.
+        // (As in `enter`: a stack borrowed by a graph-mode allocation is
+        // left as it is.)
         let _ = STACK.try_with(|s| {
-            let mut stack = s.borrow_mut();
+            let Ok(mut stack) = s.try_borrow_mut() else {
+                return;
+            };
             if let Some(i) = stack.iter().rposition(|e| e.token == self.token) {
                 stack.remove(i);
                 set_depth(&stack);

@@ -83,6 +83,12 @@ pub enum CaptureStatus {
 /// (the capability or a typed error; leave these as they are). An adaptor
 /// forwards the capabilities it does not change by returning its inner
 /// backend's.
+///
+/// The methods run under graphalloc's locks (a pool's or cache's arena,
+/// and during a graph-mode allocation the thread's graph-mode stack): they
+/// must not call into graphalloc (an allocation or free from there waits
+/// for the lock it runs under; a graph-mode guard made or dropped there
+/// does nothing).
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The kind of memory.
     fn kind(&self) -> BackendKind;

@@ -217,6 +217,9 @@ impl PoolCore {
                 return Ok(carved);
             }
         }
+        // `carve` adds to the gauges at once: the pending free goes first,
+        // or the peak would count the freed block and the new one together.
+        arena.fold_pending(&device.book);
         match device.carve(&mut arena, Side::Pools, stream, rounded, requested) {
             Err(Shortfall::Exhausted) => {}
             other => return other,
@@ -237,16 +240,30 @@ impl PoolCore {
     /// Returns the pool itself when this was the last live block of a
     /// parked pool: the caller drops it once it holds no reference into
     /// the pool (see [`PoolPtr::free`]).
+    ///
+    /// A raw pointer, not `&self`: once the arena lock is released, another
+    /// thread's free (or the last handle's drop) may release the pool while
+    /// this call is still returning, and a reference argument must stay
+    /// valid for the whole call; a local reference needs to be valid only
+    /// where it is used.
+    ///
+    /// # Safety
+    /// `this` is valid until the arena lock is released: the caller's
+    /// block is live (see [`PoolPtr`]).
     #[must_use]
-    fn free(
-        &self,
+    unsafe fn free(
+        this: NonNull<PoolCore>,
         block: BlockRef,
         requested: usize,
         stream: StreamTag,
         uses: &[StreamTag],
     ) -> Option<Arc<PoolCore>> {
-        let mut arena = self.arena.lock();
-        let device = &self.cache.device;
+        // SAFETY: valid while the block is live (the caller's contract), and
+        // used only up to the unlock below, or, for the last block of a
+        // parked pool, while the registry still holds the pool.
+        let pool = unsafe { this.as_ref() };
+        let mut arena = pool.arena.lock();
+        let device = &pool.cache.device;
         if uses.is_empty() {
             // As `free_block` does with a pool's block used on its own stream
             // only (reusable at once), the change kept pending.
@@ -265,11 +282,13 @@ impl PoolCore {
         // No handle is left once orphaned, so no block can be allocated
         // any more: the live count only falls, and exactly one free takes
         // it to zero (under this lock).
-        let last = arena.is_idle() && self.orphaned.load(Ordering::Relaxed);
+        let last = arena.is_idle() && pool.orphaned.load(Ordering::Relaxed);
         drop(arena);
         if last {
-            // Not under the arena lock: the registry is locked first.
-            self.registry.unpark(self.id)
+            // Not under the arena lock: the registry is locked first. No
+            // handle is left and no block: only the registry holds the
+            // pool, until this takes it out.
+            pool.registry.unpark(pool.id)
         } else {
             None
         }
@@ -362,7 +381,8 @@ impl PoolPtr {
         // SAFETY: while this `PoolPtr` lives, its block is live and the pool
         // is held by a handle or the registry (see the type's docs); the
         // reference is bounded by the borrow of `self`, and `free`, the only
-        // way a block stops being live, consumes `self`.
+        // way a block stops being live, consumes `self` (and works from the
+        // raw pointer, not from this reference).
         unsafe { self.0.as_ref() }
     }
 
@@ -376,7 +396,10 @@ impl PoolPtr {
         stream: StreamTag,
         uses: &[StreamTag],
     ) {
-        let parked = self.get().free(block, requested, stream, uses);
+        // SAFETY: this pointer's block is live until this free (see the
+        // type's docs), and `self` is consumed: no reference from it
+        // outlives the call.
+        let parked = unsafe { PoolCore::free(self.0, block, requested, stream, uses) };
         drop(parked);
     }
 }
