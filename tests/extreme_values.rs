@@ -17,27 +17,14 @@
 mod api;
 mod oracle;
 
+mod support;
+
 use graphalloc::ffi::*;
 use graphalloc::tensor::{DType, DeviceBuffer, Tensor};
 use graphalloc::{Allocator, Backend, Config, DevicePtr, Error, HostBackend, MAX_ALIGNMENT};
 use std::ffi::{c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-
-/// Runs `f`, failing the test if it panics.
-fn call<R>(what: impl std::fmt::Display, f: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("(non-string payload)");
-            panic!("PANIC in {what}: {msg}");
-        }
-    }
-}
+use support::call;
 
 const SIZES: [usize; 10] = [
     0,

@@ -10,6 +10,8 @@
 //! checks), a pickle nested 100,000 deep (the drop overflowed the stack and
 //! aborted), a hand-built snapshot's sums (now saturating).
 
+mod support;
+
 use graphalloc::ffi::history::*;
 use graphalloc::ffi::plan::*;
 use graphalloc::ffi::*;
@@ -22,21 +24,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// Runs `f`, failing the test if it panics.
-fn call<R>(what: impl std::fmt::Display, f: impl FnOnce() -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => {
-            let msg = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("(non-string payload)");
-            panic!("PANIC in {what}: {msg}");
-        }
-    }
-}
+use support::call;
 
 const DEVICES: [usize; 4] = [1, 2, 64, usize::MAX];
 const STREAMS: [u64; 5] = [0, 1, 0x5757_0000, 0xdead_beef, u64::MAX];

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use graphalloc::{Allocator, Backend, DevicePtr, HostBackend, BLOCK_ROUND};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// One mebibyte.
@@ -45,4 +46,20 @@ pub unsafe fn host_bytes<'a>(ptr: DevicePtr, size: usize) -> &'a mut [u8] {
     // SAFETY: the caller guarantees the range is a live, exclusively owned
     // block of host memory.
     unsafe { std::slice::from_raw_parts_mut(ptr.addr() as *mut u8, size) }
+}
+
+/// Runs `f`, failing the test if it panics, naming `what` (the extreme-value
+/// tests' wrapper of every call).
+pub fn call<R>(what: impl std::fmt::Display, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(non-string payload)");
+            panic!("PANIC in {what}: {msg}");
+        }
+    }
 }
