@@ -190,7 +190,7 @@ impl Counts {
     pub(crate) fn write_to(&self, stats: &mut PoolStats) {
         let at_least_zero = |v: usize| (v as isize).max(0) as usize;
         stats.allocated_bytes = at_least_zero(self.allocated);
-        stats.requested_bytes = at_least_zero(self.requested).min(stats.allocated_bytes);
+        stats.requested_bytes = at_least_zero(self.requested);
         stats.live_blocks = at_least_zero(self.live);
         stats.allocations = self.allocations;
         stats.frees = self.frees;
