@@ -114,9 +114,10 @@ impl Drop for GraphModeGuard {
 /// device (guards on other devices' pools are looked through); `None`
 /// outside graph mode. One thread-local access, and no reference count
 /// touched: the pool is borrowed from the thread's stack, which stays
-/// borrowed (so no guard of this thread can be made or dropped) until `f`
-/// returns. `f` must therefore run no user code (out-of-memory observers run
-/// after it); it is called exactly once.
+/// borrowed until `f` returns (a guard of this thread made or dropped
+/// meanwhile does nothing: see `enter` and the guard's `Drop`). `f` must
+/// therefore run no user code (out-of-memory observers run after it); it is
+/// called exactly once.
 #[inline]
 pub(crate) fn with_current_pool<R>(
     allocator_id: u64,
