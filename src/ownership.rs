@@ -194,12 +194,13 @@ impl OwnershipMap {
         named
     }
 
-    /// Block address → (pointer handed out, bytes requested) of every live
-    /// pointer (slow: a copy of the map, for snapshots).
-    pub(crate) fn live_blocks(&self) -> std::collections::HashMap<u64, (u64, usize)> {
+    /// Block address → bytes requested, of every live pointer (slow: a copy
+    /// of the map, for snapshots). (The map's keys are scrambled pointers,
+    /// see `key`: the block's address comes from the record.)
+    pub(crate) fn live_blocks(&self) -> std::collections::HashMap<u64, usize> {
         let mut out = std::collections::HashMap::new();
-        self.map.for_each(|&ptr, r| {
-            out.insert(r.block.addr(), (ptr, r.requested));
+        self.map.for_each(|_, r| {
+            out.insert(r.block.addr(), r.requested);
         });
         out
     }

@@ -140,7 +140,7 @@ fn segments_of(
     walked: Vec<WalkedSegment>,
     device: usize,
     pool: Option<u64>,
-    live: &HashMap<u64, (u64, usize)>,
+    live: &HashMap<u64, usize>,
     out: &mut Vec<SegmentSnapshot>,
 ) {
     for seg in walked {
@@ -157,7 +157,7 @@ fn segments_of(
                 WalkState::Free => BlockState::Inactive,
             };
             let requested_size = match state {
-                BlockState::ActiveAllocated => live.get(&b.addr).map_or(b.size, |l| l.1),
+                BlockState::ActiveAllocated => live.get(&b.addr).copied().unwrap_or(b.size),
                 _ => 0,
             };
             let s = current.get_or_insert_with(|| SegmentSnapshot {
