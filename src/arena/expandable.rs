@@ -160,7 +160,7 @@ impl Arena {
     /// empties a segment has no stale block, and places as before. (First
     /// fit for every loose fit, stale or not, also settled gpt2_train, but
     /// changed the first pass: resnet50_train's ratio rose from 1.0153 to
-    /// 1.028 at 4 times, and the workload of `tests/expandable.rs` mapped
+    /// 1.028 at 5 times, and the workload of `tests/expandable.rs` mapped
     /// again at 8.) From 6 to 8 times, every warm pass of our training
     /// traces and of that test makes no mapping call; at 4, that test maps
     /// in its first warm pass; at 12, vartrans_step does.
