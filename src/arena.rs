@@ -164,6 +164,9 @@ struct Block {
     /// highest; memory never used: 0), which says when it may be unmapped
     /// (`device/fences.rs`).
     freed: u64,
+    /// For a mapped free block of an expandable segment: untouched since
+    /// its segment last held no live block (`Arena::place`).
+    stale: bool,
     prev: Option<u32>,
     next: Option<u32>,
 }
@@ -175,6 +178,8 @@ struct Segment {
     stream: StreamTag,
     class: Class,
     head: u32,
+    /// Its blocks marked allocated (quick-binned and deferred ones too).
+    live: usize,
     /// For an expandable segment (address space reserved, memory mapped in
     /// pages on demand): its page size and mapped bytes. `None` for a plain
     /// segment, all of which is memory.
@@ -321,9 +326,10 @@ impl Arena {
         let class = Class::of(rounded);
         // The first key at or above (stream, rounded) is the best fit if it
         // is of `stream` (the index orders by stream first).
-        let &found = self.free[class as usize]
+        let &best = self.free[class as usize]
             .first_from(&(stream, rounded, 0, 0))
             .filter(|k| k.0 == stream)?;
+        let found = self.place(class, best, rounded);
         let (_, found_size, found_addr, slot) = found;
         let remaining = found_size - rounded;
         if class.should_split(remaining) {
@@ -338,7 +344,8 @@ impl Arena {
             debug_assert!(removed, "best fit missing from the index");
         }
         let b = &mut self.blocks[slot as usize];
-        b.allocated = true;
+        (b.allocated, b.stale) = (true, false);
+        self.segments[b.segment as usize].live += 1;
         let carved = Carved {
             block: BlockRef { slot, addr: b.addr },
             size: b.size,
@@ -423,6 +430,7 @@ impl Arena {
             allocated: false,
             mapped: pages.is_none(),
             freed: 0,
+            stale: false,
             prev: None,
             next: None,
         }) as u32;
@@ -432,6 +440,7 @@ impl Arena {
             stream,
             class,
             head,
+            live: 0,
             pages,
         });
         self.index_insert(head);
@@ -516,7 +525,10 @@ impl Arena {
         let b = &mut self.blocks[block.slot as usize];
         b.allocated = false;
         b.freed = self.fences.tick();
+        b.stale = false;
+        let segment = b.segment;
         self.merge_and_index(block.slot);
+        self.block_gone(segment);
     }
 
     /// Indexes the free block `slot` (not indexed yet), merged first with
@@ -564,6 +576,7 @@ impl Arena {
         let b = &mut self.blocks[slot as usize];
         b.size += gone.size;
         b.freed = b.freed.max(gone.freed);
+        b.stale &= gone.stale;
         b.next = gone.next;
     }
 
@@ -731,6 +744,7 @@ impl Arena {
                 slot = b.next;
             }
             assert_eq!(expect_addr, seg.base + seg.size as u64, "segment covered");
+            self.check_live(seg);
             if let Some(pages) = &seg.pages {
                 assert_eq!(pages.mapped + unmapped, seg.size, "mapped bytes");
                 self.check_units(seg.head, pages);

@@ -50,7 +50,8 @@ impl Arena {
             self.index_insert(rest);
         }
         let b = &mut self.blocks[slot as usize];
-        b.allocated = true;
+        (b.allocated, b.stale) = (true, false);
+        self.segments[segment as usize].live += 1;
         self.stats.on_alloc(size, requested);
         Some(Carved {
             block: BlockRef { slot, addr },

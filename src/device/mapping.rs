@@ -2,7 +2,9 @@
 //! the cache's address ranges and when it is unmapped again.
 //!
 //! - A request is carved from mapped free memory whenever some fits (best
-//!   fit, `Arena::try_alloc`): no mapping call. Only a true miss maps, and
+//!   fit, `Arena::try_alloc`; in memory left free since its range last
+//!   held no block, a loose fit takes the lowest address: `Arena::place`):
+//!   no mapping call. Only a true miss maps, and
 //!   it maps the fewest pages that make room, next to mapped free blocks
 //!   ([`crate::arena::Arena::plan_growth`]), widened to a granule of
 //!   [`GROWTH_GRANULE`] bytes while the budget allows, or of
@@ -21,8 +23,9 @@
 //!   never be unmapped, and gpt2_train's ratio rose to 1.072; PyTorch's
 //!   fixed 20 MiB units: 2.5x the handles.)
 //! - Nothing is unmapped on free. Idle units (mapped, wholly under free
-//!   blocks) are unmapped in a batch, lowest addresses first (away from
-//!   where ranges grow), only when it matters:
+//!   blocks) are unmapped in a batch, highest addresses first (next to
+//!   where ranges grow, so the next growth maps the hole again and the
+//!   memory below stays in long mapped runs), only when it matters:
 //!   a mapping would take the cache's reserved bytes past its budget
 //!   (the peak reserved so far, or the peak allocated bytes plus
 //!   1/[`IDLE_BUDGET`] of them, whichever is higher), the device limit
@@ -50,14 +53,17 @@
 //!   would. A stream being captured is never waited on nor fenced (no wait
 //!   can end a capture): its units stay mapped.
 //!
-//! A repeating workload therefore mostly settles: once a pass has mapped
-//! what it needs, the next pass finds its blocks in mapped memory. Host
-//! replay (`replay --runs 3 --json`, warm calls summed over 3 warm passes):
-//! resnet50_train and vartrans_step make no warm mapping call; gpt2_train
-//! makes 15 maps and 6 unmaps, gpt2_step 2 and 1, gpt2_generate 33 and 26:
-//! a 785 MiB logits block finds no mapped hole, because a warm pass starts
-//! from the holes the cold pass's reclaims unmapped and places its blocks
-//! differently (not a fixed point yet; issue 14).
+//! A repeating workload therefore settles: once a pass has mapped what it
+//! needs, the next pass finds its blocks in mapped memory. Host replay
+//! (`replay --runs 3 --json`, warm calls summed over 3 warm passes): the
+//! training traces (gpt2_train, resnet50_train, gpt2_step, vartrans_step)
+//! make no warm mapping call; gpt2_generate makes 33 maps and 26 unmaps
+//! (its small blocks peak before its large ones, and the budget trades
+//! pages between the two ranges). Before stale placement and highest-first
+//! reclaims, gpt2_train made 15 and 6 (a 785 MiB logits block found no
+//! mapped hole: a warm pass starts from the holes the cold pass's reclaims
+//! unmapped, and best fit placed its blocks differently), gpt2_step 2
+//! and 1.
 
 use super::{Device, Shortfall};
 use crate::arena::{Arena, Carved, Class, Growth, IdleRun, StreamTag};
