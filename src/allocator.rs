@@ -45,7 +45,7 @@ pub const DEFAULT_STREAM: u64 = 0;
 pub struct Allocator {
     id: u64,
     caches: Vec<Arc<CachingAllocator>>,
-    ownership: OwnershipMap,
+    ownership: Arc<OwnershipMap>,
     book: Arc<StatsBook>,
     /// The live graph pools of this allocator and the counts of dropped ones.
     pools: Arc<PoolRegistry>,
@@ -169,6 +169,7 @@ impl Allocator {
         };
         let book = Arc::new(StatsBook::new(sums));
         let history = Arc::new(History::new(config.history, config.history_backtraces));
+        let ownership = Arc::new(OwnershipMap::new());
         let caches = backends
             .into_iter()
             .map(|b| {
@@ -179,13 +180,17 @@ impl Allocator {
                     config.expandable_segments,
                     history.clone(),
                 );
-                Arc::new(CachingAllocator::new(Arc::new(device), config.shards))
+                Arc::new(CachingAllocator::new(
+                    Arc::new(device),
+                    config.shards,
+                    ownership.clone(),
+                ))
             })
             .collect();
         Ok(Allocator {
             id: next_id(),
             caches,
-            ownership: OwnershipMap::new(),
+            ownership,
             book,
             pools: Arc::new(PoolRegistry::new()),
             kind,
@@ -329,9 +334,9 @@ impl Allocator {
         };
         // The error paths are out of line, so that the common path moves
         // no error value around.
-        let (origin, carved) = match &pool {
+        let (origin, carved, kept) = match &pool {
             Some(pool) => match pool.allocate(stream, rounded, size, align) {
-                Ok(carved) => (Origin::default(), carved),
+                Ok(carved) => (Origin::default(), carved, None),
                 Err(s) => return Err(self.shortfall(s, cache, device, size, Some(pool))),
             },
             None => match cache.allocate(stream, rounded, size) {
@@ -354,18 +359,21 @@ impl Allocator {
             // Device indices come from a `Vec` of backends: far below 2^32.
             None => Owner::Cache { device, origin },
         };
-        self.ownership.insert(
-            addr,
-            Record {
-                owner,
-                block: carved.block,
-                size: carved.size,
-                requested: size,
-                stream,
-                uses: None,
-                held,
-            },
-        );
+        let record = Record {
+            owner,
+            block: carved.block,
+            size: carved.size,
+            requested: size,
+            stream,
+            uses: None,
+            held,
+            cached: false,
+        };
+        match kept {
+            // From the thread's cache: its record is still in the map.
+            Some(old) => self.ownership.revive(old, addr, record),
+            None => self.ownership.insert(addr, record),
+        }
         Ok(DevicePtr::new(addr))
     }
 
@@ -644,9 +652,39 @@ impl Allocator {
     }
 
     fn free_as(&self, ptr: DevicePtr, held: bool) -> Result<()> {
-        let record = match self.ownership.claim(ptr.addr(), held) {
+        let addr = ptr.addr();
+        // Blocks a first use of a thread cache let go of, flushed once the
+        // map's lock is released.
+        let mut orphans = Vec::new();
+        // A caching allocator's block goes into the calling thread's cache
+        // if it may (its record then stays in the map, marked cached), all
+        // in the map's one step.
+        let claim = self
+            .ownership
+            .claim(addr, held, |record| match &record.owner {
+                Owner::Cache { device, origin } => {
+                    self.caches[*device].keep(*origin, record, addr, &mut orphans)
+                }
+                _ => false,
+            });
+        let record = match claim {
             Claim::Claimed(record) => record,
-            other => return Err(self.unclaimed(other, ptr.addr())),
+            Claim::Kept {
+                device,
+                stream,
+                requested,
+                size,
+                block,
+            } => {
+                if self.recorders.any() {
+                    self.recorders.on_free(addr, false);
+                }
+                self.history
+                    .record(Action::FreeRequested, device, stream, requested, addr, None);
+                self.caches[device].kept(stream, size, block, orphans);
+                return Ok(());
+            }
+            other => return Err(self.unclaimed(other, addr)),
         };
         let (block, requested, stream, uses) =
             (record.block, record.requested, record.stream, record.uses());
@@ -656,7 +694,7 @@ impl Allocator {
         self.history.free_requested(&record, ptr.addr());
         match &record.owner {
             Owner::Cache { device, origin } => {
-                self.caches[*device].free(*origin, block, record.size, requested, stream, uses)
+                self.caches[*device].free_to_arena(*origin, block, stream, uses, orphans)
             }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }

@@ -39,6 +39,12 @@ pub(crate) struct Record {
     /// Whether an owning handle (a `DeviceBuffer`) holds the block: then
     /// only that handle frees it ([`OwnershipMap::claim`] with `held`).
     pub(crate) held: bool,
+    /// The block sits in the cache of the thread that allocated it: free
+    /// for the user (not live), its record kept so that the thread's next
+    /// hit revives it in place ([`OwnershipMap::revive`]) instead of an
+    /// insert and a remove per pair. Only that thread's hit revives it, and
+    /// only a flush of its cache removes it ([`OwnershipMap::forget_cached`]).
+    pub(crate) cached: bool,
 }
 
 impl Record {
@@ -67,6 +73,20 @@ pub(crate) struct Uses(Vec<u64>);
 pub(crate) enum Claim {
     /// The pointer's record, removed: the caller frees the block.
     Claimed(Record),
+    /// The pointer is freed: `keep` put its block into the calling thread's
+    /// cache, and its record stays in the map, marked cached.
+    Kept {
+        /// The block's device.
+        device: usize,
+        /// The stream it was allocated on.
+        stream: u64,
+        /// The bytes requested.
+        requested: usize,
+        /// The block's size.
+        size: usize,
+        /// The block's address.
+        block: u64,
+    },
     /// The pointer is live but held by an owning handle, which alone may
     /// free it; nothing changed.
     Held,
@@ -125,20 +145,79 @@ impl OwnershipMap {
 
     /// Claims a pointer for freeing. `held` says who frees: the owning
     /// handle of a held block (`true`), or a plain `free` (`false`), which
-    /// may not take a held block.
+    /// may not take a held block. `keep` runs on the live record, under its
+    /// shard's lock (so it takes no lock that is ever held while this map
+    /// is used, and uses the map not at all): when it put the block into
+    /// the calling thread's cache it says `true`, and the record stays,
+    /// marked cached ([`Claim::Kept`]); else the record is removed
+    /// ([`Claim::Claimed`]). Either way, of two racing frees exactly one
+    /// claims the pointer.
     #[inline]
-    pub(crate) fn claim(&self, ptr: u64, held: bool) -> Claim {
-        if let Some(record) = self.map.remove_if(&key(ptr), |r| r.held == held) {
-            return Claim::Claimed(record);
+    pub(crate) fn claim(&self, ptr: u64, held: bool, keep: impl FnOnce(&Record) -> bool) -> Claim {
+        let mut kept = None;
+        let removed = self.map.remove_if_mut(&key(ptr), |r| {
+            if r.cached || r.held != held {
+                return false;
+            }
+            if keep(r) {
+                r.cached = true;
+                kept = Some(Claim::Kept {
+                    device: r.device(),
+                    stream: r.stream,
+                    requested: r.requested,
+                    size: r.size,
+                    block: r.block.addr(),
+                });
+                return false;
+            }
+            true
+        });
+        match (removed, kept) {
+            (Some(record), _) => Claim::Claimed(record),
+            (None, Some(kept)) => kept,
+            (None, None) => self.unclaimed(ptr, held),
         }
-        self.unclaimed(ptr, held)
+    }
+
+    /// Hands out again a block whose record `old` kept in the cache
+    /// ([`Claim::Kept`]), as `ptr` (the same pointer unless the new
+    /// request's alignment moved it) with `record`'s figures: in place when
+    /// the pointer is the same, else moved to the new key.
+    #[inline]
+    pub(crate) fn revive(&self, old: u64, ptr: u64, record: Record) {
+        if old == ptr {
+            let revived = self.map.with_mut(&key(ptr), |r| {
+                debug_assert!(r.cached, "revived a live pointer");
+                r.cached = false;
+                r.requested = record.requested;
+                r.held = record.held;
+            });
+            if revived.is_some() {
+                return;
+            }
+        }
+        self.moved(old, ptr, record);
+    }
+
+    /// [`OwnershipMap::revive`] at a new key (off the hot path).
+    #[cold]
+    #[inline(never)]
+    fn moved(&self, old: u64, ptr: u64, record: Record) {
+        self.forget_cached(old);
+        self.insert(ptr, record);
+    }
+
+    /// Removes the record of a block leaving a thread's cache for the
+    /// arena (a flush): from then on the pointer is not known at all.
+    pub(crate) fn forget_cached(&self, ptr: u64) {
+        let _ = self.map.remove_if(&key(ptr), |r| r.cached);
     }
 
     /// Why [`OwnershipMap::claim`] found nothing to take (off the hot path).
     #[cold]
     #[inline(never)]
     fn unclaimed(&self, ptr: u64, held: bool) -> Claim {
-        match self.map.with(&key(ptr), |r| r.held) {
+        match self.map.with(&key(ptr), |r| r.held && !r.cached) {
             Some(true) if !held => Claim::Held,
             _ => Claim::NotLive,
         }
@@ -149,29 +228,41 @@ impl OwnershipMap {
     pub(crate) fn add_use(&self, ptr: u64, stream: u64) -> bool {
         self.map
             .with_mut(&key(ptr), |r| {
+                if r.cached {
+                    return false;
+                }
                 if r.stream != stream && !r.uses().contains(&stream) {
                     r.uses.get_or_insert_with(Box::default).0.push(stream);
                 }
+                true
             })
-            .is_some()
+            .unwrap_or(false)
     }
 
     /// The requested size of a live pointer.
     pub(crate) fn requested(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&key(ptr), |r| r.requested)
+        self.map
+            .with(&key(ptr), |r| (!r.cached).then_some(r.requested))
+            .flatten()
     }
 
     /// The device of a live pointer.
     pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&key(ptr), Record::device)
+        self.map
+            .with(&key(ptr), |r| (!r.cached).then(|| r.device()))
+            .flatten()
     }
 
     /// For a live pointer: the id of its pool, or `None` for the cache.
     pub(crate) fn pool_id(&self, ptr: u64) -> Option<Option<u64>> {
-        self.map.with(&key(ptr), |r| match &r.owner {
-            Owner::Cache { .. } => None,
-            Owner::Pool(pool) => Some(pool.id),
-        })
+        self.map
+            .with(&key(ptr), |r| {
+                (!r.cached).then(|| match &r.owner {
+                    Owner::Cache { .. } => None,
+                    Owner::Pool(pool) => Some(pool.id),
+                })
+            })
+            .flatten()
     }
 
     /// Whether a live pointer of `device` was allocated on `stream` or
@@ -179,7 +270,9 @@ impl OwnershipMap {
     pub(crate) fn names_stream(&self, device: usize, stream: u64) -> bool {
         let mut named = false;
         self.map.for_each(|_, r| {
-            named |= r.device() == device && (r.stream == stream || r.uses().contains(&stream));
+            named |= !r.cached
+                && r.device() == device
+                && (r.stream == stream || r.uses().contains(&stream));
         });
         named
     }
@@ -189,7 +282,9 @@ impl OwnershipMap {
     pub(crate) fn live_blocks(&self) -> std::collections::HashMap<u64, (u64, usize)> {
         let mut out = std::collections::HashMap::new();
         self.map.for_each(|&ptr, r| {
-            out.insert(r.block.addr(), (ptr, r.requested));
+            if !r.cached {
+                out.insert(r.block.addr(), (ptr, r.requested));
+            }
         });
         out
     }
@@ -199,8 +294,11 @@ impl OwnershipMap {
         self.map.clear();
     }
 
-    /// Number of live pointers.
+    /// Number of live pointers (slow: a scan, as records of cached blocks
+    /// are not live).
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        let mut live = 0;
+        self.map.for_each(|_, r| live += usize::from(!r.cached));
+        live
     }
 }

@@ -123,6 +123,11 @@ mod map {
         pub(crate) fn remove_if(&self, key: &K, take: impl FnOnce(&V) -> bool) -> Option<V> {
             self.0.remove_if(key, |_, v| take(v)).map(|(_, v)| v)
         }
+        /// Runs `f` on `key`'s value, which it may change, and removes the
+        /// value if `f` says so, in one step (one write lock, one probe).
+        pub(crate) fn remove_if_mut(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+            self.0.remove_if_mut(key, |_, v| f(v)).map(|(_, v)| v)
+        }
         /// Sets `key`'s value, returning the one it replaces, in one step.
         pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
             self.0.insert(key, value)
@@ -132,9 +137,6 @@ mod map {
         }
         pub(crate) fn with_mut<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
             self.0.get_mut(key).map(|mut v| f(&mut v))
-        }
-        pub(crate) fn len(&self) -> usize {
-            self.0.len()
         }
         pub(crate) fn clear(&self) {
             self.0.clear();
@@ -184,6 +186,14 @@ mod map {
                 None
             }
         }
+        pub(crate) fn remove_if_mut(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+            let mut map = self.0.lock();
+            if map.get_mut(key).is_some_and(f) {
+                map.remove(key)
+            } else {
+                None
+            }
+        }
         pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
             // Dropped by the caller, outside the lock (it may be a pool).
             self.0.lock().insert(key, value)
@@ -193,9 +203,6 @@ mod map {
         }
         pub(crate) fn with_mut<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
             self.0.lock().get_mut(key).map(f)
-        }
-        pub(crate) fn len(&self) -> usize {
-            self.0.lock().len()
         }
         pub(crate) fn clear(&self) {
             // Drop the values outside the lock: they may be pools whose drop

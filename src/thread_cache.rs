@@ -137,6 +137,9 @@ impl std::ops::Deref for Slot {
 /// the user.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cached {
+    /// The pointer last handed out for the block: its ownership record
+    /// stays in the map, marked cached, under this pointer.
+    pub(crate) ptr: u64,
     pub(crate) block: BlockRef,
     pub(crate) size: usize,
     pub(crate) shard: usize,
