@@ -337,3 +337,109 @@ mod once {
 }
 
 pub(crate) use once::OnceSlot;
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod spin {
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A lock for data one thread uses on every call and others only
+    /// seldom (a thread's cache: drained or read by others now and then):
+    /// taking it is one compare-and-swap and releasing it one plain store,
+    /// where a `Mutex` also swaps on release. A waiter spins, then yields
+    /// (the holders' critical sections are short and never block).
+    #[derive(Debug, Default)]
+    pub(crate) struct OwnerLock<T> {
+        locked: AtomicBool,
+        value: UnsafeCell<T>,
+    }
+
+    // SAFETY: the value is reached only through a guard, and at most one
+    // guard exists at a time (the flag's acquire/release pair orders the
+    // accesses of successive holders), as with `std::sync::Mutex`.
+    unsafe impl<T: Send> Sync for OwnerLock<T> {}
+    // SAFETY: owning the lock owns the value.
+    unsafe impl<T: Send> Send for OwnerLock<T> {}
+
+    impl<T> OwnerLock<T> {
+        pub(crate) fn new(value: T) -> Self {
+            OwnerLock {
+                locked: AtomicBool::new(false),
+                value: UnsafeCell::new(value),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn lock(&self) -> OwnerGuard<'_, T> {
+            if self
+                .locked
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                self.wait();
+            }
+            OwnerGuard { lock: self }
+        }
+
+        #[cold]
+        #[inline(never)]
+        fn wait(&self) {
+            let mut spins = 0u32;
+            loop {
+                while self.locked.load(Ordering::Relaxed) {
+                    if spins < 64 {
+                        spins += 1;
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                if self
+                    .locked
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Holds an [`OwnerLock`]; releases it when dropped.
+    pub(crate) struct OwnerGuard<'a, T> {
+        lock: &'a OwnerLock<T>,
+    }
+
+    impl<T> std::ops::Deref for OwnerGuard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            // SAFETY: this guard holds the lock: no other reference to the
+            // value exists while it lives.
+            unsafe { &*self.lock.value.get() }
+        }
+    }
+
+    impl<T> std::ops::DerefMut for OwnerGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            // SAFETY: as in `deref`, and `&mut self` makes this the only
+            // reference through the guard.
+            unsafe { &mut *self.lock.value.get() }
+        }
+    }
+
+    impl<T> Drop for OwnerGuard<'_, T> {
+        #[inline]
+        fn drop(&mut self) {
+            self.lock.locked.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(all(loom, feature = "loom"))]
+mod spin {
+    /// loom stand-in for the spin lock: a loom mutex (same exclusion; loom
+    /// explores its interleavings without modelling a spin loop).
+    pub(crate) type OwnerLock<T> = super::Mutex<T>;
+}
+
+pub(crate) use spin::OwnerLock;

@@ -58,7 +58,7 @@
 
 use crate::arena::{BlockRef, StreamTag, SMALL_REQUEST_MAX};
 use crate::stats::{Gauge, PoolStats, StatsBook};
-use crate::sync::{next_id, thread_local, Arc, Mutex};
+use crate::sync::{next_id, thread_local, Arc, Mutex, OwnerLock};
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 
@@ -124,11 +124,11 @@ impl Sink {
 /// written by every call of its thread, and by no other thread's.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Slot(Mutex<Local>);
+struct Slot(OwnerLock<Local>);
 
 impl std::ops::Deref for Slot {
-    type Target = Mutex<Local>;
-    fn deref(&self) -> &Mutex<Local> {
+    type Target = OwnerLock<Local>;
+    fn deref(&self) -> &OwnerLock<Local> {
         &self.0
     }
 }
@@ -200,13 +200,58 @@ impl Counts {
     }
 }
 
+/// A thread cache's bins, one per (stream, block size), with the last one
+/// used remembered: a thread that allocates and frees one size finds its
+/// bin without hashing.
+#[derive(Debug, Default)]
+struct Bins {
+    bins: Vec<Vec<Cached>>,
+    keys: Vec<(StreamTag, usize)>,
+    index: FxHashMap<(StreamTag, usize), usize>,
+    last: usize,
+}
+
+impl Bins {
+    #[inline]
+    fn get_mut(&mut self, key: (StreamTag, usize)) -> Option<&mut Vec<Cached>> {
+        let at = match self.keys.get(self.last) {
+            Some(&k) if k == key => self.last,
+            _ => *self.index.get(&key)?,
+        };
+        self.last = at;
+        Some(&mut self.bins[at])
+    }
+
+    #[inline]
+    fn entry(&mut self, key: (StreamTag, usize)) -> &mut Vec<Cached> {
+        let at = match self.keys.get(self.last) {
+            Some(&k) if k == key => self.last,
+            _ => self.slot(key),
+        };
+        self.last = at;
+        &mut self.bins[at]
+    }
+
+    /// The index of `key`'s bin, made if new (off the pair's path).
+    #[inline(never)]
+    fn slot(&mut self, key: (StreamTag, usize)) -> usize {
+        let next = self.bins.len();
+        let at = *self.index.entry(key).or_insert(next);
+        if at == next {
+            self.bins.push(Vec::new());
+            self.keys.push(key);
+        }
+        at
+    }
+}
+
 /// One thread's cache for one device.
 #[derive(Debug, Default)]
 pub(crate) struct Local {
     /// A process-unique id (0 for the throwaway cache of a thread in
     /// teardown).
     pub(crate) id: u64,
-    bins: FxHashMap<(StreamTag, usize), Vec<Cached>>,
+    bins: Bins,
     blocks: usize,
     bytes: usize,
     /// The thread's user-level figures.
@@ -254,7 +299,7 @@ impl Local {
     /// first (as the arena's quick bins do, so placement does not depend
     /// on the order of frees).
     pub(crate) fn take(&mut self, stream: StreamTag, size: usize) -> Option<Cached> {
-        let bin = self.bins.get_mut(&(stream, size))?;
+        let bin = self.bins.get_mut((stream, size))?;
         let cached = bin.pop()?;
         self.blocks -= 1;
         self.bytes -= cached.size;
@@ -266,7 +311,7 @@ impl Local {
         if self.blocks >= CAP_BLOCKS || self.bytes + cached.size > CAP_BYTES {
             return Err(cached);
         }
-        let bin = self.bins.entry((cached.stream, cached.size)).or_default();
+        let bin = self.bins.entry((cached.stream, cached.size));
         if bin.len() >= BIN_CAP {
             return Err(cached);
         }
@@ -289,7 +334,7 @@ impl Local {
         if self.blocks == 0 {
             return;
         }
-        for bin in self.bins.values_mut() {
+        for bin in self.bins.bins.iter_mut() {
             out.append(bin);
         }
         self.blocks = 0;
@@ -303,7 +348,7 @@ impl Local {
 #[cold]
 #[inline(never)]
 fn new_slot() -> Arc<Slot> {
-    Arc::new(Slot(Mutex::new(Local {
+    Arc::new(Slot(OwnerLock::new(Local {
         id: next_id(),
         ..Local::default()
     })))
@@ -482,7 +527,7 @@ impl ThreadCaches {
     pub(crate) fn containing(&self, addr: u64) -> Option<(u64, usize)> {
         self.locals.lock().iter().find_map(|local| {
             let local = local.lock();
-            local.bins.values().flatten().find_map(|c| {
+            local.bins.bins.iter().flatten().find_map(|c| {
                 let start = c.block.addr();
                 (start..start + c.size as u64)
                     .contains(&addr)
