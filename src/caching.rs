@@ -280,10 +280,17 @@ impl CachingAllocator {
     /// Gives blocks taken out of thread caches back to their arenas (a
     /// block whose stream is being captured by now waits for the capture's
     /// end, as any free does).
-    fn flush(&self, mut blocks: Vec<Cached>) {
-        if blocks.is_empty() {
-            return;
+    #[inline]
+    fn flush(&self, blocks: Vec<Cached>) {
+        // Nothing, on every call's path: no call.
+        if !blocks.is_empty() {
+            self.flush_blocks(blocks);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn flush_blocks(&self, mut blocks: Vec<Cached>) {
         // The pointers stop being known before their blocks are free in the
         // arena (which may hand them out again at once).
         for c in &blocks {
