@@ -5,7 +5,7 @@ use crate::arena::{round_size, tight_segment_size, AddressKind, BLOCK_ROUND, LAR
 use crate::backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend,
 };
-use crate::caching::{CachingAllocator, Origin};
+use crate::caching::{keep, CachingAllocator, Origin};
 use crate::config::{BackendChoice, Config};
 use crate::device::{Device, Shortfall};
 use crate::device_ptr::DevicePtr;
@@ -180,11 +180,9 @@ impl Allocator {
                     config.expandable_segments,
                     history.clone(),
                 );
-                Arc::new(CachingAllocator::new(
-                    Arc::new(device),
-                    config.shards,
-                    ownership.clone(),
-                ))
+                let owners = ownership.clone();
+                let cache = CachingAllocator::new(Arc::new(device), config.shards, owners);
+                Arc::new(cache)
             })
             .collect();
         Ok(Allocator {
@@ -359,21 +357,8 @@ impl Allocator {
             // Device indices come from a `Vec` of backends: far below 2^32.
             None => Owner::Cache { device, origin },
         };
-        let record = Record {
-            owner,
-            block: carved.block,
-            size: carved.size,
-            requested: size,
-            stream,
-            uses: None,
-            held,
-            cached: false,
-        };
-        match kept {
-            // From the thread's cache: its record is still in the map.
-            Some(old) => self.ownership.revive(old, addr, record),
-            None => self.ownership.insert(addr, record),
-        }
+        let record = Record::new(owner, carved, size, stream, held);
+        self.ownership.hand_out(kept, addr, record);
         Ok(DevicePtr::new(addr))
     }
 
@@ -653,35 +638,17 @@ impl Allocator {
 
     fn free_as(&self, ptr: DevicePtr, held: bool) -> Result<()> {
         let addr = ptr.addr();
-        // Blocks a first use of a thread cache let go of, flushed once the
-        // map's lock is released.
+        // Into the thread's cache if it may, in the map's one step (`keep`).
         let mut orphans = Vec::new();
-        // A caching allocator's block goes into the calling thread's cache
-        // if it may (its record then stays in the map, marked cached), all
-        // in the map's one step.
-        let claim = self
-            .ownership
-            .claim(addr, held, |record| match &record.owner {
-                Owner::Cache { device, origin } => {
-                    self.caches[*device].keep(*origin, record, addr, &mut orphans)
-                }
-                _ => false,
-            });
+        let keep = |r: &Record| keep(&self.caches, r, addr, &mut orphans);
+        let claim = self.ownership.claim(addr, held, keep);
         let record = match claim {
             Claim::Claimed(record) => record,
-            Claim::Kept {
-                device,
-                stream,
-                requested,
-                size,
-                block,
-            } => {
+            Claim::Kept(kept) => {
                 if self.recorders.any() {
                     self.recorders.on_free(addr, false);
                 }
-                self.history
-                    .record(Action::FreeRequested, device, stream, requested, addr, None);
-                self.caches[device].kept(stream, size, block, orphans);
+                self.caches[kept.device].kept(&kept, addr, orphans);
                 return Ok(());
             }
             other => return Err(self.unclaimed(other, addr)),

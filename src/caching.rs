@@ -33,7 +33,7 @@ use crate::arena::{
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
 use crate::history::Action;
-use crate::ownership::{OwnershipMap, Record};
+use crate::ownership::{Kept, Owner, OwnershipMap, Record};
 use crate::stats::{PoolStats, Side};
 use crate::sync::{thread_local, Arc, Mutex};
 use crate::thread_cache::{Cached, Sink, ThreadCaches};
@@ -76,6 +76,22 @@ impl std::ops::Deref for Shard {
     type Target = Mutex<Arena>;
     fn deref(&self) -> &Mutex<Arena> {
         &self.0
+    }
+}
+
+/// [`CachingAllocator::keep`] for the live block of `record`, handed out as
+/// `ptr`, if a caching allocator (of `caches`) owns it: whether it went into
+/// the calling thread's cache. Blocks a thread cache lets go of meanwhile go
+/// to `orphans`, which the caller flushes (on the free's arena or kept path).
+pub(crate) fn keep(
+    caches: &[Arc<CachingAllocator>],
+    record: &Record,
+    ptr: u64,
+    orphans: &mut Vec<Cached>,
+) -> bool {
+    match &record.owner {
+        Owner::Cache { device, origin } => caches[*device].keep(*origin, record, ptr, orphans),
+        _ => false,
     }
 }
 
@@ -249,12 +265,25 @@ impl CachingAllocator {
         )
     }
 
-    /// Notes the free of a block [`CachingAllocator::keep`] kept (complete:
-    /// in the thread's cache the block is free and reusable at once), then
-    /// flushes `orphans`.
-    pub(crate) fn kept(&self, stream: StreamTag, size: usize, block: u64, orphans: Vec<Cached>) {
-        self.device
-            .note(Action::FreeCompleted, Side::Caching, stream, size, block);
+    /// Notes the free of `ptr`, whose block [`CachingAllocator::keep`]
+    /// kept: requested, and complete (in the thread's cache the block is
+    /// free and reusable at once); then flushes `orphans`.
+    pub(crate) fn kept(&self, kept: &Kept, ptr: u64, orphans: Vec<Cached>) {
+        let (stream, device) = (kept.stream, &self.device);
+        device.note(
+            Action::FreeRequested,
+            Side::Caching,
+            stream,
+            kept.requested,
+            ptr,
+        );
+        device.note(
+            Action::FreeCompleted,
+            Side::Caching,
+            stream,
+            kept.size,
+            kept.block,
+        );
         self.flush(orphans);
     }
 

@@ -5,7 +5,7 @@
 //! when freed after the guard ended, from another thread, or after the
 //! pool's last handle was dropped.
 
-use crate::arena::BlockRef;
+use crate::arena::{BlockRef, Carved};
 use crate::caching::Origin;
 use crate::graph_pool::PoolCore;
 use crate::sync::{Arc, ConcurrentMap};
@@ -48,6 +48,28 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// The record of a block just carved (`carved`) for `requested` bytes
+    /// on `stream`.
+    #[inline]
+    pub(crate) fn new(
+        owner: Owner,
+        carved: Carved,
+        requested: usize,
+        stream: u64,
+        held: bool,
+    ) -> Self {
+        Record {
+            owner,
+            block: carved.block,
+            size: carved.size,
+            requested,
+            stream,
+            uses: None,
+            held,
+            cached: false,
+        }
+    }
+
     /// The other streams that used the block.
     #[inline]
     pub(crate) fn uses(&self) -> &[u64] {
@@ -75,23 +97,27 @@ pub(crate) enum Claim {
     Claimed(Record),
     /// The pointer is freed: `keep` put its block into the calling thread's
     /// cache, and its record stays in the map, marked cached.
-    Kept {
-        /// The block's device.
-        device: usize,
-        /// The stream it was allocated on.
-        stream: u64,
-        /// The bytes requested.
-        requested: usize,
-        /// The block's size.
-        size: usize,
-        /// The block's address.
-        block: u64,
-    },
+    Kept(Kept),
     /// The pointer is live but held by an owning handle, which alone may
     /// free it; nothing changed.
     Held,
     /// The pointer is not live.
     NotLive,
+}
+
+/// What the free of a block kept in a thread cache records.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    /// The block's device.
+    pub(crate) device: usize,
+    /// The stream it was allocated on.
+    pub(crate) stream: u64,
+    /// The bytes requested.
+    pub(crate) requested: usize,
+    /// The block's size.
+    pub(crate) size: usize,
+    /// The block's address.
+    pub(crate) block: u64,
 }
 
 /// The map key of a pointer: a bijection (multiplication by an odd
@@ -161,13 +187,13 @@ impl OwnershipMap {
             }
             if keep(r) {
                 r.cached = true;
-                kept = Some(Claim::Kept {
+                kept = Some(Claim::Kept(Kept {
                     device: r.device(),
                     stream: r.stream,
                     requested: r.requested,
                     size: r.size,
                     block: r.block.addr(),
-                });
+                }));
                 return false;
             }
             true
@@ -179,12 +205,23 @@ impl OwnershipMap {
         }
     }
 
+    /// Records a pointer just handed out: `kept`, the pointer a block from
+    /// the thread's cache was last handed out as (its record is still in
+    /// the map), else none (a fresh insert).
+    #[inline]
+    pub(crate) fn hand_out(&self, kept: Option<u64>, ptr: u64, record: Record) {
+        match kept {
+            Some(old) => self.revive(old, ptr, record),
+            None => self.insert(ptr, record),
+        }
+    }
+
     /// Hands out again a block whose record `old` kept in the cache
     /// ([`Claim::Kept`]), as `ptr` (the same pointer unless the new
     /// request's alignment moved it) with `record`'s figures: in place when
     /// the pointer is the same, else moved to the new key.
     #[inline]
-    pub(crate) fn revive(&self, old: u64, ptr: u64, record: Record) {
+    fn revive(&self, old: u64, ptr: u64, record: Record) {
         if old == ptr {
             let revived = self.map.with_mut(&key(ptr), |r| {
                 debug_assert!(r.cached, "revived a live pointer");
