@@ -8,7 +8,7 @@
 use crate::arena::{BlockRef, Carved};
 use crate::caching::Origin;
 use crate::graph_pool::PoolCore;
-use crate::sync::{Arc, ConcurrentMap};
+use crate::sync::{Arc, PtrMap};
 
 /// The owner of a live block.
 #[derive(Debug, Clone)]
@@ -120,15 +120,6 @@ pub(crate) struct Kept {
     pub(crate) block: u64,
 }
 
-/// The map key of a pointer: a bijection (multiplication by an odd
-/// constant) that spreads the pointers of one segment over the map's
-/// shards. The map's hasher picks a shard from the key's 2 MiB window; with
-/// the pointer itself as key, every thread working in one small segment of
-/// the default, unsharded cache would meet on one shard's lock.
-fn key(ptr: u64) -> u64 {
-    ptr.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
 #[cfg(all(test, target_pointer_width = "64"))]
 mod layout {
     /// The record stays at 88 bytes (it was 96): every allocation moves one
@@ -147,7 +138,7 @@ const MAP_SHARDS: usize = 1024;
 /// to free it, so of two racing frees of one pointer exactly one proceeds.
 #[derive(Debug)]
 pub(crate) struct OwnershipMap {
-    map: ConcurrentMap<u64, Record>,
+    map: PtrMap<Record>,
 }
 
 impl OwnershipMap {
@@ -157,7 +148,7 @@ impl OwnershipMap {
     /// against 85% with `DashMap`'s default of 64 shards on 16 cores).
     pub(crate) fn new() -> Self {
         OwnershipMap {
-            map: ConcurrentMap::with_shards(MAP_SHARDS),
+            map: PtrMap::with_shards(MAP_SHARDS),
         }
     }
 
@@ -165,7 +156,7 @@ impl OwnershipMap {
     /// the arena never hands out a live block's address.
     #[inline]
     pub(crate) fn insert(&self, ptr: u64, record: Record) {
-        let fresh = self.map.insert_new(key(ptr), record);
+        let fresh = self.map.insert_new(ptr, record);
         assert!(fresh, "pointer {ptr:#x} handed out twice");
     }
 
@@ -181,7 +172,7 @@ impl OwnershipMap {
     #[inline]
     pub(crate) fn claim(&self, ptr: u64, held: bool, keep: impl FnOnce(&Record) -> bool) -> Claim {
         let mut kept = None;
-        let removed = self.map.remove_if_mut(&key(ptr), |r| {
+        let removed = self.map.remove_if_mut(&ptr, |r| {
             if r.cached || r.held != held {
                 return false;
             }
@@ -223,7 +214,7 @@ impl OwnershipMap {
     #[inline]
     fn revive(&self, old: u64, ptr: u64, record: Record) {
         if old == ptr {
-            let revived = self.map.with_mut(&key(ptr), |r| {
+            let revived = self.map.with_mut(&ptr, |r| {
                 debug_assert!(r.cached, "revived a live pointer");
                 r.cached = false;
                 r.requested = record.requested;
@@ -247,14 +238,14 @@ impl OwnershipMap {
     /// Removes the record of a block leaving a thread's cache for the
     /// arena (a flush): from then on the pointer is not known at all.
     pub(crate) fn forget_cached(&self, ptr: u64) {
-        let _ = self.map.remove_if(&key(ptr), |r| r.cached);
+        let _ = self.map.remove_if(&ptr, |r| r.cached);
     }
 
     /// Why [`OwnershipMap::claim`] found nothing to take (off the hot path).
     #[cold]
     #[inline(never)]
     fn unclaimed(&self, ptr: u64, held: bool) -> Claim {
-        match self.map.with(&key(ptr), |r| r.held && !r.cached) {
+        match self.map.with(&ptr, |r| r.held && !r.cached) {
             Some(true) if !held => Claim::Held,
             _ => Claim::NotLive,
         }
@@ -264,7 +255,7 @@ impl OwnershipMap {
     /// not live.
     pub(crate) fn add_use(&self, ptr: u64, stream: u64) -> bool {
         self.map
-            .with_mut(&key(ptr), |r| {
+            .with_mut(&ptr, |r| {
                 if r.cached {
                     return false;
                 }
@@ -279,21 +270,21 @@ impl OwnershipMap {
     /// The requested size of a live pointer.
     pub(crate) fn requested(&self, ptr: u64) -> Option<usize> {
         self.map
-            .with(&key(ptr), |r| (!r.cached).then_some(r.requested))
+            .with(&ptr, |r| (!r.cached).then_some(r.requested))
             .flatten()
     }
 
     /// The device of a live pointer.
     pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
         self.map
-            .with(&key(ptr), |r| (!r.cached).then(|| r.device()))
+            .with(&ptr, |r| (!r.cached).then(|| r.device()))
             .flatten()
     }
 
     /// For a live pointer: the id of its pool, or `None` for the cache.
     pub(crate) fn pool_id(&self, ptr: u64) -> Option<Option<u64>> {
         self.map
-            .with(&key(ptr), |r| {
+            .with(&ptr, |r| {
                 (!r.cached).then(|| match &r.owner {
                     Owner::Cache { .. } => None,
                     Owner::Pool(pool) => Some(pool.id),

@@ -9,8 +9,10 @@
 //! Two dependencies are not loom-aware, so under loom they are replaced by
 //! stand-ins with the same small interface, built on loom's `Mutex`:
 //! [`ConcurrentMap`] (a `DashMap` normally) and [`OnceSlot`] (a
-//! `once_cell::sync::OnceCell` normally). Those stand-ins are the only code that
-//! differs between the two builds.
+//! `once_cell::sync::OnceCell` normally). Those stand-ins, and the loom
+//! build's [`PtrMap`] (the ownership map's sharded table normally, the
+//! `ConcurrentMap` stand-in under loom), are the only code that differs
+//! between the two builds.
 
 #[cfg(all(loom, feature = "loom"))]
 mod imp {
@@ -96,16 +98,6 @@ mod map {
         pub(crate) fn new() -> Self {
             ConcurrentMap(dashmap::DashMap::with_hasher(super::hash::SegmentAffine))
         }
-        /// A map of `shards` shards (a power of two above 1), each behind a
-        /// lock on cache lines of its own (`DashMap` pads them): more than
-        /// the default (4 per core) for a map every call writes, so that
-        /// threads working on different keys rarely meet on a shard.
-        pub(crate) fn with_shards(shards: usize) -> Self {
-            ConcurrentMap(dashmap::DashMap::with_hasher_and_shard_amount(
-                super::hash::SegmentAffine,
-                shards,
-            ))
-        }
         /// Inserts `value` unless `key` is present; returns whether it inserted.
         pub(crate) fn insert_new(&self, key: K, value: V) -> bool {
             match self.0.entry(key) {
@@ -119,24 +111,12 @@ mod map {
         pub(crate) fn remove(&self, key: &K) -> Option<V> {
             self.0.remove(key).map(|(_, v)| v)
         }
-        /// Removes `key`'s value if `take` says so, in one step.
-        pub(crate) fn remove_if(&self, key: &K, take: impl FnOnce(&V) -> bool) -> Option<V> {
-            self.0.remove_if(key, |_, v| take(v)).map(|(_, v)| v)
-        }
-        /// Runs `f` on `key`'s value, which it may change, and removes the
-        /// value if `f` says so, in one step (one write lock, one probe).
-        pub(crate) fn remove_if_mut(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
-            self.0.remove_if_mut(key, |_, v| f(v)).map(|(_, v)| v)
-        }
         /// Sets `key`'s value, returning the one it replaces, in one step.
         pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
             self.0.insert(key, value)
         }
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.get(key).map(|v| f(&v))
-        }
-        pub(crate) fn with_mut<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
-            self.0.get_mut(key).map(|mut v| f(&mut v))
         }
         pub(crate) fn clear(&self) {
             self.0.clear();
@@ -219,6 +199,143 @@ mod map {
 }
 
 pub(crate) use map::ConcurrentMap;
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod ptr_map {
+    use super::OwnerLock;
+    use std::collections::HashMap;
+    use std::hash::{BuildHasherDefault, Hasher};
+
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    /// Hashes a pointer key within a shard: one multiplication (the high
+    /// bits, which hashbrown's tag takes, mixed) folded onto the low ones
+    /// (its bucket index), as pointers are multiples of 512.
+    #[derive(Debug, Default)]
+    pub(crate) struct PtrHash(u64);
+
+    impl Hasher for PtrHash {
+        fn write(&mut self, _: &[u8]) {
+            unreachable!("pointer keys hash as u64")
+        }
+        #[inline]
+        fn write_u64(&mut self, value: u64) {
+            self.0 = value.wrapping_mul(K);
+        }
+        #[inline]
+        fn finish(&self) -> u64 {
+            self.0 ^ (self.0 >> 29)
+        }
+    }
+
+    type Table<V> = HashMap<u64, V, BuildHasherDefault<PtrHash>>;
+
+    /// One shard on cache lines of its own.
+    #[derive(Debug)]
+    #[repr(align(128))]
+    struct Shard<V>(OwnerLock<Table<V>>);
+
+    /// A concurrent map from pointers: shards of a hash map, each behind a
+    /// spin lock (one compare-and-swap to take, one plain store to release:
+    /// a shard's critical sections are a probe and a few stores, and with
+    /// many shards they rarely meet). A pointer's shard is picked from the
+    /// 2 MiB window it lies in, so that the blocks of one segment share a
+    /// few shards: a thread working in its own segment touches mostly its
+    /// own shards, instead of a random one per call.
+    #[derive(Debug)]
+    pub(crate) struct PtrMap<V> {
+        shards: Box<[Shard<V>]>,
+        /// 64 less the shard count's bits.
+        shift: u32,
+    }
+
+    impl<V> PtrMap<V> {
+        /// A map of `shards` shards (a power of two above 1).
+        pub(crate) fn with_shards(shards: usize) -> Self {
+            assert!(shards.is_power_of_two() && shards > 1);
+            PtrMap {
+                shards: (0..shards)
+                    .map(|_| Shard(OwnerLock::new(Table::default())))
+                    .collect(),
+                shift: 64 - shards.trailing_zeros(),
+            }
+        }
+
+        #[inline]
+        fn shard(&self, key: u64) -> &OwnerLock<Table<V>> {
+            let at = ((key >> 21).wrapping_mul(K) >> self.shift) as usize;
+            // `at` < the shard count: the top `64 - shift` bits.
+            &self.shards[at].0
+        }
+
+        /// Inserts `value` unless `key` is present; returns whether it inserted.
+        #[inline]
+        pub(crate) fn insert_new(&self, key: u64, value: V) -> bool {
+            let mut table = self.shard(key).lock();
+            match table.entry(key) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(value);
+                    true
+                }
+            }
+        }
+
+        /// Removes `key`'s value if `take` says so, in one step.
+        pub(crate) fn remove_if(&self, key: &u64, take: impl FnOnce(&V) -> bool) -> Option<V> {
+            self.remove_if_mut(key, |v| take(v))
+        }
+
+        /// Runs `f` on `key`'s value, which it may change, and removes the
+        /// value if `f` says so, in one step (one lock, one probe, a second
+        /// only to remove).
+        #[inline]
+        pub(crate) fn remove_if_mut(&self, key: &u64, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+            let mut table = self.shard(*key).lock();
+            if f(table.get_mut(key)?) {
+                table.remove(key)
+            } else {
+                None
+            }
+        }
+
+        pub(crate) fn with<R>(&self, key: &u64, f: impl FnOnce(&V) -> R) -> Option<R> {
+            self.shard(*key).lock().get(key).map(f)
+        }
+
+        #[inline]
+        pub(crate) fn with_mut<R>(&self, key: &u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+            self.shard(*key).lock().get_mut(key).map(f)
+        }
+
+        /// Removes every entry; the values are dropped after each shard's
+        /// lock is released (they may be pools, whose drop takes other locks).
+        pub(crate) fn clear(&self) {
+            for shard in self.shards.iter() {
+                let taken = std::mem::take(&mut *shard.0.lock());
+                drop(taken);
+            }
+        }
+
+        /// Runs `f` on every entry, one shard at a time under its lock.
+        pub(crate) fn for_each(&self, mut f: impl FnMut(&u64, &V)) {
+            for shard in self.shards.iter() {
+                for (k, v) in shard.0.lock().iter() {
+                    f(k, v);
+                }
+            }
+        }
+    }
+}
+
+/// The loom build's pointer map: the `ConcurrentMap` stand-in (one loom
+/// mutex; shards change no behaviour).
+#[cfg(all(loom, feature = "loom"))]
+mod ptr_map {
+    pub(crate) type PtrMap<V> = super::ConcurrentMap<u64, V>;
+}
+
+pub(crate) use ptr_map::PtrMap;
 
 #[cfg(not(all(loom, feature = "loom")))]
 mod hash {
