@@ -357,8 +357,8 @@ impl Allocator {
             // Device indices come from a `Vec` of backends: far below 2^32.
             None => Owner::Cache { device, origin },
         };
-        let record = Record::new(owner, carved, size, stream, held);
-        self.ownership.hand_out(kept, addr, record);
+        let record = move || Record::new(owner, carved, size, stream, held);
+        self.ownership.hand_out(kept, addr, size, held, record);
         Ok(DevicePtr::new(addr))
     }
 

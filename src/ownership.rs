@@ -196,43 +196,44 @@ impl OwnershipMap {
         }
     }
 
-    /// Records a pointer just handed out: `kept`, the pointer a block from
-    /// the thread's cache was last handed out as (its record is still in
-    /// the map), else none (a fresh insert).
+    /// Records a pointer just handed out, for `requested` bytes, held by an
+    /// owning handle or not: `kept`, the pointer a block from the thread's
+    /// cache was last handed out as (its record is still in the map, and
+    /// is revived in place: `record` is then not even built), else none
+    /// (a fresh insert of `record()`).
     #[inline]
-    pub(crate) fn hand_out(&self, kept: Option<u64>, ptr: u64, record: Record) {
-        match kept {
-            Some(old) => self.revive(old, ptr, record),
-            None => self.insert(ptr, record),
-        }
-    }
-
-    /// Hands out again a block whose record `old` kept in the cache
-    /// ([`Claim::Kept`]), as `ptr` (the same pointer unless the new
-    /// request's alignment moved it) with `record`'s figures: in place when
-    /// the pointer is the same, else moved to the new key.
-    #[inline]
-    fn revive(&self, old: u64, ptr: u64, record: Record) {
-        if old == ptr {
-            let revived = self.map.with_mut(&ptr, |r| {
-                debug_assert!(r.cached, "revived a live pointer");
-                r.cached = false;
-                r.requested = record.requested;
-                r.held = record.held;
-            });
-            if revived.is_some() {
+    pub(crate) fn hand_out(
+        &self,
+        kept: Option<u64>,
+        ptr: u64,
+        requested: usize,
+        held: bool,
+        record: impl FnOnce() -> Record,
+    ) {
+        if let Some(old) = kept {
+            if old == ptr && self.revive(ptr, requested, held) {
                 return;
             }
+            // The request's alignment moved the pointer: a new key.
+            self.forget_cached(old);
         }
-        self.moved(old, ptr, record);
+        self.insert(ptr, record());
     }
 
-    /// [`OwnershipMap::revive`] at a new key (off the hot path).
-    #[cold]
-    #[inline(never)]
-    fn moved(&self, old: u64, ptr: u64, record: Record) {
-        self.forget_cached(old);
-        self.insert(ptr, record);
+    /// Hands out again, as `ptr` (the pointer it was last handed out as),
+    /// a block whose record [`Claim::Kept`] kept in the map: marks it live
+    /// with the new request's figures, in place. `false` if it is gone
+    /// (it cannot be: only this thread's flush removes it).
+    #[inline]
+    fn revive(&self, ptr: u64, requested: usize, held: bool) -> bool {
+        self.map
+            .with_mut(&ptr, |r| {
+                debug_assert!(r.cached, "revived a live pointer");
+                r.cached = false;
+                r.requested = requested;
+                r.held = held;
+            })
+            .is_some()
     }
 
     /// Removes the record of a block leaving a thread's cache for the

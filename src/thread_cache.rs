@@ -60,7 +60,7 @@ use crate::arena::{BlockRef, StreamTag, SMALL_REQUEST_MAX};
 use crate::stats::{Gauge, PoolStats, StatsBook};
 use crate::sync::{next_id, thread_local, Arc, Mutex, OwnerLock};
 use rustc_hash::FxHashMap;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Blocks one thread's cache of one device holds at most.
 pub(crate) const CAP_BLOCKS: usize = 64;
@@ -315,9 +315,15 @@ impl Local {
         if bin.len() >= BIN_CAP {
             return Err(cached);
         }
-        // Highest address first, so `pop` takes the lowest.
-        let at = bin.partition_point(|c| c.block.addr() > cached.block.addr());
-        bin.insert(at, cached);
+        // Highest address first, so `pop` takes the lowest (a block below
+        // every other, as the one just taken back is, goes on top).
+        match bin.last() {
+            Some(top) if top.block.addr() < cached.block.addr() => {
+                let at = bin.partition_point(|c| c.block.addr() > cached.block.addr());
+                bin.insert(at, cached);
+            }
+            _ => bin.push(cached),
+        }
         self.blocks += 1;
         self.bytes += cached.size;
         Ok(())
@@ -364,6 +370,13 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // The memo must not outlive the entry it points into.
+        let slot: *const Slot = &*self.local;
+        let _ = LAST.try_with(|last| {
+            if last.get().1 == slot {
+                last.set((0, std::ptr::null()));
+            }
+        });
         let mut local = self.local.lock();
         local.fold(&self.sink);
         local.orphan = true;
@@ -373,6 +386,13 @@ impl Drop for Handle {
 thread_local! {
     /// The calling thread's caches, one per device's [`ThreadCaches`] used.
     static MINE: RefCell<Vec<Handle>> = const { RefCell::new(Vec::new()) };
+    /// The cache the calling thread used last, as (the [`ThreadCaches`]'
+    /// id, its slot), or (0, null): one plain load finds it on every call
+    /// of a thread that uses one device (no destructor, no borrow, no
+    /// search). Invariant: a non-null slot is that of an entry of [`MINE`]
+    /// (whose `Arc` keeps it alive): set only from an entry found or
+    /// pushed there, cleared when that entry is dropped.
+    static LAST: Cell<(u64, *const Slot)> = const { Cell::new((0, std::ptr::null())) };
 }
 
 /// The thread caches of one device.
@@ -407,10 +427,32 @@ impl ThreadCaches {
         f: impl FnOnce(&mut Local) -> R,
         orphans: impl FnOnce(Vec<Cached>),
     ) -> R {
+        let (id, slot) = LAST.try_with(Cell::get).unwrap_or((0, std::ptr::null()));
+        if id == self.id {
+            // SAFETY: `LAST`'s invariant: the slot of an entry of this
+            // thread's `MINE`, alive while that entry is, and the entry is
+            // dropped only by this thread (which is here), clearing `LAST`.
+            let slot = unsafe { &*slot };
+            return f(&mut slot.lock());
+        }
+        self.with_slow(f, orphans)
+    }
+
+    /// [`ThreadCaches::with`] when the thread's last cache is another
+    /// device's (or none yet): finds or registers this one's, and
+    /// remembers it.
+    #[inline(never)]
+    fn with_slow<R>(
+        &self,
+        f: impl FnOnce(&mut Local) -> R,
+        orphans: impl FnOnce(Vec<Cached>),
+    ) -> R {
         let mut f = Some(f);
         let found = MINE.try_with(|mine| {
             let mine = mine.borrow();
             let handle = mine.iter().find(|h| h.owner == self.id)?;
+            let slot: *const Slot = &*handle.local;
+            let _ = LAST.try_with(|last| last.set((self.id, slot)));
             let mut local = handle.local.lock();
             Some((f.take().expect("called once"))(&mut local))
         });
