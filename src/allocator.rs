@@ -16,8 +16,10 @@ use crate::history::{Action, History};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Claim, Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
-use crate::stream::{current_stream, StreamRegistry};
+use crate::stream::StreamRegistry;
 use crate::sync::{next_id, Arc, ConcurrentMap};
+
+mod hot;
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
 /// large segments (2 MiB). Blocks are always aligned to 512 bytes; larger
@@ -248,16 +250,14 @@ impl Allocator {
     /// from the thread's current graph pool in graph mode (on the pool's
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let pool = mode::current_pool(self.id, None);
-        self.allocate_as(pool, None, current_stream(), size, align, false)
+        self.allocate_current(size, align, false)
     }
 
     /// As [`Allocator::allocate`], for an owning handle (a `DeviceBuffer`):
     /// the block is marked held, so [`Allocator::free`] refuses it and only
     /// [`Allocator::free_held`] (the handle's drop) frees it.
     pub(crate) fn allocate_held(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let pool = mode::current_pool(self.id, None);
-        self.allocate_as(pool, None, current_stream(), size, align, true)
+        self.allocate_current(size, align, true)
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on
@@ -291,13 +291,15 @@ impl Allocator {
         align: usize,
     ) -> Result<DevicePtr> {
         let pool = mode::current_pool(self.id, Some(device));
-        self.allocate_as(pool, Some(device), stream, size, align, false)
+        self.allocate_as(pool, Some(device), stream, size, align, false, false)
     }
 
     /// [`Allocator::allocate_on`]; `held` marks the block as an owning
     /// handle's. `graph` is the calling thread's graph-mode pool that
     /// applies (looked up once by the caller: one thread-local access per
-    /// call); `device` is the device asked for, else the pool's, else 0.
+    /// call); `device` is the device asked for, else the pool's, else 0;
+    /// `looked`: the thread's cache was looked at already (a miss).
+    #[allow(clippy::too_many_arguments)]
     fn allocate_as(
         &self,
         graph: Option<Arc<PoolCore>>,
@@ -306,6 +308,7 @@ impl Allocator {
         size: usize,
         align: usize,
         held: bool,
+        looked: bool,
     ) -> Result<DevicePtr> {
         if size == 0 || !align.is_power_of_two() || align > MAX_ALIGNMENT {
             return Err(bad_request(size, align));
@@ -337,7 +340,7 @@ impl Allocator {
                 Ok(carved) => (Origin::default(), carved, None),
                 Err(s) => return Err(self.shortfall(s, cache, device, size, Some(pool))),
             },
-            None => match cache.allocate(stream, rounded, size) {
+            None => match cache.allocate(stream, rounded, size, !looked) {
                 Ok(carved) => carved,
                 Err(s) => return Err(self.shortfall(s, cache, device, size, None)),
             },

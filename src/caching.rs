@@ -136,38 +136,19 @@ impl CachingAllocator {
     /// ownership record is under (the caller revives it).
     /// When the device is full, waits for deferred frees, releases every
     /// shard's idle segments, and tries once more.
+    /// `look`: whether to look in the thread's cache (not if the caller did).
     pub(crate) fn allocate(
         &self,
         stream: StreamTag,
         rounded: usize,
         requested: usize,
+        look: bool,
     ) -> Result<(Origin, Carved, Option<u64>), Shortfall> {
         // Large blocks are never cached: no look there.
-        let look = rounded <= SMALL_REQUEST_MAX;
-        let hit = look
-            .then(|| {
-                self.threads.with(
-                    |local| match local.take(stream, rounded) {
-                        Some(cached) => {
-                            local.on_alloc(&self.threads.sink, cached.size, requested, true);
-                            Some((cached, local.id))
-                        }
-                        None => None,
-                    },
-                    |orphans| self.flush(orphans),
-                )
-            })
-            .flatten();
-        if let Some((c, thread)) = hit {
-            let carved = Carved {
-                block: c.block,
-                size: c.size,
-            };
-            let origin = Origin {
-                shard: c.shard,
-                thread,
-            };
-            return Ok((origin, carved, Some(c.ptr)));
+        if look && rounded <= SMALL_REQUEST_MAX {
+            if let Some((origin, carved, ptr)) = self.take_cached(stream, rounded, requested) {
+                return Ok((origin, carved, Some(ptr)));
+            }
         }
         let (shard, carved) = self.carve(stream, rounded)?;
         let thread = self.threads.with(
@@ -178,6 +159,35 @@ impl CachingAllocator {
             |orphans| self.flush(orphans),
         );
         Ok((Origin { shard, thread }, carved, None))
+    }
+
+    /// A block of exactly `rounded` bytes on `stream` from the calling
+    /// thread's cache, counted as allocated for `requested` bytes: where it
+    /// came from, and the pointer its kept ownership record is under (the
+    /// caller revives it).
+    #[inline]
+    pub(crate) fn take_cached(
+        &self,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+    ) -> Option<(Origin, Carved, u64)> {
+        self.threads.with(
+            |local| {
+                let c = local.take(stream, rounded)?;
+                local.on_alloc(&self.threads.sink, c.size, requested, true);
+                let origin = Origin {
+                    shard: c.shard,
+                    thread: local.id,
+                };
+                let carved = Carved {
+                    block: c.block,
+                    size: c.size,
+                };
+                Some((origin, carved, c.ptr))
+            },
+            |orphans| self.flush(orphans),
+        )
     }
 
     /// Carves from the arena: from what it has free; else, after every

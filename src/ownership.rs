@@ -154,7 +154,7 @@ impl OwnershipMap {
 
     /// Records a pointer just handed out. A pointer is live at most once:
     /// the arena never hands out a live block's address.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(&self, ptr: u64, record: Record) {
         let fresh = self.map.insert_new(ptr, record);
         assert!(fresh, "pointer {ptr:#x} handed out twice");
@@ -178,21 +178,23 @@ impl OwnershipMap {
             }
             if keep(r) {
                 r.cached = true;
-                kept = Some(Claim::Kept(Kept {
+                kept = Some(Kept {
                     device: r.device(),
                     stream: r.stream,
                     requested: r.requested,
                     size: r.size,
                     block: r.block.addr(),
-                }));
+                });
                 return false;
             }
             true
         });
-        match (removed, kept) {
-            (Some(record), _) => Claim::Claimed(record),
-            (None, Some(kept)) => kept,
-            (None, None) => self.unclaimed(ptr, held),
+        if let Some(kept) = kept {
+            return Claim::Kept(kept);
+        }
+        match removed {
+            Some(record) => Claim::Claimed(record),
+            None => self.unclaimed(ptr, held),
         }
     }
 
@@ -210,14 +212,35 @@ impl OwnershipMap {
         held: bool,
         record: impl FnOnce() -> Record,
     ) {
-        if let Some(old) = kept {
-            if old == ptr && self.revive(ptr, requested, held) {
-                return;
-            }
-            // The request's alignment moved the pointer: a new key.
-            self.forget_cached(old);
+        match kept {
+            Some(old) => self.hand_out_kept(old, ptr, requested, held, record),
+            None => self.insert(ptr, record()),
         }
-        self.insert(ptr, record());
+    }
+
+    /// [`OwnershipMap::hand_out`] of a block from the thread's cache, whose
+    /// record is kept under `old`.
+    #[inline]
+    pub(crate) fn hand_out_kept(
+        &self,
+        old: u64,
+        ptr: u64,
+        requested: usize,
+        held: bool,
+        record: impl FnOnce() -> Record,
+    ) {
+        if old != ptr || !self.revive(ptr, requested, held) {
+            self.moved(old, ptr, record());
+        }
+    }
+
+    /// The request's alignment moved the pointer of a block from the
+    /// thread's cache: its record goes under the new key (off the hot path).
+    #[cold]
+    #[inline(never)]
+    fn moved(&self, old: u64, ptr: u64, record: Record) {
+        self.forget_cached(old);
+        self.insert(ptr, record);
     }
 
     /// Hands out again, as `ptr` (the pointer it was last handed out as),

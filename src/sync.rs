@@ -203,6 +203,7 @@ pub(crate) use map::ConcurrentMap;
 #[cfg(not(all(loom, feature = "loom")))]
 mod ptr_map {
     use super::OwnerLock;
+    use std::collections::hash_map::Entry;
     use std::collections::HashMap;
     use std::hash::{BuildHasherDefault, Hasher};
 
@@ -269,12 +270,12 @@ mod ptr_map {
         }
 
         /// Inserts `value` unless `key` is present; returns whether it inserted.
-        #[inline]
+        #[inline(always)]
         pub(crate) fn insert_new(&self, key: u64, value: V) -> bool {
             let mut table = self.shard(key).lock();
             match table.entry(key) {
-                std::collections::hash_map::Entry::Occupied(_) => false,
-                std::collections::hash_map::Entry::Vacant(slot) => {
+                Entry::Occupied(_) => false,
+                Entry::Vacant(slot) => {
                     slot.insert(value);
                     true
                 }
@@ -287,15 +288,13 @@ mod ptr_map {
         }
 
         /// Runs `f` on `key`'s value, which it may change, and removes the
-        /// value if `f` says so, in one step (one lock, one probe, a second
-        /// only to remove).
+        /// value if `f` says so, in one step (one lock, one probe).
         #[inline]
         pub(crate) fn remove_if_mut(&self, key: &u64, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
             let mut table = self.shard(*key).lock();
-            if f(table.get_mut(key)?) {
-                table.remove(key)
-            } else {
-                None
+            match table.entry(*key) {
+                Entry::Occupied(mut entry) => f(entry.get_mut()).then(|| entry.remove()),
+                Entry::Vacant(_) => None,
             }
         }
 

@@ -1,0 +1,61 @@
+//! The allocation fast path: a request of the calling thread's default
+//! stream, outside graph mode, that its own cache serves.
+
+use super::{Allocator, DEFAULT_STREAM};
+use crate::arena::{BLOCK_ROUND, SMALL_REQUEST_MAX};
+use crate::device_ptr::DevicePtr;
+use crate::error::Result;
+use crate::mode;
+use crate::ownership::{Owner, Record};
+use crate::stream::current_stream;
+
+impl Allocator {
+    /// [`Allocator::allocate`] (`held`: [`Allocator::allocate_held`]).
+    ///
+    /// A request that the full path would serve from the calling thread's
+    /// cache of device 0 in exactly the same way is served here with
+    /// nothing else looked at: outside graph mode, on the default stream
+    /// (always accepted, never captured), of at most
+    /// [`SMALL_REQUEST_MAX`] bytes aligned to at most [`BLOCK_ROUND`] (no
+    /// padding: the block's address is the pointer). A cached block of the
+    /// request's size fits the device (it was carved there), so the size
+    /// check against the device's capacity has nothing to say either.
+    /// Anything else, a miss included, takes the full path (which then does
+    /// not look at the thread's cache again).
+    #[inline]
+    pub(super) fn allocate_current(&self, size: usize, align: usize, held: bool) -> Result<DevicePtr> {
+        let pool = mode::current_pool(self.id, None);
+        let stream = current_stream();
+        if pool.is_none()
+            && stream == DEFAULT_STREAM
+            && size.wrapping_sub(1) < SMALL_REQUEST_MAX
+            && align.is_power_of_two()
+            && align <= BLOCK_ROUND
+        {
+            return self.allocate_plain(size, align, held);
+        }
+        self.allocate_as(pool, None, stream, size, align, held, false)
+    }
+
+    /// A plain request (see [`Allocator::allocate_current`]): a block of
+    /// the thread's cache of device 0, handed out, else the full path.
+    #[inline(never)]
+    fn allocate_plain(&self, size: usize, align: usize, held: bool) -> Result<DevicePtr> {
+        let stream = DEFAULT_STREAM;
+        // No overflow: `size` is at most SMALL_REQUEST_MAX.
+        let rounded = (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1);
+        let hit = self.caches[0].take_cached(stream, rounded, size);
+        let Some((origin, carved, kept)) = hit else {
+            return self.allocate_as(None, None, stream, size, align, held, true);
+        };
+        let addr = carved.block.addr();
+        if self.recorders.any() {
+            self.recorders.on_alloc(0, stream, size, align, rounded, addr);
+        }
+        self.history.alloc(0, stream, size, addr, None);
+        let owner = Owner::Cache { device: 0, origin };
+        let record = move || Record::new(owner, carved, size, stream, held);
+        self.ownership.hand_out_kept(kept, addr, size, held, record);
+        Ok(DevicePtr::new(addr))
+    }
+}
