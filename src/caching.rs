@@ -83,6 +83,7 @@ impl std::ops::Deref for Shard {
 /// `ptr`, if a caching allocator (of `caches`) owns it: whether it went into
 /// the calling thread's cache. Blocks a thread cache lets go of meanwhile go
 /// to `orphans`, which the caller flushes (on the free's arena or kept path).
+#[inline]
 pub(crate) fn keep(
     caches: &[Arc<CachingAllocator>],
     record: &Record,
@@ -278,6 +279,7 @@ impl CachingAllocator {
     /// Notes the free of `ptr`, whose block [`CachingAllocator::keep`]
     /// kept: requested, and complete (in the thread's cache the block is
     /// free and reusable at once); then flushes `orphans`.
+    #[inline]
     pub(crate) fn kept(&self, kept: &Kept, ptr: u64, orphans: Vec<Cached>) {
         let (stream, device) = (kept.stream, &self.device);
         device.note(

@@ -213,34 +213,10 @@ impl OwnershipMap {
         record: impl FnOnce() -> Record,
     ) {
         match kept {
-            Some(old) => self.hand_out_kept(old, ptr, requested, held, record),
+            Some(old) if old == ptr && self.revive(ptr, requested, held) => {}
+            Some(old) => self.moved(old, ptr, record()),
             None => self.insert(ptr, record()),
         }
-    }
-
-    /// [`OwnershipMap::hand_out`] of a block from the thread's cache, whose
-    /// record is kept under `old`.
-    #[inline]
-    pub(crate) fn hand_out_kept(
-        &self,
-        old: u64,
-        ptr: u64,
-        requested: usize,
-        held: bool,
-        record: impl FnOnce() -> Record,
-    ) {
-        if old != ptr || !self.revive(ptr, requested, held) {
-            self.moved(old, ptr, record());
-        }
-    }
-
-    /// The request's alignment moved the pointer of a block from the
-    /// thread's cache: its record goes under the new key (off the hot path).
-    #[cold]
-    #[inline(never)]
-    fn moved(&self, old: u64, ptr: u64, record: Record) {
-        self.forget_cached(old);
-        self.insert(ptr, record);
     }
 
     /// Hands out again, as `ptr` (the pointer it was last handed out as),
@@ -248,7 +224,7 @@ impl OwnershipMap {
     /// with the new request's figures, in place. `false` if it is gone
     /// (it cannot be: only this thread's flush removes it).
     #[inline]
-    fn revive(&self, ptr: u64, requested: usize, held: bool) -> bool {
+    pub(crate) fn revive(&self, ptr: u64, requested: usize, held: bool) -> bool {
         self.map
             .with_mut(&ptr, |r| {
                 debug_assert!(r.cached, "revived a live pointer");
@@ -257,6 +233,16 @@ impl OwnershipMap {
                 r.held = held;
             })
             .is_some()
+    }
+
+    /// The request's alignment moved the pointer of a block from the
+    /// thread's cache (kept under `old`): its record goes under the new key
+    /// (off the hot path).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn moved(&self, old: u64, ptr: u64, record: Record) {
+        self.forget_cached(old);
+        self.insert(ptr, record);
     }
 
     /// Removes the record of a block leaving a thread's cache for the

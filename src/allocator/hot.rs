@@ -2,7 +2,9 @@
 //! stream, outside graph mode, that its own cache serves.
 
 use super::{Allocator, DEFAULT_STREAM};
-use crate::arena::{BLOCK_ROUND, SMALL_REQUEST_MAX};
+use crate::arena::{BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
+use crate::graph_pool::PoolCore;
+use crate::sync::Arc;
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
 use crate::mode;
@@ -22,19 +24,54 @@ impl Allocator {
     /// check against the device's capacity has nothing to say either.
     /// Anything else, a miss included, takes the full path (which then does
     /// not look at the thread's cache again).
-    #[inline]
+    #[inline(always)]
     pub(super) fn allocate_current(&self, size: usize, align: usize, held: bool) -> Result<DevicePtr> {
         let pool = mode::current_pool(self.id, None);
         let stream = current_stream();
-        if pool.is_none()
-            && stream == DEFAULT_STREAM
+        if stream == DEFAULT_STREAM
             && size.wrapping_sub(1) < SMALL_REQUEST_MAX
             && align.is_power_of_two()
             && align <= BLOCK_ROUND
         {
-            return self.allocate_plain(size, align, held);
+            return match pool {
+                None => self.allocate_plain(size, align, held),
+                Some(pool) => self.allocate_pooled(pool, size, align, held),
+            };
         }
         self.allocate_as(pool, None, stream, size, align, held, false)
+    }
+
+    /// A plain request (see [`Allocator::allocate_current`]) in graph mode
+    /// on `pool`: from the pool, as the full path would serve it, with
+    /// only the one check that can fail before the pool is asked (the
+    /// device must hold a small segment).
+    #[inline(never)]
+    fn allocate_pooled(
+        &self,
+        pool: Arc<PoolCore>,
+        size: usize,
+        align: usize,
+        held: bool,
+    ) -> Result<DevicePtr> {
+        let (stream, device) = (DEFAULT_STREAM, pool.device());
+        let cache = match self.caches.get(device) {
+            Some(cache) if SMALL_SEGMENT <= cache.device.capacity() => cache,
+            // The full path says what is wrong.
+            _ => return self.allocate_as(Some(pool), None, stream, size, align, held, false),
+        };
+        let rounded = (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1);
+        let carved = match pool.allocate(stream, rounded, size, align) {
+            Ok(carved) => carved,
+            Err(s) => return Err(self.shortfall(s, cache, device, size, Some(&pool))),
+        };
+        let addr = carved.block.addr();
+        if self.recorders.any() {
+            self.recorders.on_alloc(device, stream, size, align, rounded, addr);
+        }
+        self.history.alloc(device, stream, size, addr, Some(&pool));
+        let record = Record::new(Owner::Pool(pool), carved, size, stream, held);
+        self.ownership.insert(addr, record);
+        Ok(DevicePtr::new(addr))
     }
 
     /// A plain request (see [`Allocator::allocate_current`]): a block of
@@ -53,9 +90,13 @@ impl Allocator {
             self.recorders.on_alloc(0, stream, size, align, rounded, addr);
         }
         self.history.alloc(0, stream, size, addr, None);
-        let owner = Owner::Cache { device: 0, origin };
-        let record = move || Record::new(owner, carved, size, stream, held);
-        self.ownership.hand_out_kept(kept, addr, size, held, record);
+        // In place, unless the block was last handed out under another
+        // pointer (an over-aligned request's).
+        if kept != addr || !self.ownership.revive(addr, size, held) {
+            let owner = Owner::Cache { device: 0, origin };
+            let record = Record::new(owner, carved, size, stream, held);
+            self.ownership.moved(kept, addr, record);
+        }
         Ok(DevicePtr::new(addr))
     }
 }

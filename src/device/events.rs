@@ -12,6 +12,7 @@ impl Device {
     /// Whether `stream` is being captured. The default stream (0) is never
     /// captured (CUDA forbids capturing the legacy stream), which keeps the
     /// common path free of driver calls.
+    #[inline]
     pub(crate) fn capturing(&self, stream: StreamTag) -> Result<bool, BackendError> {
         if stream == 0 {
             return Ok(false);
@@ -93,6 +94,7 @@ impl Device {
     /// waits, until the capture has ended, so no eager work can reuse memory
     /// the capture touched. (A pool's block freed during its capture is
     /// reusable at once: only the pool hands it out, to the same capture.)
+    #[inline]
     pub(crate) fn free_block(
         &self,
         arena: &mut Arena,
@@ -110,6 +112,22 @@ impl Device {
             self.note(Action::FreeCompleted, side, stream, size, block.addr());
             return;
         }
+        self.defer_block(arena, side, block, requested, stream, uses, own_capturing);
+    }
+
+    /// [`Device::free_block`] of a block that must wait for stream work.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn defer_block(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        block: BlockRef,
+        requested: usize,
+        stream: StreamTag,
+        uses: &[StreamTag],
+        own_capturing: bool,
+    ) {
         let mut deferred = Deferred {
             block,
             events: Vec::new(),

@@ -136,7 +136,32 @@ impl fmt::Debug for PoolCore {
 }
 
 impl PoolCore {
+    /// Carves a block for a request: as the plan says for a planned pool,
+    /// else from the pool's free blocks or a new segment.
+    #[inline]
     pub(crate) fn allocate(
+        &self,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+        align: usize,
+    ) -> Result<Carved, Shortfall> {
+        // The common case in line: no plan, nothing deferred, a free block
+        // fits (anything else starts over below).
+        if self.plan.is_none() {
+            let mut arena = self.arena.lock();
+            if arena.deferred.is_empty() {
+                if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
+                    self.cache.device.book.allocated(Side::Pools, carved.size);
+                    return Ok(carved);
+                }
+            }
+        }
+        self.allocate_slow(stream, rounded, requested, align)
+    }
+
+    #[inline(never)]
+    fn allocate_slow(
         &self,
         stream: StreamTag,
         rounded: usize,
@@ -170,6 +195,7 @@ impl PoolCore {
     /// Frees a block allocated on `stream` and also used on `uses`. Blocks
     /// freed during the pool's own capture are reusable by that capture at
     /// once (they never reach eager work: only the pool hands them out).
+    #[inline]
     pub(crate) fn free(
         &self,
         block: BlockRef,
