@@ -16,7 +16,7 @@ use crate::history::{Action, History};
 use crate::mode::{self, GraphModeGuard};
 use crate::ownership::{Claim, Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
-use crate::stream::StreamRegistry;
+use crate::stream::{current_stream, StreamRegistry};
 use crate::sync::{next_id, Arc, ConcurrentMap};
 
 mod hot;
@@ -250,14 +250,14 @@ impl Allocator {
     /// from the thread's current graph pool in graph mode (on the pool's
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        self.allocate_current(size, align, false)
+        self.allocate_routed(None, current_stream(), size, align, false)
     }
 
     /// As [`Allocator::allocate`], for an owning handle (a `DeviceBuffer`):
     /// the block is marked held, so [`Allocator::free`] refuses it and only
     /// [`Allocator::free_held`] (the handle's drop) frees it.
     pub(crate) fn allocate_held(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        self.allocate_current(size, align, true)
+        self.allocate_routed(None, current_stream(), size, align, true)
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on
@@ -290,8 +290,7 @@ impl Allocator {
         size: usize,
         align: usize,
     ) -> Result<DevicePtr> {
-        let pool = mode::current_pool(self.id, Some(device));
-        self.allocate_as(pool, Some(device), stream, size, align, false, false)
+        self.allocate_routed(Some(device), stream, size, align, false)
     }
 
     /// [`Allocator::allocate_on`]; `held` marks the block as an owning

@@ -9,15 +9,15 @@ use crate::device_ptr::DevicePtr;
 use crate::error::Result;
 use crate::mode;
 use crate::ownership::{Owner, Record};
-use crate::stream::current_stream;
 
 impl Allocator {
-    /// [`Allocator::allocate`] (`held`: [`Allocator::allocate_held`]).
+    /// [`Allocator::allocate`] (`device` `None`, the current stream) and
+    /// [`Allocator::allocate_on`]; `held`: [`Allocator::allocate_held`].
     ///
-    /// A request that the full path would serve from the calling thread's
-    /// cache of device 0 in exactly the same way is served here with
-    /// nothing else looked at: outside graph mode, on the default stream
-    /// (always accepted, never captured), of at most
+    /// A plain request, which the full path would serve from the calling
+    /// thread's cache of the device (or from its graph pool) in exactly
+    /// the same way, is served with nothing else looked at: on the default
+    /// stream (always accepted, never captured), of at most
     /// [`SMALL_REQUEST_MAX`] bytes aligned to at most [`BLOCK_ROUND`] (no
     /// padding: the block's address is the pointer). A cached block of the
     /// request's size fits the device (it was carved there), so the size
@@ -25,23 +25,57 @@ impl Allocator {
     /// Anything else, a miss included, takes the full path (which then does
     /// not look at the thread's cache again).
     #[inline(always)]
-    pub(super) fn allocate_current(&self, size: usize, align: usize, held: bool) -> Result<DevicePtr> {
-        let pool = mode::current_pool(self.id, None);
-        let stream = current_stream();
+    pub(super) fn allocate_routed(
+        &self,
+        device: Option<usize>,
+        stream: u64,
+        size: usize,
+        align: usize,
+        held: bool,
+    ) -> Result<DevicePtr> {
+        let pool = mode::current_pool(self.id, device);
         if stream == DEFAULT_STREAM
             && size.wrapping_sub(1) < SMALL_REQUEST_MAX
             && align.is_power_of_two()
             && align <= BLOCK_ROUND
         {
             return match pool {
-                None => self.allocate_plain(size, align, held),
+                None => self.allocate_plain(device.unwrap_or(0), size, align, held),
                 Some(pool) => self.allocate_pooled(pool, size, align, held),
             };
         }
-        self.allocate_as(pool, None, stream, size, align, held, false)
+        self.allocate_as(pool, device, stream, size, align, held, false)
     }
 
-    /// A plain request (see [`Allocator::allocate_current`]) in graph mode
+    /// A plain request (see [`Allocator::allocate_routed`]) on `device`
+    /// outside graph mode: a block of the thread's cache, handed out, else
+    /// the full path.
+    #[inline(never)]
+    fn allocate_plain(&self, device: usize, size: usize, align: usize, held: bool) -> Result<DevicePtr> {
+        let stream = DEFAULT_STREAM;
+        // No overflow: `size` is at most SMALL_REQUEST_MAX.
+        let rounded = (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1);
+        let hit = (self.caches.get(device)).and_then(|c| c.take_cached(stream, rounded, size));
+        let Some((origin, carved, kept)) = hit else {
+            // A miss, or no such device (the full path says so).
+            return self.allocate_as(None, Some(device), stream, size, align, held, true);
+        };
+        let addr = carved.block.addr();
+        if self.recorders.any() {
+            self.recorders.on_alloc(device, stream, size, align, rounded, addr);
+        }
+        self.history.alloc(device, stream, size, addr, None);
+        // In place, unless the block was last handed out under another
+        // pointer (an over-aligned request's).
+        if kept != addr || !self.ownership.revive(addr, size, held) {
+            let owner = Owner::Cache { device, origin };
+            let record = Record::new(owner, carved, size, stream, held);
+            self.ownership.moved(kept, addr, record);
+        }
+        Ok(DevicePtr::new(addr))
+    }
+
+    /// A plain request (see [`Allocator::allocate_routed`]) in graph mode
     /// on `pool`: from the pool, as the full path would serve it, with
     /// only the one check that can fail before the pool is asked (the
     /// device must hold a small segment).
@@ -71,32 +105,6 @@ impl Allocator {
         self.history.alloc(device, stream, size, addr, Some(&pool));
         let record = Record::new(Owner::Pool(pool), carved, size, stream, held);
         self.ownership.insert(addr, record);
-        Ok(DevicePtr::new(addr))
-    }
-
-    /// A plain request (see [`Allocator::allocate_current`]): a block of
-    /// the thread's cache of device 0, handed out, else the full path.
-    #[inline(never)]
-    fn allocate_plain(&self, size: usize, align: usize, held: bool) -> Result<DevicePtr> {
-        let stream = DEFAULT_STREAM;
-        // No overflow: `size` is at most SMALL_REQUEST_MAX.
-        let rounded = (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1);
-        let hit = self.caches[0].take_cached(stream, rounded, size);
-        let Some((origin, carved, kept)) = hit else {
-            return self.allocate_as(None, None, stream, size, align, held, true);
-        };
-        let addr = carved.block.addr();
-        if self.recorders.any() {
-            self.recorders.on_alloc(0, stream, size, align, rounded, addr);
-        }
-        self.history.alloc(0, stream, size, addr, None);
-        // In place, unless the block was last handed out under another
-        // pointer (an over-aligned request's).
-        if kept != addr || !self.ownership.revive(addr, size, held) {
-            let owner = Owner::Cache { device: 0, origin };
-            let record = Record::new(owner, carved, size, stream, held);
-            self.ownership.moved(kept, addr, record);
-        }
         Ok(DevicePtr::new(addr))
     }
 }
