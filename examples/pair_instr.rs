@@ -43,5 +43,8 @@ fn main() {
     }
     pairs(&alloc, size, n);
     drop(guard);
-    println!("{n} pairs of {size} B{}", if graph { " in graph mode" } else { "" });
+    println!(
+        "{n} pairs of {size} B{}",
+        if graph { " in graph mode" } else { "" }
+    );
 }

@@ -3,12 +3,12 @@
 
 use super::{Allocator, DEFAULT_STREAM};
 use crate::arena::{BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
-use crate::graph_pool::PoolCore;
-use crate::sync::Arc;
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
+use crate::graph_pool::PoolCore;
 use crate::mode;
 use crate::ownership::{Owner, Record};
+use crate::sync::Arc;
 
 impl Allocator {
     /// [`Allocator::allocate`] (`device` `None`, the current stream) and
@@ -51,7 +51,13 @@ impl Allocator {
     /// outside graph mode: a block of the thread's cache, handed out, else
     /// the full path.
     #[inline(never)]
-    fn allocate_plain(&self, device: usize, size: usize, align: usize, held: bool) -> Result<DevicePtr> {
+    fn allocate_plain(
+        &self,
+        device: usize,
+        size: usize,
+        align: usize,
+        held: bool,
+    ) -> Result<DevicePtr> {
         let stream = DEFAULT_STREAM;
         // No overflow: `size` is at most SMALL_REQUEST_MAX.
         let rounded = (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1);
@@ -62,7 +68,8 @@ impl Allocator {
         };
         let addr = carved.block.addr();
         if self.recorders.any() {
-            self.recorders.on_alloc(device, stream, size, align, rounded, addr);
+            self.recorders
+                .on_alloc(device, stream, size, align, rounded, addr);
         }
         self.history.alloc(device, stream, size, addr, None);
         // In place, unless the block was last handed out under another
@@ -100,7 +107,8 @@ impl Allocator {
         };
         let addr = carved.block.addr();
         if self.recorders.any() {
-            self.recorders.on_alloc(device, stream, size, align, rounded, addr);
+            self.recorders
+                .on_alloc(device, stream, size, align, rounded, addr);
         }
         self.history.alloc(device, stream, size, addr, Some(&pool));
         let record = Record::new(Owner::Pool(pool), carved, size, stream, held);
