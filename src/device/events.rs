@@ -112,11 +112,13 @@ impl Device {
             self.note(Action::FreeCompleted, side, stream, size, block.addr());
             return;
         }
-        self.defer_block(arena, side, block, requested, stream, uses, own_capturing);
+        let own = own_capturing.then_some(stream);
+        self.defer_block(arena, side, block, requested, own, uses);
     }
 
-    /// [`Device::free_block`] of a block that must wait for stream work.
-    #[allow(clippy::too_many_arguments)]
+    /// [`Device::free_block`] of a block that must wait for stream work:
+    /// for its own stream `own` (being captured, or its state unknown),
+    /// if any, and for the other streams that used it.
     #[inline(never)]
     fn defer_block(
         &self,
@@ -124,18 +126,15 @@ impl Device {
         side: Side,
         block: BlockRef,
         requested: usize,
-        stream: StreamTag,
+        own: Option<StreamTag>,
         uses: &[StreamTag],
-        own_capturing: bool,
     ) {
         let mut deferred = Deferred {
             block,
             events: Vec::new(),
             unrecorded: Vec::new(),
         };
-        if own_capturing {
-            deferred.unrecorded.push(stream);
-        }
+        deferred.unrecorded.extend(own);
         for &s in uses {
             match self.capturing(s) {
                 Ok(false) => match self.record_on(s) {

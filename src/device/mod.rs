@@ -217,7 +217,7 @@ impl Device {
                 return Ok(carved);
             }
         }
-        self.carve_slow(arena, side, stream, rounded, requested, tried)
+        self.carve_slow(arena, side, tried, stream, rounded, requested)
     }
 
     /// [`Device::carve`] past its common case (`tried`: the arena was
@@ -228,10 +228,10 @@ impl Device {
         &self,
         arena: &mut Arena,
         side: Side,
+        tried: bool,
         stream: StreamTag,
         rounded: usize,
         requested: usize,
-        tried: bool,
     ) -> Result<Carved, Shortfall> {
         if !arena.deferred.is_empty() {
             // Best effort: a block whose events cannot be queried stays deferred.
