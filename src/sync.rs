@@ -207,7 +207,12 @@ mod ptr_map {
     use std::collections::HashMap;
     use std::hash::{BuildHasherDefault, Hasher};
 
+    /// Picks a pointer's shard (the top bits of the product).
     const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    /// Hashes a pointer within its shard: another multiplier, so that the
+    /// bits hashbrown takes do not repeat the shard's (which every key of
+    /// a shard shares).
+    const K2: u64 = 0xD6E8_FEB8_6659_FD93;
 
     /// Hashes a pointer key within a shard: one multiplication (the high
     /// bits, which hashbrown's tag takes, mixed) folded onto the low ones
@@ -221,7 +226,7 @@ mod ptr_map {
         }
         #[inline]
         fn write_u64(&mut self, value: u64) {
-            self.0 = value.wrapping_mul(K);
+            self.0 = value.wrapping_mul(K2);
         }
         #[inline]
         fn finish(&self) -> u64 {
@@ -240,9 +245,9 @@ mod ptr_map {
     /// spin lock (one compare-and-swap to take, one plain store to release:
     /// a shard's critical sections are a probe and a few stores, and with
     /// many shards they rarely meet). A pointer's shard is picked from the
-    /// 2 MiB window it lies in, so that the blocks of one segment share a
-    /// few shards: a thread working in its own segment touches mostly its
-    /// own shards, instead of a random one per call.
+    /// whole pointer (the product's top bits), so that the blocks of one
+    /// segment spread over the shards: threads working in one small segment
+    /// of the default, unsharded cache do not meet on one shard's lock.
     #[derive(Debug)]
     pub(crate) struct PtrMap<V> {
         shards: Box<[Shard<V>]>,
@@ -264,7 +269,7 @@ mod ptr_map {
 
         #[inline]
         fn shard(&self, key: u64) -> &OwnerLock<Table<V>> {
-            let at = ((key >> 21).wrapping_mul(K) >> self.shift) as usize;
+            let at = (key.wrapping_mul(K) >> self.shift) as usize;
             // `at` < the shard count: the top `64 - shift` bits.
             &self.shards[at].0
         }
