@@ -45,13 +45,17 @@ impl Allocator {
             && size.wrapping_sub(1) < SMALL_REQUEST_MAX
             && align.is_power_of_two()
             && align <= BLOCK_ROUND;
+        if !plain {
+            return self.report(mode::with_current_pool(self.id, device, |pool| {
+                self.allocate_as(pool, device, stream, size, align, held, false)
+            }));
+        }
         self.report(mode::with_current_pool(
             self.id,
             device,
             |pool| match pool {
-                None if plain => self.allocate_plain(device.unwrap_or(0), size, align, held),
-                Some(pool) if plain => self.allocate_pooled(pool, size, align, held),
-                pool => self.allocate_as(pool, device, stream, size, align, held, false),
+                None => self.allocate_plain(device.unwrap_or(0), size, align, held),
+                Some(pool) => self.allocate_pooled(pool, size, align, held),
             },
         ))
     }
