@@ -131,9 +131,9 @@ pub(crate) fn with_current_pool<R>(
     with_stack_pool(allocator_id, device, f)
 }
 
-/// [`with_current_pool`] in graph mode: the look-up in the stack (out of
-/// line, so that the call outside graph mode is only the depth check).
-#[inline(never)]
+/// [`with_current_pool`] in graph mode: the look-up in the stack (apart,
+/// so that the call outside graph mode is only the depth check).
+#[inline]
 fn with_stack_pool<R>(
     allocator_id: u64,
     device: Option<usize>,
