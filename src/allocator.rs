@@ -5,7 +5,7 @@ use crate::arena::{round_size, tight_segment_size, AddressKind, BLOCK_ROUND, LAR
 use crate::backend::{
     cuda_driver_available, Backend, BackendError, BackendKind, CudaBackend, HostBackend,
 };
-use crate::caching::{CachingAllocator, Origin};
+use crate::caching::{keep, CachingAllocator, Origin};
 use crate::config::{BackendChoice, Config};
 use crate::device::Device;
 use crate::device_ptr::DevicePtr;
@@ -20,6 +20,7 @@ use crate::stream::{current_stream, StreamRegistry};
 use crate::sync::{next_id, Arc, ConcurrentMap};
 
 mod failure;
+mod hot;
 use failure::Failed;
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
@@ -48,7 +49,7 @@ pub const DEFAULT_STREAM: u64 = 0;
 pub struct Allocator {
     id: u64,
     caches: Vec<Arc<CachingAllocator>>,
-    ownership: OwnershipMap,
+    ownership: Arc<OwnershipMap>,
     book: Arc<StatsBook>,
     /// The live graph pools of this allocator and the counts of dropped ones.
     pools: Arc<PoolRegistry>,
@@ -172,6 +173,7 @@ impl Allocator {
         };
         let book = Arc::new(StatsBook::new(sums));
         let history = Arc::new(History::new(config.history, config.history_backtraces));
+        let ownership = Arc::new(OwnershipMap::new());
         let caches = backends
             .into_iter()
             .map(|b| {
@@ -182,13 +184,15 @@ impl Allocator {
                     config.expandable_segments,
                     history.clone(),
                 );
-                Arc::new(CachingAllocator::new(Arc::new(device), config.shards))
+                let owners = ownership.clone();
+                let cache = CachingAllocator::new(Arc::new(device), config.shards, owners);
+                Arc::new(cache)
             })
             .collect();
         Ok(Allocator {
             id: next_id(),
             caches,
-            ownership: OwnershipMap::new(),
+            ownership,
             book,
             pools: Arc::new(PoolRegistry::new()),
             kind,
@@ -248,20 +252,14 @@ impl Allocator {
     /// from the thread's current graph pool in graph mode (on the pool's
     /// device), else from device 0.
     pub fn allocate(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let stream = current_stream();
-        self.report(mode::with_current_pool(self.id, None, |pool| {
-            self.allocate_as(pool, None, stream, size, align, false)
-        }))
+        self.allocate_routed(None, current_stream(), size, align, false)
     }
 
     /// As [`Allocator::allocate`], for an owning handle (a `DeviceBuffer`):
     /// the block is marked held, so [`Allocator::free`] refuses it and only
     /// [`Allocator::free_held`] (the handle's drop) frees it.
     pub(crate) fn allocate_held(&self, size: usize, align: usize) -> Result<DevicePtr> {
-        let stream = current_stream();
-        self.report(mode::with_current_pool(self.id, None, |pool| {
-            self.allocate_as(pool, None, stream, size, align, true)
-        }))
+        self.allocate_routed(None, current_stream(), size, align, true)
     }
 
     /// Allocates `size` bytes aligned to `align` on `device` for use on
@@ -294,16 +292,16 @@ impl Allocator {
         size: usize,
         align: usize,
     ) -> Result<DevicePtr> {
-        self.report(mode::with_current_pool(self.id, Some(device), |pool| {
-            self.allocate_as(pool, Some(device), stream, size, align, false)
-        }))
+        self.allocate_routed(Some(device), stream, size, align, false)
     }
 
     /// [`Allocator::allocate_on`]; `held` marks the block as an owning
     /// handle's. `graph` is the calling thread's graph-mode pool that
     /// applies, borrowed from its graph-mode stack (looked up once by the
     /// caller: one thread-local access per call, no reference count);
-    /// `device` is the device asked for, else the pool's, else 0.
+    /// `device` is the device asked for, else the pool's, else 0;
+    /// `looked`: the thread's cache was looked at already (a miss).
+    #[allow(clippy::too_many_arguments)]
     fn allocate_as(
         &self,
         graph: Option<&PoolCore>,
@@ -312,6 +310,7 @@ impl Allocator {
         size: usize,
         align: usize,
         held: bool,
+        looked: bool,
     ) -> std::result::Result<DevicePtr, Failed> {
         if size == 0 || !align.is_power_of_two() || align > MAX_ALIGNMENT {
             return Err(bad_request(size, align).into());
@@ -344,12 +343,12 @@ impl Allocator {
         };
         // The error paths are out of line, so that the common path moves
         // no error value around.
-        let (origin, carved) = match pool {
+        let (origin, carved, kept) = match pool {
             Some(pool) => match pool.allocate(stream, rounded, size, align) {
-                Ok(carved) => (Origin::default(), carved),
+                Ok(carved) => (Origin::default(), carved, None),
                 Err(s) => return Err(self.shortfall(s, cache, device, size, Some(pool))),
             },
-            None => match cache.allocate(stream, rounded, size) {
+            None => match cache.allocate(stream, rounded, size, !looked) {
                 Ok(carved) => carved,
                 Err(s) => return Err(self.shortfall(s, cache, device, size, None)),
             },
@@ -372,18 +371,8 @@ impl Allocator {
             // Device indices come from a `Vec` of backends: far below 2^32.
             None => Owner::Cache { device, origin },
         };
-        self.ownership.insert(
-            addr,
-            Record {
-                owner,
-                block: carved.block,
-                size: carved.size,
-                requested: size,
-                stream,
-                uses: None,
-                held,
-            },
-        );
+        let record = move || Record::new(owner, carved, size, stream, held);
+        self.ownership.hand_out(kept, addr, size, held, record);
         Ok(DevicePtr::new(addr))
     }
 
@@ -619,9 +608,21 @@ impl Allocator {
     }
 
     fn free_as(&self, ptr: DevicePtr, held: bool) -> Result<()> {
-        let record = match self.ownership.claim(ptr.addr(), held) {
+        let addr = ptr.addr();
+        // Into the thread's cache if it may, in the map's one step (`keep`).
+        let mut orphans = Vec::new();
+        let keep = |r: &Record| keep(&self.caches, r, addr, &mut orphans);
+        let claim = self.ownership.claim(addr, held, keep);
+        let record = match claim {
             Claim::Claimed(record) => record,
-            other => return Err(self.unclaimed(other, ptr.addr())),
+            Claim::Kept(kept) => {
+                if self.recorders.any() {
+                    self.recorders.on_free(addr, false);
+                }
+                self.caches[kept.device].kept(&kept, addr, orphans);
+                return Ok(());
+            }
+            other => return Err(self.unclaimed(other, addr)),
         };
         if self.recorders.any() {
             self.recorders
@@ -632,7 +633,7 @@ impl Allocator {
         let uses = Uses::of(&record.uses);
         match record.owner {
             Owner::Cache { device, origin } => {
-                self.caches[device].free(origin, block, record.size, requested, stream, uses)
+                self.caches[device].free_to_arena(origin, block, stream, uses, orphans)
             }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }

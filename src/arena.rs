@@ -298,6 +298,7 @@ impl Arena {
 
     /// Carves a block of `rounded` bytes for `stream` out of the best-fitting
     /// free block, or returns `None` if no free block is large enough.
+    #[inline]
     pub(crate) fn try_alloc(
         &mut self,
         stream: StreamTag,
@@ -318,6 +319,12 @@ impl Arena {
             self.stats.on_alloc(carved.size, requested);
             return Some(carved);
         }
+        self.best_fit(stream, rounded, requested)
+    }
+
+    /// [`Arena::try_alloc`] past the quick bins.
+    #[inline(never)]
+    fn best_fit(&mut self, stream: StreamTag, rounded: usize, requested: usize) -> Option<Carved> {
         // No exact fit in a quick bin: merge the quick bins back, so the
         // search sees every free byte, coalesced, as plain best fit would.
         if self.quick_blocks > 0 {

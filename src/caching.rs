@@ -33,6 +33,7 @@ use crate::arena::{
 use crate::backend::BackendError;
 use crate::device::{Device, Shortfall};
 use crate::history::Action;
+use crate::ownership::{Kept, Owner, OwnershipMap, Record};
 use crate::stats::{PoolStats, Side};
 use crate::sync::{thread_local, Arc, Mutex};
 use crate::thread_cache::{Cached, Sink, ThreadCaches};
@@ -78,6 +79,23 @@ impl std::ops::Deref for Shard {
     }
 }
 
+/// [`CachingAllocator::keep`] for the live block of `record`, handed out as
+/// `ptr`, if a caching allocator (of `caches`) owns it: whether it went into
+/// the calling thread's cache. Blocks a thread cache lets go of meanwhile go
+/// to `orphans`, which the caller flushes (on the free's arena or kept path).
+#[inline]
+pub(crate) fn keep(
+    caches: &[Arc<CachingAllocator>],
+    record: &Record,
+    ptr: u64,
+    orphans: &mut Vec<Cached>,
+) -> bool {
+    match &record.owner {
+        Owner::Cache { device, origin } => caches[*device].keep(*origin, record, ptr, orphans),
+        _ => false,
+    }
+}
+
 /// Where a caching allocator's block came from: the shard that handed it
 /// out, and the id of the thread cache that counted its allocation (the
 /// only one a free puts it in).
@@ -95,56 +113,43 @@ pub(crate) struct CachingAllocator {
     /// allocated-bytes gauges (the device's, for its peak, none when
     /// sharded; the book's).
     threads: ThreadCaches,
+    /// The allocator's ownership map, where the records of blocks in
+    /// thread caches stay (marked cached) until a flush removes them.
+    owners: Arc<OwnershipMap>,
 }
 
 impl CachingAllocator {
-    pub(crate) fn new(device: Arc<Device>, shards: usize) -> Self {
+    pub(crate) fn new(device: Arc<Device>, shards: usize, owners: Arc<OwnershipMap>) -> Self {
         CachingAllocator {
             shards: (0..shards.max(1))
                 .map(|_| Shard(Mutex::new(Arena::new())))
                 .collect(),
             threads: ThreadCaches::new(Sink::new(device.book.clone(), shards <= 1)),
             device,
+            owners,
         }
     }
 
     /// Serves `rounded` bytes on `stream`: from the calling thread's cache
     /// if it holds a block of exactly that size on that stream, else carved
-    /// from the calling thread's shard. Returns where the block came from.
+    /// from the calling thread's shard. Returns where the block came from,
+    /// and for a block from the thread's cache the pointer its kept
+    /// ownership record is under (the caller revives it).
     /// When the device is full, waits for deferred frees, releases every
     /// shard's idle segments, and tries once more.
+    /// `look`: whether to look in the thread's cache (not if the caller did).
     pub(crate) fn allocate(
         &self,
         stream: StreamTag,
         rounded: usize,
         requested: usize,
-    ) -> Result<(Origin, Carved), Shortfall> {
+        look: bool,
+    ) -> Result<(Origin, Carved, Option<u64>), Shortfall> {
         // Large blocks are never cached: no look there.
-        let look = rounded <= SMALL_REQUEST_MAX;
-        let hit = look
-            .then(|| {
-                self.threads.with(
-                    |local| match local.take(stream, rounded) {
-                        Some(cached) => {
-                            local.on_alloc(&self.threads.sink, cached.size, requested, true);
-                            Some((cached, local.id))
-                        }
-                        None => None,
-                    },
-                    |orphans| self.flush(orphans),
-                )
-            })
-            .flatten();
-        if let Some((c, thread)) = hit {
-            let carved = Carved {
-                block: c.block,
-                size: c.size,
-            };
-            let origin = Origin {
-                shard: c.shard,
-                thread,
-            };
-            return Ok((origin, carved));
+        if look && rounded <= SMALL_REQUEST_MAX {
+            if let Some((origin, carved, ptr)) = self.take_cached(stream, rounded, requested) {
+                return Ok((origin, carved, Some(ptr)));
+            }
         }
         let (shard, carved) = self.carve(stream, rounded)?;
         let thread = self.threads.with(
@@ -154,7 +159,36 @@ impl CachingAllocator {
             },
             |orphans| self.flush(orphans),
         );
-        Ok((Origin { shard, thread }, carved))
+        Ok((Origin { shard, thread }, carved, None))
+    }
+
+    /// A block of exactly `rounded` bytes on `stream` from the calling
+    /// thread's cache, counted as allocated for `requested` bytes: where it
+    /// came from, and the pointer its kept ownership record is under (the
+    /// caller revives it).
+    #[inline]
+    pub(crate) fn take_cached(
+        &self,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+    ) -> Option<(Origin, Carved, u64)> {
+        self.threads.with(
+            |local| {
+                let c = local.take(stream, rounded)?;
+                local.on_alloc(&self.threads.sink, c.size, requested, true);
+                let origin = Origin {
+                    shard: c.shard,
+                    thread: local.id,
+                };
+                let carved = Carved {
+                    block: c.block,
+                    size: c.size,
+                };
+                Some((origin, carved, c.ptr))
+            },
+            |orphans| self.flush(orphans),
+        )
     }
 
     /// Carves from the arena: from what it has free; else, after every
@@ -197,67 +231,111 @@ impl CachingAllocator {
             .map(|carved| (shard, carved))
     }
 
-    /// Frees a block of `size` bytes from `origin`, allocated on `stream`
-    /// and also used on `uses`: into the calling thread's cache when that
-    /// thread allocated it, it may be reused at once on its own stream (no
-    /// other stream used it, its stream is not being captured) and the
-    /// cache has room; else into the arena (which defers it as stream order
-    /// requires). A block freed by another thread than the one that
-    /// allocated it so goes back where every thread sees it.
-    pub(crate) fn free(
+    /// Counts the free of the live block of `record` (handed out as
+    /// `ptr`, from `origin`) for the calling thread, and puts it into that
+    /// thread's cache when that thread allocated it, it may be reused at once
+    /// on its own stream (no other stream used it, its stream is not being
+    /// captured) and the cache has room: then returns `true` (the free is
+    /// complete: [`CachingAllocator::kept`]), else `false`: the caller gives
+    /// the block to [`CachingAllocator::free_to_arena`]. A block freed by
+    /// another thread than the one that allocated it so goes back where every
+    /// thread sees it.
+    ///
+    /// Runs under the ownership map's lock of `ptr` ([`OwnershipMap::claim`]):
+    /// takes only the calling thread's cache lock (and the cache list's on a
+    /// thread's first call), and leaves blocks to flush in `orphans`, for the
+    /// caller to flush after.
+    pub(crate) fn keep(
         &self,
         origin: Origin,
-        block: BlockRef,
-        size: usize,
-        requested: usize,
-        stream: StreamTag,
-        uses: &[StreamTag],
-    ) {
+        record: &Record,
+        ptr: u64,
+        orphans: &mut Vec<Cached>,
+    ) -> bool {
+        let (size, stream) = (record.size, record.stream);
         // Only small blocks: large ones go back to best fit at once, where
         // their placement decides fragmentation (as with the arena's quick
         // bins). A failed capture query keeps the block out, to be safe.
         let cacheable = size <= SMALL_REQUEST_MAX
-            && uses.is_empty()
+            && record.uses.is_none()
             && self.device.capturing(stream) == Ok(false);
-        let shard = origin.shard;
         let cached = Cached {
-            block,
+            ptr,
+            block: record.block,
             size,
-            shard,
+            shard: origin.shard,
             stream,
         };
-        let to_arena = self.threads.with(
+        self.threads.with(
             |local| {
-                let to_arena =
-                    !(cacheable && local.id == origin.thread && local.put(cached).is_ok());
-                local.on_free(&self.threads.sink, size, requested, !to_arena);
-                to_arena
+                let kept = cacheable && local.id == origin.thread && local.put(cached).is_ok();
+                local.on_free(&self.threads.sink, size, record.requested, kept);
+                kept
             },
-            |orphans| self.flush(orphans),
+            |mut blocks| orphans.append(&mut blocks),
+        )
+    }
+
+    /// Notes the free of `ptr`, whose block [`CachingAllocator::keep`]
+    /// kept: requested, and complete (in the thread's cache the block is
+    /// free and reusable at once); then flushes `orphans`.
+    #[inline]
+    pub(crate) fn kept(&self, kept: &Kept, ptr: u64, orphans: Vec<Cached>) {
+        let (stream, device) = (kept.stream, &self.device);
+        device.note(
+            Action::FreeRequested,
+            Side::Caching,
+            stream,
+            kept.requested,
+            ptr,
         );
-        if to_arena {
-            let mut arena = self.shards[shard].lock();
+        device.note(
+            Action::FreeCompleted,
+            Side::Caching,
+            stream,
+            kept.size,
+            kept.block,
+        );
+        self.flush(orphans);
+    }
+
+    /// Frees a block [`CachingAllocator::keep`] did not keep (and counted)
+    /// into the arena of `origin`, which defers it as stream order requires;
+    /// then flushes `orphans`.
+    pub(crate) fn free_to_arena(
+        &self,
+        origin: Origin,
+        block: BlockRef,
+        stream: StreamTag,
+        uses: &[StreamTag],
+        orphans: Vec<Cached>,
+    ) {
+        {
+            let mut arena = self.shards[origin.shard].lock();
             self.device
                 .free_block(&mut arena, Side::Caching, block, 0, stream, uses);
-        } else {
-            // In the thread's cache the block is free and reusable at once:
-            // its free is complete.
-            self.device.note(
-                Action::FreeCompleted,
-                Side::Caching,
-                stream,
-                size,
-                block.addr(),
-            );
         }
+        self.flush(orphans);
     }
 
     /// Gives blocks taken out of thread caches back to their arenas (a
     /// block whose stream is being captured by now waits for the capture's
     /// end, as any free does).
-    fn flush(&self, mut blocks: Vec<Cached>) {
-        if blocks.is_empty() {
-            return;
+    #[inline]
+    fn flush(&self, blocks: Vec<Cached>) {
+        // Nothing, on every call's path: no call.
+        if !blocks.is_empty() {
+            self.flush_blocks(blocks);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn flush_blocks(&self, mut blocks: Vec<Cached>) {
+        // The pointers stop being known before their blocks are free in the
+        // arena (which may hand them out again at once).
+        for c in &blocks {
+            self.owners.forget_cached(c.ptr);
         }
         blocks.sort_unstable_by_key(|c| c.shard);
         for chunk in blocks.chunk_by(|a, b| a.shard == b.shard) {

@@ -118,7 +118,7 @@ impl Drop for GraphModeGuard {
 /// meanwhile does nothing: see `enter` and the guard's `Drop`). `f` must
 /// therefore run no user code (out-of-memory observers run after it); it is
 /// called exactly once.
-#[inline]
+#[inline(always)]
 pub(crate) fn with_current_pool<R>(
     allocator_id: u64,
     device: Option<usize>,
@@ -128,6 +128,17 @@ pub(crate) fn with_current_pool<R>(
     if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
         return f(None);
     }
+    with_stack_pool(allocator_id, device, f)
+}
+
+/// [`with_current_pool`] in graph mode: the look-up in the stack (apart,
+/// so that the call outside graph mode is only the depth check).
+#[inline]
+fn with_stack_pool<R>(
+    allocator_id: u64,
+    device: Option<usize>,
+    mut f: impl FnMut(Option<&PoolCore>) -> R,
+) -> R {
     let found = STACK.try_with(|s| {
         let stack = s.borrow();
         let pool = stack.iter().rev().find(|e| {

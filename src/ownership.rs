@@ -5,10 +5,10 @@
 //! when freed after the guard ended, from another thread, or after the
 //! pool's last handle was dropped.
 
-use crate::arena::BlockRef;
+use crate::arena::{BlockRef, Carved};
 use crate::caching::Origin;
 use crate::graph_pool::PoolPtr;
-use crate::sync::ConcurrentMap;
+use crate::sync::{ConcurrentMap, ScrambledKey};
 
 /// The owner of a live block.
 #[derive(Debug)]
@@ -40,9 +40,37 @@ pub(crate) struct Record {
     /// Whether an owning handle (a `DeviceBuffer`) holds the block: then
     /// only that handle frees it ([`OwnershipMap::claim`] with `held`).
     pub(crate) held: bool,
+    /// The block sits in the cache of the thread that allocated it: free
+    /// for the user (not live), its record kept so that the thread's next
+    /// hit revives it in place ([`OwnershipMap::revive`]) instead of an
+    /// insert and a remove per pair. Only that thread's hit revives it, and
+    /// only a flush of its cache removes it ([`OwnershipMap::forget_cached`]).
+    pub(crate) cached: bool,
 }
 
 impl Record {
+    /// The record of a block just carved (`carved`) for `requested` bytes
+    /// on `stream`.
+    #[inline]
+    pub(crate) fn new(
+        owner: Owner,
+        carved: Carved,
+        requested: usize,
+        stream: u64,
+        held: bool,
+    ) -> Self {
+        Record {
+            owner,
+            block: carved.block,
+            size: carved.size,
+            requested,
+            stream,
+            uses: None,
+            held,
+            cached: false,
+        }
+    }
+
     /// The other streams that used the block.
     #[inline]
     pub(crate) fn uses(&self) -> &[u64] {
@@ -77,6 +105,9 @@ impl Uses {
 pub(crate) enum Claim {
     /// The pointer's record, removed: the caller frees the block.
     Claimed(Record),
+    /// The pointer is freed: `keep` put its block into the calling thread's
+    /// cache, and its record stays in the map, marked cached.
+    Kept(Kept),
     /// The pointer is live but held by an owning handle, which alone may
     /// free it; nothing changed.
     Held,
@@ -84,11 +115,30 @@ pub(crate) enum Claim {
     NotLive,
 }
 
+/// What the free of a block kept in a thread cache records.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    /// The block's device.
+    pub(crate) device: usize,
+    /// The stream it was allocated on.
+    pub(crate) stream: u64,
+    /// The bytes requested.
+    pub(crate) requested: usize,
+    /// The block's size.
+    pub(crate) size: usize,
+    /// The block's address.
+    pub(crate) block: u64,
+}
+
 /// The map key of a pointer: a bijection (multiplication by an odd
 /// constant) that spreads the pointers of one segment over the map's
-/// shards. The map's hasher picks a shard from the key's 2 MiB window; with
-/// the pointer itself as key, every thread working in one small segment of
-/// the default, unsharded cache would meet on one shard's lock.
+/// shards and its buckets. The map's hasher ([`ScrambledKey`]) only folds
+/// the key's high bits onto its low ones: `DashMap` picks a shard from the
+/// hash's bits 47..57, hashbrown its tag from the top 7 and its bucket from
+/// the lowest. With the pointer itself as key, every thread working in one
+/// small segment of the default, unsharded cache would meet on one shard's
+/// lock.
+#[inline]
 fn key(ptr: u64) -> u64 {
     ptr.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
@@ -111,7 +161,7 @@ const MAP_SHARDS: usize = 1024;
 /// to free it, so of two racing frees of one pointer exactly one proceeds.
 #[derive(Debug)]
 pub(crate) struct OwnershipMap {
-    map: ConcurrentMap<u64, Record>,
+    map: ConcurrentMap<u64, Record, ScrambledKey>,
 }
 
 impl OwnershipMap {
@@ -127,7 +177,7 @@ impl OwnershipMap {
 
     /// Records a pointer just handed out. A pointer is live at most once:
     /// the arena never hands out a live block's address.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(&self, ptr: u64, record: Record) {
         let fresh = self.map.insert_new(key(ptr), record);
         assert!(fresh, "pointer {ptr:#x} handed out twice");
@@ -135,20 +185,100 @@ impl OwnershipMap {
 
     /// Claims a pointer for freeing. `held` says who frees: the owning
     /// handle of a held block (`true`), or a plain `free` (`false`), which
-    /// may not take a held block.
+    /// may not take a held block. `keep` runs on the live record, under its
+    /// shard's lock (so it takes no lock that is ever held while this map
+    /// is used, and uses the map not at all): when it put the block into
+    /// the calling thread's cache it says `true`, and the record stays,
+    /// marked cached ([`Claim::Kept`]); else the record is removed
+    /// ([`Claim::Claimed`]). Either way, of two racing frees exactly one
+    /// claims the pointer.
     #[inline]
-    pub(crate) fn claim(&self, ptr: u64, held: bool) -> Claim {
-        if let Some(record) = self.map.remove_if(&key(ptr), |r| r.held == held) {
-            return Claim::Claimed(record);
+    pub(crate) fn claim(&self, ptr: u64, held: bool, keep: impl FnOnce(&Record) -> bool) -> Claim {
+        let mut kept = None;
+        let removed = self.map.remove_if_mut(&key(ptr), |r| {
+            if r.cached || r.held != held {
+                return false;
+            }
+            if keep(r) {
+                r.cached = true;
+                kept = Some(Kept {
+                    device: r.device(),
+                    stream: r.stream,
+                    requested: r.requested,
+                    size: r.size,
+                    block: r.block.addr(),
+                });
+                return false;
+            }
+            true
+        });
+        if let Some(kept) = kept {
+            return Claim::Kept(kept);
         }
-        self.unclaimed(ptr, held)
+        match removed {
+            Some(record) => Claim::Claimed(record),
+            None => self.unclaimed(ptr, held),
+        }
+    }
+
+    /// Records a pointer just handed out, for `requested` bytes, held by an
+    /// owning handle or not: `kept`, the pointer a block from the thread's
+    /// cache was last handed out as (its record is still in the map, and
+    /// is revived in place: `record` is then not even built), else none
+    /// (a fresh insert of `record()`).
+    #[inline]
+    pub(crate) fn hand_out(
+        &self,
+        kept: Option<u64>,
+        ptr: u64,
+        requested: usize,
+        held: bool,
+        record: impl FnOnce() -> Record,
+    ) {
+        match kept {
+            Some(old) if old == ptr && self.revive(ptr, requested, held) => {}
+            Some(old) => self.moved(old, ptr, record()),
+            None => self.insert(ptr, record()),
+        }
+    }
+
+    /// Hands out again, as `ptr` (the pointer it was last handed out as),
+    /// a block whose record [`Claim::Kept`] kept in the map: marks it live
+    /// with the new request's figures, in place. `false` if it is gone
+    /// (it cannot be: only this thread's flush removes it).
+    #[inline]
+    pub(crate) fn revive(&self, ptr: u64, requested: usize, held: bool) -> bool {
+        self.map
+            .with_mut(&key(ptr), |r| {
+                debug_assert!(r.cached, "revived a live pointer");
+                r.cached = false;
+                r.requested = requested;
+                r.held = held;
+            })
+            .is_some()
+    }
+
+    /// The request's alignment moved the pointer of a block from the
+    /// thread's cache (kept under `old`): its record goes under the new key
+    /// (off the hot path).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn moved(&self, old: u64, ptr: u64, record: Record) {
+        self.forget_cached(old);
+        self.insert(ptr, record);
+    }
+
+    /// Removes the record of a block leaving a thread's cache for the
+    /// arena (a flush): from then on the pointer is not known at all.
+    pub(crate) fn forget_cached(&self, ptr: u64) {
+        let _ = self.map.remove_if(&key(ptr), |r| r.cached);
     }
 
     /// Why [`OwnershipMap::claim`] found nothing to take (off the hot path).
     #[cold]
     #[inline(never)]
     fn unclaimed(&self, ptr: u64, held: bool) -> Claim {
-        match self.map.with(&key(ptr), |r| r.held) {
+        match self.map.with(&key(ptr), |r| r.held && !r.cached) {
             Some(true) if !held => Claim::Held,
             _ => Claim::NotLive,
         }
@@ -159,29 +289,41 @@ impl OwnershipMap {
     pub(crate) fn add_use(&self, ptr: u64, stream: u64) -> bool {
         self.map
             .with_mut(&key(ptr), |r| {
+                if r.cached {
+                    return false;
+                }
                 if r.stream != stream && !r.uses().contains(&stream) {
                     r.uses.get_or_insert_with(Box::default).0.push(stream);
                 }
+                true
             })
-            .is_some()
+            .unwrap_or(false)
     }
 
     /// The requested size of a live pointer.
     pub(crate) fn requested(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&key(ptr), |r| r.requested)
+        self.map
+            .with(&key(ptr), |r| (!r.cached).then_some(r.requested))
+            .flatten()
     }
 
     /// The device of a live pointer.
     pub(crate) fn device(&self, ptr: u64) -> Option<usize> {
-        self.map.with(&key(ptr), Record::device)
+        self.map
+            .with(&key(ptr), |r| (!r.cached).then(|| r.device()))
+            .flatten()
     }
 
     /// For a live pointer: the id of its pool, or `None` for the cache.
     pub(crate) fn pool_id(&self, ptr: u64) -> Option<Option<u64>> {
-        self.map.with(&key(ptr), |r| match &r.owner {
-            Owner::Cache { .. } => None,
-            Owner::Pool(pool) => Some(pool.get().id),
-        })
+        self.map
+            .with(&key(ptr), |r| {
+                (!r.cached).then(|| match &r.owner {
+                    Owner::Cache { .. } => None,
+                    Owner::Pool(pool) => Some(pool.get().id),
+                })
+            })
+            .flatten()
     }
 
     /// Whether a live pointer of `device` was allocated on `stream` or
@@ -189,7 +331,9 @@ impl OwnershipMap {
     pub(crate) fn names_stream(&self, device: usize, stream: u64) -> bool {
         let mut named = false;
         self.map.for_each(|_, r| {
-            named |= r.device() == device && (r.stream == stream || r.uses().contains(&stream));
+            named |= !r.cached
+                && r.device() == device
+                && (r.stream == stream || r.uses().contains(&stream));
         });
         named
     }
@@ -200,7 +344,9 @@ impl OwnershipMap {
     pub(crate) fn live_blocks(&self) -> std::collections::HashMap<u64, usize> {
         let mut out = std::collections::HashMap::new();
         self.map.for_each(|_, r| {
-            out.insert(r.block.addr(), r.requested);
+            if !r.cached {
+                out.insert(r.block.addr(), r.requested);
+            }
         });
         out
     }
@@ -210,8 +356,11 @@ impl OwnershipMap {
         self.map.clear();
     }
 
-    /// Number of live pointers.
+    /// Number of live pointers (slow: a scan, as records of cached blocks
+    /// are not live).
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        let mut live = 0;
+        self.map.for_each(|_, r| live += usize::from(!r.cached));
+        live
     }
 }

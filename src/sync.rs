@@ -84,17 +84,20 @@ pub(crate) fn next_id() -> u64 {
 
 #[cfg(not(all(loom, feature = "loom")))]
 mod map {
-    use std::hash::Hash;
+    use std::hash::{BuildHasher, Hash};
 
-    /// A concurrent hash map: `DashMap` with a fast hasher for pointer keys.
+    /// A concurrent hash map: `DashMap` with a fast hasher for pointer keys
+    /// (`S`: [`super::hash::SegmentAffine`] unless the map says otherwise).
     #[derive(Debug)]
-    pub(crate) struct ConcurrentMap<K: Eq + Hash, V>(
-        dashmap::DashMap<K, V, super::hash::SegmentAffine>,
-    );
+    pub(crate) struct ConcurrentMap<
+        K: Eq + Hash,
+        V,
+        S: BuildHasher + Clone = super::hash::SegmentAffine,
+    >(dashmap::DashMap<K, V, S>);
 
-    impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
+    impl<K: Eq + Hash, V, S: BuildHasher + Clone + Default> ConcurrentMap<K, V, S> {
         pub(crate) fn new() -> Self {
-            ConcurrentMap(dashmap::DashMap::with_hasher(super::hash::SegmentAffine))
+            ConcurrentMap(dashmap::DashMap::with_hasher(S::default()))
         }
         /// A map of `shards` shards (a power of two above 1), each behind a
         /// lock on cache lines of its own (`DashMap` pads them): more than
@@ -102,7 +105,7 @@ mod map {
         /// threads working on different keys rarely meet on a shard.
         pub(crate) fn with_shards(shards: usize) -> Self {
             ConcurrentMap(dashmap::DashMap::with_hasher_and_shard_amount(
-                super::hash::SegmentAffine,
+                S::default(),
                 shards,
             ))
         }
@@ -123,6 +126,12 @@ mod map {
         pub(crate) fn remove_if(&self, key: &K, take: impl FnOnce(&V) -> bool) -> Option<V> {
             self.0.remove_if(key, |_, v| take(v)).map(|(_, v)| v)
         }
+        /// Runs `f` on `key`'s value, which it may change, and removes the
+        /// value if `f` says so, in one step (one write lock, one probe).
+        #[inline]
+        pub(crate) fn remove_if_mut(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+            self.0.remove_if_mut(key, |_, v| f(v)).map(|(_, v)| v)
+        }
         /// Sets `key`'s value, returning the one it replaces, in one step.
         pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
             self.0.insert(key, value)
@@ -130,11 +139,9 @@ mod map {
         pub(crate) fn with<R>(&self, key: &K, f: impl FnOnce(&V) -> R) -> Option<R> {
             self.0.get(key).map(|v| f(&v))
         }
+        #[inline]
         pub(crate) fn with_mut<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
             self.0.get_mut(key).map(|mut v| f(&mut v))
-        }
-        pub(crate) fn len(&self) -> usize {
-            self.0.len()
         }
         pub(crate) fn clear(&self) {
             self.0.clear();
@@ -153,13 +160,17 @@ mod map {
     use std::hash::Hash;
 
     /// loom stand-in for `DashMap`: one loom mutex around a `HashMap`.
-    /// Each `DashMap` call is atomic per key, which this preserves.
+    /// Each `DashMap` call is atomic per key, which this preserves. (`S`,
+    /// the hasher, only names the normal build's.)
     #[derive(Debug)]
-    pub(crate) struct ConcurrentMap<K: Eq + Hash, V>(super::Mutex<HashMap<K, V>>);
+    pub(crate) struct ConcurrentMap<K: Eq + Hash, V, S = ()>(
+        super::Mutex<HashMap<K, V>>,
+        std::marker::PhantomData<fn() -> S>,
+    );
 
-    impl<K: Eq + Hash, V> ConcurrentMap<K, V> {
+    impl<K: Eq + Hash, V, S> ConcurrentMap<K, V, S> {
         pub(crate) fn new() -> Self {
-            ConcurrentMap(super::Mutex::new(HashMap::new()))
+            ConcurrentMap(super::Mutex::new(HashMap::new()), std::marker::PhantomData)
         }
         /// One lock whatever the shard count: shards change no behaviour.
         pub(crate) fn with_shards(_shards: usize) -> Self {
@@ -184,6 +195,14 @@ mod map {
                 None
             }
         }
+        pub(crate) fn remove_if_mut(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
+            let mut map = self.0.lock();
+            if map.get_mut(key).is_some_and(f) {
+                map.remove(key)
+            } else {
+                None
+            }
+        }
         pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
             // Dropped by the caller, outside the lock (it may be a pool).
             self.0.lock().insert(key, value)
@@ -193,9 +212,6 @@ mod map {
         }
         pub(crate) fn with_mut<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
             self.0.lock().get_mut(key).map(f)
-        }
-        pub(crate) fn len(&self) -> usize {
-            self.0.lock().len()
         }
         pub(crate) fn clear(&self) {
             // Drop the values outside the lock: they may be pools whose drop
@@ -212,6 +228,40 @@ mod map {
 }
 
 pub(crate) use map::ConcurrentMap;
+
+/// The hasher of maps whose keys are scrambled pointers (the ownership
+/// map's: a pointer times an odd constant, whose high bits mix the whole
+/// pointer): folds the high bits onto the low ones, which hashbrown's
+/// bucket index takes (a 512-byte-aligned pointer's product has nine zero
+/// low bits); `DashMap`'s shard and hashbrown's tag take high bits as they
+/// are. One shift and one xor per call, no multiplication.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ScrambledKey(u64);
+
+impl std::hash::BuildHasher for ScrambledKey {
+    type Hasher = ScrambledKey;
+    #[inline]
+    fn build_hasher(&self) -> ScrambledKey {
+        ScrambledKey(0)
+    }
+}
+
+impl std::hash::Hasher for ScrambledKey {
+    fn write(&mut self, bytes: &[u8]) {
+        // Keys are `u64`s (`write_u64`); anything else still hashes.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
 
 #[cfg(not(all(loom, feature = "loom")))]
 mod hash {
@@ -330,3 +380,109 @@ mod once {
 }
 
 pub(crate) use once::OnceSlot;
+
+#[cfg(not(all(loom, feature = "loom")))]
+mod spin {
+    use std::cell::UnsafeCell;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A lock for data one thread uses on every call and others only
+    /// seldom (a thread's cache: drained or read by others now and then):
+    /// taking it is one compare-and-swap and releasing it one plain store,
+    /// where a `Mutex` also swaps on release. A waiter spins, then yields
+    /// (the holders' critical sections are short and never block).
+    #[derive(Debug, Default)]
+    pub(crate) struct OwnerLock<T> {
+        locked: AtomicBool,
+        value: UnsafeCell<T>,
+    }
+
+    // SAFETY: the value is reached only through a guard, and at most one
+    // guard exists at a time (the flag's acquire/release pair orders the
+    // accesses of successive holders), as with `std::sync::Mutex`.
+    unsafe impl<T: Send> Sync for OwnerLock<T> {}
+    // SAFETY: owning the lock owns the value.
+    unsafe impl<T: Send> Send for OwnerLock<T> {}
+
+    impl<T> OwnerLock<T> {
+        pub(crate) fn new(value: T) -> Self {
+            OwnerLock {
+                locked: AtomicBool::new(false),
+                value: UnsafeCell::new(value),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn lock(&self) -> OwnerGuard<'_, T> {
+            if self
+                .locked
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                self.wait();
+            }
+            OwnerGuard { lock: self }
+        }
+
+        #[cold]
+        #[inline(never)]
+        fn wait(&self) {
+            let mut spins = 0u32;
+            loop {
+                while self.locked.load(Ordering::Relaxed) {
+                    if spins < 64 {
+                        spins += 1;
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                if self
+                    .locked
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Holds an [`OwnerLock`]; releases it when dropped.
+    pub(crate) struct OwnerGuard<'a, T> {
+        lock: &'a OwnerLock<T>,
+    }
+
+    impl<T> std::ops::Deref for OwnerGuard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            // SAFETY: this guard holds the lock: no other reference to the
+            // value exists while it lives.
+            unsafe { &*self.lock.value.get() }
+        }
+    }
+
+    impl<T> std::ops::DerefMut for OwnerGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            // SAFETY: as in `deref`, and `&mut self` makes this the only
+            // reference through the guard.
+            unsafe { &mut *self.lock.value.get() }
+        }
+    }
+
+    impl<T> Drop for OwnerGuard<'_, T> {
+        #[inline]
+        fn drop(&mut self) {
+            self.lock.locked.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(all(loom, feature = "loom"))]
+mod spin {
+    /// loom stand-in for the spin lock: a loom mutex (same exclusion; loom
+    /// explores its interleavings without modelling a spin loop).
+    pub(crate) type OwnerLock<T> = super::Mutex<T>;
+}
+
+pub(crate) use spin::OwnerLock;

@@ -58,9 +58,9 @@
 
 use crate::arena::{BlockRef, StreamTag, SMALL_REQUEST_MAX};
 use crate::stats::{Gauge, PoolStats, StatsBook};
-use crate::sync::{next_id, thread_local, Arc, Mutex};
+use crate::sync::{next_id, thread_local, Arc, Mutex, OwnerLock};
 use rustc_hash::FxHashMap;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Blocks one thread's cache of one device holds at most.
 pub(crate) const CAP_BLOCKS: usize = 64;
@@ -124,11 +124,11 @@ impl Sink {
 /// written by every call of its thread, and by no other thread's.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Slot(Mutex<Local>);
+struct Slot(OwnerLock<Local>);
 
 impl std::ops::Deref for Slot {
-    type Target = Mutex<Local>;
-    fn deref(&self) -> &Mutex<Local> {
+    type Target = OwnerLock<Local>;
+    fn deref(&self) -> &OwnerLock<Local> {
         &self.0
     }
 }
@@ -137,6 +137,9 @@ impl std::ops::Deref for Slot {
 /// the user.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cached {
+    /// The pointer last handed out for the block: its ownership record
+    /// stays in the map, marked cached, under this pointer.
+    pub(crate) ptr: u64,
     pub(crate) block: BlockRef,
     pub(crate) size: usize,
     pub(crate) shard: usize,
@@ -197,13 +200,58 @@ impl Counts {
     }
 }
 
+/// A thread cache's bins, one per (stream, block size), with the last one
+/// used remembered: a thread that allocates and frees one size finds its
+/// bin without hashing.
+#[derive(Debug, Default)]
+struct Bins {
+    bins: Vec<Vec<Cached>>,
+    keys: Vec<(StreamTag, usize)>,
+    index: FxHashMap<(StreamTag, usize), usize>,
+    last: usize,
+}
+
+impl Bins {
+    #[inline]
+    fn get_mut(&mut self, key: (StreamTag, usize)) -> Option<&mut Vec<Cached>> {
+        let at = match self.keys.get(self.last) {
+            Some(&k) if k == key => self.last,
+            _ => *self.index.get(&key)?,
+        };
+        self.last = at;
+        Some(&mut self.bins[at])
+    }
+
+    #[inline]
+    fn entry(&mut self, key: (StreamTag, usize)) -> &mut Vec<Cached> {
+        let at = match self.keys.get(self.last) {
+            Some(&k) if k == key => self.last,
+            _ => self.slot(key),
+        };
+        self.last = at;
+        &mut self.bins[at]
+    }
+
+    /// The index of `key`'s bin, made if new (off the pair's path).
+    #[inline(never)]
+    fn slot(&mut self, key: (StreamTag, usize)) -> usize {
+        let next = self.bins.len();
+        let at = *self.index.entry(key).or_insert(next);
+        if at == next {
+            self.bins.push(Vec::new());
+            self.keys.push(key);
+        }
+        at
+    }
+}
+
 /// One thread's cache for one device.
 #[derive(Debug, Default)]
 pub(crate) struct Local {
     /// A process-unique id (0 for the throwaway cache of a thread in
     /// teardown).
     pub(crate) id: u64,
-    bins: FxHashMap<(StreamTag, usize), Vec<Cached>>,
+    bins: Bins,
     blocks: usize,
     bytes: usize,
     /// The thread's user-level figures.
@@ -251,7 +299,7 @@ impl Local {
     /// first (as the arena's quick bins do, so placement does not depend
     /// on the order of frees).
     pub(crate) fn take(&mut self, stream: StreamTag, size: usize) -> Option<Cached> {
-        let bin = self.bins.get_mut(&(stream, size))?;
+        let bin = self.bins.get_mut((stream, size))?;
         let cached = bin.pop()?;
         self.blocks -= 1;
         self.bytes -= cached.size;
@@ -263,13 +311,19 @@ impl Local {
         if self.blocks >= CAP_BLOCKS || self.bytes + cached.size > CAP_BYTES {
             return Err(cached);
         }
-        let bin = self.bins.entry((cached.stream, cached.size)).or_default();
+        let bin = self.bins.entry((cached.stream, cached.size));
         if bin.len() >= BIN_CAP {
             return Err(cached);
         }
-        // Highest address first, so `pop` takes the lowest.
-        let at = bin.partition_point(|c| c.block.addr() > cached.block.addr());
-        bin.insert(at, cached);
+        // Highest address first, so `pop` takes the lowest (a block below
+        // every other, as the one just taken back is, goes on top).
+        match bin.last() {
+            Some(top) if top.block.addr() < cached.block.addr() => {
+                let at = bin.partition_point(|c| c.block.addr() > cached.block.addr());
+                bin.insert(at, cached);
+            }
+            _ => bin.push(cached),
+        }
         self.blocks += 1;
         self.bytes += cached.size;
         Ok(())
@@ -286,7 +340,7 @@ impl Local {
         if self.blocks == 0 {
             return;
         }
-        for bin in self.bins.values_mut() {
+        for bin in self.bins.bins.iter_mut() {
             out.append(bin);
         }
         self.blocks = 0;
@@ -300,7 +354,7 @@ impl Local {
 #[cold]
 #[inline(never)]
 fn new_slot() -> Arc<Slot> {
-    Arc::new(Slot(Mutex::new(Local {
+    Arc::new(Slot(OwnerLock::new(Local {
         id: next_id(),
         ..Local::default()
     })))
@@ -316,6 +370,13 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // The memo must not outlive the entry it points into.
+        let slot: *const Slot = &*self.local;
+        let _ = LAST.try_with(|last| {
+            if last.get().1 == slot {
+                last.set((0, std::ptr::null()));
+            }
+        });
         let mut local = self.local.lock();
         local.fold(&self.sink);
         local.orphan = true;
@@ -325,6 +386,13 @@ impl Drop for Handle {
 thread_local! {
     /// The calling thread's caches, one per device's [`ThreadCaches`] used.
     static MINE: RefCell<Vec<Handle>> = const { RefCell::new(Vec::new()) };
+    /// The cache the calling thread used last, as (the [`ThreadCaches`]'
+    /// id, its slot), or (0, null): one plain load finds it on every call
+    /// of a thread that uses one device (no destructor, no borrow, no
+    /// search). Invariant: a non-null slot is that of an entry of [`MINE`]
+    /// (whose `Arc` keeps it alive): set only from an entry found or
+    /// pushed there, cleared when that entry is dropped.
+    static LAST: Cell<(u64, *const Slot)> = const { Cell::new((0, std::ptr::null())) };
 }
 
 /// The thread caches of one device.
@@ -359,10 +427,32 @@ impl ThreadCaches {
         f: impl FnOnce(&mut Local) -> R,
         orphans: impl FnOnce(Vec<Cached>),
     ) -> R {
+        let (id, slot) = LAST.try_with(Cell::get).unwrap_or((0, std::ptr::null()));
+        if id == self.id {
+            // SAFETY: `LAST`'s invariant: the slot of an entry of this
+            // thread's `MINE`, alive while that entry is, and the entry is
+            // dropped only by this thread (which is here), clearing `LAST`.
+            let slot = unsafe { &*slot };
+            return f(&mut slot.lock());
+        }
+        self.with_slow(f, orphans)
+    }
+
+    /// [`ThreadCaches::with`] when the thread's last cache is another
+    /// device's (or none yet): finds or registers this one's, and
+    /// remembers it.
+    #[inline(never)]
+    fn with_slow<R>(
+        &self,
+        f: impl FnOnce(&mut Local) -> R,
+        orphans: impl FnOnce(Vec<Cached>),
+    ) -> R {
         let mut f = Some(f);
         let found = MINE.try_with(|mine| {
             let mine = mine.borrow();
             let handle = mine.iter().find(|h| h.owner == self.id)?;
+            let slot: *const Slot = &*handle.local;
+            let _ = LAST.try_with(|last| last.set((self.id, slot)));
             let mut local = handle.local.lock();
             Some((f.take().expect("called once"))(&mut local))
         });
@@ -479,7 +569,7 @@ impl ThreadCaches {
     pub(crate) fn containing(&self, addr: u64) -> Option<(u64, usize)> {
         self.locals.lock().iter().find_map(|local| {
             let local = local.lock();
-            local.bins.values().flatten().find_map(|c| {
+            local.bins.bins.iter().flatten().find_map(|c| {
                 let start = c.block.addr();
                 (start..start + c.size as u64)
                     .contains(&addr)

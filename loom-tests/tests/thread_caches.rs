@@ -1,4 +1,4 @@
-//! Models 12, 13 and 15: the per-thread caches of freed blocks
+//! Models 12, 13, 15 and 16: the per-thread caches of freed blocks
 //! (`src/thread_cache.rs`): a block in one thread's cache raced by a drain
 //! from another thread, the out-of-memory path draining another live
 //! thread's cache, and the statistics' pending changes (a free into a
@@ -242,5 +242,57 @@ fn pending_statistics_race_an_allocation_and_a_stats_read() {
     tally.expect(&[
         "exact",
         "above the true peak by another thread's pending free",
+    ]);
+}
+
+/// Model 16: the ownership record of a block in a thread cache stays in the
+/// map, marked cached (`src/ownership.rs`). Main frees its block while
+/// another thread frees the same pointer (a double free racing the free
+/// into main's cache), then main allocates that size again and frees it.
+/// Exactly one of the racing frees succeeds, the other is `DoubleFree`
+/// (`UnknownPointer` only while the block is between the map and the
+/// arena); the block is never freed twice nor handed out twice, and the
+/// statistics are exact at the end.
+#[test]
+fn a_free_into_the_cache_races_a_free_of_the_same_pointer() {
+    let tally = explore(
+        "16 thread caches: a free into the cache races a free of the same pointer",
+        Some(BOUND),
+        |tally| {
+            let (alloc, host) = host_allocator();
+            let a = alloc.allocate(1000, 512).unwrap();
+            let other = {
+                let alloc = alloc.clone();
+                thread::spawn(move || alloc.free(a))
+            };
+            let mine = alloc.free(a);
+            let theirs = other.join().unwrap();
+            let ok_or_lost = |r: &Result<(), Error>| match r {
+                Ok(()) => true,
+                Err(Error::DoubleFree { ptr } | Error::UnknownPointer { ptr }) => {
+                    assert_eq!(*ptr, a.addr());
+                    false
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            };
+            tally.note(match (ok_or_lost(&mine), ok_or_lost(&theirs)) {
+                (true, false) => "main kept the block in its cache",
+                (false, true) => "the other thread gave the block to the arena",
+                other => panic!("both or neither freed: {other:?}"),
+            });
+            let b = alloc.allocate(1000, 512).unwrap();
+            assert_eq!(alloc.live_pointers(), 1);
+            alloc.free(b).unwrap();
+            let s = alloc.stats().caching;
+            assert_eq!((s.allocations, s.frees), (2, 2));
+            assert_eq!((s.live_blocks, s.allocated_bytes), (0, 0));
+            assert_eq!(alloc.live_pointers(), 0);
+            assert_eq!(alloc.empty_cache().unwrap(), s.reserved_bytes);
+            assert_eq!(host.outstanding_bytes(), 0);
+        },
+    );
+    tally.expect(&[
+        "main kept the block in its cache",
+        "the other thread gave the block to the arena",
     ]);
 }

@@ -12,6 +12,7 @@ impl Device {
     /// Whether `stream` is being captured. The default stream (0) is never
     /// captured (CUDA forbids capturing the legacy stream), which keeps the
     /// common path free of driver calls.
+    #[inline]
     pub(crate) fn capturing(&self, stream: StreamTag) -> Result<bool, BackendError> {
         if stream == 0 {
             return Ok(false);
@@ -93,6 +94,7 @@ impl Device {
     /// waits, until the capture has ended, so no eager work can reuse memory
     /// the capture touched. (A pool's block freed during its capture is
     /// reusable at once: only the pool hands it out, to the same capture.)
+    #[inline]
     pub(crate) fn free_block(
         &self,
         arena: &mut Arena,
@@ -110,14 +112,29 @@ impl Device {
             self.note(Action::FreeCompleted, side, stream, size, block.addr());
             return;
         }
+        let own = own_capturing.then_some(stream);
+        self.defer_block(arena, side, block, requested, own, uses);
+    }
+
+    /// [`Device::free_block`] of a block that must wait for stream work:
+    /// for its own stream `own` (being captured, or its state unknown),
+    /// if any, and for the other streams that used it.
+    #[inline(never)]
+    fn defer_block(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        block: BlockRef,
+        requested: usize,
+        own: Option<StreamTag>,
+        uses: &[StreamTag],
+    ) {
         let mut deferred = Deferred {
             block,
             events: Vec::new(),
             unrecorded: Vec::new(),
         };
-        if own_capturing {
-            deferred.unrecorded.push(stream);
-        }
+        deferred.unrecorded.extend(own);
         for &s in uses {
             match self.capturing(s) {
                 Ok(false) => match self.record_on(s) {

@@ -200,6 +200,7 @@ impl Device {
     /// Carves `rounded` bytes from `arena`, reserving a segment when no free
     /// block fits. [`Shortfall::Exhausted`] says the device is full: the
     /// owner then releases what it can and calls this once more.
+    #[inline]
     pub(crate) fn carve(
         &self,
         arena: &mut Arena,
@@ -208,14 +209,40 @@ impl Device {
         rounded: usize,
         requested: usize,
     ) -> Result<Carved, Shortfall> {
+        // The common case in line: nothing to settle, a free block fits.
+        let tried = arena.deferred.is_empty();
+        if tried {
+            if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
+                self.note_allocated(side, carved.size);
+                return Ok(carved);
+            }
+        }
+        self.carve_slow(arena, side, tried, stream, rounded, requested)
+    }
+
+    /// [`Device::carve`] past its common case (`tried`: the arena was
+    /// searched already, with nothing deferred: no need to search again
+    /// before reserving).
+    #[inline(never)]
+    fn carve_slow(
+        &self,
+        arena: &mut Arena,
+        side: Side,
+        tried: bool,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+    ) -> Result<Carved, Shortfall> {
         if !arena.deferred.is_empty() {
             // Best effort: a block whose events cannot be queried stays deferred.
             let _ = self.settle(arena, side, false);
         }
-        if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
-            // Blocks of expandable segments are carved from mapped memory only.
-            self.note_allocated(side, carved.size);
-            return Ok(carved);
+        if !tried {
+            if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
+                // Blocks of expandable segments are carved from mapped memory only.
+                self.note_allocated(side, carved.size);
+                return Ok(carved);
+            }
         }
         // Expandable segments: one address range per stream and class for
         // the cache's blocks, pages mapped on a miss (`mapping.rs`). (Graph

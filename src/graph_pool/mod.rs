@@ -191,7 +191,32 @@ impl fmt::Debug for PoolCore {
 }
 
 impl PoolCore {
+    /// Carves a block for a request: as the plan says for a planned pool,
+    /// else from the pool's free blocks or a new segment.
+    #[inline]
     pub(crate) fn allocate(
+        &self,
+        stream: StreamTag,
+        rounded: usize,
+        requested: usize,
+        align: usize,
+    ) -> Result<Carved, Shortfall> {
+        // The common case in line: no plan, nothing deferred, a free block
+        // fits (anything else starts over below).
+        if self.plan.is_none() {
+            let mut arena = self.arena.lock();
+            if arena.deferred.is_empty() {
+                if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
+                    arena.pend_alloc(&self.cache.device.book, carved.size);
+                    return Ok(carved);
+                }
+            }
+        }
+        self.allocate_slow(stream, rounded, requested, align)
+    }
+
+    #[inline(never)]
+    fn allocate_slow(
         &self,
         stream: StreamTag,
         rounded: usize,
@@ -389,6 +414,7 @@ impl PoolPtr {
     /// Frees the block whose record held this pointer; when it was the
     /// last block of a parked pool, the pool is dropped here, after the
     /// last use of the reference.
+    #[inline]
     pub(crate) fn free(
         self,
         block: BlockRef,
