@@ -15,10 +15,13 @@
 //!   allocation (one `cuMemCreate` handle, one `cuMemMap`, one
 //!   `cuMemSetAccess`), unmapped only whole (CUDA cannot unmap part of a
 //!   mapping). The driver's cost is per handle, nearly whatever its size
-//!   (2 MiB pages one handle each cost about 37 µs a page on an H200), so a
-//!   growth is one unit, cut only at every [`MAX_UNIT`] bytes from its
-//!   range's base: few handles, and a large idle hole still holds whole
-//!   units a reclaim can take. (Units of one growth each: the fewest
+//!   (`bench/map_cost_probe.py` on an H200: `cuMemCreate` 10 µs, `cuMemMap`
+//!   2 µs, `cuMemSetAccess` 40 µs for 2 MiB to 256 MiB; 116 µs in all for
+//!   786 MiB; one `cuMemSetAccess` over n handles costs about as much as n
+//!   calls), so a growth of at most [`MAX_UNIT`] bytes is one unit, and a
+//!   larger one is cut at every [`MAX_UNIT`] bytes from its range's base:
+//!   few handles, and a large idle hole still holds whole units a reclaim
+//!   can take. (Units of one growth each: the fewest
 //!   handles, but a hole left inside a large unit by a smaller block could
 //!   never be unmapped, and gpt2_train's ratio rose to 1.072; PyTorch's
 //!   fixed 20 MiB units: 2.5x the handles.)
@@ -103,8 +106,8 @@ const GROWTH_GRANULE: usize = 16 << 20;
 /// 1.044 with this).
 const GRANULE_SHARE: usize = 16;
 
-/// The largest mapping unit: growth is mapped in units cut at multiples of
-/// this many bytes, so that a reclaim can unmap part of a large idle block
+/// The largest mapping unit: a larger growth is mapped in units cut at
+/// multiples of this many bytes, so that a reclaim can unmap part of a large idle block
 /// (a unit goes only whole).
 const MAX_UNIT: usize = 128 << 20;
 
