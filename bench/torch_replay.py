@@ -15,10 +15,14 @@ Per trace and configuration: cold ns/event (median of --runs passes, each after 
 from an empty cache), warm ns/event (the trace again on the cache the last cold pass left), peak
 allocated, peak reserved and their ratio. graphalloc's rows add its mapping calls (cold/warm).
 
-Machines differ by 20% from run to run: compare only rows of one run, as ratios.
+Machines differ by 20% from run to run, and drift within a run: every configuration runs --rounds
+times (3 by default), odd rounds in reverse order; the table gives each row's median over the
+rounds (cold ns/event with its range), and "cold / PyTorch default's", the median over the rounds
+of the row's cold ns/event divided by PyTorch default's in the same round. Compare only rows of
+one run, as ratios. Peaks, ratios and mapping calls are deterministic: they come from round 1.
 
 Usage (on the GPU machine):
-    python3 bench/torch_replay.py --replay .gpu/replay [--runs 3] [--json OUT.jsonl] TRACE...
+    python3 bench/torch_replay.py --replay .gpu/replay [--runs 3] [--rounds 3] [--json OUT.jsonl] TRACE...
 """
 
 from __future__ import annotations
@@ -180,6 +184,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("traces", nargs="+")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="run every configuration this many times, alternating their order")
     ap.add_argument("--replay", default="target/release/examples/replay")
     ap.add_argument("--json", help="also write every row as JSON lines to this file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -187,27 +193,47 @@ def main() -> None:
     if a.child:
         child(a.traces, a.runs)
         return
-    results = {}
-    for name, conf in TORCH_CONFS.items():
-        results[name] = run_torch(conf, a.traces, a.runs)
-    for name, conf in GA_CONFS.items():
-        results[name] = run_graphalloc(a.replay, conf, a.traces, a.runs)
-    print("| trace | allocator | cold ns/event | warm ns/event | peak reserved / allocated | "
-          "maps cold / warm | unmaps cold / warm |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    confs = [(name, lambda c=conf: run_torch(c, a.traces, a.runs)) for name, conf in TORCH_CONFS.items()]
+    confs += [(name, lambda c=conf: run_graphalloc(a.replay, c, a.traces, a.runs))
+              for name, conf in GA_CONFS.items()]
+    # rounds[r][name] = that round's rows; odd rounds run the configurations in reverse order,
+    # so that a machine drifting during the run favours none of them.
+    rounds = []
+    for r in range(max(1, a.rounds)):
+        order = confs if r % 2 == 0 else confs[::-1]
+        rounds.append({name: run() for name, run in order})
+    names = [name for name, _ in confs]
+    print("| trace | allocator | cold ns/event | cold / PyTorch default's | warm ns/event | "
+          "peak reserved / allocated | maps cold / warm | unmaps cold / warm |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     lines = []
     for t in [Path(p).name.removesuffix(".trace.gz") for p in a.traces]:
-        for name, rows in results.items():
-            for r in rows:
-                if r["trace"] != t:
-                    continue
-                r = dict(r, allocator=name)
-                lines.append(r)
-                maps = f"{fmt(r.get('maps'), 'd')} / {fmt(r.get('warm_maps'), 'd')}"
-                unmaps = f"{fmt(r.get('unmaps'), 'd')} / {fmt(r.get('warm_unmaps'), 'd')}"
-                print(f"| {t} | {name} | {fmt(r.get('ns_per_event'), ',.0f')} | "
-                      f"{fmt(r.get('warm_ns_per_event'), ',.0f')} | {fmt(r.get('ratio'), '.4f')} | "
-                      f"{maps} | {unmaps} |")
+        for name in names:
+            per_round = []
+            for rows in rounds:
+                mine = [r for r in rows.get(name, []) if r["trace"] == t]
+                base = [r for r in rows.get("pytorch default", []) if r["trace"] == t]
+                if mine:
+                    vs = mine[0]["ns_per_event"] / base[0]["ns_per_event"] if base else None
+                    per_round.append((mine[0], vs))
+            if not per_round:
+                continue
+            cold = [r["ns_per_event"] for r, _ in per_round]
+            warm = [r["warm_ns_per_event"] for r, _ in per_round if r.get("warm_ns_per_event")]
+            vs = [v for _, v in per_round if v is not None]
+            r = dict(per_round[0][0], allocator=name, rounds=len(per_round),
+                     ns_per_event=statistics.median(cold), rounds_ns_per_event=cold,
+                     warm_ns_per_event=statistics.median(warm) if warm else None,
+                     vs_pytorch_default=statistics.median(vs) if vs else None,
+                     rounds_vs_pytorch_default=vs)
+            lines.append(r)
+            spread = f" ({min(cold):,.0f}–{max(cold):,.0f})" if len(cold) > 1 else ""
+            ratio = "-" if not vs else f"{statistics.median(vs):.3f} ({min(vs):.3f}–{max(vs):.3f})"
+            maps = f"{fmt(r.get('maps'), 'd')} / {fmt(r.get('warm_maps'), 'd')}"
+            unmaps = f"{fmt(r.get('unmaps'), 'd')} / {fmt(r.get('warm_unmaps'), 'd')}"
+            print(f"| {t} | {name} | {r['ns_per_event']:,.0f}{spread} | {ratio} | "
+                  f"{fmt(r.get('warm_ns_per_event'), ',.0f')} | {fmt(r.get('ratio'), '.4f')} | "
+                  f"{maps} | {unmaps} |")
     if a.json:
         with open(a.json, "w") as f:
             for r in lines:
