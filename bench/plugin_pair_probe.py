@@ -15,13 +15,14 @@ Prints one JSON line per process, and a table of each figure's median over the r
 The figures include PyTorch's own cost (Python, the dispatcher, and for graphalloc the
 pluggable allocator's bookkeeping): compare rows of one run only.
 
-Usage (GPU machine): python3 bench/plugin_pair_probe.py [--rounds 3] [--lib A.so --lib B.so]
+Usage (GPU machine): python3 bench/plugin_pair_probe.py [--rounds 3] [--cpus 0-7] [--lib A.so --lib B.so]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import random
 import statistics
@@ -32,11 +33,15 @@ import time
 from pathlib import Path
 
 TAG = "PLUGIN_PAIR_PROBE "
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def child(allocator: str) -> None:
+def child(allocator: str, cpus: str | None) -> None:
+    if cpus:
+        from torch_plugin import parse_cpus
+
+        os.sched_setaffinity(0, parse_cpus(cpus))
     if allocator.startswith("graphalloc:"):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from torch_plugin import import_graphalloc_torch
 
         import_graphalloc_torch().use(allocator.split(":", 1)[1])
@@ -101,16 +106,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lib", action="append", default=[], help="a libgraphalloc.so to compare")
+    ap.add_argument("--cpus", help="pin every process to these CPUs (e.g. 0-7)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(a.child)
+        child(a.child, a.cpus)
         return
     allocators = ["native"] + [f"graphalloc:{Path(p).resolve()}" for p in a.lib]
     rows: dict[str, list[dict]] = {}
     for r in range(a.rounds):
         for alloc in allocators if r % 2 == 0 else allocators[::-1]:
-            proc = subprocess.run([sys.executable, __file__, "--child", alloc],
+            cmd = [sys.executable, __file__, "--child", alloc] + (["--cpus", a.cpus] if a.cpus else [])
+            proc = subprocess.run(cmd,
                                   capture_output=True, text=True, timeout=300)
             got = [json.loads(l[len(TAG):]) for l in proc.stdout.splitlines() if l.startswith(TAG)]
             if not got:

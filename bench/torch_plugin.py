@@ -462,6 +462,8 @@ def import_torch(result):
 def child(args):
     """One workload under one allocator; prints one RESULT line."""
     result = {"workload": args.workload, "allocator": args.allocator}
+    if args.cpus:
+        os.sched_setaffinity(0, parse_cpus(args.cpus))  # threads made later inherit it
     try:
         ga = None
         if args.allocator == "graphalloc":
@@ -505,6 +507,15 @@ def child(args):
 # Parent: runs the children and prints the table.
 
 
+def parse_cpus(text):
+    """CPU numbers from a list such as `0-3,8`."""
+    cpus = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def run_child(args, workload, allocator):
     cmd = [
         sys.executable,
@@ -525,6 +536,8 @@ def run_child(args, workload, allocator):
     ]
     if args.lib:
         cmd += ["--lib", args.lib]
+    if args.cpus:
+        cmd += ["--cpus", args.cpus]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -762,6 +775,9 @@ def main():
         "register one planned from a recorded warm-up step (planned)",
     )
     p.add_argument("--timeout", type=int, default=240, help="seconds per child process")
+    p.add_argument("--cpus", help="pin every child process to these CPUs (e.g. 0-7): the same cores "
+                   "for every run, so that runs differ by the allocator rather than by where the "
+                   "scheduler put them")
     p.add_argument("--repeat", type=int, default=1, help="runs per workload and allocator, alternating")
     p.add_argument("--json", help="write the JSON report here (default $OUT/torch_plugin.json)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
