@@ -14,13 +14,31 @@
 
 use crate::graph_pool::{GraphPool, PoolCore, PoolHandle};
 use crate::sync::{thread_local, Arc};
+use crate::thread_cache::PoolSlot;
 use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 
 struct Entry {
     token: u64,
     pool: Arc<PoolHandle>,
+    /// The thread's cache of the pool's freed blocks while this entry is
+    /// its innermost on the pool (none for a planned pool): see
+    /// `graph_pool/slots.rs`.
+    slot: Option<Arc<PoolSlot>>,
 }
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // Before the handle goes: the cache's blocks back to the pool.
+        if let Some(slot) = &self.slot {
+            self.pool.close_slot(slot);
+        }
+    }
+}
+
+/// The pool of a thread's graph-mode entry, lent to an allocation, with
+/// the entry's cache of the pool's freed blocks.
+pub(crate) type Lent<'a> = (&'a PoolCore, Option<&'a PoolSlot>);
 
 thread_local! {
     static STACK: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
@@ -82,6 +100,7 @@ pub(crate) fn enter(pool: &GraphPool) -> GraphModeGuard {
         stack.push(Entry {
             token,
             pool: pool.core.clone(),
+            slot: pool.core.open_slot(),
         });
         set_depth(&stack);
     });
@@ -122,7 +141,7 @@ impl Drop for GraphModeGuard {
 pub(crate) fn with_current_pool<R>(
     allocator_id: u64,
     device: Option<usize>,
-    mut f: impl FnMut(Option<&PoolCore>) -> R,
+    mut f: impl FnMut(Option<Lent<'_>>) -> R,
 ) -> R {
     // Outside graph mode (or once the thread-locals are gone): no pool.
     if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
@@ -137,18 +156,37 @@ pub(crate) fn with_current_pool<R>(
 fn with_stack_pool<R>(
     allocator_id: u64,
     device: Option<usize>,
-    mut f: impl FnMut(Option<&PoolCore>) -> R,
+    mut f: impl FnMut(Option<Lent<'_>>) -> R,
 ) -> R {
     let found = STACK.try_with(|s| {
         let stack = s.borrow();
         let pool = stack.iter().rev().find(|e| {
             e.pool.allocator_id == allocator_id && device.is_none_or(|d| e.pool.device() == d)
         });
-        f(pool.map(|e| &**e.pool))
+        f(pool.map(|e| (&**e.pool, e.slot.as_deref())))
     });
     // The stack is gone (thread teardown): graph mode on no pool; `f` did
     // not run.
     found.unwrap_or_else(|_| f(None))
+}
+
+/// Runs `put` on the calling thread's cache for `pool`: that of its
+/// innermost graph-mode entry on `pool`. `false` (and `put` not run)
+/// outside graph mode on `pool`, for a planned pool, and while the stack is
+/// borrowed or gone.
+#[inline]
+pub(crate) fn with_slot(pool: &PoolCore, put: impl FnOnce(&PoolSlot) -> bool) -> bool {
+    if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
+        return false;
+    }
+    let found = STACK.try_with(|s| {
+        let Ok(stack) = s.try_borrow() else {
+            return false;
+        };
+        let entry = stack.iter().rev().find(|e| std::ptr::eq(&**e.pool, pool));
+        entry.and_then(|e| e.slot.as_deref()).is_some_and(put)
+    });
+    found.unwrap_or(false)
 }
 
 /// Whether the calling thread is in graph mode for allocator `allocator_id`.
