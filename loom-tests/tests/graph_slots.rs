@@ -11,7 +11,7 @@ use loom_tests::{explore, host_allocator};
 
 /// Preemption bound of model 18 (two threads in graph mode, each
 /// allocating and freeing twice).
-const BOUND_MODEL_18: usize = 3;
+const BOUND_MODEL_18: usize = 5;
 
 /// The pool's figures are exact whenever read: the counts agree with the
 /// live blocks, and the peak is exactly one block once one was allocated.
@@ -54,12 +54,13 @@ fn a_graph_mode_cache_races_a_stats_read_and_a_reset() {
             assert_eq!(alloc.live_pointers(), 1);
             alloc.free(b).unwrap();
             let (seen, reset) = other.join().unwrap();
+            // (The reset comes after the read: in any state but the last
+            // it may find a block live or none.)
             tally.note(match (seen.allocations, seen.frees, reset) {
-                (0, 0, true) => "read and reset before the first allocation",
-                (1, 0, false) => "read with the first block live",
-                (1, 1, true) => "read and reset with the first block in the cache",
-                (1, 1, false) => "read with the first block in the cache, reset after the hit",
-                (2, 1, false) => "read with the second block live",
+                (0, 0, _) => "read before the first allocation",
+                (1, 0, _) => "read with the first block live",
+                (1, 1, _) => "read with the first block in the cache",
+                (2, 1, _) => "read with the second block live",
                 (2, 2, true) => "read and reset after both frees",
                 other => panic!("read {seen:?}, reset {other:?}"),
             });
@@ -70,10 +71,12 @@ fn a_graph_mode_cache_races_a_stats_read_and_a_reset() {
                 (0, 0, 0)
             );
             assert_eq!(s.segments, 1);
-            // The peak restarts at the reset: exact, one block, unless the
-            // reset came after both frees.
-            let peak = if reset && seen.frees == 2 { 0 } else { 1024 };
-            assert_eq!(s.peak_allocated_bytes, peak);
+            // The peak restarts at a reset: one block, unless the reset
+            // came after both frees (then nothing since).
+            match (reset, s.peak_allocated_bytes) {
+                (_, 1024) | (true, 0) => {}
+                other => panic!("peak after reset {other:?}"),
+            }
             assert_eq!(alloc.live_pointers(), 0);
             pool.reset().unwrap();
             drop(guard);
@@ -82,9 +85,9 @@ fn a_graph_mode_cache_races_a_stats_read_and_a_reset() {
         },
     );
     tally.expect(&[
-        "read and reset before the first allocation",
+        "read before the first allocation",
         "read with the first block live",
-        "read and reset with the first block in the cache",
+        "read with the first block in the cache",
         "read with the second block live",
         "read and reset after both frees",
     ]);
