@@ -100,9 +100,10 @@ impl Allocator {
     /// before the pool is asked (the device must hold a small segment).
     #[inline(never)]
     fn allocate_pooled(&self, lent: Lent<'_>, size: usize, align: usize, held: bool) -> Carve {
-        let (pool, slot) = lent;
+        let (pool, entry) = lent;
         let (stream, device) = (DEFAULT_STREAM, pool.device());
         let rounded = round_small(size);
+        let slot = entry.get();
         if let Some(cached) = slot.and_then(|slot| slot.take(stream, rounded, size)) {
             let addr = cached.block.addr();
             if self.recorders.any() {
@@ -117,6 +118,9 @@ impl Allocator {
                 self.pooled_record(pool, cached, size, held);
             }
             return Ok(DevicePtr::new(addr));
+        }
+        if slot.is_none() {
+            entry.open_if_wanted(pool);
         }
         let cache = match self.caches.get(device) {
             Some(cache) if SMALL_SEGMENT <= cache.device.capacity() => cache,

@@ -62,8 +62,10 @@ impl PoolArena {
     /// their counts wait for a reader's [`PoolArena::flush_slots`]).
     #[inline]
     pub(crate) fn flush_blocks(&mut self, owners: &OwnershipMap, book: &StatsBook) {
-        if self.slots.iter().any(|s| s.holds_blocks()) {
-            self.flush_listed(owners, book);
+        for slot in &self.slots {
+            if slot.holds_blocks() {
+                return self.flush_listed(owners, book);
+            }
         }
     }
 
@@ -151,9 +153,10 @@ impl PoolCore {
     /// cache's lock.
     #[inline]
     pub(crate) fn keep(&self, record: &Record, ptr: u64) -> bool {
-        let cacheable = record.uses.is_none()
+        let cacheable = record.size <= SMALL_REQUEST_MAX
+            && self.plan.is_none()
             && record.stream == DEFAULT_STREAM
-            && record.size <= SMALL_REQUEST_MAX
+            && record.uses.is_none()
             && ptr == record.block.addr();
         if !cacheable {
             return false;
