@@ -3,8 +3,10 @@
 //! writes.
 //!
 //! Each graph-mode entry of a thread on an unplanned pool (`mode.rs`)
-//! holds a cache of its own ([`PoolSlot`], the bins and caps of a device's
-//! thread cache), listed in the pool's arena. A block of the pool freed on
+//! gets a cache of its own ([`PoolSlot`], the bins and caps of a device's
+//! thread cache), listed in the pool's arena: made by the entry's first
+//! graph-mode allocation after a free of a pool block under it
+//! (`mode::EntrySlot`). A block of the pool freed on
 //! that thread while the entry is its innermost one on the pool goes into
 //! that cache when the pool would make it reusable at once anyway: on the
 //! default stream, with no `record_stream` uses, of a small request
