@@ -8,8 +8,26 @@
 mod support;
 
 use graphalloc::history::Action;
-use graphalloc::{Allocator, Error};
+use graphalloc::{Allocator, DevicePtr, Error, GraphModeGuard, GraphPool};
 use support::{host_allocator, MIB};
+
+/// An allocator, a pool of it, and the calling thread in graph mode on it
+/// (drop in reverse order: the guard first).
+fn in_graph_mode() -> (Allocator, GraphPool, GraphModeGuard) {
+    let (_host, alloc) = host_allocator(256 * MIB);
+    let pool = alloc.create_pool();
+    let guard = alloc.enter_graph_mode(&pool).unwrap();
+    (alloc, pool, guard)
+}
+
+/// A block of `size` bytes allocated and freed into the calling thread's
+/// cache for its graph-mode pool (made first: [`open_cache`]).
+fn freed_into_the_cache(alloc: &Allocator, size: usize) -> DevicePtr {
+    open_cache(alloc, size);
+    let p = alloc.allocate(size, 512).unwrap();
+    alloc.free(p).unwrap();
+    p
+}
 
 /// Makes the calling thread's cache for the pool of its graph-mode guard:
 /// the first free of a pool block under a guard asks for one, and the
@@ -22,12 +40,8 @@ fn open_cache(alloc: &Allocator, size: usize) {
 
 #[test]
 fn a_block_freed_in_graph_mode_comes_back_with_exact_figures_at_every_read() {
-    let (_host, alloc) = host_allocator(256 * MIB);
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc, 1000);
-    let a = alloc.allocate(1000, 512).unwrap();
-    alloc.free(a).unwrap();
+    let (alloc, pool, _g) = in_graph_mode();
+    let a = freed_into_the_cache(&alloc, 1000);
     // Freed: not live for anyone, though its block waits in this thread's
     // cache.
     assert_eq!(alloc.live_pointers(), 0);
@@ -64,12 +78,8 @@ fn a_miss_after_a_cached_block_of_another_size_keeps_the_peak_exact() {
     // The 1 KiB block waits in the cache when 2 KiB are asked for: the
     // arena takes it back first, so the peak is one block, not both (and
     // the 2 KiB block is placed where it would be without the cache).
-    let (_host, alloc) = host_allocator(256 * MIB);
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc, 1024);
-    let a = alloc.allocate(1024, 512).unwrap();
-    alloc.free(a).unwrap();
+    let (alloc, pool, _g) = in_graph_mode();
+    let a = freed_into_the_cache(&alloc, 1024);
     let b = alloc.allocate(2048, 512).unwrap();
     assert_eq!(
         b, a,
@@ -90,9 +100,7 @@ fn a_miss_after_a_cached_block_of_another_size_keeps_the_peak_exact() {
 
 #[test]
 fn the_pool_resets_while_its_freed_blocks_wait_in_a_guards_cache() {
-    let (_host, alloc) = host_allocator(256 * MIB);
-    let pool = alloc.create_pool();
-    let g = alloc.enter_graph_mode(&pool).unwrap();
+    let (alloc, pool, g) = in_graph_mode();
     open_cache(&alloc, MIB);
     let blocks: Vec<_> = (0..4).map(|_| alloc.allocate(MIB, 512).unwrap()).collect();
     for &p in &blocks {
@@ -124,12 +132,8 @@ fn the_pool_resets_while_its_freed_blocks_wait_in_a_guards_cache() {
 
 #[test]
 fn a_second_free_of_a_cached_block_is_a_double_free_from_any_thread() {
-    let (_host, alloc) = host_allocator(256 * MIB);
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc, 4096);
-    let a = alloc.allocate(4096, 512).unwrap();
-    alloc.free(a).unwrap();
+    let (alloc, pool, _g) = in_graph_mode();
+    let a = freed_into_the_cache(&alloc, 4096);
     std::thread::scope(|s| {
         s.spawn(|| assert_eq!(alloc.free(a), Err(Error::DoubleFree { ptr: a.addr() })));
     });

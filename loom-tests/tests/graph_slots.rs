@@ -5,9 +5,20 @@
 //! arena) gives it back to the arena.
 #![cfg(loom)]
 
-use graphalloc::{Allocator, PoolStats};
+use graphalloc::{Allocator, GraphModeGuard, GraphPool, PoolStats};
+use loom::sync::Arc;
 use loom::thread;
 use loom_tests::{explore, host_allocator};
+
+/// An allocator, a pool of it, and the model's main thread in graph mode
+/// on it, having asked for its guard's cache ([`ask_for_a_cache`]).
+fn in_graph_mode() -> (Arc<Allocator>, GraphPool, GraphModeGuard) {
+    let (alloc, _host) = host_allocator();
+    let pool = alloc.create_pool();
+    let guard = alloc.enter_graph_mode(&pool).unwrap();
+    ask_for_a_cache(&alloc);
+    (alloc, pool, guard)
+}
 
 /// In graph mode: a pair of 1000 B, whose free (of a pool block, under a
 /// guard with no cache yet) asks for the guard's cache, which the guard's
@@ -46,10 +57,7 @@ fn a_graph_mode_cache_races_a_stats_read_and_a_reset() {
         "17 graph-mode cache: a free into it races a stats read and a reset",
         None,
         |tally| {
-            let (alloc, _host) = host_allocator();
-            let pool = alloc.create_pool();
-            let guard = alloc.enter_graph_mode(&pool).unwrap();
-            ask_for_a_cache(&alloc);
+            let (alloc, pool, guard) = in_graph_mode();
             let other = {
                 let pool = pool.clone();
                 thread::spawn(move || {
@@ -121,10 +129,7 @@ fn a_graph_mode_cache_is_flushed_by_another_threads_allocation() {
         "18 graph-mode cache: flushed by another thread's allocation from the pool",
         Some(BOUND_MODEL_18),
         |tally| {
-            let (alloc, _host) = host_allocator();
-            let pool = alloc.create_pool();
-            let guard = alloc.enter_graph_mode(&pool).unwrap();
-            ask_for_a_cache(&alloc);
+            let (alloc, pool, guard) = in_graph_mode();
             let other = {
                 let (alloc, pool) = (alloc.clone(), pool.clone());
                 thread::spawn(move || {
