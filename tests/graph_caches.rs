@@ -240,3 +240,22 @@ fn frees_into_the_cache_are_recorded_in_the_history_as_pool_frees() {
         .filter(|e| e.action != Action::SegmentAlloc && e.action != Action::FreeCompleted)
         .all(|e| e.pool == Some(pool.id())));
 }
+
+#[test]
+fn an_allocator_dropped_while_a_guard_holds_cached_blocks_leaves_the_guard_to_release_the_pool() {
+    let (host, alloc) = host_allocator(256 * MIB);
+    let pool = alloc.create_pool();
+    let g = alloc.enter_graph_mode(&pool).unwrap();
+    let p = freed_into_the_cache(&alloc, MIB);
+    assert!(host.outstanding_bytes() > 0);
+    drop(alloc);
+    drop(pool);
+    // The guard still holds the pool, and its cache the block.
+    assert!(host.outstanding_bytes() > 0);
+    drop(g);
+    assert_eq!(
+        host.outstanding_bytes(),
+        0,
+        "{p:?}'s pool released with the guard"
+    );
+}
