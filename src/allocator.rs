@@ -617,7 +617,9 @@ impl Allocator {
         let keep = |r: &Record| match &r.owner {
             Owner::Pool(pool) => {
                 let kept = pool.get().keep(r, addr);
-                pooled = kept.then(|| pool.get().id);
+                if kept {
+                    pooled = Some(pool.get().id);
+                }
                 kept
             }
             Owner::Cache { .. } => keep(&self.caches, r, addr, &mut orphans),
