@@ -189,12 +189,13 @@ impl Allocator {
                 Arc::new(cache)
             })
             .collect();
+        let pools = Arc::new(PoolRegistry::new(ownership.clone(), book.clone()));
         Ok(Allocator {
             id: next_id(),
             caches,
             ownership,
             book,
-            pools: Arc::new(PoolRegistry::new()),
+            pools,
             kind,
             stream_pools: ConcurrentMap::new(),
             capture_pools: ConcurrentMap::new(),
@@ -610,8 +611,19 @@ impl Allocator {
     fn free_as(&self, ptr: DevicePtr, held: bool) -> Result<()> {
         let addr = ptr.addr();
         // Into the thread's cache if it may, in the map's one step (`keep`).
-        let mut orphans = Vec::new();
-        let keep = |r: &Record| keep(&self.caches, r, addr, &mut orphans);
+        // Or, a graph pool's block, into the thread's cache for the pool
+        // (`pooled`: the pool's id).
+        let (mut orphans, mut pooled) = (Vec::new(), None);
+        let keep = |r: &Record| match &r.owner {
+            Owner::Pool(pool) => {
+                let kept = pool.get().keep(r, addr);
+                if kept {
+                    pooled = Some(pool.get().id);
+                }
+                kept
+            }
+            Owner::Cache { .. } => keep(&self.caches, r, addr, &mut orphans),
+        };
         let claim = self.ownership.claim(addr, held, keep);
         let record = match claim {
             Claim::Claimed(record) => record,
@@ -619,7 +631,10 @@ impl Allocator {
                 if self.recorders.any() {
                     self.recorders.on_free(addr, false);
                 }
-                self.caches[kept.device].kept(&kept, addr, orphans);
+                match pooled {
+                    Some(pool) => self.pool_kept(&kept, pool, addr),
+                    None => self.caches[kept.device].kept(&kept, addr, orphans),
+                }
                 return Ok(());
             }
             other => return Err(self.unclaimed(other, addr)),

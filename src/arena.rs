@@ -98,6 +98,14 @@ pub(crate) fn round_size(size: usize) -> Option<usize> {
     Some(size.checked_add(BLOCK_ROUND - 1)? & !(BLOCK_ROUND - 1))
 }
 
+/// `size` rounded up to [`BLOCK_ROUND`], unchecked: for a size of at most
+/// [`SMALL_REQUEST_MAX`] (the hot path's requests), which cannot overflow.
+#[inline(always)]
+pub(crate) fn round_small(size: usize) -> usize {
+    debug_assert!(size <= SMALL_REQUEST_MAX, "round_small({size})");
+    (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1)
+}
+
 /// The size of the segment to reserve for a `rounded` request that no
 /// cached block can serve, or `None` on overflow.
 pub(crate) fn segment_size(rounded: usize) -> Option<usize> {

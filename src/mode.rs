@@ -14,13 +14,66 @@
 
 use crate::graph_pool::{GraphPool, PoolCore, PoolHandle};
 use crate::sync::{thread_local, Arc};
-use std::cell::{Cell, RefCell};
+use crate::thread_cache::PoolSlot;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::marker::PhantomData;
 
 struct Entry {
     token: u64,
     pool: Arc<PoolHandle>,
+    slot: EntrySlot,
 }
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // Before the handle goes: the cache's blocks back to the pool.
+        if let Some(slot) = self.slot.get() {
+            self.pool.close_slot(slot);
+        }
+    }
+}
+
+/// A graph-mode entry's cache of its pool's freed blocks, for its thread
+/// while the entry is its innermost on the pool (`graph_pool/slots.rs`).
+/// Made lazily, so that a guard under which the thread frees nothing costs
+/// nothing: a free of a pool block that finds none asks for one (it runs
+/// under the ownership map's lock, where the pool's arena cannot be
+/// locked), and the entry's next graph-mode allocation makes it. Never for
+/// a planned pool.
+#[derive(Default)]
+pub(crate) struct EntrySlot {
+    slot: OnceCell<Arc<PoolSlot>>,
+    wanted: Cell<bool>,
+}
+
+impl EntrySlot {
+    /// The cache, once made.
+    #[inline]
+    pub(crate) fn get(&self) -> Option<&PoolSlot> {
+        self.slot.get().map(|s| &**s)
+    }
+
+    /// Makes the cache for `pool` if a free asked for one.
+    #[inline]
+    pub(crate) fn open_if_wanted(&self, pool: &PoolCore) {
+        if self.wanted.get() {
+            self.open(pool);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn open(&self, pool: &PoolCore) {
+        self.wanted.set(false);
+        if let Some(slot) = pool.open_slot() {
+            let _ = self.slot.set(slot);
+        }
+    }
+}
+
+/// The pool of a thread's graph-mode entry, lent to an allocation, with
+/// the entry's cache of the pool's freed blocks.
+pub(crate) type Lent<'a> = (&'a PoolCore, &'a EntrySlot);
 
 thread_local! {
     static STACK: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
@@ -82,6 +135,7 @@ pub(crate) fn enter(pool: &GraphPool) -> GraphModeGuard {
         stack.push(Entry {
             token,
             pool: pool.core.clone(),
+            slot: EntrySlot::default(),
         });
         set_depth(&stack);
     });
@@ -122,7 +176,7 @@ impl Drop for GraphModeGuard {
 pub(crate) fn with_current_pool<R>(
     allocator_id: u64,
     device: Option<usize>,
-    mut f: impl FnMut(Option<&PoolCore>) -> R,
+    mut f: impl FnMut(Option<Lent<'_>>) -> R,
 ) -> R {
     // Outside graph mode (or once the thread-locals are gone): no pool.
     if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
@@ -137,18 +191,46 @@ pub(crate) fn with_current_pool<R>(
 fn with_stack_pool<R>(
     allocator_id: u64,
     device: Option<usize>,
-    mut f: impl FnMut(Option<&PoolCore>) -> R,
+    mut f: impl FnMut(Option<Lent<'_>>) -> R,
 ) -> R {
     let found = STACK.try_with(|s| {
         let stack = s.borrow();
         let pool = stack.iter().rev().find(|e| {
             e.pool.allocator_id == allocator_id && device.is_none_or(|d| e.pool.device() == d)
         });
-        f(pool.map(|e| &**e.pool))
+        f(pool.map(|e| (&**e.pool, &e.slot)))
     });
     // The stack is gone (thread teardown): graph mode on no pool; `f` did
     // not run.
     found.unwrap_or_else(|_| f(None))
+}
+
+/// Runs `put` on the calling thread's cache for `pool`: that of its
+/// innermost graph-mode entry on `pool`. `false` (and `put` not run)
+/// outside graph mode on `pool`, while the stack is borrowed or gone, and
+/// while the entry has no cache yet (it then asks for one: see
+/// [`EntrySlot`]). `pool` is not a planned pool.
+#[inline]
+pub(crate) fn with_slot(pool: &PoolCore, put: impl FnOnce(&PoolSlot) -> bool) -> bool {
+    if DEPTH.try_with(Cell::get).unwrap_or(0) == 0 {
+        return false;
+    }
+    let found = STACK.try_with(|s| {
+        let Ok(stack) = s.try_borrow() else {
+            return false;
+        };
+        let Some(entry) = stack.iter().rev().find(|e| std::ptr::eq(&**e.pool, pool)) else {
+            return false;
+        };
+        match entry.slot.get() {
+            Some(slot) => put(slot),
+            None => {
+                entry.slot.wanted.set(true);
+                false
+            }
+        }
+    });
+    found.unwrap_or(false)
 }
 
 /// Whether the calling thread is in graph mode for allocator `allocator_id`.

@@ -58,7 +58,7 @@
 
 use crate::arena::{BlockRef, StreamTag, SMALL_REQUEST_MAX};
 use crate::stats::{Gauge, PoolStats, StatsBook};
-use crate::sync::{next_id, thread_local, Arc, Mutex, OwnerLock};
+use crate::sync::{next_id, thread_local, Arc, AtomicUsize, Mutex, Ordering, OwnerLock};
 use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
 
@@ -173,6 +173,22 @@ impl Counts {
         self.requested = self.requested.wrapping_sub(requested);
         self.live = self.live.wrapping_sub(1);
         self.frees = self.frees.wrapping_add(1);
+    }
+
+    /// Folds a pool cache's counts ([`PoolSlot::take_books`]) into the
+    /// pool arena's figures, once the `returned` blocks the cache held went
+    /// back to the arena (each freed there with no requested bytes, so
+    /// counted as a free, and its bytes and block as no longer live): the
+    /// hits become allocations, the frees beyond those blocks frees, and the
+    /// requested bytes change by the hits' less the frees'. (The allocated
+    /// bytes and live blocks of the counts are those of the returned
+    /// blocks, less: the arena's free took them off already.)
+    pub(crate) fn fold_into_pool(&self, stats: &mut PoolStats, returned: usize) {
+        stats.allocations = stats.allocations.wrapping_add(self.allocations);
+        let frees = self.frees.wrapping_sub(returned as u64);
+        stats.frees = stats.frees.wrapping_add(frees);
+        stats.requested_bytes = stats.requested_bytes.wrapping_add(self.requested);
+        debug_assert_eq!(self.live.wrapping_add(returned), 0, "pool cache counts");
     }
 
     fn add(&mut self, other: &Counts) {
@@ -307,6 +323,7 @@ impl Local {
     }
 
     /// Keeps a freed block; gives it back if the cache is full.
+    #[inline(always)]
     pub(crate) fn put(&mut self, cached: Cached) -> Result<(), Cached> {
         if self.blocks >= CAP_BLOCKS || self.bytes + cached.size > CAP_BYTES {
             return Err(cached);
@@ -345,6 +362,64 @@ impl Local {
         }
         self.blocks = 0;
         self.bytes = 0;
+    }
+}
+
+/// A graph pool's cache for one thread in graph mode on it (the
+/// thread's graph-mode entry holds it, the pool's arena lists it; see
+/// `graph_pool/slots.rs`): the bins and caps of a device's thread cache,
+/// and the pool's user-level counts of the hits and frees it served, which
+/// the pool folds into its figures when it takes the blocks back. On cache
+/// lines of its own, as [`Slot`].
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct PoolSlot {
+    local: OwnerLock<Local>,
+    /// The blocks held, written under the lock: read without it by an
+    /// allocation from the pool's arena, which needs only the blocks back
+    /// (an empty cache is skipped with one load). A put that this load
+    /// misses is concurrent with that allocation (of another thread): it
+    /// takes effect after it.
+    held: AtomicUsize,
+}
+
+impl PoolSlot {
+    /// A block of exactly `size` bytes on `stream` for a request of
+    /// `requested` bytes, counted as an allocation.
+    #[inline]
+    pub(crate) fn take(&self, stream: StreamTag, size: usize, requested: usize) -> Option<Cached> {
+        let mut local = self.local.lock();
+        let cached = local.take(stream, size)?;
+        local.counts.on_alloc(cached.size, requested);
+        self.held.store(local.blocks, Ordering::Relaxed);
+        Some(cached)
+    }
+
+    /// Keeps a freed block (of a request of `requested` bytes), counted as
+    /// a free; `false` (nothing changed) if the cache is full.
+    #[inline]
+    pub(crate) fn put(&self, cached: Cached, requested: usize) -> bool {
+        let mut local = self.local.lock();
+        let kept = local.put(cached).is_ok();
+        if kept {
+            local.counts.on_free(cached.size, requested);
+            self.held.store(local.blocks, Ordering::Relaxed);
+        }
+        kept
+    }
+
+    /// Whether the cache may hold blocks (see `held`).
+    #[inline]
+    pub(crate) fn holds_blocks(&self) -> bool {
+        self.held.load(Ordering::Relaxed) != 0
+    }
+
+    /// Takes every block out, with the counts since the last take.
+    pub(crate) fn take_books(&self) -> (Vec<Cached>, Counts) {
+        let mut local = self.local.lock();
+        let blocks = local.take_all();
+        self.held.store(0, Ordering::Relaxed);
+        (blocks, std::mem::take(&mut local.counts))
     }
 }
 

@@ -3,12 +3,15 @@
 
 use super::failure::Failed;
 use super::{Allocator, DEFAULT_STREAM};
-use crate::arena::{BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
+use crate::arena::{round_small, Carved, BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
 use crate::graph_pool::{PoolCore, PoolPtr};
-use crate::mode;
-use crate::ownership::{Owner, Record};
+use crate::history::Action;
+use crate::mode::{self, Lent};
+use crate::ownership::{Kept, Owner, Record};
+use crate::stats::Side;
+use crate::thread_cache::Cached;
 
 /// An allocation's result before its out-of-memory report
 /// ([`Allocator::report`]).
@@ -46,16 +49,17 @@ impl Allocator {
             && align.is_power_of_two()
             && align <= BLOCK_ROUND;
         if !plain {
-            return self.report(mode::with_current_pool(self.id, device, |pool| {
+            return self.report(mode::with_current_pool(self.id, device, |lent| {
+                let pool = lent.map(|(pool, _)| pool);
                 self.allocate_as(pool, device, stream, size, align, held, false)
             }));
         }
         self.report(mode::with_current_pool(
             self.id,
             device,
-            |pool| match pool {
+            |lent| match lent {
                 None => self.allocate_plain(device.unwrap_or(0), size, align, held),
-                Some(pool) => self.allocate_pooled(pool, size, align, held),
+                Some(lent) => self.allocate_pooled(lent, size, align, held),
             },
         ))
     }
@@ -66,8 +70,7 @@ impl Allocator {
     #[inline(never)]
     fn allocate_plain(&self, device: usize, size: usize, align: usize, held: bool) -> Carve {
         let stream = DEFAULT_STREAM;
-        // No overflow: `size` is at most SMALL_REQUEST_MAX.
-        let rounded = (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1);
+        let rounded = round_small(size);
         let hit = (self.caches.get(device)).and_then(|c| c.take_cached(stream, rounded, size));
         let Some((origin, carved, kept)) = hit else {
             // A miss, or no such device (the full path says so).
@@ -90,19 +93,40 @@ impl Allocator {
     }
 
     /// A plain request (see [`Allocator::allocate_routed`]) in graph mode
-    /// on `pool`: from the pool, as the full path would serve it, with
-    /// only the one check that can fail before the pool is asked (the
-    /// device must hold a small segment). `pool` is borrowed from the
-    /// thread's graph-mode stack.
+    /// on a pool (`lent`, borrowed from the thread's graph-mode stack with
+    /// the entry's cache of the pool's freed blocks): a block of that
+    /// cache, handed out (`graph_pool/slots.rs`), else from the pool, as
+    /// the full path would serve it, with only the one check that can fail
+    /// before the pool is asked (the device must hold a small segment).
     #[inline(never)]
-    fn allocate_pooled(&self, pool: &PoolCore, size: usize, align: usize, held: bool) -> Carve {
+    fn allocate_pooled(&self, lent: Lent<'_>, size: usize, align: usize, held: bool) -> Carve {
+        let (pool, entry) = lent;
         let (stream, device) = (DEFAULT_STREAM, pool.device());
+        let rounded = round_small(size);
+        let slot = entry.get();
+        if let Some(cached) = slot.and_then(|slot| slot.take(stream, rounded, size)) {
+            let addr = cached.block.addr();
+            if self.recorders.any() {
+                self.recorders
+                    .on_alloc(device, stream, size, align, rounded, addr);
+            }
+            self.history.alloc(device, stream, size, addr, Some(pool));
+            // In place (a cached block was handed out at its start, and its
+            // record stays until a flush, which first takes it out of the
+            // cache).
+            if !self.ownership.revive(addr, size, held) {
+                self.pooled_record(pool, cached, size, held);
+            }
+            return Ok(DevicePtr::new(addr));
+        }
+        if slot.is_none() {
+            entry.open_if_wanted(pool);
+        }
         let cache = match self.caches.get(device) {
             Some(cache) if SMALL_SEGMENT <= cache.device.capacity() => cache,
             // The full path says what is wrong.
             _ => return self.allocate_as(Some(pool), None, stream, size, align, held, false),
         };
-        let rounded = (size + BLOCK_ROUND - 1) & !(BLOCK_ROUND - 1);
         let carved = match pool.allocate(stream, rounded, size, align) {
             Ok(carved) => carved,
             Err(s) => return Err(self.shortfall(s, cache, device, size, Some(pool))),
@@ -120,5 +144,51 @@ impl Allocator {
         let record = Record::new(owner, carved, size, stream, held);
         self.ownership.insert(addr, record);
         Ok(DevicePtr::new(addr))
+    }
+}
+
+impl Allocator {
+    /// A block of `pool`'s thread cache whose record could not be revived
+    /// (it cannot happen: a flush takes the block out of the cache before
+    /// it forgets the record): recorded afresh, for `requested` bytes.
+    #[cold]
+    #[inline(never)]
+    fn pooled_record(&self, pool: &PoolCore, cached: Cached, requested: usize, held: bool) {
+        let (block, size) = (cached.block, cached.size);
+        // SAFETY: `pool` is borrowed from the thread's graph-mode stack,
+        // whose handle holds it; its arena counts the block live (a cached
+        // block stays handed out there), and the pointer goes into the
+        // block's record here.
+        let owner = Owner::Pool(unsafe { PoolPtr::for_block(pool) });
+        let record = Record::new(
+            owner,
+            Carved { block, size },
+            requested,
+            DEFAULT_STREAM,
+            held,
+        );
+        self.ownership.moved(cached.ptr, block.addr(), record);
+    }
+
+    /// Notes the free of `ptr`, a block of pool `pool` that went into the
+    /// calling thread's cache for the pool (`graph_pool/slots.rs`):
+    /// requested, and complete (in the cache the block is free and reusable
+    /// at once), as a free into the pool notes it.
+    #[inline]
+    pub(super) fn pool_kept(&self, kept: &Kept, pool: u64, ptr: u64) {
+        if self.history.on() {
+            let (device, stream) = (kept.device, kept.stream);
+            (self.history).record(
+                Action::FreeRequested,
+                device,
+                stream,
+                kept.requested,
+                ptr,
+                Some(pool),
+            );
+            let (size, block) = (kept.size, kept.block);
+            let side = Side::Pools;
+            (self.caches[device].device).note(Action::FreeCompleted, side, stream, size, block);
+        }
     }
 }

@@ -6,13 +6,15 @@ mod pending;
 pub(crate) mod plan;
 mod planner;
 pub(crate) mod record;
+mod slots;
 
 use crate::arena::{AddressKind, Arena, BlockRef, Books, Carved, StreamTag, WalkedSegment};
 use crate::caching::CachingAllocator;
 use crate::device::Shortfall;
 use crate::error::{Error, Result};
 use crate::history::Action;
-use crate::stats::{PoolStats, Side};
+use crate::ownership::OwnershipMap;
+use crate::stats::{PoolStats, Side, StatsBook};
 use crate::sync::{next_id, Arc, AtomicBool, Mutex, Ordering};
 use pending::PoolArena;
 use std::collections::HashMap;
@@ -29,6 +31,11 @@ use std::ptr::NonNull;
 #[derive(Debug)]
 pub(crate) struct PoolRegistry {
     inner: Mutex<Registered>,
+    /// The allocator's ownership map, where the records of blocks in the
+    /// pools' thread caches stay until a flush forgets them (`slots.rs`).
+    owners: Arc<OwnershipMap>,
+    /// The allocator's statistics book (the pools' allocated gauges).
+    book: Arc<StatsBook>,
 }
 
 #[derive(Debug, Default)]
@@ -48,10 +55,20 @@ struct Registered {
 }
 
 impl PoolRegistry {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(owners: Arc<OwnershipMap>, book: Arc<StatsBook>) -> Self {
         PoolRegistry {
             inner: Mutex::new(Registered::default()),
+            owners,
+            book,
         }
+    }
+
+    /// Locks `arena` and gives it back the blocks of its thread caches
+    /// (`slots.rs`), before its figures or blocks are read.
+    fn flushed<R>(&self, arena: &Mutex<PoolArena>, f: impl FnOnce(&mut PoolArena) -> R) -> R {
+        let mut arena = arena.lock();
+        arena.flush_slots(&self.owners, &self.book);
+        f(&mut arena)
     }
 
     fn register(&self, id: u64, device: usize, arena: Arc<Mutex<PoolArena>>) {
@@ -99,7 +116,7 @@ impl PoolRegistry {
     pub(crate) fn fold(&self, book: &crate::stats::StatsBook) {
         let inner = self.inner.lock();
         for (_, arena) in inner.live.values() {
-            arena.lock().fold_pending(book);
+            self.flushed(arena, |a| a.fold_pending(book));
         }
     }
 
@@ -110,7 +127,7 @@ impl PoolRegistry {
         let mut sum = PoolStats::default();
         for (d, arena) in inner.live.values() {
             if device.is_none_or(|want| want == *d) {
-                sum.add(&arena.lock().stats);
+                sum.add(&self.flushed(arena, |a| a.stats));
             }
         }
         if retired {
@@ -127,7 +144,7 @@ impl PoolRegistry {
         let mut sum = Books::default();
         for (d, arena) in inner.live.values() {
             if *d == device {
-                let books = arena.lock().books(top);
+                let books = self.flushed(arena, |a| a.books(top));
                 sum.merge(books, top);
             }
         }
@@ -138,7 +155,7 @@ impl PoolRegistry {
     pub(crate) fn walk(&self) -> Vec<(u64, usize, Vec<WalkedSegment>)> {
         let inner = self.inner.lock();
         let mut out: Vec<_> = (inner.live.iter())
-            .map(|(id, (device, arena))| (*id, *device, arena.lock().walk()))
+            .map(|(id, (device, arena))| (*id, *device, self.flushed(arena, |a| a.walk())))
             .collect();
         out.sort_by_key(|p| p.0);
         out
@@ -150,7 +167,7 @@ impl PoolRegistry {
         inner
             .live
             .values()
-            .map(|(_, arena)| arena.lock().classify(addr))
+            .map(|(_, arena)| self.flushed(arena, |a| a.classify(addr)))
             .collect()
     }
 }
@@ -205,6 +222,8 @@ impl PoolCore {
         // fits (anything else starts over below).
         if self.plan.is_none() {
             let mut arena = self.arena.lock();
+            // The threads' caches' blocks first (`slots.rs`).
+            self.flush_blocks(&mut arena);
             if arena.deferred.is_empty() {
                 if let Some(carved) = arena.try_alloc(stream, rounded, requested) {
                     arena.pend_alloc(&self.cache.device.book, carved.size);
@@ -225,6 +244,7 @@ impl PoolCore {
     ) -> Result<Carved, Shortfall> {
         let mut cursor = self.plan.as_ref().map(|p| p.lock());
         let mut arena = self.arena.lock();
+        self.flush_blocks(&mut arena);
         let device = &self.cache.device;
         if let Some(cursor) = cursor.as_mut() {
             let planned = cursor.serve(device, &mut arena, stream, rounded, requested, align);
@@ -435,6 +455,7 @@ impl Drop for PoolCore {
         let device = &self.cache.device;
         let stats = {
             let mut arena = self.arena.lock();
+            self.flush(&mut arena);
             // Live blocks remain only when their allocator was dropped
             // first (its ownership records are gone): their memory goes
             // with the pool. Deferred frees are waited for. Errors
@@ -572,6 +593,7 @@ impl GraphPool {
     pub fn reset(&self) -> Result<()> {
         let mut cursor = self.core.plan.as_ref().map(|p| p.lock());
         let mut arena = self.core.arena.lock();
+        self.core.flush(&mut arena);
         if !arena.is_idle() {
             return Err(Error::PoolBusy {
                 pool: self.core.id,
@@ -588,7 +610,9 @@ impl GraphPool {
 
     /// The pool's statistics.
     pub fn stats(&self) -> PoolStats {
-        self.core.arena.lock().stats
+        let mut arena = self.core.arena.lock();
+        self.core.flush(&mut arena);
+        arena.stats
     }
 
     /// Whether two handles share one pool.

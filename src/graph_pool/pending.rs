@@ -25,18 +25,26 @@
 
 use crate::arena::Arena;
 use crate::stats::StatsBook;
+use crate::sync::Arc;
+use crate::thread_cache::PoolSlot;
 
 /// A pool's arena and the change of allocated bytes it keeps pending (not
 /// yet in the allocator's gauges): zero or its latest free, negative.
 #[derive(Debug)]
 pub(crate) struct PoolArena {
-    arena: Arena,
+    pub(super) arena: Arena,
     pending: isize,
+    /// The caches of the threads in graph mode on the pool (`slots.rs`).
+    pub(super) slots: Vec<Arc<PoolSlot>>,
 }
 
 impl PoolArena {
     pub(crate) fn new(arena: Arena) -> Self {
-        PoolArena { arena, pending: 0 }
+        PoolArena {
+            arena,
+            pending: 0,
+            slots: Vec::new(),
+        }
     }
 
     /// A block of `size` bytes left the arena: applies it less the pending
