@@ -30,35 +30,38 @@ fn at_rest(pool: &GraphPool) -> (usize, usize, usize, u64) {
 }
 
 /// A block revived from the cache for a larger request of the same block
-/// size, then freed through the pool's arena (the guard gone): the arena
-/// still counts the request it handed the block out for (the cache's
-/// counts fold later), so its free took more requested bytes off than the
-/// arena held. That subtraction overflowed (a panic in a debug build,
-/// "attempt to subtract with overflow" in `PoolStats::on_free`; a wrapped
-/// figure until the next flush in a release build).
+/// size, then freed through the pool's arena while the cache is still open
+/// (by a thread outside graph mode, or with a use on another stream): the
+/// arena still counts the request it handed the block out for (the
+/// cache's counts fold at the next flush), so its free took more requested
+/// bytes off than the arena held. That subtraction overflowed: a panic in
+/// a debug build ("attempt to subtract with overflow" in
+/// `PoolStats::on_free`), a wrapped figure until the next flush in a
+/// release build.
 #[test]
 fn a_block_revived_for_a_larger_request_then_freed_to_the_arena_keeps_requested_exact() {
-    let (_host, alloc) = host_allocator(256 * MIB);
+    let (host, alloc) = host_allocator(256 * MIB);
+    let side = host.create_stream();
     let pool = alloc.create_pool();
-    let g = alloc.enter_graph_mode(&pool).unwrap();
+    let _g = alloc.enter_graph_mode(&pool).unwrap();
     open_cache(&alloc);
-    let a = alloc.allocate(600, 512).unwrap(); // a 1 KiB block, 600 asked
-    alloc.free(a).unwrap(); // into the cache
-    let b = alloc.allocate(1000, 512).unwrap(); // the same block, 1000 asked
-    assert_eq!(b, a);
-    drop(g);
-    alloc.free(b).unwrap(); // outside graph mode: to the arena
+    let revived = || {
+        let a = alloc.allocate(600, 512).unwrap(); // a 1 KiB block, 600 asked
+        alloc.free(a).unwrap(); // into the cache
+        let b = alloc.allocate(1000, 512).unwrap(); // the same, 1000 asked
+        assert_eq!(b, a);
+        b
+    };
+    let b = revived();
+    std::thread::scope(|s| {
+        s.spawn(|| alloc.free(b).unwrap()); // no guard there: to the arena
+    });
     assert_eq!(at_rest(&pool), (0, 0, 0, 0));
-    // Also with `record_stream` uses (the arena's deferred path).
-    let g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
-    let a = alloc.allocate(600, 512).unwrap();
-    alloc.free(a).unwrap();
-    let b = alloc.allocate(1000, 512).unwrap();
-    assert_eq!(b, a);
-    alloc.record_stream(b, 0).unwrap(); // its own stream: no use noted
-    drop(g);
+    // With a use on another stream (the arena's deferred path).
+    let b = revived();
+    alloc.record_stream(b, side).unwrap();
     alloc.free(b).unwrap();
+    host.complete_stream(side);
     assert_eq!(at_rest(&pool), (0, 0, 0, 0));
     pool.reset().unwrap();
 }
