@@ -365,3 +365,36 @@ fn threads_in_graph_mode_on_one_pool_never_share_a_block() {
     assert_eq!(alloc.live_pointers(), 0);
     pool.reset().unwrap();
 }
+
+/// The same life with expandable segments (the default; the other tests
+/// keep plain segments): cached blocks come back, a miss takes them back
+/// first, `reset` and the pool's drop leave nothing behind.
+#[test]
+fn expandable_segments_keep_cached_blocks_exact_and_released() {
+    let host = std::sync::Arc::new(graphalloc::HostBackend::new(0, 256 * MIB));
+    let backend = host.clone() as std::sync::Arc<dyn graphalloc::Backend>;
+    let alloc = Allocator::from_backends_with(vec![backend], &graphalloc::Config::default())
+        .expect("an allocator over one host backend");
+    let pool = alloc.create_pool();
+    let g = alloc.enter_graph_mode(&pool).unwrap();
+    open_cache(&alloc);
+    let blocks: Vec<_> = (0..4).map(|_| alloc.allocate(MIB, 512).unwrap()).collect();
+    for &p in &blocks {
+        alloc.free(p).unwrap();
+    }
+    let again = alloc.allocate(MIB, 512).unwrap();
+    assert!(blocks.contains(&again));
+    let other = alloc.allocate(3000, 512).unwrap(); // a miss: the rest go back
+    let s = pool.stats();
+    assert_eq!((s.live_blocks, s.allocated_bytes), (2, MIB + 3072));
+    assert_eq!(s.peak_allocated_bytes, 4 * MIB);
+    alloc.free(again).unwrap();
+    alloc.free(other).unwrap();
+    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
+    pool.reset().unwrap();
+    drop(g);
+    drop(pool);
+    assert_eq!(alloc.stats().pools.reserved_bytes, 0);
+    drop(alloc);
+    assert_eq!(host.outstanding_bytes(), 0);
+}
