@@ -126,7 +126,10 @@ fn nested_guards_on_two_pools_keep_each_pools_blocks_apart() {
     assert_eq!(at_rest(&p), (0, 0, 0, 0));
     assert_eq!(at_rest(&q), (0, 0, 0, 0));
     let totals = alloc.stats();
-    assert_eq!((totals.pools.allocated_bytes, totals.pools.live_blocks), (0, 0));
+    assert_eq!(
+        (totals.pools.allocated_bytes, totals.pools.live_blocks),
+        (0, 0)
+    );
     assert_eq!(totals.pools.allocations, totals.pools.frees);
     p.reset().unwrap();
     q.reset().unwrap();
@@ -168,14 +171,18 @@ fn a_full_cache_sends_further_frees_to_the_arena() {
     let pool = alloc.create_pool();
     let _g = alloc.enter_graph_mode(&pool).unwrap();
     open_cache(&alloc);
-    let blocks: Vec<_> = (0..12).map(|_| alloc.allocate(4096, 512).unwrap()).collect();
+    let blocks: Vec<_> = (0..12)
+        .map(|_| alloc.allocate(4096, 512).unwrap())
+        .collect();
     for &p in &blocks {
         alloc.free(p).unwrap();
     }
     assert_eq!(at_rest(&pool), (0, 0, 0, 0));
     // Twelve again: eight from the cache, four from the arena (which
     // takes the cached ones back first only when it hands one out).
-    let again: Vec<_> = (0..12).map(|_| alloc.allocate(4096, 512).unwrap()).collect();
+    let again: Vec<_> = (0..12)
+        .map(|_| alloc.allocate(4096, 512).unwrap())
+        .collect();
     let mut seen = again.clone();
     seen.sort();
     seen.dedup();
@@ -229,7 +236,10 @@ fn a_full_device_serves_a_miss_from_the_cached_blocks_space() {
     alloc.free(b).unwrap(); // both cached, the one segment full for the arena
     let c = alloc.allocate(768 << 10, 512).unwrap();
     let s = pool.stats();
-    assert_eq!((s.segments, s.live_blocks, s.allocated_bytes), (1, 1, 768 << 10));
+    assert_eq!(
+        (s.segments, s.live_blocks, s.allocated_bytes),
+        (1, 1, 768 << 10)
+    );
     // Out of memory with blocks cached: the report's figures are flushed.
     let d = alloc.allocate(256 << 10, 512).unwrap();
     alloc.free(d).unwrap(); // cached
@@ -293,7 +303,10 @@ fn readers_on_another_thread_flush_the_caches() {
         assert_eq!((st.pools.allocated_bytes, st.pools.live_blocks), (0, 0));
         assert_eq!(st.total.allocated_bytes, 0);
         assert_eq!(st.pools.peak_allocated_bytes, 5 * MIB);
-        assert_eq!(alloc.free(freed), Err(Error::DoubleFree { ptr: freed.addr() }));
+        assert_eq!(
+            alloc.free(freed),
+            Err(Error::DoubleFree { ptr: freed.addr() })
+        );
         to_owner.send(()).unwrap();
     });
     assert_eq!(at_rest(&pool), (0, 0, 0, 0));
