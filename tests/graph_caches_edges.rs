@@ -411,3 +411,36 @@ fn expandable_segments_keep_cached_blocks_exact_and_released() {
     drop(alloc);
     assert_eq!(host.outstanding_bytes(), 0);
 }
+
+/// A pool block of a stream being captured never enters the cache (only
+/// default-stream blocks do, and the default stream is never captured):
+/// the capture reuses it from the pool, and a default-stream request never
+/// gets it, during the capture or after.
+#[test]
+fn a_block_freed_on_a_captured_stream_stays_on_its_stream() {
+    let (host, alloc) = host_allocator(256 * MIB);
+    let side = host.create_stream();
+    let pool = alloc.create_pool();
+    let _g = alloc.enter_graph_mode(&pool).unwrap();
+    open_cache(&alloc);
+    host.begin_capture(side);
+    let x = {
+        let _s = graphalloc::use_stream(side);
+        let x = alloc.allocate(4096, 512).unwrap();
+        alloc.free(x).unwrap();
+        let y = alloc.allocate(4096, 512).unwrap();
+        assert_eq!(y, x, "the capture reuses its freed block from the pool");
+        alloc.free(y).unwrap();
+        x
+    };
+    let d = alloc.allocate(4096, 512).unwrap();
+    assert_ne!(d, x, "a default-stream request got the capture's block");
+    alloc.free(d).unwrap(); // into the cache
+    host.end_capture(side);
+    let e = alloc.allocate(4096, 512).unwrap();
+    assert_eq!(e, d);
+    assert_ne!(e, x);
+    alloc.free(e).unwrap();
+    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
+    pool.reset().unwrap();
+}
