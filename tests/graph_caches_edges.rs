@@ -8,7 +8,8 @@
 
 mod support;
 
-use graphalloc::{Allocator, DevicePtr, Error, GraphPool};
+use graphalloc::{Allocator, DevicePtr, Error, GraphModeGuard, GraphPool, HostBackend};
+use std::sync::Arc;
 use support::{host_allocator, host_bytes, MIB};
 
 /// Opens the calling thread's cache for its graph-mode pool: the first
@@ -21,12 +22,30 @@ fn open_cache(alloc: &Allocator) {
     alloc.free(p).unwrap();
 }
 
+/// An allocator over a host device of `capacity` bytes, a pool of it, and
+/// the calling thread in graph mode on it with its cache open (drop in
+/// reverse order: the guard first).
+fn cached_mode(capacity: usize) -> (Arc<HostBackend>, Allocator, GraphPool, GraphModeGuard) {
+    let (host, alloc) = host_allocator(capacity);
+    let pool = alloc.create_pool();
+    let guard = alloc.enter_graph_mode(&pool).unwrap();
+    open_cache(&alloc);
+    (host, alloc, pool, guard)
+}
+
 /// The pool's figures that every test checks at quiescence:
 /// (live blocks, allocated bytes, requested bytes, allocations - frees).
 fn at_rest(pool: &GraphPool) -> (usize, usize, usize, u64) {
     let s = pool.stats();
     let net = s.allocations.wrapping_sub(s.frees);
     (s.live_blocks, s.allocated_bytes, s.requested_bytes, net)
+}
+
+/// The pool at rest (see [`at_rest`]), then reset: nothing of it is live.
+#[track_caller]
+fn rests_and_resets(pool: &GraphPool) {
+    assert_eq!(at_rest(pool), (0, 0, 0, 0));
+    pool.reset().unwrap();
 }
 
 /// A block revived from the cache for a larger request of the same block
@@ -40,11 +59,8 @@ fn at_rest(pool: &GraphPool) -> (usize, usize, usize, u64) {
 /// release build.
 #[test]
 fn a_block_revived_for_a_larger_request_then_freed_to_the_arena_keeps_requested_exact() {
-    let (host, alloc) = host_allocator(256 * MIB);
+    let (host, alloc, pool, _g) = cached_mode(256 * MIB);
     let side = host.create_stream();
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
     let revived = || {
         let a = alloc.allocate(600, 512).unwrap(); // a 1 KiB block, 600 asked
         alloc.free(a).unwrap(); // into the cache
@@ -62,8 +78,7 @@ fn a_block_revived_for_a_larger_request_then_freed_to_the_arena_keeps_requested_
     alloc.record_stream(b, side).unwrap();
     alloc.free(b).unwrap();
     host.complete_stream(side);
-    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
-    pool.reset().unwrap();
+    rests_and_resets(&pool);
 }
 
 /// A pool block used on another stream is not cached: it waits for that
@@ -71,11 +86,8 @@ fn a_block_revived_for_a_larger_request_then_freed_to_the_arena_keeps_requested_
 /// does not get it back before then.
 #[test]
 fn a_block_with_a_stream_use_skips_the_cache_and_waits_for_its_stream() {
-    let (host, alloc) = host_allocator(256 * MIB);
+    let (host, alloc, pool, _g) = cached_mode(256 * MIB);
     let side = host.create_stream();
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
     let x = alloc.allocate(4096, 512).unwrap();
     alloc.record_stream(x, side).unwrap();
     alloc.free(x).unwrap();
@@ -167,10 +179,7 @@ fn nested_guards_on_one_pool_dropped_out_of_order_give_their_blocks_back() {
 /// and every figure stays exact.
 #[test]
 fn a_full_cache_sends_further_frees_to_the_arena() {
-    let (_host, alloc) = host_allocator(256 * MIB);
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
+    let (_host, alloc, pool, _g) = cached_mode(256 * MIB);
     let blocks: Vec<_> = (0..12)
         .map(|_| alloc.allocate(4096, 512).unwrap())
         .collect();
@@ -193,18 +202,14 @@ fn a_full_cache_sends_further_frees_to_the_arena() {
     for &p in &again {
         alloc.free(p).unwrap();
     }
-    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
-    pool.reset().unwrap();
+    rests_and_resets(&pool);
 }
 
 /// Blocks over 1 MiB, and a request padded for its alignment, stay out of
 /// the cache or come back only for their exact block size.
 #[test]
 fn large_and_over_aligned_blocks_keep_exact_figures() {
-    let (_host, alloc) = host_allocator(256 * MIB);
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
+    let (_host, alloc, pool, _g) = cached_mode(256 * MIB);
     let big = alloc.allocate(3 * MIB, 512).unwrap();
     alloc.free(big).unwrap();
     assert_eq!(pool.stats().live_blocks, 0);
@@ -215,8 +220,7 @@ fn large_and_over_aligned_blocks_keep_exact_figures() {
     let plain = alloc.allocate(1000, 512).unwrap();
     assert_eq!(alloc.requested_size(plain), Some(1000));
     alloc.free(plain).unwrap();
-    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
-    pool.reset().unwrap();
+    rests_and_resets(&pool);
 }
 
 /// With the device full, a request the cache cannot serve is placed in
@@ -224,10 +228,7 @@ fn large_and_over_aligned_blocks_keep_exact_figures() {
 /// failing for want of a new segment.
 #[test]
 fn a_full_device_serves_a_miss_from_the_cached_blocks_space() {
-    let (_host, alloc) = host_allocator(2 * MIB);
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
+    let (_host, alloc, pool, _g) = cached_mode(2 * MIB);
     let (a, b) = (
         alloc.allocate(MIB, 512).unwrap(),
         alloc.allocate(MIB, 512).unwrap(),
@@ -257,10 +258,7 @@ fn a_full_device_serves_a_miss_from_the_cached_blocks_space() {
 /// the cached blocks usable; the figures stay exact.
 #[test]
 fn empty_cache_leaves_cached_pool_blocks_usable() {
-    let (_host, alloc) = host_allocator(256 * MIB);
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
+    let (_host, alloc, pool, _g) = cached_mode(256 * MIB);
     let a = alloc.allocate(64 << 10, 512).unwrap();
     alloc.free(a).unwrap();
     let reserved = pool.stats().reserved_bytes;
@@ -309,8 +307,7 @@ fn readers_on_another_thread_flush_the_caches() {
         );
         to_owner.send(()).unwrap();
     });
-    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
-    pool.reset().unwrap();
+    rests_and_resets(&pool);
 }
 
 /// Threads in graph mode on one pool, allocating, filling, checking and
@@ -384,8 +381,8 @@ fn threads_in_graph_mode_on_one_pool_never_share_a_block() {
 /// first, `reset` and the pool's drop leave nothing behind.
 #[test]
 fn expandable_segments_keep_cached_blocks_exact_and_released() {
-    let host = std::sync::Arc::new(graphalloc::HostBackend::new(0, 256 * MIB));
-    let backend = host.clone() as std::sync::Arc<dyn graphalloc::Backend>;
+    let host = Arc::new(HostBackend::new(0, 256 * MIB));
+    let backend = host.clone() as Arc<dyn graphalloc::Backend>;
     let alloc = Allocator::from_backends_with(vec![backend], &graphalloc::Config::default())
         .expect("an allocator over one host backend");
     let pool = alloc.create_pool();
@@ -403,8 +400,7 @@ fn expandable_segments_keep_cached_blocks_exact_and_released() {
     assert_eq!(s.peak_allocated_bytes, 4 * MIB);
     alloc.free(again).unwrap();
     alloc.free(other).unwrap();
-    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
-    pool.reset().unwrap();
+    rests_and_resets(&pool);
     drop(g);
     drop(pool);
     assert_eq!(alloc.stats().pools.reserved_bytes, 0);
@@ -418,11 +414,8 @@ fn expandable_segments_keep_cached_blocks_exact_and_released() {
 /// gets it, during the capture or after.
 #[test]
 fn a_block_freed_on_a_captured_stream_stays_on_its_stream() {
-    let (host, alloc) = host_allocator(256 * MIB);
+    let (host, alloc, pool, _g) = cached_mode(256 * MIB);
     let side = host.create_stream();
-    let pool = alloc.create_pool();
-    let _g = alloc.enter_graph_mode(&pool).unwrap();
-    open_cache(&alloc);
     host.begin_capture(side);
     let x = {
         let _s = graphalloc::use_stream(side);
@@ -441,6 +434,5 @@ fn a_block_freed_on_a_captured_stream_stays_on_its_stream() {
     assert_eq!(e, d);
     assert_ne!(e, x);
     alloc.free(e).unwrap();
-    assert_eq!(at_rest(&pool), (0, 0, 0, 0));
-    pool.reset().unwrap();
+    rests_and_resets(&pool);
 }
