@@ -8,6 +8,7 @@
 
 mod support;
 
+use graphalloc::history::{BlockSnapshot, BlockState};
 use graphalloc::{Allocator, DevicePtr, Error, GraphModeGuard, GraphPool, HostBackend};
 use std::sync::Arc;
 use support::{host_allocator, host_bytes, MIB};
@@ -434,5 +435,37 @@ fn a_block_freed_on_a_captured_stream_stays_on_its_stream() {
     assert_eq!(e, d);
     assert_ne!(e, x);
     alloc.free(e).unwrap();
+    rests_and_resets(&pool);
+}
+
+/// A snapshot shows a cached block free (the pool's walk flushes first),
+/// and a revived one allocated for its new request; its allocated bytes
+/// agree with the pool's figures.
+#[test]
+fn a_snapshot_shows_cached_blocks_free_and_revived_ones_live() {
+    let (_host, alloc, pool, _g) = cached_mode(256 * MIB);
+    let a = alloc.allocate(3000, 512).unwrap();
+    alloc.free(a).unwrap();
+    let blocks_of = |alloc: &Allocator| -> Vec<BlockSnapshot> {
+        let snap = alloc.snapshot();
+        let pooled = snap
+            .segments
+            .into_iter()
+            .filter(|s| s.pool == Some(pool.id()));
+        pooled.flat_map(|s| s.blocks).collect()
+    };
+    let blocks = blocks_of(&alloc);
+    assert!(blocks.iter().all(|b| b.state == BlockState::Inactive));
+    let b = alloc.allocate(2900, 512).unwrap();
+    assert_eq!(b, a, "the same block, from the arena (the walk flushed it)");
+    alloc.free(b).unwrap(); // into the cache again
+    let c = alloc.allocate(2900, 512).unwrap(); // a hit
+    let live: Vec<_> = (blocks_of(&alloc).into_iter())
+        .filter(|b| b.state == BlockState::ActiveAllocated)
+        .map(|b| (b.address, b.size, b.requested_size))
+        .collect();
+    assert_eq!(live, [(c.addr(), 3072, 2900)]);
+    assert_eq!(pool.stats().allocated_bytes, 3072);
+    alloc.free(c).unwrap();
     rests_and_resets(&pool);
 }
