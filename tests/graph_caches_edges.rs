@@ -469,3 +469,43 @@ fn a_snapshot_shows_cached_blocks_free_and_revived_ones_live() {
     alloc.free(c).unwrap();
     rests_and_resets(&pool);
 }
+
+/// A reader racing a thread whose pairs hit its cache: every read of the
+/// pool's figures is consistent (the counts agree with the live blocks,
+/// all of one size), and the peak never passes the two blocks held.
+#[test]
+fn reads_racing_cache_hits_see_consistent_figures() {
+    let (_host, alloc) = host_allocator(256 * MIB);
+    let pool = alloc.create_pool();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let opened = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _g = alloc.enter_graph_mode(&pool).unwrap();
+            open_cache(&alloc); // 512 B blocks, before the reads
+            opened.wait();
+            for _ in 0..20_000 {
+                let a = alloc.allocate(4096, 512).unwrap();
+                let b = alloc.allocate(4096, 512).unwrap();
+                alloc.free(a).unwrap();
+                alloc.free(b).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        opened.wait();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let st = pool.stats();
+            let net = st.allocations - st.frees;
+            assert_eq!(net, st.live_blocks as u64, "{st:?}");
+            assert!(st.live_blocks <= 2, "{st:?}");
+            assert_eq!(st.allocated_bytes % 4096, 0, "{st:?}");
+            assert!(st.peak_allocated_bytes <= 2 * 4096, "{st:?}");
+            let all = alloc.stats();
+            assert!(
+                all.pools.allocated_bytes <= all.pools.reserved_bytes,
+                "{all:?}"
+            );
+        }
+    });
+    rests_and_resets(&pool);
+}
