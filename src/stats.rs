@@ -51,14 +51,20 @@ impl PoolStats {
     pub(crate) fn on_alloc(&mut self, block: usize, requested: usize) {
         self.allocated_bytes += block;
         self.peak_allocated_bytes = self.peak_allocated_bytes.max(self.allocated_bytes);
-        self.requested_bytes += requested;
+        // Wrapping: see `on_free`.
+        self.requested_bytes = self.requested_bytes.wrapping_add(requested);
         self.live_blocks += 1;
         self.allocations += 1;
     }
 
     pub(crate) fn on_free(&mut self, block: usize, requested: usize) {
         self.allocated_bytes -= block;
-        self.requested_bytes -= requested;
+        // Wrapping: a pool's arena may still count the request a block was
+        // first handed out for while a graph-mode cache's unfolded counts
+        // hold the change since (a block revived there for a larger
+        // request, then freed to the arena); every reader of a pool's
+        // figures folds those counts first (`graph_pool/slots.rs`).
+        self.requested_bytes = self.requested_bytes.wrapping_sub(requested);
         self.live_blocks -= 1;
         self.frees += 1;
     }
