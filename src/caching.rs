@@ -259,13 +259,7 @@ impl CachingAllocator {
         let cacheable = size <= SMALL_REQUEST_MAX
             && record.uses.is_none()
             && self.device.capturing(stream) == Ok(false);
-        let cached = Cached {
-            ptr,
-            block: record.block,
-            size,
-            shard: origin.shard,
-            stream,
-        };
+        let cached = Cached::of(record, ptr, origin.shard);
         self.threads.with(
             |local| {
                 let kept = cacheable && local.id == origin.thread && local.put(cached).is_ok();

@@ -57,6 +57,7 @@
 //! the arena.
 
 use crate::arena::{BlockRef, StreamTag, SMALL_REQUEST_MAX};
+use crate::ownership::Record;
 use crate::stats::{Gauge, PoolStats, StatsBook};
 use crate::sync::{next_id, thread_local, Arc, AtomicUsize, Mutex, Ordering, OwnerLock};
 use rustc_hash::FxHashMap;
@@ -144,6 +145,21 @@ pub(crate) struct Cached {
     pub(crate) size: usize,
     pub(crate) shard: usize,
     pub(crate) stream: StreamTag,
+}
+
+impl Cached {
+    /// The block of the live `record`, handed out as `ptr` by the arena of
+    /// `shard`, as a cache holds it.
+    #[inline]
+    pub(crate) fn of(record: &Record, ptr: u64, shard: usize) -> Cached {
+        Cached {
+            ptr,
+            block: record.block,
+            size: record.size,
+            shard,
+            stream: record.stream,
+        }
+    }
 }
 
 /// User-level figures of the caching side, as one thread changed them.

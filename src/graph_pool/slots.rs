@@ -163,13 +163,7 @@ impl PoolCore {
         if !cacheable {
             return false;
         }
-        let cached = Cached {
-            ptr,
-            block: record.block,
-            size: record.size,
-            shard: 0,
-            stream: record.stream,
-        };
+        let cached = Cached::of(record, ptr, 0);
         mode::with_slot(self, |slot| slot.put(cached, record.requested))
     }
 }
