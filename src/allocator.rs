@@ -14,7 +14,7 @@ use crate::graph_pool::record::Recorders;
 use crate::graph_pool::{GraphPool, PoolCore, PoolHandle, PoolPtr, PoolRegistry};
 use crate::history::History;
 use crate::mode::{self, GraphModeGuard};
-use crate::ownership::{Claim, Owner, OwnershipMap, Record, Uses};
+use crate::ownership::{self, Claim, Owner, OwnershipMap, Record};
 use crate::stats::{CachingSums, MemoryUsageStats, PoolStats, StatsBook};
 use crate::stream::{current_stream, StreamRegistry};
 use crate::sync::{next_id, Arc, ConcurrentMap};
@@ -625,7 +625,7 @@ impl Allocator {
             Owner::Cache { .. } => keep(&self.caches, r, addr, &mut orphans),
         };
         let claim = self.ownership.claim(addr, held, keep);
-        let record = match claim {
+        let mut record = match claim {
             Claim::Claimed(record) => record,
             Claim::Kept(kept) => {
                 if self.recorders.any() {
@@ -644,14 +644,18 @@ impl Allocator {
                 .on_free(ptr.addr(), !record.uses().is_empty());
         }
         self.history.free_requested(&record, ptr.addr());
-        let (block, requested, stream) = (record.block, record.requested, record.stream);
-        let uses = Uses::of(&record.uses);
-        match record.owner {
+        let (block, requested, stream) = (record.block, record.requested(), record.stream);
+        // The owner moves out (a pool's pointer is used up by its free);
+        // the box goes back to the thread's spares.
+        let owner = std::mem::replace(&mut record.owner, Owner::SPENT);
+        let uses = record.uses();
+        match owner {
             Owner::Cache { device, origin } => {
                 self.caches[device].free_to_arena(origin, block, stream, uses, orphans)
             }
             Owner::Pool(pool) => pool.free(block, requested, stream, uses),
         }
+        ownership::recycle(record);
         Ok(())
     }
 

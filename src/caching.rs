@@ -105,6 +105,14 @@ pub(crate) struct Origin {
     thread: u64,
 }
 
+impl Origin {
+    /// No origin (see [`Owner::SPENT`](crate::ownership::Owner::SPENT)).
+    pub(crate) const SPENT: Origin = Origin {
+        shard: usize::MAX,
+        thread: 0,
+    };
+}
+
 #[derive(Debug)]
 pub(crate) struct CachingAllocator {
     pub(crate) device: Arc<Device>,
@@ -147,8 +155,12 @@ impl CachingAllocator {
     ) -> Result<(Origin, Carved, Option<u64>), Shortfall> {
         // Large blocks are never cached: no look there.
         if look && rounded <= SMALL_REQUEST_MAX {
-            if let Some((origin, carved, ptr)) = self.take_cached(stream, rounded, requested) {
-                return Ok((origin, carved, Some(ptr)));
+            if let Some((origin, c)) = self.take_cached(stream, rounded, requested) {
+                let carved = Carved {
+                    block: c.block,
+                    size: c.size,
+                };
+                return Ok((origin, carved, Some(c.ptr)));
             }
         }
         let (shard, carved) = self.carve(stream, rounded)?;
@@ -172,7 +184,7 @@ impl CachingAllocator {
         stream: StreamTag,
         rounded: usize,
         requested: usize,
-    ) -> Option<(Origin, Carved, u64)> {
+    ) -> Option<(Origin, Cached)> {
         self.threads.with(
             |local| {
                 let c = local.take(stream, rounded)?;
@@ -181,11 +193,7 @@ impl CachingAllocator {
                     shard: c.shard,
                     thread: local.id,
                 };
-                let carved = Carved {
-                    block: c.block,
-                    size: c.size,
-                };
-                Some((origin, carved, c.ptr))
+                Some((origin, c))
             },
             |orphans| self.flush(orphans),
         )
@@ -257,13 +265,13 @@ impl CachingAllocator {
         // their placement decides fragmentation (as with the arena's quick
         // bins). A failed capture query keeps the block out, to be safe.
         let cacheable = size <= SMALL_REQUEST_MAX
-            && record.uses.is_none()
+            && record.uses().is_empty()
             && self.device.capturing(stream) == Ok(false);
         let cached = Cached::of(record, ptr, origin.shard);
         self.threads.with(
             |local| {
                 let kept = cacheable && local.id == origin.thread && local.put(cached).is_ok();
-                local.on_free(&self.threads.sink, size, record.requested, kept);
+                local.on_free(&self.threads.sink, size, record.requested(), kept);
                 kept
             },
             |mut blocks| orphans.append(&mut blocks),

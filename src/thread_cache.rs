@@ -57,7 +57,7 @@
 //! the arena.
 
 use crate::arena::{BlockRef, StreamTag, SMALL_REQUEST_MAX};
-use crate::ownership::Record;
+use crate::ownership::{Record, RecordRef};
 use crate::stats::{Gauge, PoolStats, StatsBook};
 use crate::sync::{next_id, thread_local, Arc, AtomicUsize, Mutex, Ordering, OwnerLock};
 use rustc_hash::FxHashMap;
@@ -141,6 +141,10 @@ pub(crate) struct Cached {
     /// The pointer last handed out for the block: its ownership record
     /// stays in the map, marked cached, under this pointer.
     pub(crate) ptr: u64,
+    /// That record, in place ([`OwnershipMap::revive_kept`]).
+    ///
+    /// [`OwnershipMap::revive_kept`]: crate::ownership::OwnershipMap::revive_kept
+    pub(crate) record: RecordRef,
     pub(crate) block: BlockRef,
     pub(crate) size: usize,
     pub(crate) shard: usize,
@@ -154,6 +158,7 @@ impl Cached {
     pub(crate) fn of(record: &Record, ptr: u64, shard: usize) -> Cached {
         Cached {
             ptr,
+            record: RecordRef::of(record),
             block: record.block,
             size: record.size,
             shard,

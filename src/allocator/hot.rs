@@ -6,12 +6,11 @@ use super::{Allocator, DEFAULT_STREAM};
 use crate::arena::{round_small, Carved, BLOCK_ROUND, SMALL_REQUEST_MAX, SMALL_SEGMENT};
 use crate::device_ptr::DevicePtr;
 use crate::error::Result;
-use crate::graph_pool::{PoolCore, PoolPtr};
+use crate::graph_pool::PoolPtr;
 use crate::history::Action;
 use crate::mode::{self, Lent};
 use crate::ownership::{Kept, Owner, Record};
 use crate::stats::Side;
-use crate::thread_cache::Cached;
 
 /// An allocation's result before its out-of-memory report
 /// ([`Allocator::report`]).
@@ -72,22 +71,29 @@ impl Allocator {
         let stream = DEFAULT_STREAM;
         let rounded = round_small(size);
         let hit = (self.caches.get(device)).and_then(|c| c.take_cached(stream, rounded, size));
-        let Some((origin, carved, kept)) = hit else {
+        let Some((origin, cached)) = hit else {
             // A miss, or no such device (the full path says so).
             return self.allocate_as(None, Some(device), stream, size, align, held, true);
         };
-        let addr = carved.block.addr();
+        let addr = cached.block.addr();
         if self.recorders.any() {
             self.recorders
                 .on_alloc(device, stream, size, align, rounded, addr);
         }
         self.history.alloc(device, stream, size, addr, None);
-        // In place, unless the block was last handed out under another
-        // pointer (an over-aligned request's).
-        if kept != addr || !self.ownership.revive(addr, size, held) {
+        if cached.ptr == addr {
+            // SAFETY: `cached` was just taken out of the thread's cache.
+            unsafe { self.ownership.revive_kept(cached.record, size, held) };
+        } else {
+            // The block was last handed out under another pointer (an
+            // over-aligned request's): its record moves to this one.
             let owner = Owner::Cache { device, origin };
+            let carved = Carved {
+                block: cached.block,
+                size: cached.size,
+            };
             let record = Record::new(owner, carved, size, stream, held);
-            self.ownership.moved(kept, addr, record);
+            self.ownership.moved(cached.ptr, addr, record);
         }
         Ok(DevicePtr::new(addr))
     }
@@ -111,12 +117,10 @@ impl Allocator {
                     .on_alloc(device, stream, size, align, rounded, addr);
             }
             self.history.alloc(device, stream, size, addr, Some(pool));
-            // In place (a cached block was handed out at its start, and its
-            // record stays until a flush, which first takes it out of the
-            // cache).
-            if !self.ownership.revive(addr, size, held) {
-                self.pooled_record(pool, cached, size, held);
-            }
+            // In place (a pool's cache holds only blocks handed out at
+            // their start).
+            // SAFETY: `cached` was just taken out of the thread's cache.
+            unsafe { self.ownership.revive_kept(cached.record, size, held) };
             return Ok(DevicePtr::new(addr));
         }
         if slot.is_none() {
@@ -148,28 +152,6 @@ impl Allocator {
 }
 
 impl Allocator {
-    /// A block of `pool`'s thread cache whose record could not be revived
-    /// (it cannot happen: a flush takes the block out of the cache before
-    /// it forgets the record): recorded afresh, for `requested` bytes.
-    #[cold]
-    #[inline(never)]
-    fn pooled_record(&self, pool: &PoolCore, cached: Cached, requested: usize, held: bool) {
-        let (block, size) = (cached.block, cached.size);
-        // SAFETY: `pool` is borrowed from the thread's graph-mode stack,
-        // whose handle holds it; its arena counts the block live (a cached
-        // block stays handed out there), and the pointer goes into the
-        // block's record here.
-        let owner = Owner::Pool(unsafe { PoolPtr::for_block(pool) });
-        let record = Record::new(
-            owner,
-            Carved { block, size },
-            requested,
-            DEFAULT_STREAM,
-            held,
-        );
-        self.ownership.moved(cached.ptr, block.addr(), record);
-    }
-
     /// Notes the free of `ptr`, a block of pool `pool` that went into the
     /// calling thread's cache for the pool (`graph_pool/slots.rs`):
     /// requested, and complete (in the cache the block is free and reusable

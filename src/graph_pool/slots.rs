@@ -158,12 +158,12 @@ impl PoolCore {
         let cacheable = record.size <= SMALL_REQUEST_MAX
             && self.plan.is_none()
             && record.stream == DEFAULT_STREAM
-            && record.uses.is_none()
+            && record.uses().is_empty()
             && ptr == record.block.addr();
         if !cacheable {
             return false;
         }
         let cached = Cached::of(record, ptr, 0);
-        mode::with_slot(self, |slot| slot.put(cached, record.requested))
+        mode::with_slot(self, |slot| slot.put(cached, record.requested()))
     }
 }

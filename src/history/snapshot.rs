@@ -127,7 +127,7 @@ impl History {
                 Action::FreeRequested,
                 device,
                 stream,
-                record.requested,
+                record.requested(),
                 ptr,
                 pool,
             );
