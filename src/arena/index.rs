@@ -14,11 +14,11 @@ use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 
 /// Entries above which the sorted `Vec` becomes a `BTreeSet`.
-const GROW_AT: usize = 64;
+const GROW_AT: usize = 256;
 /// Entries below which the `BTreeSet` becomes a sorted `Vec` again (less
 /// than [`GROW_AT`], so that a set near the limit does not switch back and
 /// forth).
-const SHRINK_AT: usize = 16;
+const SHRINK_AT: usize = 64;
 
 /// An ordered set of keys; see the module docs.
 #[derive(Debug)]
@@ -203,7 +203,7 @@ mod tests {
         for step in 0..40_000 {
             // Phases that fill and drain, so both forms and both switches occur.
             let filling = (step / 2_000) % 2 == 0;
-            let key: (u64, u32) = (rng.random_range(0..2), rng.random_range(0..60));
+            let key: (u64, u32) = (rng.random_range(0..2), rng.random_range(0..200));
             let was_large = matches!(index, FreeIndex::Large(_));
             if rng.random_bool(if filling { 0.9 } else { 0.1 }) {
                 assert_eq!(index.insert(key), model.insert(key));
@@ -217,17 +217,17 @@ mod tests {
             }
             // A replacement of a present key by an absent one.
             if let Some(&old) = model.iter().nth(rng.random_range(0..model.len().max(1))) {
-                let new = (rng.random_range(0..2), rng.random_range(0..60));
+                let new = (rng.random_range(0..2), rng.random_range(0..200));
                 if !model.contains(&new) {
                     index.replace(&old, new);
                     model.remove(&old);
                     model.insert(new);
                 }
             }
-            let probe = (rng.random_range(0..2), rng.random_range(0..64));
+            let probe = (rng.random_range(0..2), rng.random_range(0..204));
             assert_eq!(index.first_from(&probe), model.range(probe..).next());
             assert_eq!(index.contains(&probe), model.contains(&probe));
-            let hi = (probe.0, rng.random_range(0..64));
+            let hi = (probe.0, rng.random_range(0..204));
             let got: Vec<_> = index.range(probe..=hi).collect();
             let want: Vec<_> = if probe <= hi {
                 model.range(probe..=hi).collect()
