@@ -42,7 +42,7 @@ mod walk;
 pub(crate) use walk::{WalkState, WalkedSegment};
 
 use crate::stats::PoolStats;
-use index::FreeIndex;
+use index::{FreeIndex, FreeKey};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
@@ -207,9 +207,6 @@ struct Pages {
     units: std::collections::BTreeMap<u64, usize>,
 }
 
-/// (stream, size, address, block slot)
-type FreeKey = (StreamTag, usize, u64, u32);
-
 /// A freed block that may not be reused yet (see [`Arena::defer_free`]).
 #[derive(Debug)]
 pub(crate) struct Deferred {
@@ -276,12 +273,12 @@ impl Arena {
 
     fn key(&self, slot: u32) -> FreeKey {
         let b = &self.blocks[slot as usize];
-        (
-            self.segments[b.segment as usize].stream,
-            b.size,
-            b.addr,
+        FreeKey {
+            stream: self.segments[b.segment as usize].stream,
+            size: b.size,
+            addr: b.addr,
             slot,
-        )
+        }
     }
 
     /// The index a free block belongs in: mapped or unmapped, by class.
@@ -344,15 +341,15 @@ impl Arena {
         // The first key at or above (stream, rounded) is the best fit if it
         // is of `stream` (the index orders by stream first).
         let &best = self.free[class as usize]
-            .first_from(&(stream, rounded, 0, 0))
-            .filter(|k| k.0 == stream)?;
+            .first_from(&FreeKey::from(stream, rounded))
+            .filter(|k| k.stream == stream)?;
         let found = self.place(class, best, rounded);
-        let (_, found_size, found_addr, slot) = found;
-        let remaining = found_size - rounded;
+        let slot = found.slot;
+        let remaining = found.size - rounded;
         if class.should_split(remaining) {
             // What is left takes the found block's place in the same index
             // (same stream, class and mapped state).
-            let at = found_addr + rounded as u64;
+            let at = found.addr + rounded as u64;
             let rest = self.split_free(slot, at);
             let rest_key = self.key(rest);
             self.free[class as usize].replace(&found, rest_key);

@@ -172,14 +172,13 @@ impl Arena {
     /// traces and of that test makes no mapping call; at 4, that test maps
     /// in its first warm pass; at 12, vartrans_step does.
     pub(super) fn place(&self, class: Class, best: FreeKey, rounded: usize) -> FreeKey {
-        if !self.blocks[best.3 as usize].stale || best.1 / LOOSE_FIT < rounded {
+        if !self.blocks[best.slot as usize].stale || best.size / LOOSE_FIT < rounded {
             return best;
         }
-        let (stream, ..) = best;
-        let fits = (stream, rounded, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
+        let fits = FreeKey::from(best.stream, rounded)..=FreeKey::last(best.stream);
         self.free[class as usize]
             .range(fits)
-            .min_by_key(|k| k.2)
+            .min_by_key(|k| k.addr)
             .copied()
             .unwrap_or(best)
     }
@@ -215,8 +214,11 @@ impl Arena {
     pub(crate) fn plan_growth(&self, stream: StreamTag, rounded: usize) -> Option<Growth> {
         let class = Class::of(rounded);
         let mut best: Option<Growth> = None;
-        let all = (stream, 0, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
-        for &(_, size, addr, slot) in self.unmapped[class as usize].range(all) {
+        let all = FreeKey::from(stream, 0)..=FreeKey::last(stream);
+        for &FreeKey {
+            size, addr, slot, ..
+        } in self.unmapped[class as usize].range(all)
+        {
             let b = &self.blocks[slot as usize];
             let seg = &self.segments[b.segment as usize];
             let page = seg
@@ -374,7 +376,13 @@ impl Arena {
             self.flush_quick();
         }
         let mut out = Vec::new();
-        for &(stream, size, addr, slot) in self.free.iter().flatten() {
+        for &FreeKey {
+            stream,
+            size,
+            addr,
+            slot,
+        } in self.free.iter().flatten()
+        {
             let seg = &self.segments[self.blocks[slot as usize].segment as usize];
             let Some(pages) = &seg.pages else { continue };
             if keep.contains(&Some(slot)) {
@@ -609,7 +617,8 @@ mod tests {
         // Freed memory is not stale: it merges into a block that is not.
         a.free(t.block, 1);
         a.check_invariants();
-        let &(_, size, _, slot) = a.free[1].iter().find(|k| k.2 == base).unwrap();
+        let k = a.free[1].iter().find(|k| k.addr == base).unwrap();
+        let (size, slot) = (k.size, k.slot);
         assert_eq!((size, a.blocks[slot as usize].stale), (40 * MIB, false));
     }
 
