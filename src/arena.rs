@@ -340,19 +340,25 @@ impl Arena {
         let class = Class::of(rounded);
         // The first key at or above (stream, rounded) is the best fit if it
         // is of `stream` (the index orders by stream first).
-        let &best = self.free[class as usize]
+        let (best, at) = self.free[class as usize]
             .first_from(&FreeKey::from(stream, rounded))
-            .filter(|k| k.stream == stream)?;
+            .filter(|k| k.0.stream == stream)?;
         let found = self.place(class, best, rounded);
+        let at = (found.slot == best.slot).then_some(at);
         let slot = found.slot;
         let remaining = found.size - rounded;
         if class.should_split(remaining) {
             // What is left takes the found block's place in the same index
             // (same stream, class and mapped state).
-            let at = found.addr + rounded as u64;
-            let rest = self.split_free(slot, at);
-            let rest_key = self.key(rest);
-            self.free[class as usize].replace(&found, rest_key);
+            let at_addr = found.addr + rounded as u64;
+            let rest = self.split_free(slot, at_addr);
+            let rest_key = FreeKey {
+                stream,
+                size: remaining,
+                addr: at_addr,
+                slot: rest,
+            };
+            self.free[class as usize].replace(&found, at, rest_key);
         } else {
             let removed = self.free[class as usize].remove(&found);
             debug_assert!(removed, "best fit missing from the index");
@@ -547,37 +553,53 @@ impl Arena {
 
     /// Indexes the free block `slot` (not indexed yet), merged first with
     /// free neighbours in the same mapped state. Returns the merged slot.
-    fn merge_and_index(&mut self, mut slot: u32) -> u32 {
-        let mapped = self.blocks[slot as usize].mapped;
-        let joins = |b: &Block| !b.allocated && b.mapped == mapped;
+    fn merge_and_index(&mut self, slot: u32) -> u32 {
+        let b = &self.blocks[slot as usize];
+        let (mapped, prev, next) = (b.mapped, b.prev, b.next);
+        let seg = &self.segments[b.segment as usize];
+        let (stream, class) = (seg.stream, seg.class as usize);
+        let key = |slot: u32, b: &Block| FreeKey {
+            stream,
+            size: b.size,
+            addr: b.addr,
+            slot,
+        };
+        let blocks = &self.blocks;
+        let joining = |n: Option<u32>| {
+            let n = n?;
+            let b = &blocks[n as usize];
+            (!b.allocated && b.mapped == mapped).then(|| key(n, b))
+        };
+        let (prev_key, next_key) = (joining(prev), joining(next));
+        if next_key.is_some() {
+            self.absorb_next(slot);
+        }
+        let merged = match prev_key {
+            Some(p) => {
+                self.absorb_next(p.slot);
+                p.slot
+            }
+            None => slot,
+        };
+        let new = key(merged, &self.blocks[merged as usize]);
+        let index = match mapped {
+            true => &mut self.free[class],
+            false => &mut self.unmapped[class],
+        };
         // The merged block takes the place of one merged neighbour in the
         // index (the same one: same segment, same mapped state).
-        let mut replaced = None;
-        if let Some(next) = self.blocks[slot as usize].next {
-            if joins(&self.blocks[next as usize]) {
-                replaced = Some(self.key(next));
-                self.absorb_next(slot);
+        match (prev_key, next_key) {
+            (Some(p), Some(n)) => {
+                let removed = index.remove(&n);
+                debug_assert!(removed, "free block missing from the index");
+                index.replace(&p, None, new);
+            }
+            (Some(old), None) | (None, Some(old)) => index.replace(&old, None, new),
+            (None, None) => {
+                index.insert(new);
             }
         }
-        if let Some(prev) = self.blocks[slot as usize].prev {
-            if joins(&self.blocks[prev as usize]) {
-                let key = self.key(prev);
-                if let Some(next_key) = replaced.replace(key) {
-                    let removed = self.index_of(prev).remove(&next_key);
-                    debug_assert!(removed, "free block missing from the index");
-                }
-                self.absorb_next(prev);
-                slot = prev;
-            }
-        }
-        match replaced {
-            Some(old) => {
-                let key = self.key(slot);
-                self.index_of(slot).replace(&old, key);
-            }
-            None => self.index_insert(slot),
-        }
-        slot
+        merged
     }
 
     /// Merges the block after `slot` into `slot` and removes it.

@@ -142,12 +142,16 @@ impl<'a, K> Iterator for Iter<'a, K> {
 }
 
 impl<K: Ord + Copy> FreeIndex<K> {
-    /// The first key at or above `from`.
+    /// The first key at or above `from`, with its place (a hint for
+    /// [`FreeIndex::replace`]).
     #[inline]
-    pub(crate) fn first_from(&self, from: &K) -> Option<&K> {
+    pub(crate) fn first_from(&self, from: &K) -> Option<(K, usize)> {
         match self {
-            FreeIndex::Small(v) => v.get(v.partition_point(|k| k < from)),
-            FreeIndex::Large(s) => s.range(from..).next(),
+            FreeIndex::Small(v) => {
+                let at = v.partition_point(|k| k < from);
+                v.get(at).map(|&k| (k, at))
+            }
+            FreeIndex::Large(s) => s.range(from..).next().map(|&k| (k, usize::MAX)),
         }
     }
 
@@ -196,16 +200,23 @@ impl<K: Ord + Copy> FreeIndex<K> {
     /// absent: as `remove(old)` then `insert(new)`, but in the `Vec` one
     /// rotation of the entries between their places instead of two shifts
     /// of everything after them. (A split or a merge replaces one free
-    /// block by another of the same stream.)
+    /// block by another of the same stream.) `at`, if given, is where
+    /// [`FreeIndex::first_from`] found `old`, with nothing changed since:
+    /// then `old` is not searched for again.
     #[inline]
-    pub(crate) fn replace(&mut self, old: &K, new: K) {
+    pub(crate) fn replace(&mut self, old: &K, at: Option<usize>, new: K) {
         match self {
             FreeIndex::Small(v) => {
-                let Ok(i) = search(v, old) else {
+                let found = match at {
+                    Some(at) => Ok(at),
+                    None => search(v, old),
+                };
+                let Ok(i) = found else {
                     debug_assert!(false, "replaced key missing");
                     self.insert(new);
                     return;
                 };
+                debug_assert!(v[i] == *old, "replaced key not at its place");
                 if new < *old {
                     let j = v[..i].partition_point(|k| *k < new);
                     debug_assert!(v.get(j) != Some(&new), "new key present");
@@ -309,13 +320,23 @@ mod tests {
             if let Some(&old) = model.iter().nth(rng.random_range(0..model.len().max(1))) {
                 let new = (rng.random_range(0..2), rng.random_range(0..200));
                 if !model.contains(&new) {
-                    index.replace(&old, new);
+                    index.replace(&old, None, new);
                     model.remove(&old);
                     model.insert(new);
                 }
             }
             let probe = (rng.random_range(0..2), rng.random_range(0..204));
-            assert_eq!(index.first_from(&probe), model.range(probe..).next());
+            let first = index.first_from(&probe);
+            assert_eq!(first.map(|f| f.0), model.range(probe..).next().copied());
+            if let Some((key, at)) = first.filter(|_| rng.random_bool(0.5)) {
+                // Replaced where it was found: as `replace` without the hint.
+                let new = (key.0, rng.random_range(0..200));
+                if !model.contains(&new) {
+                    index.replace(&key, Some(at), new);
+                    model.remove(&key);
+                    model.insert(new);
+                }
+            }
             assert_eq!(index.contains(&probe), model.contains(&probe));
             let hi = (probe.0, rng.random_range(0..204));
             let got: Vec<_> = index.range(probe..=hi).collect();
