@@ -12,9 +12,9 @@
 //!   removed, only grown by merging.
 //! - No two neighbouring blocks of a segment are both free (free neighbours
 //!   are merged at once).
-//! - A block is in the free index iff it is free; the index is ordered by
-//!   (stream, size, address), so the first entry at or above
-//!   `(stream, size)` is the best fit, lowest address first.
+//! - A block is in the free index of its segment's stream (its lane) iff it
+//!   is free; the index is ordered by (size, address), so the first entry
+//!   at or above `size` is the best fit, lowest address first.
 //! - `stats` equal the sums over the arena's blocks and segments.
 //!
 //! Freed small blocks (of small segments, at most [`SMALL_REQUEST_MAX`]) first
@@ -186,6 +186,8 @@ struct Segment {
     base: u64,
     size: usize,
     stream: StreamTag,
+    /// The lane of `stream` in `Arena::lanes`.
+    lane: u32,
     class: Class,
     head: u32,
     /// Its blocks marked allocated (quick-binned and deferred ones too).
@@ -228,15 +230,26 @@ struct QuickBin {
     listed: bool,
 }
 
+/// The free blocks of one stream's segments. (Blocks are reused only on
+/// the stream of their segment: one index per stream, so that no search
+/// compares streams.)
+#[derive(Debug, Default)]
+struct Lane {
+    stream: StreamTag,
+    /// Free blocks with memory behind them, per class: what `try_alloc` searches.
+    free: [FreeIndex<FreeKey>; 2],
+    /// Unmapped free blocks of expandable segments, per class.
+    unmapped: [FreeIndex<FreeKey>; 2],
+}
+
 /// Segments cut into blocks; see the module docs for its invariants.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
     blocks: Slab<Block>,
     segments: Slab<Segment>,
-    /// Free blocks with memory behind them, per class: what `try_alloc` searches.
-    free: [FreeIndex<FreeKey>; 2],
-    /// Unmapped free blocks of expandable segments, per class.
-    unmapped: [FreeIndex<FreeKey>; 2],
+    /// The free blocks, per stream (lanes are never removed but with every
+    /// segment: an arena serves few streams).
+    lanes: Vec<Lane>,
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
@@ -272,23 +285,26 @@ impl Arena {
     }
 
     fn key(&self, slot: u32) -> FreeKey {
-        let b = &self.blocks[slot as usize];
-        FreeKey {
-            stream: self.segments[b.segment as usize].stream,
-            size: b.size,
-            addr: b.addr,
-            slot,
-        }
+        FreeKey::of(slot, &self.blocks[slot as usize])
     }
 
-    /// The index a free block belongs in: mapped or unmapped, by class.
+    /// The lane of `stream`, if it has one.
+    #[inline]
+    fn lane(&self, stream: StreamTag) -> Option<usize> {
+        self.lanes.iter().position(|l| l.stream == stream)
+    }
+
+    /// The index a free block belongs in: its segment's lane, mapped or
+    /// unmapped, by class.
     fn index_of(&mut self, slot: u32) -> &mut FreeIndex<FreeKey> {
         let b = &self.blocks[slot as usize];
-        let class = self.segments[b.segment as usize].class as usize;
+        let seg = &self.segments[b.segment as usize];
+        let lane = &mut self.lanes[seg.lane as usize];
+        let class = seg.class as usize;
         if b.mapped {
-            &mut self.free[class]
+            &mut lane.free[class]
         } else {
-            &mut self.unmapped[class]
+            &mut lane.unmapped[class]
         }
     }
 
@@ -338,12 +354,12 @@ impl Arena {
             self.flush_quick();
         }
         let class = Class::of(rounded);
-        // The first key at or above (stream, rounded) is the best fit if it
-        // is of `stream` (the index orders by stream first).
-        let (best, at) = self.free[class as usize]
-            .first_from(&FreeKey::from(stream, rounded))
-            .filter(|k| k.0.stream == stream)?;
-        let found = self.place(class, best, rounded);
+        // The first key at or above `rounded` in the stream's lane is the
+        // best fit.
+        let lane = self.lane(stream)?;
+        let index = &self.lanes[lane].free[class as usize];
+        let (best, at) = index.first_from(&FreeKey::from(rounded))?;
+        let found = self.place(index, best, rounded);
         let at = (found.slot == best.slot).then_some(at);
         let slot = found.slot;
         let remaining = found.size - rounded;
@@ -353,14 +369,13 @@ impl Arena {
             let at_addr = found.addr + rounded as u64;
             let rest = self.split_free(slot, at_addr);
             let rest_key = FreeKey {
-                stream,
                 size: remaining,
                 addr: at_addr,
                 slot: rest,
             };
-            self.free[class as usize].replace(&found, at, rest_key);
+            self.lanes[lane].free[class as usize].replace(&found, at, rest_key);
         } else {
-            let removed = self.free[class as usize].remove(&found);
+            let removed = self.lanes[lane].free[class as usize].remove(&found);
             debug_assert!(removed, "best fit missing from the index");
         }
         let b = &mut self.blocks[slot as usize];
@@ -443,6 +458,13 @@ impl Arena {
         pages: Option<Pages>,
     ) -> u32 {
         let segment = self.segments.vacant_key() as u32;
+        let lane = self.lane(stream).unwrap_or_else(|| {
+            self.lanes.push(Lane {
+                stream,
+                ..Lane::default()
+            });
+            self.lanes.len() - 1
+        }) as u32;
         let head = self.blocks.insert(Block {
             addr: base,
             size,
@@ -458,6 +480,7 @@ impl Arena {
             base,
             size,
             stream,
+            lane,
             class,
             head,
             live: 0,
@@ -557,18 +580,12 @@ impl Arena {
         let b = &self.blocks[slot as usize];
         let (mapped, prev, next) = (b.mapped, b.prev, b.next);
         let seg = &self.segments[b.segment as usize];
-        let (stream, class) = (seg.stream, seg.class as usize);
-        let key = |slot: u32, b: &Block| FreeKey {
-            stream,
-            size: b.size,
-            addr: b.addr,
-            slot,
-        };
+        let (lane, class) = (seg.lane as usize, seg.class as usize);
         let blocks = &self.blocks;
         let joining = |n: Option<u32>| {
             let n = n?;
             let b = &blocks[n as usize];
-            (!b.allocated && b.mapped == mapped).then(|| key(n, b))
+            (!b.allocated && b.mapped == mapped).then(|| FreeKey::of(n, b))
         };
         let (prev_key, next_key) = (joining(prev), joining(next));
         if next_key.is_some() {
@@ -581,10 +598,11 @@ impl Arena {
             }
             None => slot,
         };
-        let new = key(merged, &self.blocks[merged as usize]);
+        let new = FreeKey::of(merged, &self.blocks[merged as usize]);
+        let lane = &mut self.lanes[lane];
         let index = match mapped {
-            true => &mut self.free[class],
-            false => &mut self.unmapped[class],
+            true => &mut lane.free[class],
+            false => &mut lane.unmapped[class],
         };
         // The merged block takes the place of one merged neighbour in the
         // index (the same one: same segment, same mapped state).
@@ -643,8 +661,7 @@ impl Arena {
             self.stats.on_release(held);
         }
         self.blocks.clear();
-        self.free.iter_mut().for_each(FreeIndex::clear);
-        self.unmapped.iter_mut().for_each(FreeIndex::clear);
+        self.lanes.clear();
         self.quick.clear();
         self.quick_listed.clear();
         self.quick_blocks = 0;

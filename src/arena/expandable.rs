@@ -13,7 +13,7 @@
 //! [`Arena::idle_runs`]. The arena only books: its owner makes the mapping
 //! calls in between.
 
-use super::{Arena, Block, Class, FreeKey, StreamTag};
+use super::{Arena, Block, Class, FreeIndex, FreeKey, StreamTag};
 
 /// Where to map pages so that a request fits: `len` bytes at `addr`, inside
 /// the unmapped free block `slot`. Together with the mapped free blocks
@@ -171,13 +171,17 @@ impl Arena {
     /// again at 8.) From 6 to 8 times, every warm pass of our training
     /// traces and of that test makes no mapping call; at 4, that test maps
     /// in its first warm pass; at 12, vartrans_step does.
-    pub(super) fn place(&self, class: Class, best: FreeKey, rounded: usize) -> FreeKey {
+    pub(super) fn place(
+        &self,
+        index: &FreeIndex<FreeKey>,
+        best: FreeKey,
+        rounded: usize,
+    ) -> FreeKey {
         if !self.blocks[best.slot as usize].stale || best.size / LOOSE_FIT < rounded {
             return best;
         }
-        let fits = FreeKey::from(best.stream, rounded)..=FreeKey::last(best.stream);
-        self.free[class as usize]
-            .range(fits)
+        index
+            .range(FreeKey::from(rounded)..=FreeKey::last())
             .min_by_key(|k| k.addr)
             .copied()
             .unwrap_or(best)
@@ -214,11 +218,8 @@ impl Arena {
     pub(crate) fn plan_growth(&self, stream: StreamTag, rounded: usize) -> Option<Growth> {
         let class = Class::of(rounded);
         let mut best: Option<Growth> = None;
-        let all = FreeKey::from(stream, 0)..=FreeKey::last(stream);
-        for &FreeKey {
-            size, addr, slot, ..
-        } in self.unmapped[class as usize].range(all)
-        {
+        let lane = &self.lanes[self.lane(stream)?];
+        for &FreeKey { size, addr, slot } in &lane.unmapped[class as usize] {
             let b = &self.blocks[slot as usize];
             let seg = &self.segments[b.segment as usize];
             let page = seg
@@ -376,13 +377,11 @@ impl Arena {
             self.flush_quick();
         }
         let mut out = Vec::new();
-        for &FreeKey {
-            stream,
-            size,
-            addr,
-            slot,
-        } in self.free.iter().flatten()
-        {
+        let free = self
+            .lanes
+            .iter()
+            .flat_map(|lane| lane.free.iter().flatten().map(|k| (lane.stream, k)));
+        for (stream, &FreeKey { size, addr, slot }) in free {
             let seg = &self.segments[self.blocks[slot as usize].segment as usize];
             let Some(pages) = &seg.pages else { continue };
             if keep.contains(&Some(slot)) {
@@ -617,7 +616,7 @@ mod tests {
         // Freed memory is not stale: it merges into a block that is not.
         a.free(t.block, 1);
         a.check_invariants();
-        let k = a.free[1].iter().find(|k| k.addr == base).unwrap();
+        let k = a.lanes[0].free[1].iter().find(|k| k.addr == base).unwrap();
         let (size, slot) = (k.size, k.slot);
         assert_eq!((size, a.blocks[slot as usize].stale), (40 * MIB, false));
     }

@@ -10,42 +10,48 @@
 //! order, so every search returns what a `BTreeSet` would: placement does
 //! not depend on the form.
 //!
-//! The arena's keys are [`FreeKey`]s, whose order is the tuple (stream,
-//! size, address) compared in fewer instructions; the `Vec`'s searches ask
-//! only `<`.
+//! The arena's keys are [`FreeKey`]s, whose order is the tuple (size,
+//! address) compared as one number; the `Vec`'s searches ask only `<`.
 
-use super::StreamTag;
+use super::Block;
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 
-/// A free block as the index holds it, ordered by stream, then size, then
-/// address. The slot rides along: it takes no part in the order or in
-/// equality (no two blocks of an arena share an address).
+/// A free block as the index holds it, ordered by size, then address.
+/// The slot rides along: it takes no part in the order or in equality (no
+/// two blocks of an arena share an address).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FreeKey {
-    pub(crate) stream: StreamTag,
     pub(crate) size: usize,
     pub(crate) addr: u64,
     pub(crate) slot: u32,
 }
 
 impl FreeKey {
-    /// The first key of `stream` at or above `size` bytes.
+    /// The key of the free block `slot`.
     #[inline]
-    pub(crate) fn from(stream: StreamTag, size: usize) -> FreeKey {
+    pub(crate) fn of(slot: u32, b: &Block) -> FreeKey {
         FreeKey {
-            stream,
+            size: b.size,
+            addr: b.addr,
+            slot,
+        }
+    }
+
+    /// The first key at or above `size` bytes.
+    #[inline]
+    pub(crate) fn from(size: usize) -> FreeKey {
+        FreeKey {
             size,
             addr: 0,
             slot: 0,
         }
     }
 
-    /// The last key `stream` can have.
-    pub(crate) fn last(stream: StreamTag) -> FreeKey {
+    /// The last key there can be.
+    pub(crate) fn last() -> FreeKey {
         FreeKey {
-            stream,
             size: usize::MAX,
             addr: u64::MAX,
             slot: u32::MAX,
@@ -63,7 +69,7 @@ impl FreeKey {
 impl PartialEq for FreeKey {
     #[inline]
     fn eq(&self, other: &Self) -> bool {
-        (self.stream, self.size_addr()) == (other.stream, other.size_addr())
+        self.size_addr() == other.size_addr()
     }
 }
 
@@ -72,7 +78,7 @@ impl Eq for FreeKey {}
 impl Ord for FreeKey {
     #[inline]
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.stream, self.size_addr()).cmp(&(other.stream, other.size_addr()))
+        self.size_addr().cmp(&other.size_addr())
     }
 }
 
@@ -82,12 +88,9 @@ impl PartialOrd for FreeKey {
         Some(self.cmp(other))
     }
 
-    // What the searches ask: the order of `cmp`, in fewer instructions.
+    // What the searches ask.
     #[inline]
     fn lt(&self, other: &Self) -> bool {
-        if self.stream != other.stream {
-            return self.stream < other.stream;
-        }
         self.size_addr() < other.size_addr()
     }
 }
@@ -275,6 +278,7 @@ impl<K: Ord + Copy> FreeIndex<K> {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn clear(&mut self) {
         *self = FreeIndex::default();
     }
@@ -354,8 +358,8 @@ mod tests {
         assert_eq!(index.len(), 0);
     }
 
-    /// `FreeKey` orders as the tuple (stream, size, address) does, through
-    /// `cmp` and `<` alike, whatever its slot.
+    /// `FreeKey` orders as the tuple (size, address) does, through `cmp`
+    /// and `<` alike, whatever its slot.
     #[test]
     fn free_keys_order_by_stream_size_address() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -369,12 +373,11 @@ mod tests {
         let edge = [0, 1, u64::MAX - 1, u64::MAX, 1 << 63, (1 << 63) - 1];
         for _ in 0..20_000 {
             let [a, b] = [(); 2].map(|()| FreeKey {
-                stream: pick(&edge[..2]),
                 size: pick(&edge) as usize,
                 addr: pick(&edge),
                 slot: pick(&edge) as u32,
             });
-            let tuple = |k: &FreeKey| (k.stream, k.size, k.addr);
+            let tuple = |k: &FreeKey| (k.size, k.addr);
             assert_eq!(a.cmp(&b), tuple(&a).cmp(&tuple(&b)));
             assert_eq!(a < b, tuple(&a) < tuple(&b));
             assert_eq!(a == b, tuple(&a) == tuple(&b));
