@@ -37,6 +37,7 @@ pub(crate) use books::Books;
 pub(crate) use expandable::{Growth, IdleRun};
 
 mod place;
+mod slots;
 mod walk;
 
 pub(crate) use walk::{WalkState, WalkedSegment};
@@ -45,6 +46,7 @@ use crate::stats::PoolStats;
 use index::{FreeIndex, FreeKey};
 use rustc_hash::FxHashMap;
 use slab::Slab;
+use slots::Blocks;
 
 /// Blocks a quick bin holds at most; more are merged into the free index.
 const QUICK_BIN_CAPACITY: usize = 64;
@@ -245,7 +247,7 @@ struct Lane {
 /// Segments cut into blocks; see the module docs for its invariants.
 #[derive(Debug, Default)]
 pub(crate) struct Arena {
-    blocks: Slab<Block>,
+    blocks: Blocks,
     segments: Slab<Segment>,
     /// The free blocks, per stream (lanes are never removed but with every
     /// segment: an arena serves few streams).
