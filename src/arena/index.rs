@@ -220,7 +220,13 @@ impl<K: Ord + Copy> FreeIndex<K> {
                     return;
                 };
                 debug_assert!(v[i] == *old, "replaced key not at its place");
-                if new < *old {
+                // Most often the new key sorts between the old one's
+                // neighbours (a split's rest, a block merged with a small
+                // one): it takes the old one's place, nothing moves.
+                let above = |k: &K| *k < new;
+                if (i == 0 || above(&v[i - 1])) && v.get(i + 1).is_none_or(|k| new < *k) {
+                    v[i] = new;
+                } else if new < *old {
                     let j = v[..i].partition_point(|k| *k < new);
                     debug_assert!(v.get(j) != Some(&new), "new key present");
                     v.copy_within(j..i, j + 1);
