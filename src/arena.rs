@@ -519,16 +519,44 @@ impl Arena {
     /// Merges every block of the quick bins into the free index. Touches
     /// only the bins that got blocks since the last flush.
     fn flush_quick(&mut self) {
+        let mut flushed: Vec<(u64, u32)> = Vec::with_capacity(self.quick_blocks);
         for key in std::mem::take(&mut self.quick_listed) {
             let Some(bin) = self.quick.get_mut(&key) else {
                 continue;
             };
             bin.listed = false;
-            for (addr, slot) in std::mem::take(&mut bin.slots) {
-                self.recycle(BlockRef { slot, addr });
-            }
+            // `append` leaves the bin its buffer for the next frees.
+            flushed.append(&mut bin.slots);
         }
         self.quick_blocks = 0;
+        // Blocks lying end to end go back as one (each would merge with the
+        // one before it anyway): one index update per run instead of one per
+        // block. The result is what recycling them one by one leaves.
+        flushed.sort_unstable_by_key(|&(addr, _)| addr);
+        let tick = self.fences.tick();
+        let mut runs = flushed.iter().peekable();
+        while let Some(&(_, first)) = runs.next() {
+            let b = &mut self.blocks[first as usize];
+            (b.allocated, b.freed, b.stale) = (false, tick, false);
+            let segment = b.segment;
+            let mut gone = 1;
+            while let Some(&&(_, next)) = runs.peek() {
+                if self.blocks[first as usize].next != Some(next) {
+                    break;
+                }
+                // A quick block is live (never stale) and freed before now.
+                self.absorb_next(first);
+                runs.next();
+                gone += 1;
+            }
+            self.merge_and_index(first);
+            // The segment's live count drops only now: when it reaches 0,
+            // every block of the segment is free and merged, as after the
+            // last of one-by-one recycles.
+            for _ in 0..gone {
+                self.block_gone(segment);
+            }
+        }
     }
 
     fn is_quick(&self, slot: u32) -> bool {
@@ -820,6 +848,43 @@ mod tests {
         for expected in [x, y] {
             assert_eq!(a.try_alloc(0, 512, 512).unwrap().block, expected);
         }
+        a.check_invariants();
+    }
+
+    /// Quick blocks lying end to end go back to the index as one run when
+    /// a miss flushes the bins, merged with free neighbours on both sides.
+    #[test]
+    fn a_flush_merges_runs_of_quick_blocks() {
+        let mut a = arena_with(SMALL_SEGMENT);
+        let sizes = [512, 1024, 512, 2048, 512, 1536, 512];
+        let blocks: Vec<_> = sizes
+            .iter()
+            .map(|&s| a.try_alloc(0, s, s).unwrap())
+            .collect();
+        // The second block goes to the index by a flush of its own (a
+        // miss), its neighbours still live.
+        a.free(blocks[1].block, 1024);
+        let miss = a.try_alloc(0, 4096, 4096).unwrap();
+        assert_eq!(miss.block.addr(), blocks[6].block.addr() + 512);
+        a.free(miss.block, 4096);
+        // All but the fifth freed: quick runs around the indexed second
+        // block (0, then 2 and 3: 4096 bytes with it) and 5, 6 and the
+        // 4096 bytes above, then the free rest of the segment.
+        for i in [0, 2, 3, 5, 6] {
+            a.free(blocks[i].block, sizes[i]);
+        }
+        a.check_invariants();
+        // A miss flushes: 8 KiB fit only in the second run with the rest.
+        let big = a.try_alloc(0, 8192, 8192).unwrap();
+        a.check_invariants();
+        assert_eq!(big.block.addr(), blocks[5].block.addr());
+        let first_run = a.try_alloc(0, 4096, 4096).unwrap();
+        assert_eq!(first_run.block.addr(), blocks[0].block.addr(), "merged");
+        for (c, size) in [(big, 8192), (first_run, 4096), (blocks[4], 512)] {
+            a.free(c.block, size);
+        }
+        a.check_invariants();
+        assert_eq!(a.take_free_segments().len(), 1, "all merged back");
         a.check_invariants();
     }
 
