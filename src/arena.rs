@@ -377,7 +377,7 @@ impl Arena {
             };
             self.lanes[lane].free[class as usize].replace(&found, at, rest_key);
         } else {
-            let removed = self.lanes[lane].free[class as usize].remove(&found);
+            let removed = self.lanes[lane].free[class as usize].remove_at(&found, at);
             debug_assert!(removed, "best fit missing from the index");
         }
         let b = &mut self.blocks[slot as usize];

@@ -249,9 +249,17 @@ impl<K: Ord + Copy> FreeIndex<K> {
     /// Removes `key`; returns whether it was present.
     #[inline]
     pub(crate) fn remove(&mut self, key: &K) -> bool {
+        self.remove_at(key, None)
+    }
+
+    /// Removes `key`, where [`FreeIndex::first_from`] found it if `at` is
+    /// given (with nothing changed since); returns whether it was present.
+    #[inline]
+    pub(crate) fn remove_at(&mut self, key: &K, at: Option<usize>) -> bool {
         match self {
-            FreeIndex::Small(v) => match search(v, key) {
+            FreeIndex::Small(v) => match at.map_or_else(|| search(v, key), Ok) {
                 Ok(at) => {
+                    debug_assert!(v[at] == *key, "removed key not at its place");
                     v.remove(at);
                     true
                 }
@@ -338,7 +346,11 @@ mod tests {
             let probe = (rng.random_range(0..2), rng.random_range(0..204));
             let first = index.first_from(&probe);
             assert_eq!(first.map(|f| f.0), model.range(probe..).next().copied());
-            if let Some((key, at)) = first.filter(|_| rng.random_bool(0.5)) {
+            if let Some((key, at)) = first.filter(|_| rng.random_bool(0.05)) {
+                // Removed where it was found.
+                assert!(index.remove_at(&key, Some(at)));
+                assert!(model.remove(&key));
+            } else if let Some((key, at)) = first.filter(|_| rng.random_bool(0.5)) {
                 // Replaced where it was found: as `replace` without the hint.
                 let new = (key.0, rng.random_range(0..200));
                 if !model.contains(&new) {
