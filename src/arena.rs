@@ -594,6 +594,7 @@ impl Arena {
     }
 
     /// Returns a block to the free index, merged with free neighbours.
+    #[inline]
     fn recycle(&mut self, block: BlockRef) {
         let b = &mut self.blocks[block.slot as usize];
         b.allocated = false;
@@ -651,6 +652,7 @@ impl Arena {
     }
 
     /// Merges the block after `slot` into `slot` and removes it.
+    #[inline]
     fn absorb_next(&mut self, slot: u32) {
         let next = self.blocks[slot as usize].next.expect("has a next block");
         let gone = self.blocks.remove(next as usize);
