@@ -162,7 +162,7 @@ pub(crate) struct FreedSegment {
     pub(crate) stream: StreamTag,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Block {
     addr: u64,
     size: usize,

@@ -3,8 +3,8 @@
 //! A `Vec` with a stack of vacant slots, reused last freed first (as a
 //! `Slab` does). The hot paths index it several times per event; a plain
 //! `Vec` index checks only the bound, where a `Slab` also checks the entry's
-//! state. A vacant slot holds a block of no segment, which no live handle
-//! can reach (`Arena::account_free` checks that a freed block is live).
+//! state. A vacant slot holds a block of no segment, not live (so that
+//! `Arena::account_free`'s check fails on it).
 
 use super::Block;
 use std::ops::{Index, IndexMut};
@@ -39,8 +39,12 @@ impl Blocks {
     /// Takes the block out of `slot`, which becomes vacant.
     #[inline]
     pub(super) fn remove(&mut self, slot: usize) -> Block {
-        let gone = std::mem::replace(&mut self.entries[slot], Block::vacant());
+        let entry = &mut self.entries[slot];
+        let gone = *entry;
         assert!(gone.segment != VACANT, "removing a vacant block slot");
+        // The segment marks the slot vacant; a block that is not live
+        // fails `Arena::account_free`'s check (the rest is left as it was).
+        (entry.segment, entry.allocated) = (VACANT, false);
         self.vacant.push(slot as u32);
         gone
     }
@@ -78,8 +82,9 @@ impl IndexMut<usize> for Blocks {
     }
 }
 
+#[cfg(test)]
 impl Block {
-    /// What a vacant slot holds.
+    /// A block of no segment.
     fn vacant() -> Block {
         Block {
             addr: 0,
