@@ -1,10 +1,11 @@
 //! [`FreeIndex`]: an ordered set of free-block keys, as a sorted `Vec`
 //! while small and a `BTreeSet` once large.
 //!
-//! Best fit asks the index for the first key at or above `(stream, size)`
-//! and then removes it and inserts what a split leaves: a few operations on
-//! every large allocation and free. Most arenas hold few free blocks per
-//! class, where a binary search and a short `memmove` in one contiguous
+//! Best fit asks the index (its stream's, of its class) for the first key
+//! at or above a size and then replaces it with what a split leaves (in
+//! place, when that sorts between the same neighbours): a few operations
+//! on every large allocation and free. Most arenas hold few free blocks per
+//! stream and class, where a binary search and a short `memmove` in one contiguous
 //! buffer beat the B-tree's node walks; an arena with many free blocks keeps
 //! the B-tree's logarithmic cost. Both forms hold the same keys in the same
 //! order, so every search returns what a `BTreeSet` would: placement does
