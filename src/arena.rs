@@ -652,7 +652,7 @@ impl Arena {
     }
 
     /// Merges the block after `slot` into `slot` and removes it.
-    #[inline]
+    #[inline(always)]
     fn absorb_next(&mut self, slot: u32) {
         let next = self.blocks[slot as usize].next.expect("has a next block");
         let gone = self.blocks.remove(next as usize);

@@ -336,7 +336,7 @@ impl Arena {
     /// Splits the unindexed block `slot` (free, or being carved) at `at`;
     /// returns the new block above: free, unindexed, in the same mapped
     /// state.
-    #[inline]
+    #[inline(always)]
     pub(super) fn split_free(&mut self, slot: u32, at: u64) -> u32 {
         let (addr, size, segment, mapped, freed, stale, next) = {
             let b = &self.blocks[slot as usize];
