@@ -594,7 +594,7 @@ impl Arena {
     }
 
     /// Returns a block to the free index, merged with free neighbours.
-    #[inline]
+    #[inline(always)]
     fn recycle(&mut self, block: BlockRef) {
         let b = &mut self.blocks[block.slot as usize];
         b.allocated = false;
@@ -607,6 +607,7 @@ impl Arena {
 
     /// Indexes the free block `slot` (not indexed yet), merged first with
     /// free neighbours in the same mapped state. Returns the merged slot.
+    #[inline(always)]
     fn merge_and_index(&mut self, slot: u32) -> u32 {
         let b = &self.blocks[slot as usize];
         let (mapped, prev, next) = (b.mapped, b.prev, b.next);
