@@ -183,7 +183,7 @@ impl<K: Ord + Copy> FreeIndex<K> {
     }
 
     /// Inserts `key`; returns whether it was absent.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn insert(&mut self, key: K) -> bool {
         match self {
             FreeIndex::Small(v) => match search(v, &key) {
@@ -207,7 +207,7 @@ impl<K: Ord + Copy> FreeIndex<K> {
     /// block by another of the same stream.) `at`, if given, is where
     /// [`FreeIndex::first_from`] found `old`, with nothing changed since:
     /// then `old` is not searched for again.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn replace(&mut self, old: &K, at: Option<usize>, new: K) {
         match self {
             FreeIndex::Small(v) => {
@@ -255,7 +255,7 @@ impl<K: Ord + Copy> FreeIndex<K> {
 
     /// Removes `key`, where [`FreeIndex::first_from`] found it if `at` is
     /// given (with nothing changed since); returns whether it was present.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn remove_at(&mut self, key: &K, at: Option<usize>) -> bool {
         match self {
             FreeIndex::Small(v) => match at.map_or_else(|| search(v, key), Ok) {
