@@ -12,9 +12,9 @@
 //!   removed, only grown by merging.
 //! - No two neighbouring blocks of a segment are both free (free neighbours
 //!   are merged at once).
-//! - A block is in the free index iff it is free; the index is ordered by
-//!   (stream, size, address), so the first entry at or above
-//!   `(stream, size)` is the best fit, lowest address first.
+//! - A block is in the free index of its segment's stream (its lane) iff it
+//!   is free; the index is ordered by (size, address), so the first entry
+//!   at or above `size` is the best fit, lowest address first.
 //! - `stats` equal the sums over the arena's blocks and segments.
 //!
 //! Freed small blocks (of small segments, at most [`SMALL_REQUEST_MAX`]) first
@@ -37,14 +37,16 @@ pub(crate) use books::Books;
 pub(crate) use expandable::{Growth, IdleRun};
 
 mod place;
+mod slots;
 mod walk;
 
 pub(crate) use walk::{WalkState, WalkedSegment};
 
 use crate::stats::PoolStats;
-use index::FreeIndex;
+use index::{FreeIndex, FreeKey};
 use rustc_hash::FxHashMap;
 use slab::Slab;
+use slots::Blocks;
 
 /// Blocks a quick bin holds at most; more are merged into the free index.
 const QUICK_BIN_CAPACITY: usize = 64;
@@ -160,7 +162,7 @@ pub(crate) struct FreedSegment {
     pub(crate) stream: StreamTag,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Block {
     addr: u64,
     size: usize,
@@ -186,6 +188,8 @@ struct Segment {
     base: u64,
     size: usize,
     stream: StreamTag,
+    /// The lane of `stream` in `Arena::lanes`.
+    lane: u32,
     class: Class,
     head: u32,
     /// Its blocks marked allocated (quick-binned and deferred ones too).
@@ -206,9 +210,6 @@ struct Pages {
     /// Mapping units: start → size.
     units: std::collections::BTreeMap<u64, usize>,
 }
-
-/// (stream, size, address, block slot)
-type FreeKey = (StreamTag, usize, u64, u32);
 
 /// A freed block that may not be reused yet (see [`Arena::defer_free`]).
 #[derive(Debug)]
@@ -231,15 +232,26 @@ struct QuickBin {
     listed: bool,
 }
 
-/// Segments cut into blocks; see the module docs for its invariants.
+/// The free blocks of one stream's segments. (Blocks are reused only on
+/// the stream of their segment: one index per stream, so that no search
+/// compares streams.)
 #[derive(Debug, Default)]
-pub(crate) struct Arena {
-    blocks: Slab<Block>,
-    segments: Slab<Segment>,
+struct Lane {
+    stream: StreamTag,
     /// Free blocks with memory behind them, per class: what `try_alloc` searches.
     free: [FreeIndex<FreeKey>; 2],
     /// Unmapped free blocks of expandable segments, per class.
     unmapped: [FreeIndex<FreeKey>; 2],
+}
+
+/// Segments cut into blocks; see the module docs for its invariants.
+#[derive(Debug, Default)]
+pub(crate) struct Arena {
+    blocks: Blocks,
+    segments: Slab<Segment>,
+    /// The free blocks, per stream (lanes are never removed but with every
+    /// segment: an arena serves few streams).
+    lanes: Vec<Lane>,
     /// Freed blocks waiting for stream work; still "allocated" inside the
     /// arena (so never handed out or merged), no longer in the stats' live figures.
     pub(crate) deferred: Vec<Deferred>,
@@ -275,23 +287,26 @@ impl Arena {
     }
 
     fn key(&self, slot: u32) -> FreeKey {
-        let b = &self.blocks[slot as usize];
-        (
-            self.segments[b.segment as usize].stream,
-            b.size,
-            b.addr,
-            slot,
-        )
+        FreeKey::of(slot, &self.blocks[slot as usize])
     }
 
-    /// The index a free block belongs in: mapped or unmapped, by class.
+    /// The lane of `stream`, if it has one.
+    #[inline]
+    fn lane(&self, stream: StreamTag) -> Option<usize> {
+        self.lanes.iter().position(|l| l.stream == stream)
+    }
+
+    /// The index a free block belongs in: its segment's lane, mapped or
+    /// unmapped, by class.
     fn index_of(&mut self, slot: u32) -> &mut FreeIndex<FreeKey> {
         let b = &self.blocks[slot as usize];
-        let class = self.segments[b.segment as usize].class as usize;
+        let seg = &self.segments[b.segment as usize];
+        let lane = &mut self.lanes[seg.lane as usize];
+        let class = seg.class as usize;
         if b.mapped {
-            &mut self.free[class]
+            &mut lane.free[class]
         } else {
-            &mut self.unmapped[class]
+            &mut lane.unmapped[class]
         }
     }
 
@@ -341,23 +356,28 @@ impl Arena {
             self.flush_quick();
         }
         let class = Class::of(rounded);
-        // The first key at or above (stream, rounded) is the best fit if it
-        // is of `stream` (the index orders by stream first).
-        let &best = self.free[class as usize]
-            .first_from(&(stream, rounded, 0, 0))
-            .filter(|k| k.0 == stream)?;
-        let found = self.place(class, best, rounded);
-        let (_, found_size, found_addr, slot) = found;
-        let remaining = found_size - rounded;
+        // The first key at or above `rounded` in the stream's lane is the
+        // best fit.
+        let lane = self.lane(stream)?;
+        let index = &self.lanes[lane].free[class as usize];
+        let (best, at) = index.first_from(&FreeKey::from(rounded))?;
+        let found = self.place(index, best, rounded);
+        let at = (found.slot == best.slot).then_some(at);
+        let slot = found.slot;
+        let remaining = found.size - rounded;
         if class.should_split(remaining) {
             // What is left takes the found block's place in the same index
             // (same stream, class and mapped state).
-            let at = found_addr + rounded as u64;
-            let rest = self.split_free(slot, at);
-            let rest_key = self.key(rest);
-            self.free[class as usize].replace(&found, rest_key);
+            let at_addr = found.addr + rounded as u64;
+            let rest = self.split_free(slot, at_addr);
+            let rest_key = FreeKey {
+                size: remaining,
+                addr: at_addr,
+                slot: rest,
+            };
+            self.lanes[lane].free[class as usize].replace(&found, at, rest_key);
         } else {
-            let removed = self.free[class as usize].remove(&found);
+            let removed = self.lanes[lane].free[class as usize].remove_at(&found, at);
             debug_assert!(removed, "best fit missing from the index");
         }
         let b = &mut self.blocks[slot as usize];
@@ -440,6 +460,13 @@ impl Arena {
         pages: Option<Pages>,
     ) -> u32 {
         let segment = self.segments.vacant_key() as u32;
+        let lane = self.lane(stream).unwrap_or_else(|| {
+            self.lanes.push(Lane {
+                stream,
+                ..Lane::default()
+            });
+            self.lanes.len() - 1
+        }) as u32;
         let head = self.blocks.insert(Block {
             addr: base,
             size,
@@ -455,6 +482,7 @@ impl Arena {
             base,
             size,
             stream,
+            lane,
             class,
             head,
             live: 0,
@@ -491,16 +519,44 @@ impl Arena {
     /// Merges every block of the quick bins into the free index. Touches
     /// only the bins that got blocks since the last flush.
     fn flush_quick(&mut self) {
+        let mut flushed: Vec<(u64, u32)> = Vec::with_capacity(self.quick_blocks);
         for key in std::mem::take(&mut self.quick_listed) {
             let Some(bin) = self.quick.get_mut(&key) else {
                 continue;
             };
             bin.listed = false;
-            for (addr, slot) in std::mem::take(&mut bin.slots) {
-                self.recycle(BlockRef { slot, addr });
-            }
+            // `append` leaves the bin its buffer for the next frees.
+            flushed.append(&mut bin.slots);
         }
         self.quick_blocks = 0;
+        // Blocks lying end to end go back as one (each would merge with the
+        // one before it anyway): one index update per run instead of one per
+        // block. The result is what recycling them one by one leaves.
+        flushed.sort_unstable_by_key(|&(addr, _)| addr);
+        let tick = self.fences.tick();
+        let mut runs = flushed.iter().peekable();
+        while let Some(&(_, first)) = runs.next() {
+            let b = &mut self.blocks[first as usize];
+            (b.allocated, b.freed, b.stale) = (false, tick, false);
+            let segment = b.segment;
+            let mut gone = 1;
+            while let Some(&&(_, next)) = runs.peek() {
+                if self.blocks[first as usize].next != Some(next) {
+                    break;
+                }
+                // A quick block is live (never stale) and freed before now.
+                self.absorb_next(first);
+                runs.next();
+                gone += 1;
+            }
+            self.merge_and_index(first);
+            // The segment's live count drops only now: when it reaches 0,
+            // every block of the segment is free and merged, as after the
+            // last of one-by-one recycles.
+            for _ in 0..gone {
+                self.block_gone(segment);
+            }
+        }
     }
 
     fn is_quick(&self, slot: u32) -> bool {
@@ -538,6 +594,7 @@ impl Arena {
     }
 
     /// Returns a block to the free index, merged with free neighbours.
+    #[inline(always)]
     fn recycle(&mut self, block: BlockRef) {
         let b = &mut self.blocks[block.slot as usize];
         b.allocated = false;
@@ -550,40 +607,53 @@ impl Arena {
 
     /// Indexes the free block `slot` (not indexed yet), merged first with
     /// free neighbours in the same mapped state. Returns the merged slot.
-    fn merge_and_index(&mut self, mut slot: u32) -> u32 {
-        let mapped = self.blocks[slot as usize].mapped;
-        let joins = |b: &Block| !b.allocated && b.mapped == mapped;
+    #[inline(always)]
+    fn merge_and_index(&mut self, slot: u32) -> u32 {
+        let b = &self.blocks[slot as usize];
+        let (mapped, prev, next) = (b.mapped, b.prev, b.next);
+        let seg = &self.segments[b.segment as usize];
+        let (lane, class) = (seg.lane as usize, seg.class as usize);
+        let blocks = &self.blocks;
+        let joining = |n: Option<u32>| {
+            let n = n?;
+            let b = &blocks[n as usize];
+            (!b.allocated && b.mapped == mapped).then(|| FreeKey::of(n, b))
+        };
+        let (prev_key, next_key) = (joining(prev), joining(next));
+        if next_key.is_some() {
+            self.absorb_next(slot);
+        }
+        let merged = match prev_key {
+            Some(p) => {
+                self.absorb_next(p.slot);
+                p.slot
+            }
+            None => slot,
+        };
+        let new = FreeKey::of(merged, &self.blocks[merged as usize]);
+        let lane = &mut self.lanes[lane];
+        let index = match mapped {
+            true => &mut lane.free[class],
+            false => &mut lane.unmapped[class],
+        };
         // The merged block takes the place of one merged neighbour in the
         // index (the same one: same segment, same mapped state).
-        let mut replaced = None;
-        if let Some(next) = self.blocks[slot as usize].next {
-            if joins(&self.blocks[next as usize]) {
-                replaced = Some(self.key(next));
-                self.absorb_next(slot);
+        match (prev_key, next_key) {
+            (Some(p), Some(n)) => {
+                let removed = index.remove(&n);
+                debug_assert!(removed, "free block missing from the index");
+                index.replace(&p, None, new);
+            }
+            (Some(old), None) | (None, Some(old)) => index.replace(&old, None, new),
+            (None, None) => {
+                index.insert(new);
             }
         }
-        if let Some(prev) = self.blocks[slot as usize].prev {
-            if joins(&self.blocks[prev as usize]) {
-                let key = self.key(prev);
-                if let Some(next_key) = replaced.replace(key) {
-                    let removed = self.index_of(prev).remove(&next_key);
-                    debug_assert!(removed, "free block missing from the index");
-                }
-                self.absorb_next(prev);
-                slot = prev;
-            }
-        }
-        match replaced {
-            Some(old) => {
-                let key = self.key(slot);
-                self.index_of(slot).replace(&old, key);
-            }
-            None => self.index_insert(slot),
-        }
-        slot
+        merged
     }
 
     /// Merges the block after `slot` into `slot` and removes it.
+    #[inline(always)]
     fn absorb_next(&mut self, slot: u32) {
         let next = self.blocks[slot as usize].next.expect("has a next block");
         let gone = self.blocks.remove(next as usize);
@@ -624,8 +694,7 @@ impl Arena {
             self.stats.on_release(held);
         }
         self.blocks.clear();
-        self.free.iter_mut().for_each(FreeIndex::clear);
-        self.unmapped.iter_mut().for_each(FreeIndex::clear);
+        self.lanes.clear();
         self.quick.clear();
         self.quick_listed.clear();
         self.quick_blocks = 0;
@@ -709,113 +778,4 @@ impl Arena {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: usize = 1 << 20;
-
-    fn arena_with(size: usize) -> Arena {
-        let mut a = Arena::new();
-        a.add_segment(0x1000_0000, size, 0, Class::of(size.min(SMALL_REQUEST_MAX)));
-        a
-    }
-
-    #[test]
-    fn rounds_to_512_and_picks_segment_sizes_like_pytorch() {
-        assert_eq!(round_size(1), Some(512));
-        assert_eq!(round_size(512), Some(512));
-        assert_eq!(round_size(513), Some(1024));
-        assert_eq!(round_size(usize::MAX), None);
-        assert_eq!(segment_size(512), Some(SMALL_SEGMENT));
-        assert_eq!(segment_size(MIB), Some(SMALL_SEGMENT));
-        assert_eq!(segment_size(MIB + 512), Some(LARGE_SEGMENT));
-        assert_eq!(segment_size(10 * MIB), Some(10 * MIB));
-        assert_eq!(segment_size(11 * MIB), Some(12 * MIB));
-    }
-
-    #[test]
-    fn splits_and_coalesces_back_to_one_block() {
-        let mut a = arena_with(SMALL_SEGMENT);
-        let x = a.try_alloc(0, 512, 500).unwrap();
-        let y = a.try_alloc(0, 1024, 1000).unwrap();
-        let z = a.try_alloc(0, 512, 512).unwrap();
-        assert_eq!(x.block.addr() + 512, y.block.addr());
-        assert_eq!(y.block.addr() + 1024, z.block.addr());
-        a.check_invariants();
-        // Free the middle, then the ends: every order must end in one block.
-        a.free(y.block, 1000);
-        a.check_invariants();
-        a.free(x.block, 500);
-        a.check_invariants();
-        a.free(z.block, 512);
-        a.check_invariants();
-        assert_eq!(a.take_free_segments().len(), 1);
-        a.check_invariants();
-        assert_eq!(a.stats.reserved_bytes, 0);
-    }
-
-    #[test]
-    fn best_fit_prefers_the_smallest_sufficient_block() {
-        let mut a = arena_with(SMALL_SEGMENT);
-        let blocks: Vec<_> = [4096, 512, 2048, 512, 1024, 512]
-            .iter()
-            .map(|&s| a.try_alloc(0, s, s).unwrap())
-            .collect();
-        // Free 4096 (first) and 2048 (third): holes of 4096 and 2048.
-        a.free(blocks[0].block, 4096);
-        a.free(blocks[2].block, 2048);
-        let got = a.try_alloc(0, 1536, 1536).unwrap();
-        assert_eq!(
-            got.block.addr(),
-            blocks[2].block.addr(),
-            "took the 2048 hole"
-        );
-        a.check_invariants();
-    }
-
-    #[test]
-    fn exact_size_reuse_takes_the_lowest_address_whatever_the_free_order() {
-        let mut a = arena_with(SMALL_SEGMENT);
-        let [x, y, _z] = [(); 3].map(|()| a.try_alloc(0, 512, 512).unwrap().block);
-        a.free(x, 512); // the lowest first: most recent first would give `y`
-        a.free(y, 512);
-        for expected in [x, y] {
-            assert_eq!(a.try_alloc(0, 512, 512).unwrap().block, expected);
-        }
-        a.check_invariants();
-    }
-
-    #[test]
-    fn other_streams_do_not_reuse_a_segment() {
-        let mut a = arena_with(SMALL_SEGMENT);
-        assert!(a.try_alloc(7, 512, 512).is_none());
-        assert!(a.try_alloc(0, 512, 512).is_some());
-    }
-
-    #[test]
-    fn large_blocks_keep_small_remainders() {
-        let mut a = Arena::new();
-        a.add_segment(0x1000_0000, LARGE_SEGMENT, 0, Class::Large);
-        // 19.5 MiB leaves 0.5 MiB: not worth a block in a large segment.
-        let got = a.try_alloc(0, LARGE_SEGMENT - MIB / 2, 1).unwrap();
-        assert_eq!(got.size, LARGE_SEGMENT);
-        a.check_invariants();
-    }
-
-    #[test]
-    fn classify_tells_interior_and_free_starts() {
-        let mut a = arena_with(SMALL_SEGMENT);
-        let x = a.try_alloc(0, 1024, 1024).unwrap();
-        let base = x.block.addr();
-        assert_eq!(a.classify(base), AddressKind::LiveBlockStart);
-        assert_eq!(
-            a.classify(base + 8),
-            AddressKind::Inside {
-                block: base,
-                allocated: true
-            }
-        );
-        assert_eq!(a.classify(base + 1024), AddressKind::FreeBlockStart);
-        assert_eq!(a.classify(base - 1), AddressKind::Outside);
-    }
-}
+mod tests;

@@ -44,7 +44,7 @@ impl Arena {
         let deferred: HashSet<u32> = self.deferred.iter().map(|d| d.block.slot).collect();
         let mut largest_free = 0;
         let mut live = Vec::new();
-        for (slot, b) in &self.blocks {
+        for (slot, b) in self.blocks.iter() {
             let slot = slot as u32;
             if deferred.contains(&slot) {
                 continue;

@@ -13,7 +13,7 @@
 //! [`Arena::idle_runs`]. The arena only books: its owner makes the mapping
 //! calls in between.
 
-use super::{Arena, Block, Class, FreeKey, StreamTag};
+use super::{Arena, Block, Class, FreeIndex, FreeKey, StreamTag};
 
 /// Where to map pages so that a request fits: `len` bytes at `addr`, inside
 /// the unmapped free block `slot`. Together with the mapped free blocks
@@ -171,15 +171,18 @@ impl Arena {
     /// again at 8.) From 6 to 8 times, every warm pass of our training
     /// traces and of that test makes no mapping call; at 4, that test maps
     /// in its first warm pass; at 12, vartrans_step does.
-    pub(super) fn place(&self, class: Class, best: FreeKey, rounded: usize) -> FreeKey {
-        if !self.blocks[best.3 as usize].stale || best.1 / LOOSE_FIT < rounded {
+    pub(super) fn place(
+        &self,
+        index: &FreeIndex<FreeKey>,
+        best: FreeKey,
+        rounded: usize,
+    ) -> FreeKey {
+        if !self.blocks[best.slot as usize].stale || best.size / LOOSE_FIT < rounded {
             return best;
         }
-        let (stream, ..) = best;
-        let fits = (stream, rounded, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
-        self.free[class as usize]
-            .range(fits)
-            .min_by_key(|k| k.2)
+        index
+            .range(FreeKey::from(rounded)..=FreeKey::last())
+            .min_by_key(|k| k.addr)
             .copied()
             .unwrap_or(best)
     }
@@ -215,8 +218,8 @@ impl Arena {
     pub(crate) fn plan_growth(&self, stream: StreamTag, rounded: usize) -> Option<Growth> {
         let class = Class::of(rounded);
         let mut best: Option<Growth> = None;
-        let all = (stream, 0, 0, 0)..=(stream, usize::MAX, u64::MAX, u32::MAX);
-        for &(_, size, addr, slot) in self.unmapped[class as usize].range(all) {
+        let lane = &self.lanes[self.lane(stream)?];
+        for &FreeKey { size, addr, slot } in &lane.unmapped[class as usize] {
             let b = &self.blocks[slot as usize];
             let seg = &self.segments[b.segment as usize];
             let page = seg
@@ -333,6 +336,7 @@ impl Arena {
     /// Splits the unindexed block `slot` (free, or being carved) at `at`;
     /// returns the new block above: free, unindexed, in the same mapped
     /// state.
+    #[inline(always)]
     pub(super) fn split_free(&mut self, slot: u32, at: u64) -> u32 {
         let (addr, size, segment, mapped, freed, stale, next) = {
             let b = &self.blocks[slot as usize];
@@ -374,7 +378,11 @@ impl Arena {
             self.flush_quick();
         }
         let mut out = Vec::new();
-        for &(stream, size, addr, slot) in self.free.iter().flatten() {
+        let free = self
+            .lanes
+            .iter()
+            .flat_map(|lane| lane.free.iter().flatten().map(|k| (lane.stream, k)));
+        for (stream, &FreeKey { size, addr, slot }) in free {
             let seg = &self.segments[self.blocks[slot as usize].segment as usize];
             let Some(pages) = &seg.pages else { continue };
             if keep.contains(&Some(slot)) {
@@ -609,7 +617,8 @@ mod tests {
         // Freed memory is not stale: it merges into a block that is not.
         a.free(t.block, 1);
         a.check_invariants();
-        let &(_, size, _, slot) = a.free[1].iter().find(|k| k.2 == base).unwrap();
+        let k = a.lanes[0].free[1].iter().find(|k| k.addr == base).unwrap();
+        let (size, slot) = (k.size, k.slot);
         assert_eq!((size, a.blocks[slot as usize].stale), (40 * MIB, false));
     }
 

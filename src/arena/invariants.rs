@@ -32,9 +32,11 @@ impl Arena {
                     "free neighbours merged"
                 );
                 let key = self.key(s);
+                let lane = &self.lanes[seg.lane as usize];
+                assert_eq!(lane.stream, seg.stream, "the stream's lane");
                 let (index, other) = match b.mapped {
-                    true => (&self.free, &self.unmapped),
-                    false => (&self.unmapped, &self.free),
+                    true => (&lane.free, &lane.unmapped),
+                    false => (&lane.unmapped, &lane.free),
                 };
                 let indexed = index[seg.class as usize].contains(&key);
                 assert_eq!(indexed, !b.allocated, "free index matches");
@@ -64,9 +66,9 @@ impl Arena {
             }
         }
         let indexed: usize = self
-            .free
+            .lanes
             .iter()
-            .chain(&self.unmapped)
+            .flat_map(|lane| lane.free.iter().chain(&lane.unmapped))
             .map(FreeIndex::len)
             .sum();
         assert_eq!(indexed, free_blocks);
