@@ -29,9 +29,15 @@ pub(crate) enum Owner {
 ///
 /// The fields a revival writes (`requested`, `held`, `cached`) are atomics:
 /// a revival writes them without the map's lock, while any thread may read
-/// the record under that lock (a free, a query). Relaxed accesses suffice:
-/// a revival's block is in no other thread's hands until the caller passes
-/// its pointer on, with whatever synchronisation that takes.
+/// the record under that lock (a free, a query). A revival's block is in no
+/// other thread's hands until the caller passes its pointer on, with
+/// whatever synchronisation that takes; but a stray free of the old pointer
+/// (a double free, safe code) may race it. So the revival publishes
+/// `cached = false` last, with `Release`, and every read of `cached` is
+/// `Acquire`: a reader that sees the record live sees its new `held` and
+/// `requested` (else a plain free could take a block that the revival gave
+/// to an owning handle, which then reads and writes memory handed out
+/// again), and its free of the box comes after the revival's writes.
 #[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) owner: Owner,
@@ -92,9 +98,10 @@ impl Record {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// (`Acquire`: see the type's docs.)
     #[inline]
     fn cached(&self) -> bool {
-        self.cached.load(Ordering::Relaxed)
+        self.cached.load(Ordering::Acquire)
     }
 
     /// Marks the kept record live again, for `requested` bytes, held or not.
@@ -103,7 +110,8 @@ impl Record {
         debug_assert!(self.cached(), "revived a live pointer");
         self.requested.store(requested, Ordering::Relaxed);
         self.held.store(held, Ordering::Relaxed);
-        self.cached.store(false, Ordering::Relaxed);
+        // Last, and `Release`: see the type's docs.
+        self.cached.store(false, Ordering::Release);
     }
 
     /// The other streams that used the block.
