@@ -38,7 +38,9 @@ fn a_revival_through_the_kept_address_races_a_double_free() {
             tally.note(match theirs {
                 // (`UnknownPointer` while main holds the block between its
                 // cache and the revival: in no cache, its record cached.)
-                Err(Error::DoubleFree { ptr } | Error::UnknownPointer { ptr }) if ptr == a.addr() => {
+                Err(Error::DoubleFree { ptr } | Error::UnknownPointer { ptr })
+                    if ptr == a.addr() =>
+                {
                     "the free came first"
                 }
                 Err(Error::BufferHeld { ptr }) if ptr == a.addr() => "the revival came first",
