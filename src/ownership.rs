@@ -586,6 +586,41 @@ mod tests {
         assert_eq!(map.len(), 0);
     }
 
+    /// A double free racing a revival through the kept address (another
+    /// thread's, without the map's lock) never takes the record: it finds
+    /// it cached, or live and held, never live and not yet held. (Under
+    /// Miri, whose weak-memory emulation lets a relaxed load see an older
+    /// store, this failed with the revival's stores all relaxed; loom
+    /// model 19 checks it on the allocator.)
+    #[test]
+    fn a_double_free_racing_a_revival_finds_it_cached_or_held() {
+        for _ in 0..20 {
+            let map = OwnershipMap::new();
+            let mut arena = arena();
+            map.insert(0x1000_0000, record(&mut arena, 4000));
+            let mut taken = None;
+            let _ = map.claim(0x1000_0000, false, |r| {
+                taken = Some(RecordRef::of(r));
+                true
+            });
+            let kept = taken.expect("kept");
+            std::thread::scope(|s| {
+                // SAFETY: the record stays in the map, cached, until revived
+                // (the racing claim takes only a live record not held).
+                s.spawn(|| unsafe { map.revive_kept(kept, 1000, true) });
+                s.spawn(|| {
+                    let claim = map.claim(0x1000_0000, false, |_| false);
+                    assert!(matches!(claim, Claim::NotLive | Claim::Held), "{claim:?}");
+                });
+            });
+            assert_eq!(map.requested(0x1000_0000), Some(1000));
+            assert!(matches!(
+                map.claim(0x1000_0000, true, |_| false),
+                Claim::Claimed(_)
+            ));
+        }
+    }
+
     /// A claimed record's box, recycled, holds the thread's next record:
     /// the new record's own figures, not the old ones.
     #[test]
