@@ -25,6 +25,7 @@ models=(
   "graph_pools last_handle_drop_races_last_free 5"
   "slot first_use_get_races_install 6"
   "streams an_event_completing_races_an_allocation 7"
+  "kept_records a_revival_through_the_kept_address_races_a_double_free 19"
 )
 cd "$scratch"
 for diff in "$root"/loom-tests/faults/${1:-}*.diff; do

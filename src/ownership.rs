@@ -29,9 +29,15 @@ pub(crate) enum Owner {
 ///
 /// The fields a revival writes (`requested`, `held`, `cached`) are atomics:
 /// a revival writes them without the map's lock, while any thread may read
-/// the record under that lock (a free, a query). Relaxed accesses suffice:
-/// a revival's block is in no other thread's hands until the caller passes
-/// its pointer on, with whatever synchronisation that takes.
+/// the record under that lock (a free, a query). A revival's block is in no
+/// other thread's hands until the caller passes its pointer on, with
+/// whatever synchronisation that takes; but a stray free of the old pointer
+/// (a double free, safe code) may race it. So the revival publishes
+/// `cached = false` last, with `Release`, and every read of `cached` is
+/// `Acquire`: a reader that sees the record live sees its new `held` and
+/// `requested` (else a plain free could take a block that the revival gave
+/// to an owning handle, which then reads and writes memory handed out
+/// again), and its free of the box comes after the revival's writes.
 #[derive(Debug)]
 pub(crate) struct Record {
     pub(crate) owner: Owner,
@@ -92,9 +98,10 @@ impl Record {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// (`Acquire`: see the type's docs.)
     #[inline]
     fn cached(&self) -> bool {
-        self.cached.load(Ordering::Relaxed)
+        self.cached.load(Ordering::Acquire)
     }
 
     /// Marks the kept record live again, for `requested` bytes, held or not.
@@ -103,7 +110,8 @@ impl Record {
         debug_assert!(self.cached(), "revived a live pointer");
         self.requested.store(requested, Ordering::Relaxed);
         self.held.store(held, Ordering::Relaxed);
-        self.cached.store(false, Ordering::Relaxed);
+        // Last, and `Release`: see the type's docs.
+        self.cached.store(false, Ordering::Release);
     }
 
     /// The other streams that used the block.
@@ -576,6 +584,41 @@ mod tests {
             matches!(map.claim(0x1000_0000, false, |_| false), Claim::Claimed(r) if r.requested() == 1000)
         );
         assert_eq!(map.len(), 0);
+    }
+
+    /// A double free racing a revival through the kept address (another
+    /// thread's, without the map's lock) never takes the record: it finds
+    /// it cached, or live and held, never live and not yet held. (Under
+    /// Miri, whose weak-memory emulation lets a relaxed load see an older
+    /// store, this failed with the revival's stores all relaxed; loom
+    /// model 19 checks it on the allocator.)
+    #[test]
+    fn a_double_free_racing_a_revival_finds_it_cached_or_held() {
+        for _ in 0..20 {
+            let map = OwnershipMap::new();
+            let mut arena = arena();
+            map.insert(0x1000_0000, record(&mut arena, 4000));
+            let mut taken = None;
+            let _ = map.claim(0x1000_0000, false, |r| {
+                taken = Some(RecordRef::of(r));
+                true
+            });
+            let kept = taken.expect("kept");
+            std::thread::scope(|s| {
+                // SAFETY: the record stays in the map, cached, until revived
+                // (the racing claim takes only a live record not held).
+                s.spawn(|| unsafe { map.revive_kept(kept, 1000, true) });
+                s.spawn(|| {
+                    let claim = map.claim(0x1000_0000, false, |_| false);
+                    assert!(matches!(claim, Claim::NotLive | Claim::Held), "{claim:?}");
+                });
+            });
+            assert_eq!(map.requested(0x1000_0000), Some(1000));
+            assert!(matches!(
+                map.claim(0x1000_0000, true, |_| false),
+                Claim::Claimed(_)
+            ));
+        }
     }
 
     /// A claimed record's box, recycled, holds the thread's next record:

@@ -95,3 +95,39 @@ fn a_block_freed_by_another_thread_goes_to_the_arena_and_is_freed_once() {
     let stats = alloc.stats().total;
     assert_eq!((stats.allocated_bytes, stats.frees), (0, 1));
 }
+
+/// A hit revives the kept record in place, through the address the cache
+/// kept (no map look-up): the revival must carry the new request's `held`,
+/// so that a plain free of the pointer, from any thread, is refused while
+/// the buffer that took the block back holds it. On the caching side and
+/// in a graph pool's thread cache alike.
+#[test]
+fn a_block_taken_back_by_a_buffer_is_held_for_every_thread() {
+    use graphalloc::tensor::DeviceBuffer;
+    let alloc = host();
+    let pool = alloc.create_pool();
+    for graph in [false, true] {
+        let _guard = graph.then(|| alloc.enter_graph_mode(&pool).unwrap());
+        // Twice: a graph-mode entry's cache is made by the allocation
+        // after a free that found none.
+        let mut p = alloc.allocate(4000, 512).unwrap();
+        alloc.free(p).unwrap();
+        p = alloc.allocate(4000, 512).unwrap();
+        alloc.free(p).unwrap(); // into this thread's cache
+        let buf = DeviceBuffer::from_slice(&alloc, &[5u8; 4000]).unwrap();
+        assert_eq!(buf.device_ptr(), p, "a hit (graph mode: {graph})");
+        assert_eq!(alloc.requested_size(p), Some(4000));
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(alloc.free(p), Err(Error::BufferHeld { ptr: p.addr() })));
+        });
+        assert_eq!(alloc.free(p), Err(Error::BufferHeld { ptr: p.addr() }));
+        assert_eq!(buf.to_vec().unwrap(), vec![5u8; 4000]);
+        drop(buf);
+        assert_eq!(alloc.live_pointers(), 0);
+        assert_eq!(alloc.free(p), Err(Error::DoubleFree { ptr: p.addr() }));
+    }
+    let s = alloc.stats();
+    assert_eq!((s.caching.allocations, s.caching.frees), (3, 3));
+    assert_eq!((s.pools.allocations, s.pools.frees), (3, 3));
+    assert_eq!((s.pools.allocated_bytes, s.caching.allocated_bytes), (0, 0));
+}
