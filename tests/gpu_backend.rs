@@ -9,6 +9,12 @@ fn cuda_allocator() -> Option<Allocator> {
     gpu::cuda_allocator(module_path!(), 1)
 }
 
+/// Held by the tests that read or fill the whole device's memory: the
+/// test harness runs this file's tests in parallel, and the out-of-memory
+/// test maps nearly all of it while another compares the device's free
+/// memory before and after `empty_cache`.
+static DEVICE_WIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Fills `len` bytes at `ptr` with `byte` through the device and reads them back.
 fn fill_and_read(alloc: &Allocator, ptr: graphalloc::DevicePtr, byte: u8, len: usize) -> Vec<u8> {
     let backend = alloc.backend(0).unwrap().copies().unwrap();
@@ -27,6 +33,7 @@ fn cuda_blocks_hold_what_is_written_and_are_cached_after_free() {
     let Some(alloc) = cuda_allocator() else {
         return;
     };
+    let _device = DEVICE_WIDE.lock().unwrap_or_else(|e| e.into_inner());
     assert_eq!(alloc.backend_kind(), BackendKind::Cuda);
     let sizes = [512usize, 4096, 1 << 20, (1 << 20) + 512, 16 << 20, 64 << 20];
     let mut live = Vec::new();
@@ -112,6 +119,7 @@ fn cuda_out_of_memory_is_a_typed_error_with_device_figures() {
     let Some(alloc) = cuda_allocator() else {
         return;
     };
+    let _device = DEVICE_WIDE.lock().unwrap_or_else(|e| e.into_inner());
     let total = alloc.backend(0).unwrap().mem_info().unwrap().total;
     match alloc.allocate(total + (1 << 30), 512) {
         Err(Error::TooLarge { requested, limit }) => {
