@@ -354,7 +354,7 @@ impl OwnershipMap {
     #[inline]
     pub(crate) fn claim(&self, ptr: u64, held: bool, keep: impl FnOnce(&Record) -> bool) -> Claim {
         let mut kept = None;
-        let removed = self.map.remove_if_mut(&key(ptr), |r| {
+        let removed = self.map.remove_if(&key(ptr), |r| {
             let r: &Record = r;
             if r.cached() || r.held() != held {
                 return false;

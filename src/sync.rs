@@ -126,12 +126,6 @@ mod map {
         pub(crate) fn remove_if(&self, key: &K, take: impl FnOnce(&V) -> bool) -> Option<V> {
             self.0.remove_if(key, |_, v| take(v)).map(|(_, v)| v)
         }
-        /// Runs `f` on `key`'s value, which it may change, and removes the
-        /// value if `f` says so, in one step (one write lock, one probe).
-        #[inline]
-        pub(crate) fn remove_if_mut(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
-            self.0.remove_if_mut(key, |_, v| f(v)).map(|(_, v)| v)
-        }
         /// Sets `key`'s value, returning the one it replaces, in one step.
         pub(crate) fn replace(&self, key: K, value: V) -> Option<V> {
             self.0.insert(key, value)
@@ -190,14 +184,6 @@ mod map {
         pub(crate) fn remove_if(&self, key: &K, take: impl FnOnce(&V) -> bool) -> Option<V> {
             let mut map = self.0.lock();
             if map.get(key).is_some_and(take) {
-                map.remove(key)
-            } else {
-                None
-            }
-        }
-        pub(crate) fn remove_if_mut(&self, key: &K, f: impl FnOnce(&mut V) -> bool) -> Option<V> {
-            let mut map = self.0.lock();
-            if map.get_mut(key).is_some_and(f) {
                 map.remove(key)
             } else {
                 None
