@@ -558,18 +558,25 @@ mod tests {
         arena
     }
 
-    /// A kept record is revived in place through the address the thread
-    /// cache took, without the map: live again, with the new request.
-    #[test]
-    fn a_kept_record_revives_in_place_through_its_address() {
-        let map = OwnershipMap::new();
-        let mut arena = arena();
-        map.insert(0x1000_0000, record(&mut arena, 4000));
+    /// A map holding one record (4000 bytes requested, at 0x1000_0000)
+    /// that a free kept for its thread's cache: the claim, and the address
+    /// the cache took.
+    fn kept_one(map: &OwnershipMap) -> (Claim, RecordRef) {
+        map.insert(0x1000_0000, record(&mut arena(), 4000));
         let mut taken = None;
         let claim = map.claim(0x1000_0000, false, |r| {
             taken = Some(RecordRef::of(r));
             true
         });
+        (claim, taken.expect("kept"))
+    }
+
+    /// A kept record is revived in place through the address the thread
+    /// cache took, without the map: live again, with the new request.
+    #[test]
+    fn a_kept_record_revives_in_place_through_its_address() {
+        let map = OwnershipMap::new();
+        let (claim, kept) = kept_one(&map);
         assert!(matches!(claim, Claim::Kept(ref k) if k.requested == 4000));
         // Kept: not live (a second free is refused, nothing is removed).
         assert_eq!(map.requested(0x1000_0000), None);
@@ -578,7 +585,7 @@ mod tests {
             Claim::NotLive
         ));
         // SAFETY: the record is kept (cached) in the map; nothing removes it.
-        unsafe { map.revive_kept(taken.expect("kept"), 1000, false) };
+        unsafe { map.revive_kept(kept, 1000, false) };
         assert_eq!(map.requested(0x1000_0000), Some(1000));
         assert!(
             matches!(map.claim(0x1000_0000, false, |_| false), Claim::Claimed(r) if r.requested() == 1000)
@@ -596,14 +603,7 @@ mod tests {
     fn a_double_free_racing_a_revival_finds_it_cached_or_held() {
         for _ in 0..20 {
             let map = OwnershipMap::new();
-            let mut arena = arena();
-            map.insert(0x1000_0000, record(&mut arena, 4000));
-            let mut taken = None;
-            let _ = map.claim(0x1000_0000, false, |r| {
-                taken = Some(RecordRef::of(r));
-                true
-            });
-            let kept = taken.expect("kept");
+            let (_, kept) = kept_one(&map);
             std::thread::scope(|s| {
                 // SAFETY: the record stays in the map, cached, until revived
                 // (the racing claim takes only a live record not held).
