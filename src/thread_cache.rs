@@ -64,11 +64,11 @@ use rustc_hash::FxHashMap;
 use std::cell::{Cell, RefCell};
 
 /// Blocks one thread's cache of one device holds at most.
-pub(crate) const CAP_BLOCKS: usize = 64;
+pub(crate) const CAP_BLOCKS: usize = 128;
 /// Bytes one thread's cache of one device holds at most.
 pub(crate) const CAP_BYTES: usize = 1 << 30;
 /// Blocks one bin (stream, size) of a thread's cache holds at most.
-pub(crate) const BIN_CAP: usize = 8;
+pub(crate) const BIN_CAP: usize = 16;
 /// Registered caches past which a registration lets the orphans go.
 const PRUNE_AT: usize = 64;
 /// Allocated bytes a thread's cache keeps pending, either way, before it
