@@ -21,6 +21,7 @@ use crate::sync::{next_id, Arc, ConcurrentMap};
 
 mod failure;
 mod hot;
+mod streams;
 use failure::Failed;
 
 /// The largest alignment [`Allocator::allocate`] serves: the granularity of
@@ -239,6 +240,11 @@ impl Allocator {
         device: usize,
     ) -> Result<(u64, &Arc<CachingAllocator>, &Arc<PoolRegistry>)> {
         Ok((self.id, self.cache(device)?, &self.pools))
+    }
+
+    /// This allocator's process-unique id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     fn cache(&self, device: usize) -> Result<&Arc<CachingAllocator>> {
@@ -483,97 +489,6 @@ impl Allocator {
         } else {
             Err(self.diagnose(ptr.addr()))
         }
-    }
-
-    /// Accepts a cudarc stream for [`Allocator::allocate_on`],
-    /// [`Allocator::record_stream`] and [`crate::use_stream`] on `device`.
-    /// The allocator keeps the `Arc`, so the handle stays valid while it may
-    /// still reach the driver (see [`Allocator::unregister_stream`]).
-    /// Registering a stream twice changes nothing.
-    ///
-    /// Errors: [`Error::InvalidDevice`]; [`BackendError::ForeignStream`] for
-    /// a stream of another device.
-    pub fn register_stream(
-        &self,
-        device: usize,
-        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
-    ) -> Result<()> {
-        self.cache(device)?;
-        let (handle, ordinal) = (stream.cu_stream() as u64, stream.context().ordinal());
-        if ordinal != device {
-            return Err(Error::Backend(BackendError::ForeignStream {
-                stream: handle,
-                stream_device: ordinal,
-                device,
-            }));
-        }
-        if self.streams.register(device, handle, Some(stream.clone())) {
-            self.release_retired_streams();
-        }
-        Ok(())
-    }
-
-    /// Accepts the raw stream handle `stream` on `device`, as
-    /// [`Allocator::register_stream`] does a cudarc stream. This is how the
-    /// C ABI accepts the streams PyTorch passes. Built-in handles (0, 1, 2)
-    /// need no registration.
-    ///
-    /// # Safety
-    /// `stream` must be a live stream of `device` (of its primary context on
-    /// CUDA) from now until it is unregistered and no block allocated on it
-    /// or recorded on it ([`Allocator::record_stream`]) is live or waiting
-    /// to be reused: the allocator passes it to the driver until then.
-    pub unsafe fn register_raw_stream(&self, device: usize, stream: u64) -> Result<()> {
-        self.cache(device)?;
-        if !self.streams.is_registered(device, stream) {
-            self.streams.register(device, stream, None);
-        }
-        Ok(())
-    }
-
-    /// Whether `stream` is accepted on `device` now: built in, registered,
-    /// or a stream the device's backend made itself (a [`HostBackend`]'s
-    /// simulated streams).
-    pub fn is_stream_registered(&self, device: usize, stream: u64) -> bool {
-        self.check_stream(device, stream).is_ok()
-    }
-
-    /// Ends the registration of `stream` on `device`: later allocations and
-    /// `record_stream` calls on it are [`Error::UnknownStream`]. Blocks
-    /// already allocated on it or recorded on it are unaffected; the `Arc` of
-    /// [`Allocator::register_stream`] is kept until none is live and the
-    /// device has no pending frees (checked now and at each later
-    /// registration), then dropped. Returns whether it was registered.
-    /// Built-in streams stay accepted; so do a [`HostBackend`]'s own streams.
-    pub fn unregister_stream(&self, device: usize, stream: u64) -> bool {
-        let was = self.streams.unregister(device, stream);
-        self.release_retired_streams();
-        was
-    }
-
-    /// Accepts `stream` on `device` or says why not (a built-in handle costs
-    /// one comparison, a registered one a map read).
-    #[inline]
-    fn check_stream(&self, device: usize, stream: u64) -> Result<()> {
-        self.streams.check(device, stream, || {
-            self.caches.get(device).is_some_and(|c| {
-                (c.device.backend.as_stream_order()).is_some_and(|s| s.created_stream(stream))
-            })
-        })
-    }
-
-    /// Drops the retired streams no live block names on a device without
-    /// pending frees. (Blocks in thread caches name their stream too: they
-    /// go back to the arena first, while the stream is still held.)
-    fn release_retired_streams(&self) {
-        for cache in &self.caches {
-            cache.drain_threads();
-        }
-        self.streams.release_retired(|device, stream| {
-            let pending = self.caches[device].stats().pending_frees
-                + self.pools.stats(Some(device), false).pending_frees;
-            pending > 0 || self.ownership.names_stream(device, stream)
-        });
     }
 
     /// Frees a pointer from [`Allocator::allocate`], routed to its owner (a

@@ -1,7 +1,8 @@
 //! Stream-ordered safety on a real device: a block freed after
 //! `record_stream` is not reused while the other stream still reads it, and
 //! a GLOBAL-mode capture that grows a pool stays valid; only registered
-//! streams reach the driver (issue 13). Skips, saying so,
+//! streams reach the driver (issue 13); streams the allocator makes are
+//! live ones a trace replays on. Skips, saying so,
 //! where no CUDA driver loads.
 
 use graphalloc::Error;
@@ -79,6 +80,29 @@ fn only_registered_streams_reach_the_driver() {
     // still asks the driver about `h`.
     drop(s);
     g.alloc.free(p).unwrap();
+    g.alloc.empty_cache().unwrap();
+}
+
+#[test]
+fn streams_the_allocator_makes_are_live_streams_that_a_trace_replays_on() {
+    let _serial = graphalloc_testkit::gpu::gpu_lock();
+    let Some(g) = gpu() else { return };
+    let side = g.alloc.create_stream(0).unwrap();
+    assert!(side > 2 && g.alloc.is_stream_registered(0, side));
+    // The free of a block recorded on `side` records an event on it: the
+    // driver accepts only a live stream of this device.
+    let p = g.alloc.allocate_on(0, side, 4096, 512).unwrap();
+    let q = g.alloc.allocate(4096, 512).unwrap();
+    g.alloc.record_stream(q, side).unwrap();
+    g.alloc.free(q).unwrap();
+    g.alloc.free(p).unwrap();
+    // A trace recorded on a side stream (its tag a cudaStream_t value).
+    let text = "a 0 4096 0\na 1 4096 94366018711408\nf 0\nf 1\n";
+    let trace = graphalloc::replay::Trace::parse_str("side", text).unwrap();
+    let mut player = graphalloc::replay::Player::new(&trace);
+    player.play(&g.alloc).unwrap();
+    player.free_all(&g.alloc).unwrap();
+    assert_eq!(g.alloc.stats().total.allocated_bytes, 0);
     g.alloc.empty_cache().unwrap();
 }
 

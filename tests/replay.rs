@@ -288,3 +288,56 @@ fn a_missing_file_is_an_io_error_naming_it() {
     assert!(matches!(err, TraceError::Io { .. }), "{err}");
     assert!(err.to_string().contains("no_such.trace.gz"), "{err}");
 }
+
+/// Peak reserved bytes of one cold pass of `text` on the host backend.
+fn peak_reserved_of(text: &str) -> usize {
+    let trace = Trace::parse_str("streams", text).unwrap();
+    let options = ReplayOptions {
+        runs: 2,
+        ..ReplayOptions::default()
+    };
+    replay(&trace, &options, host, |_| {})
+        .unwrap()
+        .peak_reserved
+}
+
+#[test]
+fn a_trace_on_recorded_side_streams_replays_with_its_blocks_kept_per_stream() {
+    // Tags as PyTorch records them (cudaStream_t values): each gets a stream
+    // of its own, and blocks of two streams never share a segment.
+    let side = 94_366_018_711_408u64;
+    let one = "a 0 4096 0\na 1 4096 0\nf 0\nf 1\n";
+    let two = format!(
+        "a 0 4096 0\na 1 4096 {side}\nf 0\nf 1\na 2 512 {}\nf 2\n",
+        side + 96
+    );
+    assert!(peak_reserved_of(&two) > peak_reserved_of(one));
+    // The player makes the streams on each allocator it meets.
+    let trace = Trace::parse_str("two", &two).unwrap();
+    let mut player = Player::new(&trace);
+    for _ in 0..2 {
+        let alloc = host().unwrap();
+        player.play(&alloc).unwrap();
+        player.free_all(&alloc).unwrap();
+        assert_eq!(alloc.stats().total.allocated_bytes, 0);
+    }
+}
+
+#[test]
+fn created_streams_are_distinct_accepted_and_per_device() {
+    let alloc = host().unwrap();
+    let (a, b) = (
+        alloc.create_stream(0).unwrap(),
+        alloc.create_stream(0).unwrap(),
+    );
+    assert_ne!(a, b);
+    assert!(a > 2 && b > 2, "not a built-in handle: {a}, {b}");
+    assert!(alloc.is_stream_registered(0, a) && alloc.is_stream_registered(0, b));
+    assert_eq!(
+        alloc.create_stream(3),
+        Err(graphalloc::Error::InvalidDevice {
+            device: 3,
+            count: 1
+        })
+    );
+}

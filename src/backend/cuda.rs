@@ -254,6 +254,9 @@ pub struct CudaBackend {
     page: OnceLock<Result<usize, BackendError>>,
     /// Mapping units mapped by `map`: start → (allocation handle, size).
     units: std::sync::Mutex<Units>,
+    /// The streams of [`StreamOrder::create_stream`], destroyed with the
+    /// backend.
+    created: std::sync::Mutex<Vec<u64>>,
 }
 
 /// A CUDA backend's table of mapping units: start → (handle, size).
@@ -280,6 +283,7 @@ impl CudaBackend {
             context: OnceLock::new(),
             page: OnceLock::new(),
             units: std::sync::Mutex::new(Units::new()),
+            created: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -317,6 +321,12 @@ impl CudaBackend {
 
     fn lock_units(&self) -> std::sync::MutexGuard<'_, Units> {
         self.units
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_created(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.created
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -670,6 +680,20 @@ impl StreamOrder for CudaBackend {
         })
     }
 
+    fn created_stream(&self, stream: u64) -> bool {
+        self.lock_created().contains(&stream)
+    }
+
+    /// A non-blocking stream of the device's primary context.
+    fn create_stream(&self) -> Result<u64, BackendError> {
+        self.with_context(|| {
+            let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+                .map_err(driver("cuStreamCreate"))?;
+            self.lock_created().push(stream as u64);
+            Ok(stream as u64)
+        })
+    }
+
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
         let context = self.context()?;
         self.with_context(|| {
@@ -688,6 +712,26 @@ impl StreamOrder for CudaBackend {
                 _ => CaptureStatus::Invalidated,
             })
         })
+    }
+}
+
+impl Drop for CudaBackend {
+    /// Destroys the streams of [`StreamOrder::create_stream`]. Work still
+    /// queued on one completes first (the driver defers the release).
+    fn drop(&mut self) {
+        let created = std::mem::take(&mut *self.lock_created());
+        if created.is_empty() {
+            return;
+        }
+        let _ = self.with_context(|| {
+            for stream in created {
+                // SAFETY: `stream` came from `cuStreamCreate` in this
+                // backend's context and is destroyed once: the list is
+                // emptied above and the backend is going away.
+                let _ = unsafe { result::stream::destroy(stream as sys::CUstream) };
+            }
+            Ok(())
+        });
     }
 }
 

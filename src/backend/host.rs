@@ -499,6 +499,10 @@ impl StreamOrder for HostBackend {
         self.streams.lock().streams.contains_key(&stream)
     }
 
+    fn create_stream(&self) -> Result<u64, BackendError> {
+        Ok(HostBackend::create_stream(self))
+    }
+
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
         let s = self.streams.lock();
         if !s.streams.contains_key(&stream) {

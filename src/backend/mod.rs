@@ -300,12 +300,24 @@ pub trait StreamOrder: Send + Sync {
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError>;
 
     /// Whether `stream` is a stream this backend made itself and keeps
-    /// valid for its whole life (the host backend's simulated streams), so
-    /// the allocator accepts it without registration. CUDA's handles come
-    /// from outside: `false`.
+    /// valid for its whole life (the host backend's simulated streams, the
+    /// streams of [`StreamOrder::create_stream`]), so the allocator accepts
+    /// it without registration. Every other handle comes from outside:
+    /// `false`.
     fn created_stream(&self, stream: u64) -> bool {
         let _ = stream;
         false
+    }
+
+    /// Creates a stream that this backend owns and keeps valid for its
+    /// whole life ([`StreamOrder::created_stream`] is then `true` for it),
+    /// for tools that run recorded work on streams of their own, such as the
+    /// trace replay. The default, for a backend that cannot:
+    /// [`BackendError::Unsupported`].
+    fn create_stream(&self) -> Result<u64, BackendError> {
+        Err(BackendError::Unsupported {
+            capability: "stream creation",
+        })
     }
 }
 

@@ -9,6 +9,10 @@
 //! f ID                free block ID
 //! ```
 //!
+//! STREAM is a tag: 0, 1 and 2 are the allocator's built-in streams, and
+//! [`Player`] gives every other tag a stream of its own
+//! ([`Allocator::create_stream`](crate::Allocator::create_stream)).
+//!
 //! [`Trace`] parses the whole file first into a compact [`Vec`] of
 //! [`Event`]s, with each block ID mapped to a dense slot, so that a replay
 //! spends its time in the allocator, not in parsing or hashing;

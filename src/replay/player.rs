@@ -43,6 +43,16 @@ pub enum ReplayError {
     /// Releasing the cache after a pass failed.
     #[error("releasing the cache after a pass failed: {0}")]
     Release(#[source] Error),
+    /// The allocator could not make a stream for one of the trace's streams
+    /// ([`Allocator::create_stream`]).
+    #[error("making a stream for the trace's stream {stream}: {source}")]
+    Stream {
+        /// The trace's stream tag.
+        stream: u64,
+        /// The allocator's error.
+        #[source]
+        source: Error,
+    },
 }
 
 /// The allocated and reserved bytes over one stretch of events.
@@ -96,6 +106,13 @@ impl Series {
 /// A pass leaves the blocks the trace never frees live; [`Player::free_all`]
 /// frees them. Each pass starts by freeing what the previous one left (not
 /// timed).
+///
+/// The trace's stream tags 0, 1 and 2 are the allocator's built-in streams;
+/// every other tag (a recorded `cudaStream_t`, say) gets a stream of its own
+/// from the allocator ([`Allocator::create_stream`]), made before the first
+/// pass on each allocator, outside the timing. So blocks stay on their
+/// streams as they did in the recorded run: a block freed on one stream is
+/// reused at once only on that stream.
 #[derive(Debug)]
 pub struct Player<'t> {
     trace: &'t Trace,
@@ -103,7 +120,15 @@ pub struct Player<'t> {
     holding: bool,
     device: usize,
     align: usize,
+    /// (trace tag, allocator stream) of every tag past the built-in ones,
+    /// sorted by tag.
+    streams: Vec<(u64, u64)>,
+    /// The allocator `streams` were made on (its id), 0 before any.
+    streams_of: u64,
 }
+
+/// Stream tags at or below this are built-in streams (passed through).
+const LAST_BUILTIN_STREAM: u64 = 2;
 
 impl<'t> Player<'t> {
     /// A player allocating on device 0 with 512-byte alignment.
@@ -113,13 +138,41 @@ impl<'t> Player<'t> {
 
     /// A player allocating on `device` with alignment `align`.
     pub fn with_placement(trace: &'t Trace, device: usize, align: usize) -> Self {
+        let mut tags: Vec<u64> = (trace.events().iter())
+            .filter_map(|e| match *e {
+                Event::Alloc { stream, .. } if stream > LAST_BUILTIN_STREAM => Some(stream),
+                _ => None,
+            })
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
         Player {
             trace,
             live: vec![None; trace.allocations()],
             holding: false,
             device,
             align,
+            streams: tags.into_iter().map(|t| (t, t)).collect(),
+            streams_of: 0,
         }
+    }
+
+    /// Makes a stream on `alloc` for each of the trace's tags past the
+    /// built-in ones, unless they were made on `alloc` already.
+    fn open_streams(&mut self, alloc: &Allocator) -> Result<(), ReplayError> {
+        if self.streams.is_empty() || self.streams_of == alloc.id() {
+            return Ok(());
+        }
+        for (tag, stream) in &mut self.streams {
+            *stream = alloc
+                .create_stream(self.device)
+                .map_err(|source| ReplayError::Stream {
+                    stream: *tag,
+                    source,
+                })?;
+        }
+        self.streams_of = alloc.id();
+        Ok(())
     }
 
     /// Runs every event once through `alloc`; returns the time the events
@@ -127,6 +180,7 @@ impl<'t> Player<'t> {
     /// timing.
     pub fn play(&mut self, alloc: &Allocator) -> Result<Duration, ReplayError> {
         self.free_all(alloc)?;
+        self.open_streams(alloc)?;
         let start = Instant::now();
         self.run(alloc, |_| {})?;
         Ok(start.elapsed())
@@ -142,6 +196,7 @@ impl<'t> Player<'t> {
         points: usize,
     ) -> Result<Series, ReplayError> {
         self.free_all(alloc)?;
+        self.open_streams(alloc)?;
         let events = self.trace.len();
         let bucket = events.div_ceil(points.max(1)).max(1);
         let mut series = Series {
@@ -181,6 +236,7 @@ impl<'t> Player<'t> {
         after_event: impl FnMut(usize),
     ) -> Result<(), ReplayError> {
         self.free_all(alloc)?;
+        self.open_streams(alloc)?;
         self.run(alloc, after_event)
     }
 
@@ -194,10 +250,14 @@ impl<'t> Player<'t> {
     ) -> Result<(), ReplayError> {
         self.holding = true;
         let (trace, device, align) = (self.trace, self.device, self.align);
-        let live = &mut self.live[..];
+        let (live, streams) = (&mut self.live[..], &self.streams[..]);
         for (i, &event) in trace.events().iter().enumerate() {
             match event {
                 Event::Alloc { slot, size, stream } => {
+                    let stream = match stream {
+                        0..=LAST_BUILTIN_STREAM => stream,
+                        tag => streams[streams.partition_point(|&(t, _)| t < tag)].1,
+                    };
                     let ptr = alloc
                         .allocate_on(device, stream, size, align)
                         .map_err(|source| ReplayError::Allocate {
