@@ -8,8 +8,9 @@ For each `*.trace.gz` given, this prints one table row per allocator configurati
   graphalloc default          GRAPHALLOC_CONF unset            (the replay example, --json)
   graphalloc plain            GRAPHALLOC_CONF=expandable_segments:false
 
-PyTorch is driven through its C++ entry points `c10::cuda::CUDACachingAllocator::raw_alloc` and
-`raw_delete` (a few lines of C++ compiled here with g++ against the installed torch, loaded with
+PyTorch is driven through its C++ entry points `c10::cuda::CUDACachingAllocator::raw_alloc`
+(`raw_alloc_with_stream` for a trace's stream tags other than 0: one side stream per tag, as the
+replay example makes) and `raw_delete` (a few lines of C++ compiled here with g++ against the installed torch, loaded with
 ctypes), so Python's cost is not in the timed loop. Each configuration runs in a fresh process.
 Per trace and configuration: cold ns/event (median of --runs passes, each after `empty_cache`, so
 from an empty cache), warm ns/event (the trace again on the cache the last cold pass left), peak
@@ -48,16 +49,20 @@ CPP = r"""
 #include <cstdint>
 #include <vector>
 
-// Replays n events: kind 0 allocates size[i] bytes into slot[i], kind 1 frees slot[i].
-// Returns the nanoseconds the loop took; blocks still live at the end are freed after the clock.
+// Replays n events: kind 0 allocates size[i] bytes into slot[i] on stream[i] (0: the current
+// stream), kind 1 frees slot[i]. Returns the nanoseconds the loop took; blocks still live at the
+// end are freed after the clock.
 extern "C" double ga_torch_replay(int64_t n, const int8_t* kind, const int64_t* slot,
-                                  const int64_t* size, int64_t nslots) {
+                                  const int64_t* size, const int64_t* stream, int64_t nslots) {
   namespace A = c10::cuda::CUDACachingAllocator;
   std::vector<void*> ptrs(nslots, nullptr);
   auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < n; ++i) {
     if (kind[i] == 0) {
-      ptrs[slot[i]] = A::raw_alloc(static_cast<size_t>(size[i]));
+      auto bytes = static_cast<size_t>(size[i]);
+      ptrs[slot[i]] = stream[i] == 0
+          ? A::raw_alloc(bytes)
+          : A::raw_alloc_with_stream(bytes, reinterpret_cast<cudaStream_t>(stream[i]));
     } else if (ptrs[slot[i]] != nullptr) {
       A::raw_delete(ptrs[slot[i]]);
       ptrs[slot[i]] = nullptr;
@@ -73,9 +78,11 @@ extern "C" double ga_torch_replay(int64_t n, const int8_t* kind, const int64_t* 
 
 
 def parse_trace(path: Path):
-    """(kind, slot, size, nslots): dense slots for the trace's block ids."""
-    kind, slot, size, ids = [], [], [], {}
-    with gzip.open(path, "rt") as f:
+    """(kind, slot, size, tag, nslots): dense slots for the trace's block ids, each allocation's
+    stream tag (0: the default stream)."""
+    kind, slot, size, tag, ids = [], [], [], [], {}
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as f:
         for line in f:
             if not line.strip() or line.startswith("#"):
                 continue
@@ -83,9 +90,10 @@ def parse_trace(path: Path):
             if parts[0] == "a":
                 s = ids.setdefault(parts[1], len(ids))
                 kind.append(0), slot.append(s), size.append(int(parts[2]))
+                tag.append(int(parts[3]) if len(parts) > 3 else 0)
             elif parts[0] == "f" and parts[1] in ids:
-                kind.append(1), slot.append(ids[parts[1]]), size.append(0)
-    return kind, slot, size, len(ids)
+                kind.append(1), slot.append(ids[parts[1]]), size.append(0), tag.append(0)
+    return kind, slot, size, tag, len(ids)
 
 
 def build_library(torch) -> Path:
@@ -115,16 +123,19 @@ def child(trace_paths: list[str], runs: int) -> None:
     torch.zeros(1, device="cuda")  # context and allocator up
     lib = ctypes.CDLL(str(build_library(torch)))
     lib.ga_torch_replay.restype = ctypes.c_double
-    lib.ga_torch_replay.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64]
+    lib.ga_torch_replay.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_int64]
     for p in trace_paths:
-        kind, slot, size, nslots = parse_trace(Path(p))
+        kind, slot, size, tag, nslots = parse_trace(Path(p))
         n = len(kind)
+        # Every stream tag but 0 gets a side stream of its own, as the replay example does.
+        sides = {t: torch.cuda.Stream() for t in sorted(set(tag) - {0})}
         k = (ctypes.c_int8 * n)(*kind)
         s = (ctypes.c_int64 * n)(*slot)
         z = (ctypes.c_int64 * n)(*size)
+        h = (ctypes.c_int64 * n)(*[sides[t].cuda_stream if t else 0 for t in tag])
 
         def one_pass() -> float:
-            return lib.ga_torch_replay(n, k, s, z, nslots) / n
+            return lib.ga_torch_replay(n, k, s, z, h, nslots) / n
 
         cold, peaks_alloc, peaks_res = [], [], []
         for _ in range(runs):
