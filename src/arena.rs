@@ -209,6 +209,12 @@ struct Pages {
     mapped: usize,
     /// Mapping units: start → size.
     units: std::collections::BTreeMap<u64, usize>,
+    /// Ranges a budget reclaim unmapped that no growth has mapped since:
+    /// start → (size, the peak allocated bytes when they went).
+    scars: std::collections::BTreeMap<u64, (usize, usize)>,
+    /// The starts of the units mapped over part of such a range at the
+    /// same peak, which budget reclaims keep (see `Arena::mark_mapped`).
+    kept: std::collections::BTreeSet<u64>,
 }
 
 /// A freed block that may not be reused yet (see [`Arena::defer_free`]).
@@ -421,6 +427,8 @@ impl Arena {
             page,
             mapped: 0,
             units: Default::default(),
+            scars: Default::default(),
+            kept: Default::default(),
         };
         let id = self.insert_segment(base, size, stream, class, Some(pages));
         self.stats.on_reserve(0);

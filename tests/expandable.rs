@@ -183,6 +183,44 @@ fn empty_cache_waits_for_the_stream_before_unmapping() {
     assert_eq!(host.outstanding_bytes(), 0);
 }
 
+/// Two streams take turns holding the same memory, each in its own range:
+/// under the budget (the peak reserved), each turn unmapped the other's
+/// idle pages to map its own, every pass (2 maps and 2 unmaps). Pages that
+/// a budget reclaim unmapped and a growth maps again at the same peak
+/// allocated bytes are kept from budget reclaims: from the third pass on,
+/// none makes a mapping call, the cache holding both turns' memory (within
+/// the hard cap); `empty_cache` still unmaps it all.
+#[test]
+fn memory_traded_between_streams_at_one_peak_is_kept() {
+    let (host, alloc, s) = with_stream(1024 * MIB);
+    let pass = |alloc: &Allocator| {
+        for stream in [0, s] {
+            let p = alloc.allocate_on(0, stream, 48 * MIB, 512).unwrap();
+            fill(p, 48 * MIB, 0x5a);
+            alloc.free(p).unwrap();
+        }
+    };
+    pass(&alloc);
+    let cold = alloc.mapping_stats();
+    assert_eq!((cold.maps, cold.unmaps), (2, 1), "cold: {cold:?}");
+    pass(&alloc);
+    let second = alloc.mapping_stats().since(&cold);
+    assert_eq!((second.maps, second.unmaps), (2, 1), "{second:?}");
+    let settled = alloc.mapping_stats();
+    for _ in 0..3 {
+        pass(&alloc);
+    }
+    let warm = alloc.mapping_stats().since(&settled);
+    assert_eq!((warm.maps, warm.unmaps), (0, 0), "warm passes: {warm:?}");
+    assert_eq!(alloc.stats().caching.reserved_bytes, 96 * MIB);
+    alloc.empty_cache().unwrap();
+    assert_eq!(
+        host.outstanding_bytes(),
+        0,
+        "real pressure takes kept pages"
+    );
+}
+
 // A reclaim forced by the idle budget never waits for a stream: see
 // tests/expandable_fences.rs.
 

@@ -10,7 +10,8 @@
 //! mapped-but-free memory first and never needs a mapping call; a miss asks
 //! [`Arena::plan_growth`] for the cheapest pages to map, and a reclaim
 //! unmaps idle units (whole units under no live block) found by
-//! [`Arena::idle_runs`]. The arena only books: its owner makes the mapping
+//! [`Arena::idle_runs`] (for the idle budget, none of the units it keeps:
+//! [`Arena::mark_mapped`]). The arena only books: its owner makes the mapping
 //! calls in between.
 
 use super::{Arena, Block, Class, FreeIndex, FreeKey, StreamTag};
@@ -268,22 +269,70 @@ impl Arena {
 
     /// Books `growth`'s pages as mapped, in the mapping units `units`
     /// (which tile it): they join the mapped free blocks beside them, and
-    /// count as reserved.
+    /// count as reserved. A unit mapped over part of a range that a budget
+    /// reclaim unmapped while the peak allocated bytes were what they are
+    /// now is kept: a workload repeating under its peak needed that memory
+    /// again, so [`Arena::idle_runs`] leaves it out of budget reclaims.
     pub(crate) fn mark_mapped(&mut self, growth: &Growth, units: &[(u64, usize)]) {
         let seg = self.blocks[growth.slot as usize].segment;
         self.book_pages(growth.slot, growth.addr, growth.len, true);
+        let peak_now = self.stats.peak_allocated_bytes;
         let pages = self.segments[seg as usize]
             .pages
             .as_mut()
             .expect("expandable");
         pages.units.extend(units.iter().copied());
+        let end = growth.addr + growth.len as u64;
+        let first = pages
+            .scars
+            .range(..growth.addr)
+            .next_back()
+            .filter(|(&at, &(len, _))| at + len as u64 > growth.addr)
+            .map_or(growth.addr, |s| *s.0);
+        let scars: Vec<(u64, (usize, usize))> = pages
+            .scars
+            .range(first..end)
+            .map(|(&a, &s)| (a, s))
+            .collect();
+        for (addr, (len, peak)) in scars {
+            // What the growth did not map stays a scar.
+            let scar_end = addr + len as u64;
+            pages.scars.remove(&addr);
+            if addr < growth.addr {
+                pages
+                    .scars
+                    .insert(addr, ((growth.addr - addr) as usize, peak));
+            }
+            if scar_end > end {
+                pages.scars.insert(end, ((scar_end - end) as usize, peak));
+            }
+            if peak_now > peak {
+                continue;
+            }
+            for &(start, len) in units {
+                if start < scar_end && addr < start + len as u64 {
+                    pages.kept.insert(start);
+                }
+            }
+        }
     }
 
     /// Books an idle run (whole units) as unmapped: it becomes an unmapped
-    /// free block.
-    pub(crate) fn mark_unmapped(&mut self, run: &IdleRun) {
-        if run.len > 0 {
-            self.book_pages(run.slot, run.addr, run.len, false);
+    /// free block; `scar`: a budget reclaim unmapped it (see
+    /// [`Arena::mark_mapped`]).
+    pub(crate) fn mark_unmapped(&mut self, run: &IdleRun, scar: bool) {
+        if run.len == 0 {
+            return;
+        }
+        let seg = self.blocks[run.slot as usize].segment;
+        self.book_pages(run.slot, run.addr, run.len, false);
+        if scar {
+            let peak = self.stats.peak_allocated_bytes;
+            let pages = self.segments[seg as usize]
+                .pages
+                .as_mut()
+                .expect("expandable");
+            pages.scars.insert(run.addr, (run.len, peak));
         }
     }
 
@@ -305,6 +354,7 @@ impl Arena {
             let gone: Vec<u64> = pages.units.range(addr..end).map(|u| *u.0).collect();
             for start in gone {
                 pages.units.remove(&start);
+                pages.kept.remove(&start);
             }
             self.stats.on_unmap(len);
         }
@@ -372,8 +422,9 @@ impl Arena {
 
     /// The idle memory of the expandable segments: in each mapped free
     /// block (quick-bin blocks merged back first) not in `keep`, the whole
-    /// mapping units inside it, highest addresses first.
-    pub(crate) fn idle_runs(&mut self, keep: &[Option<u32>]) -> Vec<IdleRun> {
+    /// mapping units inside it (with `skip_kept`, none that
+    /// [`Arena::mark_mapped`] kept), highest addresses first.
+    pub(crate) fn idle_runs(&mut self, keep: &[Option<u32>], skip_kept: bool) -> Vec<IdleRun> {
         if self.quick_blocks > 0 {
             self.flush_quick();
         }
@@ -398,14 +449,17 @@ impl Arena {
                 .map(|(&start, &len)| (start, len))
                 .take_while(|&(start, len)| start + len as u64 <= end)
                 .collect();
-            if let Some(&(first, _)) = units.first() {
-                out.push(IdleRun {
-                    slot,
-                    addr: first,
-                    len: units.iter().map(|u| u.1).sum(),
-                    stream,
-                    units: units.into_iter().map(|u| u.1).collect(),
-                });
+            let kept = |u: &(u64, usize)| skip_kept && pages.kept.contains(&u.0);
+            for units in units.split(kept) {
+                if let Some(&(first, _)) = units.first() {
+                    out.push(IdleRun {
+                        slot,
+                        addr: first,
+                        len: units.iter().map(|u| u.1).sum(),
+                        stream,
+                        units: units.iter().map(|u| u.1).collect(),
+                    });
+                }
             }
         }
         // Highest first, next to where ranges grow: the holes a reclaim
@@ -554,10 +608,10 @@ mod tests {
         a.check_invariants();
         a.free(x.block, 1);
         a.check_invariants();
-        let runs = a.idle_runs(&[]);
+        let runs = a.idle_runs(&[], false);
         assert_eq!(runs.len(), 1);
         assert_eq!((runs[0].addr, runs[0].len), (x.block.addr(), 12 * MIB));
-        a.mark_unmapped(&runs[0]);
+        a.mark_unmapped(&runs[0], false);
         a.check_invariants();
         assert_eq!(a.stats.reserved_bytes, 12 * MIB);
         assert!(
@@ -572,9 +626,9 @@ mod tests {
         assert_eq!(a.try_alloc(0, 12 * MIB, 1).unwrap().block, x.block);
         a.free(y.block, 1);
         a.free(x.block, 1);
-        let all = a.idle_runs(&[]);
+        let all = a.idle_runs(&[], false);
         for run in &all {
-            a.mark_unmapped(run);
+            a.mark_unmapped(run, false);
         }
         a.check_invariants();
         assert_eq!(a.stats.reserved_bytes, 0);
@@ -596,9 +650,9 @@ mod tests {
         let [x, y, z, w] = [40, 8, 16, 2].map(|mib| grow_and_alloc(&mut a, mib * MIB));
         assert_eq!(w.block.addr(), base + 64 * MIB as u64);
         a.free(y.block, 1);
-        let hole = a.idle_runs(&[]);
+        let hole = a.idle_runs(&[], false);
         assert_eq!((hole.len(), hole[0].addr), (1, y.block.addr()));
-        a.mark_unmapped(&hole[0]);
+        a.mark_unmapped(&hole[0], false);
         a.free(x.block, 1);
         a.free(z.block, 1);
         a.check_invariants();
@@ -622,6 +676,45 @@ mod tests {
         assert_eq!((size, a.blocks[slot as usize].stale), (40 * MIB, false));
     }
 
+    /// A unit mapped over part of a range that a budget reclaim unmapped is
+    /// kept from budget reclaims if the peak allocated bytes are still what
+    /// they were then; the rest of the range stays a scar; a unit mapped
+    /// over it after a new peak is not kept.
+    #[test]
+    fn units_mapped_again_at_one_peak_are_kept() {
+        let mut a = arena();
+        let _x = grow_and_alloc(&mut a, 8 * MIB);
+        let y = grow_and_alloc(&mut a, 8 * MIB);
+        a.free(y.block, 1);
+        let runs = a.idle_runs(&[], true);
+        assert_eq!((runs.len(), runs[0].addr), (1, y.block.addr()));
+        a.mark_unmapped(&runs[0], true);
+        // The lower half of y's pages again, at the same peak: kept.
+        let g = a.plan_growth(0, 4 * MIB).unwrap();
+        assert_eq!((g.addr, g.len), (y.block.addr(), 4 * MIB));
+        a.mark_mapped(&g, &g.units(usize::MAX));
+        a.check_invariants();
+        assert!(a.idle_runs(&[], true).is_empty(), "kept");
+        assert_eq!(a.idle_runs(&[], false).len(), 1);
+        // The upper half after a new peak: not kept.
+        a.stats.peak_allocated_bytes += MIB;
+        let g = a.plan_growth(0, 8 * MIB).unwrap();
+        assert_eq!((g.addr, g.len), (y.block.addr() + 4 * MIB as u64, 4 * MIB));
+        a.mark_mapped(&g, &g.units(usize::MAX));
+        let runs = a.idle_runs(&[], true);
+        assert_eq!(
+            (runs.len(), runs[0].addr, runs[0].len),
+            (1, g.addr, 4 * MIB)
+        );
+        // Real pressure takes both; nothing stays kept or scarred.
+        for run in a.idle_runs(&[], false) {
+            a.mark_unmapped(&run, false);
+        }
+        a.check_invariants();
+        let pages = a.segments[0].pages.as_ref().unwrap();
+        assert!(pages.kept.is_empty() && pages.scars.is_empty());
+    }
+
     #[test]
     fn only_whole_units_are_idle() {
         let mut a = arena();
@@ -632,7 +725,10 @@ mod tests {
         let x = a.try_alloc(0, 12 * MIB, 1).unwrap();
         let y = a.try_alloc(0, 12 * MIB, 1).unwrap();
         a.free(x.block, 1);
-        assert!(a.idle_runs(&[]).is_empty(), "half a unit is not idle");
+        assert!(
+            a.idle_runs(&[], false).is_empty(),
+            "half a unit is not idle"
+        );
         // Three more units above, all idle once y goes: one run of four,
         // of which a reclaim of 5 MiB takes the top two (4 + 2 MiB).
         for len in [8 * MIB, 2 * MIB, 4 * MIB] {
@@ -644,7 +740,7 @@ mod tests {
             a.check_invariants();
         }
         a.free(y.block, 1);
-        let runs = a.idle_runs(&[]);
+        let runs = a.idle_runs(&[], false);
         assert_eq!(runs.len(), 1);
         assert_eq!((runs[0].addr, runs[0].len), (0x4000_0000, 38 * MIB));
         let top = runs[0].top(5 * MIB);
@@ -655,17 +751,17 @@ mod tests {
         // A failure after the first unit (2 MiB) of the top: that unit went.
         let part = top.prefix(3 * MIB);
         assert_eq!((part.addr, part.len), (top.addr, 2 * MIB));
-        a.mark_unmapped(&part);
+        a.mark_unmapped(&part, false);
         a.check_invariants();
         assert_eq!(a.stats.reserved_bytes, 36 * MIB);
-        let rest = a.idle_runs(&[]);
+        let rest = a.idle_runs(&[], false);
         assert_eq!(
             rest.iter().map(|r| r.len).collect::<Vec<_>>(),
             [4 * MIB, 32 * MIB],
             "highest first"
         );
         for run in &rest {
-            a.mark_unmapped(run);
+            a.mark_unmapped(run, false);
         }
         a.check_invariants();
         assert_eq!(a.stats.reserved_bytes, 0);
