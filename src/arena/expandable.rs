@@ -503,6 +503,17 @@ impl Arena {
         }
         let total: usize = pages.units.values().sum();
         assert_eq!((covered, total), (pages.mapped, pages.mapped), "units");
+        // Kept units are units; scars lie in unmapped space, one apart.
+        assert!(pages.kept.iter().all(|u| pages.units.contains_key(u)), "kept");
+        let runs = self.mapped_runs(head);
+        let mut last_end = 0;
+        for (&at, &(len, _)) in &pages.scars {
+            let end = at + len as u64;
+            assert!(len > 0 && at >= last_end, "scars apart: {at:#x}+{len}");
+            let mapped = runs.iter().any(|&(a, l)| a < end && at < a + l as u64);
+            assert!(!mapped, "scar {at:#x}+{len} unmapped");
+            last_end = end;
+        }
     }
 
     /// The mapped runs of the segment whose first block is `head`, in
@@ -713,6 +724,57 @@ mod tests {
         a.check_invariants();
         let pages = a.segments[0].pages.as_ref().unwrap();
         assert!(pages.kept.is_empty() && pages.scars.is_empty());
+    }
+
+    /// A kept unit between idle units of one free block splits its idle
+    /// memory into two runs of the same block; a budget reclaim unmaps
+    /// both (the upper first), a failed unmap only part of one, with the
+    /// books (kept units, scars) exact after each step.
+    #[test]
+    fn a_kept_unit_inside_a_free_block_splits_its_idle_runs() {
+        let mut a = arena();
+        let [x, y, z] = [8, 8, 8].map(|mib| grow_and_alloc(&mut a, mib * MIB));
+        let _top = grow_and_alloc(&mut a, 2 * MIB);
+        a.free(y.block, 1);
+        let runs = a.idle_runs(&[], true);
+        a.mark_unmapped(&runs[0], true);
+        assert_eq!(grow_and_alloc(&mut a, 8 * MIB).block, y.block);
+        a.check_invariants();
+        for c in [x, y, z] {
+            a.free(c.block, 1);
+        }
+        let runs = a.idle_runs(&[], true);
+        let at: Vec<_> = runs.iter().map(|r| (r.slot, r.addr, r.len)).collect();
+        let slot = runs[0].slot;
+        assert_eq!(
+            at,
+            [(slot, z.block.addr(), 8 * MIB), (slot, x.block.addr(), 8 * MIB)]
+        );
+        a.mark_unmapped(&runs[0], true);
+        a.check_invariants();
+        // The lower run's unmap fails before its unit went: nothing went.
+        a.mark_unmapped(&runs[1].prefix(4 * MIB), true);
+        a.mark_unmapped(&runs[1], true);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 8 * MIB + 2 * MIB);
+        // Both scars mapped again at the same peak: kept, with the middle.
+        let again = [
+            a.try_alloc(0, 8 * MIB, 1).unwrap(),
+            grow_and_alloc(&mut a, 8 * MIB),
+            grow_and_alloc(&mut a, 8 * MIB),
+        ];
+        a.check_invariants();
+        for c in again {
+            a.free(c.block, 1);
+        }
+        let pages = a.segments[0].pages.as_ref().unwrap();
+        assert_eq!((pages.kept.len(), pages.scars.len()), (3, 0));
+        assert!(a.idle_runs(&[], true).is_empty());
+        for run in a.idle_runs(&[], false) {
+            a.mark_unmapped(&run, false);
+        }
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 2 * MIB);
     }
 
     #[test]
