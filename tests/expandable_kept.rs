@@ -76,9 +76,8 @@ fn turns(streams: usize, turn_bytes: usize, passes: usize, long_lived: bool, fra
                     held -= size;
                 }
                 let s = alloc.stats().caching;
-                let bound = s.peak_allocated_bytes
-                    + (s.peak_allocated_bytes / 24).max(CAP_FLOOR)
-                    + frag;
+                let bound =
+                    s.peak_allocated_bytes + (s.peak_allocated_bytes / 24).max(CAP_FLOOR) + frag;
                 if s.reserved_bytes > worst.0 {
                     worst = (s.reserved_bytes, s.peak_allocated_bytes, pass);
                 }
@@ -130,4 +129,41 @@ fn streams_taking_turns_past_the_cap_floor_stay_within_it() {
 #[test]
 fn streams_taking_turns_around_long_lived_blocks_stay_within_the_cap() {
     turns(4, 256 * MIB, 6, true, 64 * MIB);
+}
+
+/// A unit mapped over pages a budget reclaim unmapped is kept only if the
+/// peak allocated bytes have not risen since: not if the request it is
+/// mapped for raises the peak (a pass still growing keeps nothing). Here
+/// `r` maps the pages of `y` again while raising the peak; after `r` is
+/// freed, the next growth past the budget must be able to unmap them.
+#[test]
+fn pages_mapped_again_by_a_request_raising_the_peak_are_not_kept() {
+    let (_host, alloc) = setup(1 << 30);
+    let [x, y, w, t] = [16, 16, 16, 16].map(|mib| alloc.allocate(mib * MIB, 512).unwrap());
+    alloc.free(y).unwrap();
+    alloc.free(t).unwrap();
+    // 24 MiB: t's pages and 8 more; over the budget, y's pages go.
+    let u = alloc.allocate(24 * MIB, 512).unwrap();
+    let s = alloc.stats().caching;
+    assert_eq!(
+        (s.reserved_bytes, s.peak_allocated_bytes),
+        (56 * MIB, 64 * MIB)
+    );
+    // y's pages again, for a request that raises the peak to 72 MiB.
+    let r = alloc.allocate(16 * MIB, 512).unwrap();
+    assert_eq!(r.addr(), y.addr());
+    alloc.free(r).unwrap();
+    // Past the budget again: y's idle pages are unmapped first.
+    let v = alloc.allocate(20 * MIB, 512).unwrap();
+    let s = alloc.stats().caching;
+    let budget = s.peak_allocated_bytes + s.peak_allocated_bytes / 32;
+    assert!(
+        s.reserved_bytes <= budget.max(72 * MIB),
+        "reserved {} MiB, budget {} MiB",
+        s.reserved_bytes / MIB,
+        budget / MIB
+    );
+    for p in [x, w, u, v] {
+        alloc.free(p).unwrap();
+    }
 }

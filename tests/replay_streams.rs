@@ -136,7 +136,10 @@ fn a_failed_stream_on_another_allocator_leaves_the_player_usable() {
     player.free_all(&first).unwrap();
     let second = flaky(1, true, 8);
     let err = player.play(&second).unwrap_err();
-    assert!(matches!(err, ReplayError::Stream { stream: 2000, .. }), "{err}");
+    assert!(
+        matches!(err, ReplayError::Stream { stream: 2000, .. }),
+        "{err}"
+    );
     player.play(&first).unwrap();
     player.free_all(&first).unwrap();
     assert_eq!(first.stats().total.allocated_bytes, 0);

@@ -36,6 +36,9 @@ pub(crate) struct Growth {
     page: usize,
     /// The segment's base, which unit bounds are counted from.
     base: u64,
+    /// The peak allocated bytes once the request is served: what
+    /// [`Arena::mark_mapped`] compares with a scar's.
+    peak: usize,
 }
 
 impl Growth {
@@ -262,6 +265,8 @@ impl Arena {
                 upward,
                 page,
                 base: seg.base,
+                peak: (self.stats.peak_allocated_bytes)
+                    .max(self.stats.allocated_bytes.saturating_add(rounded)),
             });
         }
         best
@@ -271,12 +276,14 @@ impl Arena {
     /// (which tile it): they join the mapped free blocks beside them, and
     /// count as reserved. A unit mapped over part of a range that a budget
     /// reclaim unmapped while the peak allocated bytes were what they are
-    /// now is kept: a workload repeating under its peak needed that memory
-    /// again, so [`Arena::idle_runs`] leaves it out of budget reclaims.
+    /// now, the request the growth is for included, is kept: a workload
+    /// repeating under its peak needed that memory again, so
+    /// [`Arena::idle_runs`] leaves it out of budget reclaims (a request
+    /// raising the peak keeps nothing).
     pub(crate) fn mark_mapped(&mut self, growth: &Growth, units: &[(u64, usize)]) {
         let seg = self.blocks[growth.slot as usize].segment;
         self.book_pages(growth.slot, growth.addr, growth.len, true);
-        let peak_now = self.stats.peak_allocated_bytes;
+        let peak_now = growth.peak;
         let pages = self.segments[seg as usize]
             .pages
             .as_mut()
@@ -504,7 +511,10 @@ impl Arena {
         let total: usize = pages.units.values().sum();
         assert_eq!((covered, total), (pages.mapped, pages.mapped), "units");
         // Kept units are units; scars lie in unmapped space, one apart.
-        assert!(pages.kept.iter().all(|u| pages.units.contains_key(u)), "kept");
+        assert!(
+            pages.kept.iter().all(|u| pages.units.contains_key(u)),
+            "kept"
+        );
         let runs = self.mapped_runs(head);
         let mut last_end = 0;
         for (&at, &(len, _)) in &pages.scars {
@@ -748,7 +758,10 @@ mod tests {
         let slot = runs[0].slot;
         assert_eq!(
             at,
-            [(slot, z.block.addr(), 8 * MIB), (slot, x.block.addr(), 8 * MIB)]
+            [
+                (slot, z.block.addr(), 8 * MIB),
+                (slot, x.block.addr(), 8 * MIB)
+            ]
         );
         a.mark_unmapped(&runs[0], true);
         a.check_invariants();
