@@ -144,3 +144,32 @@ fn a_failed_stream_on_another_allocator_leaves_the_player_usable() {
     player.free_all(&first).unwrap();
     assert_eq!(first.stats().total.allocated_bytes, 0);
 }
+
+#[test]
+fn a_device_out_of_range_is_an_error_naming_it() {
+    let trace = Trace::parse_str("two", TWO_STREAMS).unwrap();
+    let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
+    let err = Player::with_placement(&trace, 5, 512)
+        .play(&alloc)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplayError::Stream {
+                stream: 1000,
+                source: Error::InvalidDevice {
+                    device: 5,
+                    count: 1
+                }
+            }
+        ),
+        "{err}"
+    );
+    // A player on device 0 plays, samples and observes on one allocator.
+    let mut player = Player::new(&trace);
+    player.play(&alloc).unwrap();
+    player.play_sampled(&alloc, 4).unwrap();
+    player.play_observed(&alloc, |_| {}).unwrap();
+    player.teardown(&alloc).unwrap();
+    assert_eq!(alloc.stats().total.allocated_bytes, 0);
+}
