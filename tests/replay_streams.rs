@@ -18,50 +18,50 @@ struct Flaky {
 }
 
 impl Backend for Flaky {
-    fn kind(&self) -> BackendKind {
-        self.inner.kind()
-    }
-
-    fn ordinal(&self) -> usize {
-        self.inner.ordinal()
-    }
-
-    fn reserve(&self, size: usize) -> Result<u64, BackendError> {
-        self.inner.reserve(size)
+    fn as_stream_order(&self) -> Option<&dyn StreamOrder> {
+        self.order.then_some(self as _)
     }
 
     fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         self.inner.release(addr, size)
     }
 
+    fn kind(&self) -> BackendKind {
+        self.inner.kind()
+    }
+
     fn mem_info(&self) -> Result<MemInfo, BackendError> {
         self.inner.mem_info()
     }
 
-    fn as_stream_order(&self) -> Option<&dyn StreamOrder> {
-        self.order.then_some(self as _)
+    fn reserve(&self, size: usize) -> Result<u64, BackendError> {
+        self.inner.reserve(size)
+    }
+
+    fn ordinal(&self) -> usize {
+        self.inner.ordinal()
     }
 }
 
 impl StreamOrder for Flaky {
+    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError> {
+        self.inner.record_event(event, stream)
+    }
+
     fn create_event(&self) -> Result<u64, BackendError> {
         self.inner.create_event()
+    }
+
+    fn wait_event(&self, event: u64) -> Result<(), BackendError> {
+        self.inner.wait_event(event)
     }
 
     fn destroy_event(&self, event: u64) -> Result<(), BackendError> {
         self.inner.destroy_event(event)
     }
 
-    fn record_event(&self, event: u64, stream: u64) -> Result<(), BackendError> {
-        self.inner.record_event(event, stream)
-    }
-
     fn event_complete(&self, event: u64) -> Result<bool, BackendError> {
         self.inner.event_complete(event)
-    }
-
-    fn wait_event(&self, event: u64) -> Result<(), BackendError> {
-        self.inner.wait_event(event)
     }
 
     fn capture_status(&self, stream: u64) -> Result<CaptureStatus, BackendError> {
