@@ -253,3 +253,39 @@ fn every_map_of_a_workload_can_fail() {
         assert!(workload(Some(fault)).0, "fault {fault} fired");
     }
 }
+
+/// Kept units under failing unmaps: four streams trade 48 MiB in turns at
+/// one peak, so budget reclaims keep what they unmapped before and the
+/// hard cap (the peak plus 128 MiB) takes kept units; the `n`th unmap fails
+/// (a budget, cap or final reclaim). The books stay exact after every
+/// turn, and `empty_cache` then unmaps everything.
+#[test]
+fn failed_unmaps_among_kept_units_keep_the_books_exact() {
+    for n in 1..=12 {
+        let h = harness();
+        let host = h.backend.host();
+        let streams = [
+            0,
+            host.create_stream(),
+            host.create_stream(),
+            host.create_stream(),
+        ];
+        h.backend.faults().fail_unmap(n, 0);
+        for _ in 0..4 {
+            for &s in &streams {
+                let p = h.alloc.allocate_on(0, s, 48 * MIB, 512).unwrap();
+                h.alloc.free(p).unwrap();
+                assert_books_exact(&h);
+            }
+        }
+        if let Err(e) = h.alloc.empty_cache() {
+            let injected = matches!(e, Error::Backend(BackendError::Injected { .. }));
+            assert!(injected, "{e:?}");
+            assert_books_exact(&h);
+            h.alloc.empty_cache().unwrap();
+        }
+        assert_eq!(h.backend.mapped_bytes(), 0, "fault {n}");
+        assert_books_exact(&h);
+        h.teardown();
+    }
+}

@@ -36,6 +36,9 @@ pub(crate) struct Growth {
     page: usize,
     /// The segment's base, which unit bounds are counted from.
     base: u64,
+    /// The peak allocated bytes once the request is served: what
+    /// [`Arena::mark_mapped`] compares with a scar's.
+    peak: usize,
 }
 
 impl Growth {
@@ -262,6 +265,8 @@ impl Arena {
                 upward,
                 page,
                 base: seg.base,
+                peak: (self.stats.peak_allocated_bytes)
+                    .max(self.stats.allocated_bytes.saturating_add(rounded)),
             });
         }
         best
@@ -271,12 +276,14 @@ impl Arena {
     /// (which tile it): they join the mapped free blocks beside them, and
     /// count as reserved. A unit mapped over part of a range that a budget
     /// reclaim unmapped while the peak allocated bytes were what they are
-    /// now is kept: a workload repeating under its peak needed that memory
-    /// again, so [`Arena::idle_runs`] leaves it out of budget reclaims.
+    /// now, the request the growth is for included, is kept: a workload
+    /// repeating under its peak needed that memory again, so
+    /// [`Arena::idle_runs`] leaves it out of budget reclaims (a request
+    /// raising the peak keeps nothing).
     pub(crate) fn mark_mapped(&mut self, growth: &Growth, units: &[(u64, usize)]) {
         let seg = self.blocks[growth.slot as usize].segment;
         self.book_pages(growth.slot, growth.addr, growth.len, true);
-        let peak_now = self.stats.peak_allocated_bytes;
+        let peak_now = growth.peak;
         let pages = self.segments[seg as usize]
             .pages
             .as_mut()
@@ -503,6 +510,20 @@ impl Arena {
         }
         let total: usize = pages.units.values().sum();
         assert_eq!((covered, total), (pages.mapped, pages.mapped), "units");
+        // Kept units are units; scars lie in unmapped space, one apart.
+        assert!(
+            pages.kept.iter().all(|u| pages.units.contains_key(u)),
+            "kept"
+        );
+        let runs = self.mapped_runs(head);
+        let mut last_end = 0;
+        for (&at, &(len, _)) in &pages.scars {
+            let end = at + len as u64;
+            assert!(len > 0 && at >= last_end, "scars apart: {at:#x}+{len}");
+            let mapped = runs.iter().any(|&(a, l)| a < end && at < a + l as u64);
+            assert!(!mapped, "scar {at:#x}+{len} unmapped");
+            last_end = end;
+        }
     }
 
     /// The mapped runs of the segment whose first block is `head`, in
@@ -713,6 +734,60 @@ mod tests {
         a.check_invariants();
         let pages = a.segments[0].pages.as_ref().unwrap();
         assert!(pages.kept.is_empty() && pages.scars.is_empty());
+    }
+
+    /// A kept unit between idle units of one free block splits its idle
+    /// memory into two runs of the same block; a budget reclaim unmaps
+    /// both (the upper first), a failed unmap only part of one, with the
+    /// books (kept units, scars) exact after each step.
+    #[test]
+    fn a_kept_unit_inside_a_free_block_splits_its_idle_runs() {
+        let mut a = arena();
+        let [x, y, z] = [8, 8, 8].map(|mib| grow_and_alloc(&mut a, mib * MIB));
+        let _top = grow_and_alloc(&mut a, 2 * MIB);
+        a.free(y.block, 1);
+        let runs = a.idle_runs(&[], true);
+        a.mark_unmapped(&runs[0], true);
+        assert_eq!(grow_and_alloc(&mut a, 8 * MIB).block, y.block);
+        a.check_invariants();
+        for c in [x, y, z] {
+            a.free(c.block, 1);
+        }
+        let runs = a.idle_runs(&[], true);
+        let at: Vec<_> = runs.iter().map(|r| (r.slot, r.addr, r.len)).collect();
+        let slot = runs[0].slot;
+        assert_eq!(
+            at,
+            [
+                (slot, z.block.addr(), 8 * MIB),
+                (slot, x.block.addr(), 8 * MIB)
+            ]
+        );
+        a.mark_unmapped(&runs[0], true);
+        a.check_invariants();
+        // The lower run's unmap fails before its unit went: nothing went.
+        a.mark_unmapped(&runs[1].prefix(4 * MIB), true);
+        a.mark_unmapped(&runs[1], true);
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 8 * MIB + 2 * MIB);
+        // Both scars mapped again at the same peak: kept, with the middle.
+        let again = [
+            a.try_alloc(0, 8 * MIB, 1).unwrap(),
+            grow_and_alloc(&mut a, 8 * MIB),
+            grow_and_alloc(&mut a, 8 * MIB),
+        ];
+        a.check_invariants();
+        for c in again {
+            a.free(c.block, 1);
+        }
+        let pages = a.segments[0].pages.as_ref().unwrap();
+        assert_eq!((pages.kept.len(), pages.scars.len()), (3, 0));
+        assert!(a.idle_runs(&[], true).is_empty());
+        for run in a.idle_runs(&[], false) {
+            a.mark_unmapped(&run, false);
+        }
+        a.check_invariants();
+        assert_eq!(a.stats.reserved_bytes, 2 * MIB);
     }
 
     #[test]

@@ -158,19 +158,22 @@ impl<'t> Player<'t> {
     }
 
     /// Makes a stream on `alloc` for each of the trace's tags past the
-    /// built-in ones, unless they were made on `alloc` already.
+    /// built-in ones, unless they were made on `alloc` already. On failure
+    /// the streams are as before (those of the allocator they were made on).
     fn open_streams(&mut self, alloc: &Allocator) -> Result<(), ReplayError> {
         if self.streams.is_empty() || self.streams_of == alloc.id() {
             return Ok(());
         }
-        for (tag, stream) in &mut self.streams {
-            *stream = alloc
-                .create_stream(self.device)
-                .map_err(|source| ReplayError::Stream {
-                    stream: *tag,
+        let made = (self.streams.iter())
+            .map(|&(tag, _)| match alloc.create_stream(self.device) {
+                Ok(stream) => Ok((tag, stream)),
+                Err(source) => Err(ReplayError::Stream {
+                    stream: tag,
                     source,
-                })?;
-        }
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.streams = made;
         self.streams_of = alloc.id();
         Ok(())
     }
