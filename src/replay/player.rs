@@ -6,6 +6,7 @@ use crate::allocator::Allocator;
 use crate::arena::BLOCK_ROUND;
 use crate::device_ptr::DevicePtr;
 use crate::error::Error;
+use crate::stream::LAST_BUILTIN_STREAM;
 use std::time::{Duration, Instant};
 
 /// Why a replay stopped.
@@ -126,9 +127,6 @@ pub struct Player<'t> {
     /// The allocator `streams` were made on (its id), 0 before any.
     streams_of: u64,
 }
-
-/// Stream tags at or below this are built-in streams (passed through).
-const LAST_BUILTIN_STREAM: u64 = 2;
 
 impl<'t> Player<'t> {
     /// A player allocating on device 0 with 512-byte alignment.
