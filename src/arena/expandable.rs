@@ -14,7 +14,8 @@
 //! [`Arena::mark_mapped`]). The arena only books: its owner makes the mapping
 //! calls in between.
 
-use super::{Arena, Block, Class, FreeIndex, FreeKey, StreamTag};
+use super::{Arena, Block, Class, FreeIndex, FreeKey, Pages, Segment, StreamTag};
+use slab::Slab;
 
 /// Where to map pages so that a request fits: `len` bytes at `addr`, inside
 /// the unmapped free block `slot`. Together with the mapped free blocks
@@ -284,10 +285,7 @@ impl Arena {
         let seg = self.blocks[growth.slot as usize].segment;
         self.book_pages(growth.slot, growth.addr, growth.len, true);
         let peak_now = growth.peak;
-        let pages = self.segments[seg as usize]
-            .pages
-            .as_mut()
-            .expect("expandable");
+        let pages = pages_mut(&mut self.segments, seg);
         pages.units.extend(units.iter().copied());
         let end = growth.addr + growth.len as u64;
         let first = pages
@@ -335,11 +333,9 @@ impl Arena {
         self.book_pages(run.slot, run.addr, run.len, false);
         if scar {
             let peak = self.stats.peak_allocated_bytes;
-            let pages = self.segments[seg as usize]
-                .pages
-                .as_mut()
-                .expect("expandable");
-            pages.scars.insert(run.addr, (run.len, peak));
+            pages_mut(&mut self.segments, seg)
+                .scars
+                .insert(run.addr, (run.len, peak));
         }
     }
 
@@ -348,10 +344,7 @@ impl Arena {
     fn book_pages(&mut self, slot: u32, addr: u64, len: usize, mapped: bool) {
         let seg = self.blocks[slot as usize].segment;
         self.set_state(slot, addr, len, mapped);
-        let pages = self.segments[seg as usize]
-            .pages
-            .as_mut()
-            .expect("expandable");
+        let pages = pages_mut(&mut self.segments, seg);
         if mapped {
             pages.mapped += len;
             self.stats.on_map(len);
@@ -543,6 +536,16 @@ impl Arena {
         }
         out
     }
+}
+
+/// The page books of expandable segment `segment` (a plain segment has
+/// none: a caller reaching here for one is a bug). Borrows only the
+/// segments, so the arena's other fields stay usable beside it.
+fn pages_mut(segments: &mut Slab<Segment>, segment: u32) -> &mut Pages {
+    segments[segment as usize]
+        .pages
+        .as_mut()
+        .expect("expandable")
 }
 
 #[cfg(test)]
