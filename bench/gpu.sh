@@ -14,6 +14,7 @@ GPU_DIR=.gpu
 prepare() {
     set -e
     local traces=${TRACES_DIR:-../shared/traces}
+    [ -d "$traces" ] || traces=traces # a checkout alone: the bundled trace
     mkdir -p "$GPU_DIR"
     rm -f "$GPU_DIR"/replay "$GPU_DIR"/bench_alloc "$GPU_DIR"/*.trace.gz
     cargo build --release --example replay

@@ -40,7 +40,10 @@ for line in sys.stdin:
     strip --strip-debug "$G"/* 2>/dev/null || true
     # The graphalloc wheel (python/graphalloc + the library just built), for the PyTorch steps.
     GRAPHALLOC_WHEEL_LIB=target/release/libgraphalloc.so python3 -m pip wheel --no-deps -q -w "$G" .
-    cp ../shared/traces/*.trace.gz "$G"/
+    # The traces: ../shared/traces (TRACES_DIR=... to change), else the bundled one.
+    traces=${TRACES_DIR:-../shared/traces}
+    [ -d "$traces" ] || traces=traces
+    cp "$traces"/*.trace.gz "$G"/
     du -sh "$G"; ls "$G"
     exit 0
 fi

@@ -81,10 +81,18 @@ fn pairs_per_second(alloc: &Allocator, threads: usize, budget: Duration) -> f64 
 }
 
 fn main() {
-    let seconds: f64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+    let seconds: f64 = match std::env::args().nth(1) {
+        None => 2.0,
+        Some(arg) => match arg.parse() {
+            Ok(s) if s > 0.0 && f64::is_finite(s) => s,
+            _ => {
+                eprintln!(
+                    "usage: hot_check [SECONDS]  (seconds per figure, default 2; got {arg:?})"
+                );
+                std::process::exit(2);
+            }
+        },
+    };
     let budget = Duration::from_secs_f64(seconds);
     let alloc = Allocator::new(Config::from_env().expect("GRAPHALLOC_CONF")).expect("allocator");
     println!(

@@ -44,7 +44,8 @@ const SERIES_POINTS: usize = 1200;
 
 /// What we know of the shared traces: our fragmentation target, and what
 /// PyTorch's default caching allocator did on an H100 (ratio, cold and warm
-/// ns per event); see `traces/README.md`.
+/// ns per event), measured on the H100 the traces were recorded on
+/// (2026-11-24).
 struct Anchor {
     name: &'static str,
     target_ratio: f64,

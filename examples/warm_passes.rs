@@ -16,8 +16,11 @@ use graphalloc::replay::{Event, Trace};
 use graphalloc::{Allocator, Backend, Config, HostBackend};
 use std::sync::Arc;
 
-/// The bundled trace used when no trace is named.
-const DEFAULT_TRACE: &str = "traces/resnet50_train.trace.gz";
+/// The bundled trace used when no trace is named (found from any directory).
+const DEFAULT_TRACE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/traces/resnet50_train.trace.gz"
+);
 
 const MIB: f64 = 1048576.0;
 

@@ -58,7 +58,8 @@ pub struct Config {
     pub host_devices: usize,
     /// Fraction of each device's total memory graphalloc may reserve.
     pub memory_fraction: f64,
-    /// Arenas per device cache; see [`Config::parse`]'s table. 1 (the
+    /// Arenas per device cache; see the table of the [`config`](self)
+    /// module. 1 (the
     /// default) keeps PyTorch's shape: one lock per device, exact peaks.
     pub shards: usize,
     /// Serve the cache's requests from expandable segments (the default):

@@ -34,6 +34,32 @@
 //! alloc.free(eager)?;                          // routed to the cache
 //! # Ok::<(), graphalloc::Error>(())
 //! ```
+//!
+//! ## Where to start
+//!
+//! - [`Allocator`]: [`allocate`](Allocator::allocate) /
+//!   [`allocate_on`](Allocator::allocate_on), [`free`](Allocator::free),
+//!   [`stats`](Allocator::stats), [`empty_cache`](Allocator::empty_cache).
+//!   One per process through [`install`] and [`global`], or built as a value
+//!   with [`Allocator::new`].
+//! - [`Config`]: the settings, also read from `GRAPHALLOC_CONF`; the
+//!   [`config`] module lists the keys and their defaults.
+//! - Graph pools: [`GraphPool`], graph mode per thread with [`graph_mode`] /
+//!   [`with_graph_mode`]; streams with [`use_stream`],
+//!   [`Allocator::register_stream`] and [`Allocator::record_stream`].
+//! - Planned graph pools: [`Allocator::record`],
+//!   [`Allocator::create_planned_pool`], [`Allocator::capture_planned`],
+//!   [`PlanStats`].
+//! - [`tensor`]: [`DeviceBuffer`] and [`Tensor`], owned device memory on top
+//!   of the allocator, and their cudarc stream views.
+//! - Figures: [`MemoryUsageStats`], [`Allocator::mapping_stats`],
+//!   [`OomReport`] (and [`Allocator::on_out_of_memory`]); [`history`]: the
+//!   memory history and snapshots in PyTorch's format.
+//! - [`replay`]: allocation traces and their replay; [`ffi`]: the C ABI that
+//!   PyTorch's pluggable allocator calls (`include/graphalloc.h`);
+//!   [`backend`]: the CUDA and host backends and the adaptors around them.
+//!
+//! The README has the rest: configuration, PyTorch, measured results.
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]

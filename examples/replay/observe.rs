@@ -92,16 +92,18 @@ pub fn observe(path: &Path, config: &Config, out: &Outputs) -> Result<(), Box<dy
         snap.write_pickle(file)?;
         let html = PathBuf::from(format!("{}.html", file.display()));
         std::fs::write(&html, snap.to_html())?;
-        std::fs::write(format!("{}.svg", file.display()), snap.to_svg())?;
+        let svg = PathBuf::from(format!("{}.svg", file.display()));
+        std::fs::write(&svg, snap.to_svg())?;
         eprintln!(
-            "replay: snapshot of {} after event {} (peak reserved {}): {} segments, {} history events: {} and {}",
+            "replay: snapshot of {} after event {} (peak reserved {}): {} segments, {} history events: {}, {} and {}",
             trace.name(),
             at + 1,
             super::gb(peak),
             snap.segments.len(),
             snap.history.len(),
             file.display(),
-            html.display()
+            html.display(),
+            svg.display()
         );
     }
     Ok(())

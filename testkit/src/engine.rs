@@ -97,6 +97,9 @@ impl Engine {
                 ctx.ordinal(),
                 ctx.name().unwrap_or_else(|_| "unknown".into())
             ),
+            Engine::Host if graphalloc::cuda_driver_available() => {
+                "the HOST backend (chosen by GRAPHALLOC_CONF; a CUDA device is present)".into()
+            }
             Engine::Host => "the HOST backend (no CUDA driver or device found)".into(),
         }
     }
