@@ -101,7 +101,10 @@ impl HostBackend {
             segments: std::sync::Mutex::new(HashMap::new()),
             ranges: Mutex::new(HashMap::new()),
             streams: Mutex::new(Streams {
-                streams: HashMap::from([(0, (0, 0))]),
+                // The handles every CUDA context knows: 0 (the legacy
+                // default stream), 1 (`CU_STREAM_LEGACY`), 2
+                // (`CU_STREAM_PER_THREAD`); simulated as three streams.
+                streams: HashMap::from([(0, (0, 0)), (1, (0, 0)), (2, (0, 0))]),
                 next_stream: FIRST_HOST_STREAM,
                 next_capture: 1,
                 ..Streams::default()
