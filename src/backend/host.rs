@@ -149,6 +149,11 @@ impl HostBackend {
 
     /// Starts capturing `stream` into a (simulated) graph; returns the
     /// capture id.
+    ///
+    /// CUDA refuses to capture the legacy default stream (handles 0 and 1);
+    /// the allocator relies on that and never asks whether stream 0 is being
+    /// captured, so a capture of stream 0 here routes nothing to a pool.
+    /// Capture a stream of [`HostBackend::create_stream`] instead.
     pub fn begin_capture(&self, stream: u64) -> u64 {
         let mut s = self.streams.lock();
         let id = s.next_capture;
