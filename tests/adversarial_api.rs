@@ -1,0 +1,200 @@
+//! Adversarial probes of the public API on the host backend (tenth session).
+
+mod support;
+
+use graphalloc::{Allocator, Config, DevicePtr, Error, GraphPool};
+use support::{host_allocator, MIB};
+
+/// Stream guards dropped out of order (a `Vec` of guards drops its first
+/// element first) must leave the innermost live guard's stream current, and
+/// the default stream once all are gone.
+#[test]
+fn stream_guards_dropped_out_of_order_restore_the_default_stream() {
+    assert_eq!(graphalloc::current_stream(), 0);
+    let a = graphalloc::use_stream(0xa);
+    let b = graphalloc::use_stream(0xb);
+    drop(a);
+    assert_eq!(graphalloc::current_stream(), 0xb, "b is still alive");
+    drop(b);
+    assert_eq!(graphalloc::current_stream(), 0, "no guard is alive");
+
+    let guards = vec![graphalloc::use_stream(0xc), graphalloc::use_stream(0xd)];
+    assert_eq!(graphalloc::current_stream(), 0xd);
+    drop(guards);
+    assert_eq!(graphalloc::current_stream(), 0);
+}
+
+/// A thread that exits with live blocks and cached ones: the live ones stay
+/// counted, and the cached ones are not lost.
+#[test]
+fn a_thread_exiting_with_live_and_cached_blocks_keeps_exact_figures() {
+    let (host, alloc) = host_allocator(64 * MIB);
+    let kept: Vec<DevicePtr> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let ptrs: Vec<_> = (0..8).map(|_| alloc.allocate(4096, 512).unwrap()).collect();
+            for p in &ptrs[4..] {
+                alloc.free(*p).unwrap();
+            }
+            ptrs[..4].to_vec()
+        })
+        .join()
+        .unwrap()
+    });
+    let st = alloc.stats();
+    assert_eq!(st.total.allocated_bytes, 4 * 4096);
+    assert_eq!(st.total.live_blocks, 4);
+    assert_eq!(st.total.requested_bytes, 4 * 4096);
+    for p in kept {
+        alloc.free(p).unwrap();
+    }
+    let st = alloc.stats();
+    assert_eq!(st.total.allocated_bytes, 0);
+    assert_eq!(st.total.live_blocks, 0);
+    assert_eq!(st.total.requested_bytes, 0);
+    assert!(st.total.peak_allocated_bytes >= 8 * 4096);
+    alloc.empty_cache().unwrap();
+    assert_eq!(alloc.stats().total.reserved_bytes, 0);
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// A forgotten guard on a thread that frees pool blocks into its graph-mode
+/// cache, then exits: the pool gets its blocks back.
+#[test]
+fn a_forgotten_guard_with_a_graph_mode_cache_gives_its_blocks_back_at_thread_exit() {
+    let (host, alloc) = host_allocator(64 * MIB);
+    let pool = alloc.create_pool();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::mem::forget(alloc.enter_graph_mode(&pool).unwrap());
+            for _ in 0..4 {
+                let ps: Vec<_> = (0..4).map(|_| alloc.allocate(4096, 512).unwrap()).collect();
+                for p in ps {
+                    alloc.free(p).unwrap();
+                }
+            }
+        });
+    });
+    let st = pool.stats();
+    assert_eq!(
+        (st.live_blocks, st.allocated_bytes, st.requested_bytes),
+        (0, 0, 0)
+    );
+    pool.reset().unwrap();
+    let total = alloc.stats().total;
+    assert_eq!((total.live_blocks, total.allocated_bytes), (0, 0));
+    drop(pool);
+    alloc.empty_cache().unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// Probe: a block recorded on another stream, freed, then the stream
+/// destroyed: empty_cache must not hang and must return everything.
+#[test]
+fn a_stream_destroyed_while_a_block_waits_for_it() {
+    let (host, alloc) = host_allocator(64 * MIB);
+    let s = host.create_stream();
+    let p = alloc.allocate(4096, 512).unwrap();
+    alloc.record_stream(p, s).unwrap();
+    alloc.free(p).unwrap();
+    host.destroy_stream(s);
+    let _ = alloc.empty_cache();
+    let st = alloc.stats().total;
+    assert_eq!(st.pending_frees, 0, "{st:?}");
+    assert_eq!(st.reserved_bytes, 0, "{st:?}");
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// Probe: a pool whose block waits for a stream, reset and dropped.
+#[test]
+fn a_pool_with_a_pending_free_resets_and_drops_cleanly() {
+    let (host, alloc) = host_allocator(64 * MIB);
+    let s = host.create_stream();
+    let pool = alloc.create_pool();
+    let p = {
+        let _g = alloc.enter_graph_mode(&pool).unwrap();
+        alloc.allocate(4096, 512).unwrap()
+    };
+    alloc.record_stream(p, s).unwrap();
+    alloc.free(p).unwrap();
+    assert_eq!(pool.stats().pending_frees, 1);
+    pool.reset().unwrap();
+    let q = {
+        let _g = alloc.enter_graph_mode(&pool).unwrap();
+        alloc.allocate(4096, 512).unwrap()
+    };
+    assert_ne!(p, q, "a block waiting for its stream is not handed out");
+    alloc.free(q).unwrap();
+    drop(pool);
+    let st = alloc.stats();
+    assert_eq!(st.pools.reserved_bytes, 0, "{st:?}");
+    assert_eq!(st.pools.pending_frees, 0, "{st:?}");
+    alloc.empty_cache().unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// Probe: planned pools with recordings that do not match.
+#[test]
+fn planned_pool_probes() {
+    let (host, alloc) = host_allocator(256 * MIB);
+    let ((), rec) = alloc.record(|| {
+        let a = alloc.allocate(3 * MIB, 512).unwrap();
+        let b = alloc.allocate(MIB, 4096).unwrap();
+        alloc.free(a).unwrap();
+        let c = alloc.allocate(2 * MIB, 512).unwrap();
+        alloc.free(b).unwrap();
+        alloc.free(c).unwrap();
+    });
+    let empty = graphalloc::Recording::default();
+    let pool = alloc.create_planned_pool(&[&rec, &empty]).unwrap();
+    // Plan 1 is empty: everything falls back.
+    let live = alloc
+        .capture_planned(&pool, 1, || alloc.allocate(MIB, 512).unwrap())
+        .unwrap();
+    // Plan 0 while `live` sits where plan 0 puts its blocks.
+    let ptrs = alloc
+        .capture_planned(&pool, 0, || {
+            let a = alloc.allocate(3 * MIB, 512).unwrap();
+            let b = alloc.allocate(MIB, 4096).unwrap();
+            vec![a, b]
+        })
+        .unwrap();
+    let mut all = ptrs.clone();
+    all.push(live);
+    for (i, x) in all.iter().enumerate() {
+        for y in &all[i + 1..] {
+            assert_ne!(x, y);
+        }
+    }
+    for p in all {
+        alloc.free(p).unwrap();
+    }
+    assert_eq!(pool.stats().live_blocks, 0);
+    pool.reset().unwrap();
+    assert!(matches!(pool.start_plan(2), Err(Error::NoSuchPlan { .. })));
+    let empty_pool = alloc.create_planned_pool(&[]).unwrap();
+    assert!(matches!(
+        alloc.capture_planned(&empty_pool, 0, || ()),
+        Err(Error::NoSuchPlan { .. })
+    ));
+    assert!(!alloc.is_graph_mode());
+    drop(pool);
+    drop(empty_pool);
+    alloc.empty_cache().unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// Probe: a Player with a bad placement is an error, not a panic.
+#[test]
+fn player_with_a_bad_placement_is_an_error() {
+    let alloc = Allocator::new(Config::host(64 * MIB)).unwrap();
+    let trace = graphalloc::replay::Trace::parse_str("t", "a 1 4096 0\na 2 100 7\nf 1\n").unwrap();
+    for (device, align) in [(5, 512), (0, 0), (0, 3), (0, usize::MAX), (usize::MAX, 512)] {
+        let mut p = graphalloc::replay::Player::with_placement(&trace, device, align);
+        assert!(p.play(&alloc).is_err(), "{device} {align}");
+        let _ = p.teardown(&alloc);
+    }
+    assert_eq!(alloc.stats().total.live_blocks, 0);
+}
+
+#[allow(dead_code)]
+fn unused(_: GraphPool) {}
