@@ -50,7 +50,11 @@ pub fn use_stream(stream: u64) -> StreamGuard {
     // Late in thread teardown, once the list of guards is gone, the guard
     // only swaps the current stream (and its drop swaps it back).
     let listed = GUARDS
-        .try_with(|g| g.try_borrow_mut().map(|mut g| g.push((token, stream))).is_ok())
+        .try_with(|g| {
+            g.try_borrow_mut()
+                .map(|mut g| g.push((token, stream)))
+                .is_ok()
+        })
         .unwrap_or(false);
     let previous = CURRENT.try_with(|c| c.replace(stream)).unwrap_or(0);
     StreamGuard {
