@@ -2,7 +2,8 @@
 
 mod support;
 
-use graphalloc::{Allocator, Config, DevicePtr, Error, GraphPool};
+use graphalloc::{Allocator, Backend, Config, DevicePtr, Error, GraphPool, HostBackend};
+use std::sync::Arc;
 use support::{host_allocator, MIB};
 
 /// Stream guards dropped out of order (a `Vec` of guards drops its first
@@ -198,3 +199,76 @@ fn player_with_a_bad_placement_is_an_error() {
 
 #[allow(dead_code)]
 fn unused(_: GraphPool) {}
+
+/// A hand-built `Config` with `shards` or `host_devices` at `usize::MAX`
+/// made `Allocator::new` panic (capacity overflow building the arenas or
+/// backends); below that, up to 2^60 or so, it tried to build them all.
+/// Refused as the same text is: `Error::Config` naming the key.
+#[test]
+fn hand_built_configs_with_too_many_shards_or_devices_are_config_errors() {
+    let host = || Config::host(64 * MIB);
+    let rows = [
+        (
+            "shards",
+            Config {
+                shards: usize::MAX,
+                ..host()
+            },
+        ),
+        (
+            "shards",
+            Config {
+                shards: 65,
+                ..host()
+            },
+        ),
+        (
+            "host_devices",
+            Config {
+                host_devices: usize::MAX,
+                ..host()
+            },
+        ),
+        (
+            "host_devices",
+            Config {
+                host_devices: 1 << 40,
+                ..host()
+            },
+        ),
+    ];
+    for (key, config) in rows {
+        let what = format!(
+            "{key} {}",
+            if key == "shards" {
+                config.shards
+            } else {
+                config.host_devices
+            }
+        );
+        match support::call(&what, || Allocator::new(config.clone())) {
+            Err(Error::Config { key: k, .. }) => assert_eq!(k, key, "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        let backend: Arc<dyn Backend> = Arc::new(HostBackend::new(0, 64 * MIB));
+        let r = support::call(&what, || {
+            Allocator::from_backends_with(vec![backend], &config)
+        });
+        match (key, r) {
+            ("shards", Err(Error::Config { key: k, .. })) => assert_eq!(k, key),
+            // One backend given: `host_devices` is not used.
+            ("host_devices", Ok(_)) => {}
+            (_, other) => panic!("from_backends_with, {what}: {other:?}"),
+        }
+    }
+    // The largest accepted values still build.
+    let most = Config {
+        shards: 64,
+        host_devices: 64,
+        ..Config::host(4 * MIB)
+    };
+    let alloc = Allocator::new(most).unwrap();
+    assert_eq!(alloc.device_count(), 64);
+    let p = alloc.allocate_on(63, 0, 4096, 512).unwrap();
+    alloc.free(p).unwrap();
+}
