@@ -272,3 +272,180 @@ fn hand_built_configs_with_too_many_shards_or_devices_are_config_errors() {
     let p = alloc.allocate_on(63, 0, 4096, 512).unwrap();
     alloc.free(p).unwrap();
 }
+
+/// Probe: every error of an allocation in graph mode changes nothing but
+/// the documented OOM retry count; the pool's and allocator's figures stay.
+#[test]
+fn graph_mode_errors_change_nothing() {
+    let (host, alloc) = host_allocator(64 * MIB);
+    let pool = alloc.create_pool();
+    let _g = alloc.enter_graph_mode(&pool).unwrap();
+    let keep = alloc.allocate(5000, 512).unwrap();
+    let tmp = alloc.allocate(3 * MIB, 512).unwrap();
+    alloc.free(tmp).unwrap(); // a free kept pending
+    let small = alloc.allocate(4096, 512).unwrap();
+    alloc.free(small).unwrap(); // into the graph-mode cache (or pending)
+    let eager = {
+        let _s = graphalloc::use_stream(0);
+        alloc.allocate_on(0, 0, 8 * MIB, 512).unwrap()
+    };
+    let snap = || {
+        (
+            alloc.stats(),
+            pool.stats(),
+            alloc.live_pointers(),
+            host.outstanding_bytes(),
+        )
+    };
+    let before = snap();
+    let errs: Vec<Result<DevicePtr, Error>> = vec![
+        alloc.allocate(0, 512),
+        alloc.allocate(64, 3),
+        alloc.allocate(usize::MAX, 512),
+        alloc.allocate(65 * MIB, 512),
+        alloc.allocate_on(1, 0, 4096, 512),
+        alloc.allocate_on(0, 0xdead, 4096, 512),
+        {
+            let _s = graphalloc::use_stream(0xbeef);
+            alloc.allocate(4096, 512)
+        },
+    ];
+    for e in &errs {
+        assert!(e.is_err(), "{e:?}");
+    }
+    assert_eq!(before, snap(), "{errs:?}");
+    // Out of memory: only the retry counts change (and the cache's idle
+    // memory may go).
+    let oom = alloc.allocate(60 * MIB, 512);
+    assert!(matches!(oom, Err(Error::OutOfMemory { .. })), "{oom:?}");
+    let (mut b, mut bp, live, _) = before;
+    let (a, ap, live2, _) = snap();
+    b.pools.oom_retries += 1;
+    b.total.oom_retries += 1;
+    bp.oom_retries += 1;
+    b.caching.reserved_bytes = a.caching.reserved_bytes;
+    b.caching.segments = a.caching.segments;
+    b.total.reserved_bytes = a.total.reserved_bytes;
+    b.total.segments = a.total.segments;
+    assert_eq!((b, bp, live), (a, ap, live2));
+    alloc.free(keep).unwrap();
+    alloc.free(eager).unwrap();
+    drop(_g);
+    drop(pool);
+    alloc.empty_cache().unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// Probe: a snapshot of a busy allocator agrees with its statistics.
+#[test]
+fn a_snapshot_of_every_kind_of_block_agrees_with_stats() {
+    use graphalloc::history::BlockState;
+    for expandable in [false, true] {
+        let host = Arc::new(HostBackend::new(0, 256 * MIB));
+        let config = Config {
+            expandable_segments: expandable,
+            ..Config::default()
+        };
+        let alloc =
+            Allocator::from_backends_with(vec![host.clone() as Arc<dyn Backend>], &config).unwrap();
+        let s = host.create_stream();
+        let over = alloc.allocate(1000, 4096).unwrap();
+        let over_large = alloc.allocate(3 * MIB, MIB).unwrap();
+        let cached = alloc.allocate(2048, 512).unwrap();
+        alloc.free(cached).unwrap();
+        let pend = alloc.allocate(8192, 512).unwrap();
+        alloc.record_stream(pend, s).unwrap();
+        alloc.free(pend).unwrap();
+        let pool = alloc.create_pool();
+        let (pa, pb) = {
+            let _g = alloc.enter_graph_mode(&pool).unwrap();
+            let pa = alloc.allocate(700, 2048).unwrap();
+            let pb = alloc.allocate(5 * MIB, 512).unwrap();
+            let x = alloc.allocate(4096, 512).unwrap();
+            alloc.free(x).unwrap();
+            let y = alloc.allocate(1536, 512).unwrap();
+            alloc.free(y).unwrap();
+            (pa, pb)
+        };
+        let ((), rec) = alloc.record(|| {
+            let a = alloc.allocate(MIB, 8192).unwrap();
+            alloc.free(a).unwrap();
+        });
+        let planned = alloc.create_planned_pool(&[&rec]).unwrap();
+        let pl = alloc
+            .capture_planned(&planned, 0, || alloc.allocate(MIB, 8192).unwrap())
+            .unwrap();
+        let snap = alloc.snapshot();
+        let total = alloc.stats().total;
+        let blocks = || snap.segments.iter().flat_map(|s| &s.blocks);
+        let requested: usize = blocks().map(|b| b.requested_size).sum();
+        let pending = blocks()
+            .filter(|b| b.state == BlockState::ActivePendingFree)
+            .count();
+        assert_eq!(
+            snap.reserved_bytes(),
+            total.reserved_bytes,
+            "expandable {expandable}"
+        );
+        assert_eq!(
+            snap.bytes_in(BlockState::ActiveAllocated),
+            total.allocated_bytes,
+            "expandable {expandable}"
+        );
+        assert_eq!(requested, total.requested_bytes, "expandable {expandable}");
+        assert_eq!(pending, total.pending_frees, "expandable {expandable}");
+        for p in [over, over_large, pa, pb, pl] {
+            alloc.free(p).unwrap();
+        }
+    }
+}
+
+/// A device that hands out address ranges from a counter and never
+/// touches them: as much memory as anyone asks for. (Safe code may
+/// implement `Backend`.)
+#[derive(Debug, Default)]
+struct Endless(std::sync::atomic::AtomicU64);
+
+impl Backend for Endless {
+    fn kind(&self) -> graphalloc::BackendKind {
+        graphalloc::BackendKind::Host
+    }
+    fn ordinal(&self) -> usize {
+        0
+    }
+    fn reserve(&self, size: usize) -> Result<u64, graphalloc::BackendError> {
+        let step = (size as u64).next_multiple_of(1 << 21);
+        Ok((1 << 21) + self.0.fetch_add(step, std::sync::atomic::Ordering::SeqCst))
+    }
+    fn release(&self, _: u64, _: usize) -> Result<(), graphalloc::BackendError> {
+        Ok(())
+    }
+    fn mem_info(&self) -> Result<graphalloc::MemInfo, graphalloc::BackendError> {
+        Ok(graphalloc::MemInfo {
+            free: usize::MAX,
+            total: usize::MAX,
+        })
+    }
+}
+
+/// `Recording::peak_live_bytes` of a run whose live blocks add up past
+/// `usize::MAX` (four outliving blocks of 2^62 bytes) overflowed in the
+/// planner's sum: a panic with overflow checks, 0 in a release build.
+/// `create_planned_pool` checks the total first; this public figure did not.
+#[test]
+fn peak_live_bytes_of_a_recording_past_usize_max_saturates() {
+    let alloc =
+        Allocator::from_backends(vec![Arc::new(Endless::default()) as Arc<dyn Backend>], 1.0)
+            .unwrap();
+    let (ptrs, rec) = alloc.record(|| {
+        (0..4)
+            .map(|_| alloc.allocate(1 << 62, 512).unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(rec.outliving(), 4);
+    let peak = support::call("peak_live_bytes", || rec.peak_live_bytes(0));
+    assert_eq!(peak, usize::MAX);
+    for p in ptrs {
+        alloc.free(p).unwrap();
+    }
+}
