@@ -481,3 +481,56 @@ fn peak_live_bytes_of_a_recording_past_usize_max_saturates() {
     let peak = support::call("peak_live_bytes", || rec.peak_live_bytes(0));
     assert_eq!(peak, usize::MAX);
 }
+
+/// Probe: `empty_cache` returns exactly the bytes by which the reserved
+/// figure fell, with expandable segments or plain ones, pools beside.
+#[test]
+fn empty_cache_returns_the_bytes_it_released() {
+    for expandable in [false, true] {
+        let host = Arc::new(HostBackend::new(0, 512 * MIB));
+        let config = Config {
+            expandable_segments: expandable,
+            ..Config::default()
+        };
+        let alloc =
+            Allocator::from_backends_with(vec![host.clone() as Arc<dyn Backend>], &config).unwrap();
+        let s = host.create_stream();
+        let pool = alloc.create_pool();
+        let pooled = alloc
+            .with_graph_mode(&pool, || alloc.allocate(3 * MIB, 512).unwrap())
+            .unwrap();
+        let mut live = Vec::new();
+        for (i, size) in [700, 4096, 3 * MIB, 33 * MIB, 1 << 20, 130 * MIB]
+            .into_iter()
+            .enumerate()
+        {
+            let stream = if i % 2 == 0 { 0 } else { s };
+            let p = alloc.allocate_on(0, stream, size, 512).unwrap();
+            let q = alloc.allocate_on(0, stream, size, 512).unwrap();
+            alloc.free(p).unwrap();
+            live.push(q);
+        }
+        for q in live.drain(1..) {
+            alloc.free(q).unwrap();
+        }
+        let before = alloc.stats().total.reserved_bytes;
+        let released = alloc.empty_cache().unwrap();
+        let after = alloc.stats().total.reserved_bytes;
+        assert_eq!(released, before - after, "expandable {expandable}");
+        assert_eq!(
+            after as u64,
+            host.outstanding_bytes() as u64,
+            "expandable {expandable}"
+        );
+        alloc.free(live[0]).unwrap();
+        alloc.free(pooled).unwrap();
+        drop(pool);
+        let before = alloc.stats().total.reserved_bytes;
+        assert_eq!(
+            alloc.empty_cache().unwrap(),
+            before,
+            "expandable {expandable}"
+        );
+        assert_eq!(host.outstanding_bytes(), 0);
+    }
+}
