@@ -534,3 +534,91 @@ fn empty_cache_returns_the_bytes_it_released() {
         assert_eq!(host.outstanding_bytes(), 0);
     }
 }
+
+/// Probe: three random runs planned into one pool, captured one after
+/// another with each capture's outputs kept live (as graphs sharing a pool
+/// keep theirs): every allocation hits its planned place.
+#[test]
+fn three_random_graphs_sharing_a_planned_pool_follow_their_plans() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..6 {
+        let (host, alloc) = host_allocator(4 << 30);
+        // Each program: (size, align) allocations and, after each, frees.
+        let programs: Vec<Vec<(usize, usize, Vec<usize>)>> = (0..3)
+            .map(|_| {
+                let n = 5 + rnd(20) as usize;
+                let mut live: Vec<usize> = Vec::new();
+                (0..n)
+                    .map(|i| {
+                        let size = [1 + rnd(4096), 1 + rnd(1 << 20), 1 + rnd(6 << 20)]
+                            [rnd(3) as usize] as usize;
+                        let align = [512, 512, 4096, 1 << 21][rnd(4) as usize];
+                        live.push(i);
+                        let mut frees = Vec::new();
+                        while !live.is_empty() && rnd(3) != 0 {
+                            frees.push(live.swap_remove(rnd(live.len() as u64) as usize));
+                        }
+                        (size, align, frees)
+                    })
+                    .collect()
+            })
+            .collect();
+        let run = |prog: &Vec<(usize, usize, Vec<usize>)>| {
+            let mut ptrs = Vec::new();
+            for (size, align, frees) in prog {
+                ptrs.push(Some(alloc.allocate(*size, *align).unwrap()));
+                for &f in frees {
+                    alloc.free(ptrs[f].take().unwrap()).unwrap();
+                }
+            }
+            ptrs.into_iter().flatten().collect::<Vec<_>>()
+        };
+        let mut recs = Vec::new();
+        for prog in &programs {
+            let (out, rec) = alloc.record(|| run(prog));
+            for p in out {
+                alloc.free(p).unwrap();
+            }
+            recs.push(rec);
+        }
+        let refs: Vec<&graphalloc::Recording> = recs.iter().collect();
+        let pool = alloc.create_planned_pool(&refs).unwrap();
+        let mut outputs = Vec::new();
+        for order in [[0, 1, 2], [2, 0, 1]] {
+            for p in outputs.drain(..) {
+                alloc.free(p).unwrap();
+            }
+            for k in order {
+                outputs.extend(
+                    alloc
+                        .capture_planned(&pool, k, || run(&programs[k]))
+                        .unwrap(),
+                );
+            }
+        }
+        let s = pool.plan_stats().unwrap();
+        assert_eq!(s.fallbacks, 0, "round {round}: {s:?}");
+        assert_eq!(
+            s.planned_hits as usize,
+            2 * s.planned_allocations,
+            "round {round}"
+        );
+        assert_eq!(
+            pool.stats().reserved_bytes,
+            s.planned_bytes,
+            "round {round}"
+        );
+        for p in outputs {
+            alloc.free(p).unwrap();
+        }
+        drop(pool);
+        alloc.empty_cache().unwrap();
+        assert_eq!(host.outstanding_bytes(), 0);
+    }
+}
