@@ -622,3 +622,43 @@ fn three_random_graphs_sharing_a_planned_pool_follow_their_plans() {
         assert_eq!(host.outstanding_bytes(), 0);
     }
 }
+
+/// Probe: a planned pool whose second region does not fit gives the first
+/// back, and changes no figure.
+#[test]
+fn a_planned_pool_that_does_not_fit_changes_nothing() {
+    let (host, alloc) = host_allocator(64 * MIB);
+    let s = host.create_stream();
+    let ((), rec) = alloc.record(|| {
+        let a = alloc.allocate(20 * MIB, 512).unwrap();
+        let b = alloc.allocate_on(0, s, 20 * MIB, 512).unwrap();
+        alloc.free(a).unwrap();
+        alloc.free(b).unwrap();
+    });
+    alloc.empty_cache().unwrap();
+    let hold = alloc.allocate(30 * MIB, 512).unwrap();
+    let before = (
+        alloc.stats(),
+        host.outstanding_bytes(),
+        alloc.live_pointers(),
+    );
+    let r = alloc.create_planned_pool(&[&rec]);
+    assert!(matches!(r, Err(Error::OutOfMemory { .. })), "{r:?}");
+    let (mut st, out, live) = before;
+    let after = alloc.stats();
+    st.caching.oom_retries = after.caching.oom_retries;
+    st.total.oom_retries = after.total.oom_retries;
+    st.pools.segments_reserved = after.pools.segments_reserved;
+    st.total.segments_reserved = after.total.segments_reserved;
+    st.pools.peak_reserved_bytes = after.pools.peak_reserved_bytes;
+    st.total.peak_reserved_bytes = after.total.peak_reserved_bytes;
+    assert_eq!(
+        (st, out, live),
+        (after, host.outstanding_bytes(), alloc.live_pointers())
+    );
+    assert_eq!(after.pools.reserved_bytes, 0);
+    assert_eq!(after.pools.segments, 0);
+    alloc.free(hold).unwrap();
+    alloc.empty_cache().unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+}
