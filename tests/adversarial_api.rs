@@ -74,7 +74,11 @@ fn a_forgotten_guard_with_a_graph_mode_cache_gives_its_blocks_back_at_thread_exi
                     alloc.free(p).unwrap();
                 }
             }
-        });
+        })
+        // An explicit join waits for the thread's thread-local destructors
+        // (the scope's own wait does not).
+        .join()
+        .unwrap();
     });
     let st = pool.stats();
     assert_eq!(
@@ -660,5 +664,38 @@ fn a_planned_pool_that_does_not_fit_changes_nothing() {
     assert_eq!(after.pools.segments, 0);
     alloc.free(hold).unwrap();
     alloc.empty_cache().unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+}
+
+/// The built-in streams 1 (`CU_STREAM_LEGACY`) and 2 (per-thread default)
+/// are "always accepted" (README, Streams), and a trace's tags 0-2 replay
+/// on them; the host backend knew only stream 0, so on it `allocate_on`,
+/// `use_stream`, `record_stream` and a replay refused 1 and 2 with
+/// `UnknownStream`.
+#[test]
+fn built_in_streams_1_and_2_work_on_the_host_backend() {
+    let (host, alloc) = host_allocator(64 * MIB);
+    for s in [1u64, 2] {
+        let p = alloc.allocate_on(0, s, 4096, 512).unwrap();
+        alloc.free(p).unwrap();
+        let q = {
+            let _s = graphalloc::use_stream(s);
+            alloc.allocate(4096, 512).unwrap()
+        };
+        // Used by the other built-in stream: not reused before its work.
+        let other = 3 - s;
+        alloc.record_stream(q, other).unwrap();
+        alloc.free(q).unwrap();
+        assert_eq!(alloc.stats().total.pending_frees, 1);
+        host.complete_stream(other);
+        let r = alloc.allocate_on(0, s, 4096, 512).unwrap();
+        assert_eq!(alloc.stats().total.pending_frees, 0);
+        alloc.free(r).unwrap();
+    }
+    let trace =
+        graphalloc::replay::Trace::parse_str("t", "a 1 4096 1\na 2 8192 2\nf 1\nf 2\n").unwrap();
+    let mut player = graphalloc::replay::Player::new(&trace);
+    player.play(&alloc).unwrap();
+    player.teardown(&alloc).unwrap();
     assert_eq!(host.outstanding_bytes(), 0);
 }

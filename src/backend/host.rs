@@ -50,8 +50,9 @@ struct Streams {
 /// completes only when a test says the stream's work is done
 /// ([`HostBackend::complete_stream`]) or someone waits for it (waiting stands
 /// for the host blocking until the device catches up). Captures are begun
-/// and ended by the test ([`HostBackend::begin_capture`]). Stream 0, the
-/// default stream, always exists.
+/// and ended by the test ([`HostBackend::begin_capture`]). The built-in
+/// streams 0 (the default stream), 1 and 2 always exist, as in every CUDA
+/// context.
 ///
 /// ```
 /// use graphalloc::{Backend, HostBackend};
@@ -101,7 +102,9 @@ impl HostBackend {
             segments: std::sync::Mutex::new(HashMap::new()),
             ranges: Mutex::new(HashMap::new()),
             streams: Mutex::new(Streams {
-                streams: HashMap::from([(0, (0, 0))]),
+                // The built-in streams every CUDA context knows: 0 (legacy
+                // default), 1 (`CU_STREAM_LEGACY`), 2 (per-thread default).
+                streams: HashMap::from([(0, (0, 0)), (1, (0, 0)), (2, (0, 0))]),
                 next_stream: FIRST_HOST_STREAM,
                 next_capture: 1,
                 ..Streams::default()
