@@ -699,3 +699,39 @@ fn built_in_streams_1_and_2_work_on_the_host_backend() {
     player.teardown(&alloc).unwrap();
     assert_eq!(host.outstanding_bytes(), 0);
 }
+
+/// Streams made on one host device are refused on another, as CUDA's
+/// are: every host device numbered its streams from the same handle, so a
+/// stream made on device 1 was accepted on device 0 (as device 0's stream
+/// of the same number), and one only device 1 had made was
+/// `UnknownStream` rather than the documented `ForeignStream`.
+#[test]
+fn a_stream_made_on_one_host_device_is_foreign_on_another() {
+    let two = Config {
+        host_devices: 2,
+        ..Config::host(64 * MIB)
+    };
+    let alloc = Allocator::new(two).unwrap();
+    let s0 = alloc.create_stream(0).unwrap();
+    let s1 = alloc.create_stream(1).unwrap();
+    assert_ne!(s0, s1);
+    assert!(alloc.is_stream_registered(1, s1) && !alloc.is_stream_registered(0, s1));
+    let foreign = |stream, stream_device, device| {
+        Error::Backend(graphalloc::BackendError::ForeignStream {
+            stream,
+            stream_device,
+            device,
+        })
+    };
+    assert_eq!(alloc.allocate_on(0, s1, 4096, 512), Err(foreign(s1, 1, 0)));
+    let t1 = alloc.create_stream(1).unwrap(); // not used on device 1 yet
+    assert_eq!(alloc.allocate_on(0, t1, 4096, 512), Err(foreign(t1, 1, 0)));
+    let p = alloc.allocate_on(1, 0, 4096, 512).unwrap();
+    assert_eq!(alloc.record_stream(p, s0), Err(foreign(s0, 0, 1)));
+    assert_eq!(
+        alloc.record_stream(p, 0xdead),
+        Err(Error::UnknownStream { stream: 0xdead })
+    );
+    alloc.free(p).unwrap();
+    assert_eq!(alloc.stats().total.live_blocks, 0);
+}

@@ -15,7 +15,9 @@ const HOST_SEGMENT_ALIGN: usize = 4096;
 /// The host backend's granularity for mapped ranges, like a GPU's.
 const HOST_PAGE: usize = 2 << 20;
 
-/// The first handle [`HostBackend::create_stream`] gives out.
+/// The first handle [`HostBackend::create_stream`] gives out on device 0;
+/// device `d`'s start `d << 32` above it, so that streams of different
+/// devices have different handles, as CUDA's do.
 const FIRST_HOST_STREAM: u64 = 0x5757_0000;
 
 /// Simulated streams, events and captures.
@@ -105,7 +107,7 @@ impl HostBackend {
                 // The built-in streams every CUDA context knows: 0 (legacy
                 // default), 1 (`CU_STREAM_LEGACY`), 2 (per-thread default).
                 streams: HashMap::from([(0, (0, 0)), (1, (0, 0)), (2, (0, 0))]),
-                next_stream: FIRST_HOST_STREAM,
+                next_stream: FIRST_HOST_STREAM + ((ordinal as u64) << 32),
                 next_capture: 1,
                 ..Streams::default()
             }),
