@@ -735,3 +735,47 @@ fn a_stream_made_on_one_host_device_is_foreign_on_another() {
     alloc.free(p).unwrap();
     assert_eq!(alloc.stats().total.live_blocks, 0);
 }
+
+/// Probe: unregistering a stream (which drains every thread's cache) while
+/// other threads allocate and free on it and on the default stream.
+#[test]
+fn unregistering_a_stream_while_threads_use_it_keeps_the_books() {
+    let (host, alloc) = host_allocator(256 * MIB);
+    let s = host.create_stream();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..3)
+            .map(|t| {
+                let (alloc, stop) = (&alloc, &stop);
+                sc.spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 2000 {
+                        let stream = if n % 3 == 0 { s } else { 0 };
+                        let size = 512 * (1 + (n as usize * 7 + t) % 64);
+                        let p = alloc.allocate_on(0, stream, size, 512).unwrap();
+                        let q = alloc.allocate(size, 512).unwrap();
+                        alloc.free(p).unwrap();
+                        alloc.free(q).unwrap();
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..500 {
+            alloc.unregister_stream(0, s);
+            let _ = alloc.stats();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    let st = alloc.stats().total;
+    assert_eq!(
+        (st.live_blocks, st.allocated_bytes, st.requested_bytes),
+        (0, 0, 0)
+    );
+    assert_eq!(st.allocations, st.frees);
+    alloc.empty_cache().unwrap();
+    assert_eq!(host.outstanding_bytes(), 0);
+}
