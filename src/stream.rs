@@ -40,13 +40,7 @@ pub fn current_stream() -> u64 {
 /// assert_eq!(graphalloc::current_stream(), 0);
 /// ```
 pub fn use_stream(stream: u64) -> StreamGuard {
-    let token = NEXT_TOKEN
-        .try_with(|t| {
-            let token = t.get();
-            t.set(token + 1);
-            token
-        })
-        .unwrap_or(u64::MAX);
+    let token = (NEXT_TOKEN.try_with(|t| t.replace(t.get() + 1))).unwrap_or(u64::MAX);
     // Late in thread teardown, once the list of guards is gone, the guard
     // only swaps the current stream (and its drop swaps it back).
     let listed = GUARDS

@@ -1,11 +1,25 @@
-//! Adversarial probes of the public API on the host backend (tenth session).
+//! Adversarial tests of the public API on the host backend (tenth
+//! session): each test either pins a bug found and fixed (its doc says
+//! what failed before), or records a probe that held ("Held").
 
 mod support;
 
 use graphalloc::backend::{CaptureStatus, StreamOrder};
-use graphalloc::{Allocator, Backend, Config, DevicePtr, Error, GraphPool, HostBackend};
+use graphalloc::{Allocator, Backend, Config, DevicePtr, Error, HostBackend};
 use std::sync::Arc;
 use support::{host_allocator, MIB};
+
+/// An allocator over one host device of `capacity` bytes, with expandable
+/// segments or plain ones, and its backend.
+fn host_with(capacity: usize, expandable: bool) -> (Arc<HostBackend>, Allocator) {
+    let host = Arc::new(HostBackend::new(0, capacity));
+    let config = Config {
+        expandable_segments: expandable,
+        ..Config::default()
+    };
+    let alloc = Allocator::from_backends_with(vec![host.clone() as Arc<dyn Backend>], &config);
+    (host, alloc.unwrap())
+}
 
 /// Stream guards dropped out of order (a `Vec` of guards drops its first
 /// element first) must leave the innermost live guard's stream current, and
@@ -93,7 +107,7 @@ fn a_forgotten_guard_with_a_graph_mode_cache_gives_its_blocks_back_at_thread_exi
     assert_eq!(host.outstanding_bytes(), 0);
 }
 
-/// Probe: a block recorded on another stream, freed, then the stream
+/// Held (no bug found): a block recorded on another stream, freed, then the stream
 /// destroyed: empty_cache must not hang and must return everything.
 #[test]
 fn a_stream_destroyed_while_a_block_waits_for_it() {
@@ -110,7 +124,7 @@ fn a_stream_destroyed_while_a_block_waits_for_it() {
     assert_eq!(host.outstanding_bytes(), 0);
 }
 
-/// Probe: a pool whose block waits for a stream, reset and dropped.
+/// Held (no bug found): a pool whose block waits for a stream, reset and dropped.
 #[test]
 fn a_pool_with_a_pending_free_resets_and_drops_cleanly() {
     let (host, alloc) = host_allocator(64 * MIB);
@@ -138,7 +152,7 @@ fn a_pool_with_a_pending_free_resets_and_drops_cleanly() {
     assert_eq!(host.outstanding_bytes(), 0);
 }
 
-/// Probe: planned pools with recordings that do not match.
+/// Held (no bug found): planned pools with recordings that do not match.
 #[test]
 fn planned_pool_probes() {
     let (host, alloc) = host_allocator(256 * MIB);
@@ -189,7 +203,7 @@ fn planned_pool_probes() {
     assert_eq!(host.outstanding_bytes(), 0);
 }
 
-/// Probe: a Player with a bad placement is an error, not a panic.
+/// Held (no bug found): a Player with a bad placement is an error, not a panic.
 #[test]
 fn player_with_a_bad_placement_is_an_error() {
     let alloc = Allocator::new(Config::host(64 * MIB)).unwrap();
@@ -201,9 +215,6 @@ fn player_with_a_bad_placement_is_an_error() {
     }
     assert_eq!(alloc.stats().total.live_blocks, 0);
 }
-
-#[allow(dead_code)]
-fn unused(_: GraphPool) {}
 
 /// A hand-built `Config` with `shards` or `host_devices` at `usize::MAX`
 /// made `Allocator::new` panic (capacity overflow building the arenas or
@@ -278,7 +289,7 @@ fn hand_built_configs_with_too_many_shards_or_devices_are_config_errors() {
     alloc.free(p).unwrap();
 }
 
-/// Probe: every error of an allocation in graph mode changes nothing but
+/// Held (no bug found): every error of an allocation in graph mode changes nothing but
 /// the documented OOM retry count; the pool's and allocator's figures stay.
 #[test]
 fn graph_mode_errors_change_nothing() {
@@ -341,18 +352,12 @@ fn graph_mode_errors_change_nothing() {
     assert_eq!(host.outstanding_bytes(), 0);
 }
 
-/// Probe: a snapshot of a busy allocator agrees with its statistics.
+/// Held (no bug found): a snapshot of a busy allocator agrees with its statistics.
 #[test]
 fn a_snapshot_of_every_kind_of_block_agrees_with_stats() {
     use graphalloc::history::BlockState;
     for expandable in [false, true] {
-        let host = Arc::new(HostBackend::new(0, 256 * MIB));
-        let config = Config {
-            expandable_segments: expandable,
-            ..Config::default()
-        };
-        let alloc =
-            Allocator::from_backends_with(vec![host.clone() as Arc<dyn Backend>], &config).unwrap();
+        let (host, alloc) = host_with(256 * MIB, expandable);
         let s = host.create_stream();
         let over = alloc.allocate(1000, 4096).unwrap();
         let over_large = alloc.allocate(3 * MIB, MIB).unwrap();
@@ -486,18 +491,12 @@ fn peak_live_bytes_of_a_recording_past_usize_max_saturates() {
     assert_eq!(peak, usize::MAX);
 }
 
-/// Probe: `empty_cache` returns exactly the bytes by which the reserved
+/// Held (no bug found): `empty_cache` returns exactly the bytes by which the reserved
 /// figure fell, with expandable segments or plain ones, pools beside.
 #[test]
 fn empty_cache_returns_the_bytes_it_released() {
     for expandable in [false, true] {
-        let host = Arc::new(HostBackend::new(0, 512 * MIB));
-        let config = Config {
-            expandable_segments: expandable,
-            ..Config::default()
-        };
-        let alloc =
-            Allocator::from_backends_with(vec![host.clone() as Arc<dyn Backend>], &config).unwrap();
+        let (host, alloc) = host_with(512 * MIB, expandable);
         let s = host.create_stream();
         let pool = alloc.create_pool();
         let pooled = alloc
@@ -539,7 +538,7 @@ fn empty_cache_returns_the_bytes_it_released() {
     }
 }
 
-/// Probe: three random runs planned into one pool, captured one after
+/// Held (no bug found): three random runs planned into one pool, captured one after
 /// another with each capture's outputs kept live (as graphs sharing a pool
 /// keep theirs): every allocation hits its planned place.
 #[test]
@@ -627,7 +626,7 @@ fn three_random_graphs_sharing_a_planned_pool_follow_their_plans() {
     }
 }
 
-/// Probe: a planned pool whose second region does not fit gives the first
+/// Held (no bug found): a planned pool whose second region does not fit gives the first
 /// back, and changes no figure.
 #[test]
 fn a_planned_pool_that_does_not_fit_changes_nothing() {
@@ -736,7 +735,7 @@ fn a_stream_made_on_one_host_device_is_foreign_on_another() {
     assert_eq!(alloc.stats().total.live_blocks, 0);
 }
 
-/// Probe: unregistering a stream (which drains every thread's cache) while
+/// Held (no bug found): unregistering a stream (which drains every thread's cache) while
 /// other threads allocate and free on it and on the default stream.
 #[test]
 fn unregistering_a_stream_while_threads_use_it_keeps_the_books() {
