@@ -105,15 +105,17 @@ fn stream_error(e: BackendError, stream: u64) -> Error {
 impl Allocator {
     /// Builds an allocator as `config` says. Touches no device yet.
     ///
-    /// A hand-built `config` with `host_devices` (host backend) or `shards`
-    /// above 64 is an [`Error::Config`], as the same text would be.
+    /// A hand-built `config` with a value [`Config::parse`] would refuse
+    /// (`host_devices` or `shards` above 64, `memory_fraction` outside
+    /// (0, 1], `history` past 2^26, `host_capacity` 0 or past 1 PiB) is an
+    /// [`Error::Config`], as the same text would be.
     pub fn new(config: Config) -> Result<Self> {
         let backend = match config.backend {
             BackendChoice::Auto if cuda_driver_available() => BackendChoice::Cuda,
             BackendChoice::Auto => BackendChoice::Host,
             other => other,
         };
-        config.check_counts(backend != BackendChoice::Cuda)?;
+        config.check(backend != BackendChoice::Cuda)?;
         let backends: Vec<std::sync::Arc<dyn Backend>> = match backend {
             BackendChoice::Cuda => {
                 let count = CudaBackend::device_count();
@@ -141,7 +143,8 @@ impl Allocator {
     /// ordinal order, with `memory_fraction` and otherwise default settings.
     /// Tests use this to keep a handle on a [`HostBackend`].
     ///
-    /// Fails with [`Error::BackendOrder`] unless backend `i` has ordinal `i`.
+    /// Fails with [`Error::BackendOrder`] unless backend `i` has ordinal `i`,
+    /// and with [`Error::Config`] for a `memory_fraction` outside (0, 1].
     pub fn from_backends(
         backends: Vec<std::sync::Arc<dyn Backend>>,
         memory_fraction: f64,
@@ -155,12 +158,13 @@ impl Allocator {
 
     /// Builds an allocator over the given backends, one per device, with
     /// the settings of `config` (its backend keys are not used; `shards`
-    /// above 64 is an [`Error::Config`]).
+    /// above 64, `memory_fraction` outside (0, 1] or `history` past 2^26
+    /// is an [`Error::Config`]).
     pub fn from_backends_with(
         backends: Vec<std::sync::Arc<dyn Backend>>,
         config: &Config,
     ) -> Result<Self> {
-        config.check_counts(false)?;
+        config.check(false)?;
         let Some(first) = backends.first() else {
             return Err(BackendError::Unavailable("no device backends given".into()).into());
         };

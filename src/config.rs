@@ -225,21 +225,43 @@ const RANGE_1_TO_64: &str = "expected a whole number from 1 to 64";
 
 impl Config {
     /// Refuses, as [`Config::parse`] would, the fields of a hand-built
-    /// config that would make an allocator try to build more simulated
-    /// devices or arenas than it accepts (with `usize::MAX`, a panic).
-    /// (`host_devices` is looked at only for the host backend; 0 of either
-    /// is left to the callers, as before.)
-    pub(crate) fn check_counts(&self, host_devices: bool) -> Result<()> {
-        let too_many = |key: &str, n: usize| Error::Config {
+    /// config that the text could not have given: more simulated devices or
+    /// arenas than it accepts (with `usize::MAX`, a panic), a
+    /// `memory_fraction` outside (0, 1] (NaN meant no limit, 0 refused
+    /// every request as too large), a `history` past
+    /// [`crate::history::MAX_HISTORY`] (silently capped), a `host_capacity`
+    /// of 0 or past 1 PiB. (`host_devices` and `host_capacity` are looked at
+    /// only for the host backend; 0 devices or shards is left to the
+    /// callers, as before.)
+    pub(crate) fn check(&self, host: bool) -> Result<()> {
+        let refuse = |key: &str, value: String, reason: &str| Error::Config {
             key: key.into(),
-            value: n.to_string(),
-            reason: RANGE_1_TO_64.into(),
+            value,
+            reason: reason.into(),
         };
-        if host_devices && self.host_devices > MAX_DEVICES_OR_SHARDS {
-            return Err(too_many("host_devices", self.host_devices));
+        if host && self.host_devices > MAX_DEVICES_OR_SHARDS {
+            let n = self.host_devices.to_string();
+            return Err(refuse("host_devices", n, RANGE_1_TO_64));
         }
         if self.shards > MAX_DEVICES_OR_SHARDS {
-            return Err(too_many("shards", self.shards));
+            return Err(refuse("shards", self.shards.to_string(), RANGE_1_TO_64));
+        }
+        if host && !(1..=MAX_HOST_CAPACITY).contains(&self.host_capacity) {
+            let n = self.host_capacity.to_string();
+            return Err(refuse(
+                "host_capacity",
+                n,
+                "expected a byte count from 1 to 1PiB",
+            ));
+        }
+        if !(self.memory_fraction > 0.0 && self.memory_fraction <= 1.0) {
+            let f = self.memory_fraction.to_string();
+            return Err(refuse("memory_fraction", f, "expected a number in (0, 1]"));
+        }
+        if self.history > crate::history::MAX_HISTORY {
+            let n = self.history.to_string();
+            let reason = "expected a whole number of events from 0 (off) to 67108864";
+            return Err(refuse("history", n, reason));
         }
         Ok(())
     }

@@ -289,6 +289,65 @@ fn hand_built_configs_with_too_many_shards_or_devices_are_config_errors() {
     alloc.free(p).unwrap();
 }
 
+/// The other fields of a hand-built `Config` the parser refuses: a
+/// `memory_fraction` of NaN meant no limit at all and 0 refused every
+/// request as too large; a `history` past 2^26 was silently capped (where
+/// `record_history` refuses it); a `host_capacity` of 0 built a device
+/// nothing fits on. Each is `Error::Config` naming the key, from `new`,
+/// `from_backends_with` and `from_backends` alike.
+#[test]
+fn hand_built_configs_the_parser_would_refuse_are_config_errors() {
+    let host = || Config::host(64 * MIB);
+    let fractions = [f64::NAN, 0.0, -0.5, 1.5, f64::INFINITY];
+    let mut rows: Vec<(&str, Config)> = (fractions.iter())
+        .map(|&f| {
+            let config = Config {
+                memory_fraction: f,
+                ..host()
+            };
+            ("memory_fraction", config)
+        })
+        .collect();
+    let history = Config {
+        history: (1 << 26) + 1,
+        ..host()
+    };
+    rows.push(("history", history));
+    rows.push(("host_capacity", Config::host(0)));
+    for (key, config) in rows {
+        let what = format!("{key} in {config:?}");
+        match support::call(&what, || Allocator::new(config.clone())) {
+            Err(Error::Config { key: k, .. }) => assert_eq!(k, key, "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        if key == "host_capacity" {
+            continue; // Not used with backends given.
+        }
+        let backend: Arc<dyn Backend> = Arc::new(HostBackend::new(0, 64 * MIB));
+        let r = support::call(&what, || {
+            Allocator::from_backends_with(vec![backend.clone()], &config)
+        });
+        assert!(
+            matches!(r, Err(Error::Config { key: k, .. }) if k == key),
+            "{what}"
+        );
+        if key == "memory_fraction" {
+            let r = Allocator::from_backends(vec![backend], config.memory_fraction);
+            assert!(
+                matches!(r, Err(Error::Config { .. })),
+                "from_backends, {what}"
+            );
+        }
+    }
+    // The edges the parser accepts still build.
+    let edge = Config {
+        memory_fraction: 1.0,
+        history: 1 << 26,
+        ..Config::host(1)
+    };
+    assert!(Allocator::new(edge).is_ok());
+}
+
 /// Held (no bug found): every error of an allocation in graph mode changes nothing but
 /// the documented OOM retry count; the pool's and allocator's figures stay.
 #[test]
