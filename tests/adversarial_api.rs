@@ -808,7 +808,7 @@ fn unregistering_a_stream_while_threads_use_it_keeps_the_books() {
                 sc.spawn(move || {
                     let mut n = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 2000 {
-                        let stream = if n % 3 == 0 { s } else { 0 };
+                        let stream = if n.is_multiple_of(3) { s } else { 0 };
                         let size = 512 * (1 + (n as usize * 7 + t) % 64);
                         let p = alloc.allocate_on(0, stream, size, 512).unwrap();
                         let q = alloc.allocate(size, 512).unwrap();

@@ -411,7 +411,7 @@ fn turns(streams: usize, turn_bytes: usize, passes: usize, long_lived: bool, fra
                 let size = rng.size();
                 live.push((alloc.allocate_on(0, stream, size, 512).unwrap(), size));
                 held += size;
-                if rng.next() % 3 == 0 {
+                if rng.next().is_multiple_of(3) {
                     let (p, size) = live.swap_remove((rng.next() as usize) % live.len());
                     alloc.free(p).unwrap();
                     held -= size;

@@ -192,7 +192,7 @@ pub fn run_streams(data: &[u8]) {
                         quarantine.insert(ptr, (ptr + round_up(l.size, 512) as u64, others));
                     }
                     // A second free is an error and changes nothing.
-                    if b.u8() % 4 == 0 {
+                    if b.u8().is_multiple_of(4) {
                         assert!(alloc.free(DevicePtr::new(ptr)).is_err(), "double free");
                     }
                 }
@@ -236,7 +236,7 @@ pub fn run_streams(data: &[u8]) {
                 }
             }
             10 => {
-                if b.u8() % 2 == 0 {
+                if b.u8().is_multiple_of(2) {
                     guards.push(alloc.enter_graph_mode(&pools[b.u8() as usize % 2]).unwrap());
                 } else if !guards.is_empty() {
                     let i = b.u8() as usize % guards.len();
@@ -244,7 +244,7 @@ pub fn run_streams(data: &[u8]) {
                 }
             }
             _ => {
-                if b.u8() % 2 == 0 {
+                if b.u8().is_multiple_of(2) {
                     alloc.empty_cache().expect("empty_cache");
                 } else {
                     let _ = pools[b.u8() as usize % 2].reset();
@@ -367,7 +367,7 @@ pub fn run_c_abi(data: &[u8]) {
         match b.u8() % 14 {
             0..=3 => {
                 let size = b.size();
-                let size = if b.u8() % 32 == 0 {
+                let size = if b.u8().is_multiple_of(32) {
                     (size as isize).wrapping_neg()
                 } else {
                     size as isize
@@ -463,7 +463,7 @@ pub fn run_c_abi(data: &[u8]) {
                 no_caught_panic("stats");
             }
             _ => {
-                if b.u8() % 2 == 0 {
+                if b.u8().is_multiple_of(2) {
                     assert!(graphalloc_empty_cache() >= 0, "{}", last_error());
                 } else {
                     assert_eq!(graphalloc_reset_peak_stats(), 0);

@@ -542,7 +542,7 @@ impl VirtualMemory for CudaBackend {
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let page = self.page_size()? as u64;
         let end = range_end("map", addr, size)?;
-        if size == 0 || addr % page != 0 || size as u64 % page != 0 {
+        if size == 0 || !addr.is_multiple_of(page) || !(size as u64).is_multiple_of(page) {
             return Err(BackendError::InvalidAddress {
                 call: "map",
                 addr,

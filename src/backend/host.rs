@@ -242,7 +242,7 @@ impl HostBackend {
         f: impl FnOnce(&mut BTreeMap<u64, usize>, u64) -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let page = HOST_PAGE as u64;
-        if size == 0 || addr % page != 0 || size as u64 % page != 0 {
+        if size == 0 || !addr.is_multiple_of(page) || !(size as u64).is_multiple_of(page) {
             return Err(invalid(call, addr, size, "empty or not page-aligned"));
         }
         let end = addr.checked_add(size as u64).ok_or(invalid(

@@ -285,7 +285,7 @@ pub fn read(bytes: &[u8]) -> Result<Value, PickleError> {
                 }
                 match (stack.last_mut(), op) {
                     (Some(Value::List(list)), APPENDS) => list.extend(items),
-                    (Some(Value::Dict(map)), SETITEMS) if items.len() % 2 == 0 => {
+                    (Some(Value::Dict(map)), SETITEMS) if items.len().is_multiple_of(2) => {
                         let mut it = items.into_iter();
                         while let (Some(Value::Str(k)), Some(v)) = (it.next(), it.next()) {
                             map.insert(k, v);
