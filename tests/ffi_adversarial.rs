@@ -1,0 +1,299 @@
+//! Adversarial calls of the C ABI on the host backend: extreme sizes and
+//! indices, buffers too small or empty, calls from many threads at once,
+//! calls from a thread's teardown, an out-of-memory observer that fails
+//! again. Each must end in a clean error or the documented answer: never a
+//! panic across the boundary, a hang or a write past the caller's buffer.
+//!
+//! The tests of this binary share one process-wide allocator (built once,
+//! by whichever test comes first, from [`CONF`]) and run in parallel: each
+//! asserts only on its own pools, recordings and pointers.
+
+use graphalloc::ffi::history::*;
+use graphalloc::ffi::plan::*;
+use graphalloc::ffi::*;
+use std::ffi::{c_void, CStr};
+use std::ptr::{null, null_mut};
+use std::sync::Once;
+
+const CONF: &str = "backend:host,host_devices:2,host_capacity:256MiB";
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var("GRAPHALLOC_CONF", CONF);
+        graphalloc_set_log_errors(0);
+    });
+    assert_eq!(graphalloc_device_count(), 2, "{}", last_error());
+}
+
+/// `graphalloc_malloc` on the host backend.
+fn c_malloc(size: isize, device: i32) -> *mut c_void {
+    // SAFETY: the null stream; host stream handles are checked tags.
+    unsafe { graphalloc_malloc(size, device, null_mut()) }
+}
+
+fn last_error() -> String {
+    // SAFETY: graphalloc_last_error returns a NUL-terminated string that
+    // stays valid until this thread's next graphalloc call; copied now.
+    unsafe { CStr::from_ptr(graphalloc_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn pool_stats(pool: u64) -> GraphallocPoolStats {
+    let mut out = GraphallocPoolStats::default();
+    // SAFETY: `out` is a valid, writable GraphallocPoolStats.
+    let rc = unsafe { graphalloc_pool_stats(pool, &mut out) };
+    assert_eq!(rc, 0, "{}", last_error());
+    out
+}
+
+/// Sizes whose rounding to 512 B, to a segment or to a power of two could
+/// overflow: each is refused with an error, on the cache, in graph mode on
+/// a pool, and in a recording.
+#[test]
+fn huge_sizes_are_clean_errors() {
+    setup();
+    let sizes = [
+        isize::MAX,
+        isize::MAX - 1,
+        isize::MAX - 511,
+        isize::MAX / 2 + 1,
+        1 << 62,
+        (1 << 48) + 1,
+    ];
+    let check = |what: &str| {
+        for size in sizes {
+            let p = c_malloc(size, 1);
+            assert!(p.is_null(), "{what}: malloc({size}) gave {p:?}");
+            let e = last_error();
+            assert!(!e.is_empty() && !e.contains("panicked"), "{what}: {e}");
+        }
+    };
+    check("cache");
+    let pool = graphalloc_pool_create(1);
+    assert_ne!(pool, 0, "{}", last_error());
+    assert_eq!(graphalloc_begin_graph_mode(pool), 0, "{}", last_error());
+    check("graph mode");
+    assert_eq!(graphalloc_end_graph_mode(), 0);
+    assert_eq!(pool_stats(pool).live_blocks, 0);
+    assert_eq!(graphalloc_pool_release(pool), 0);
+}
+
+/// `graphalloc_plan_record_allocations` writes at most `capacity` entries,
+/// whatever the recording holds, and nothing with capacity 0.
+#[test]
+fn recorded_allocations_respect_the_capacity() {
+    setup();
+    // A stream of its own: recordings on the null stream of device 0 would
+    // see other tests' allocations.
+    let rec = graphalloc_plan_record_begin(1, null_mut());
+    assert_ne!(rec, 0, "{}", last_error());
+    let blocks: Vec<_> = (0..5).map(|i| c_malloc(4096 << i, 1)).collect();
+    assert!(blocks.iter().all(|p| !p.is_null()), "{}", last_error());
+    let n = graphalloc_plan_record_end(rec);
+    assert!(n >= 5, "{n}: {}", last_error());
+    let sentinel = GraphallocRecordedAlloc {
+        size: 0xabab,
+        stream: 0xabab,
+        start: 0xabab,
+        end: 0xabab,
+    };
+    for capacity in [0usize, 1, 2] {
+        let mut out = [sentinel; 4];
+        // SAFETY: `out` has room for 4 >= capacity entries.
+        let got = unsafe { graphalloc_plan_record_allocations(rec, out.as_mut_ptr(), capacity) };
+        assert_eq!(got, n, "{}", last_error());
+        assert!(out[..capacity].iter().all(|a| *a != sentinel));
+        assert!(
+            out[capacity..].iter().all(|a| *a == sentinel),
+            "capacity {capacity}: wrote past it"
+        );
+    }
+    // SAFETY: null with capacity 0 is allowed.
+    assert_eq!(
+        unsafe { graphalloc_plan_record_allocations(rec, null_mut(), 0) },
+        n
+    );
+    // SAFETY: null with a nonzero capacity is refused before any write.
+    assert_eq!(
+        unsafe { graphalloc_plan_record_allocations(rec, null_mut(), usize::MAX) },
+        -1
+    );
+    assert!(last_error().contains("null out"), "{}", last_error());
+    for p in blocks {
+        graphalloc_free(p, 0, 0, null_mut());
+    }
+    assert_eq!(graphalloc_plan_record_release(rec), 0);
+    assert_eq!(graphalloc_plan_record_release(rec), -1);
+}
+
+/// Planned pools from no recording, plan indices and history capacities at
+/// the ends of their types, ids never handed out.
+#[test]
+fn extreme_indices_and_ids() {
+    setup();
+    // SAFETY: count 0 with a null array is allowed.
+    let pool = unsafe { graphalloc_plan_pool_create(1, null(), 0) };
+    if pool == 0 {
+        assert!(!last_error().contains("panicked"), "{}", last_error());
+    } else {
+        assert_eq!(graphalloc_plan_start(pool, 0), -1);
+        assert_eq!(graphalloc_plan_start(pool, usize::MAX), -1);
+        assert!(!last_error().contains("panicked"), "{}", last_error());
+        assert_eq!(graphalloc_pool_release(pool), 0);
+    }
+    let ids = [0u64, u64::MAX];
+    // SAFETY: two readable u64.
+    assert_eq!(
+        unsafe { graphalloc_plan_pool_create(1, ids.as_ptr(), 2) },
+        0
+    );
+    assert!(
+        last_error().contains("unknown recording"),
+        "{}",
+        last_error()
+    );
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { graphalloc_plan_pool_create(i32::MIN, ids.as_ptr(), 0) },
+        0
+    );
+    for id in [0, u64::MAX] {
+        assert_eq!(graphalloc_plan_record_end(id), -1);
+        assert_eq!(graphalloc_plan_record_release(id), -1);
+        assert_eq!(graphalloc_plan_start(id, 0), -1);
+        assert_eq!(graphalloc_pool_release(id), -1);
+        assert_eq!(graphalloc_pool_reset(id), -1);
+        assert_eq!(graphalloc_begin_graph_mode(id), -1);
+        assert_eq!(
+            graphalloc_plan_record_rename_stream(id, null_mut(), null_mut()),
+            -1
+        );
+    }
+    assert_eq!(graphalloc_plan_record_begin(2, null_mut()), 0);
+    assert_eq!(graphalloc_plan_record_begin(-1, null_mut()), 0);
+    assert_eq!(graphalloc_history_start(usize::MAX), -1);
+    assert!(last_error().contains("history"), "{}", last_error());
+}
+
+/// A thread that ends while in graph mode (a C caller that never called
+/// `graphalloc_end_graph_mode`) leaves the pool usable: its blocks free, and
+/// the pool releases and resets.
+#[test]
+fn thread_exit_in_graph_mode() {
+    setup();
+    let pool = graphalloc_pool_create(1);
+    assert_ne!(pool, 0, "{}", last_error());
+    let p = std::thread::spawn(move || {
+        assert_eq!(graphalloc_begin_graph_mode(pool), 0);
+        assert_eq!(graphalloc_begin_graph_mode(pool), 0);
+        c_malloc(8192, 1) as usize
+    })
+    .join()
+    .unwrap() as *mut c_void;
+    assert!(!p.is_null());
+    assert_eq!(pool_stats(pool).live_blocks, 1);
+    graphalloc_free(p, 0, 0, null_mut());
+    assert_eq!(last_error(), "");
+    assert_eq!(pool_stats(pool).live_blocks, 0);
+    assert_eq!(graphalloc_pool_reset(pool), 0, "{}", last_error());
+    assert_eq!(graphalloc_pool_release(pool), 0);
+}
+
+thread_local! {
+    static LATE: Late = const { Late(std::cell::Cell::new(0)) };
+}
+
+/// A thread-local whose destructor allocates and frees through the C ABI,
+/// as PyTorch does when a thread's cached tensors (cuBLAS workspaces) die
+/// with it.
+struct Late(std::cell::Cell<usize>);
+
+impl Drop for Late {
+    fn drop(&mut self) {
+        let old = self.0.get() as *mut c_void;
+        graphalloc_free(old, 0, 0, null_mut());
+        let freed = last_error();
+        let p = c_malloc(4096, 1);
+        let malloc_error = last_error();
+        graphalloc_free(p, 0, 0, null_mut());
+        let freed_new = last_error();
+        let ok = !p.is_null() && freed.is_empty() && freed_new.is_empty();
+        RESULT
+            .lock()
+            .unwrap()
+            .push(format!("{ok} [{freed}] [{malloc_error}] [{freed_new}]"));
+    }
+}
+
+static RESULT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Calls from a thread-local destructor that runs after graphalloc's own
+/// thread-locals are gone still allocate and free.
+#[test]
+fn calls_from_thread_teardown() {
+    setup();
+    std::thread::spawn(|| {
+        // Registered first, so destroyed after graphalloc's thread-locals.
+        LATE.with(|l| l.0.set(0));
+        let p = c_malloc(4096, 1);
+        assert!(!p.is_null(), "{}", last_error());
+        LATE.with(|l| l.0.set(p as usize));
+        // Touch the per-thread state of history, graph mode and errors.
+        // SAFETY: a NUL-terminated string.
+        unsafe { graphalloc_history_set_context(c"teardown".as_ptr()) };
+        let pool = graphalloc_pool_create(1);
+        assert_eq!(graphalloc_begin_graph_mode(pool), 0);
+        assert_eq!(graphalloc_end_graph_mode(), 0);
+        assert_eq!(graphalloc_pool_release(pool), 0);
+    })
+    .join()
+    .unwrap();
+    let result = RESULT.lock().unwrap().clone();
+    assert_eq!(result.len(), 1, "{result:?}");
+    assert!(result[0].starts_with("true"), "{result:?}");
+}
+
+/// Many threads creating, entering, allocating from and releasing pools,
+/// and reading statistics, at once: every call succeeds and every pool
+/// ends empty.
+#[test]
+fn many_threads_at_once() {
+    setup();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let device = (t + i) % 2;
+                    let pool = graphalloc_pool_create(device as i32);
+                    assert_ne!(pool, 0, "{}", last_error());
+                    assert_eq!(graphalloc_begin_graph_mode(pool), 0, "{}", last_error());
+                    let p = c_malloc(512 * (1 + i as isize % 7), device as i32);
+                    assert!(!p.is_null(), "{}", last_error());
+                    assert_eq!(graphalloc_end_graph_mode(), 0);
+                    let q = c_malloc(700, 1 - device as i32);
+                    assert!(!q.is_null(), "{}", last_error());
+                    let mut s = GraphallocStats::default();
+                    // SAFETY: `s` is writable.
+                    assert_eq!(unsafe { graphalloc_stats(&mut s) }, 0);
+                    assert_eq!(pool_stats(pool).live_blocks, 1);
+                    if i % 2 == 0 {
+                        assert_eq!(graphalloc_pool_release(pool), 0);
+                        graphalloc_free(p, 0, 0, null_mut());
+                    } else {
+                        graphalloc_free(p, 0, 0, null_mut());
+                        assert_eq!(graphalloc_pool_reset(pool), 0, "{}", last_error());
+                        assert_eq!(graphalloc_pool_release(pool), 0);
+                    }
+                    assert_eq!(last_error(), "");
+                    graphalloc_free(q, 0, 0, null_mut());
+                    assert_eq!(last_error(), "");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
