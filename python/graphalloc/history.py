@@ -22,7 +22,7 @@ import pickle
 import tempfile
 from typing import Iterator, Optional
 
-from . import GraphallocError, _check, library
+from . import GraphallocError, _c_arg, _check, library
 
 __all__ = [
     "record_history",
@@ -75,7 +75,8 @@ def record_history(max_entries: int = 100_000, backtraces: bool = False) -> None
     if max_entries == 0:
         stop_history()
         return
-    _check(_fn("graphalloc_history_start")(int(max_entries)) == 0, "record_history")
+    max_entries = _c_arg(max_entries, ctypes.c_size_t, "max_entries")
+    _check(_fn("graphalloc_history_start")(max_entries) == 0, "record_history")
     _check(_fn("graphalloc_history_set_backtraces")(int(bool(backtraces))) == 0)
 
 

@@ -51,6 +51,7 @@ from . import (
     PLAN_STATS_FIELDS,
     _PlanStats,
     _RecordedAlloc,
+    _c_arg,
     _check,
     device_stats,
     empty_cache,
@@ -236,7 +237,7 @@ def release_capture_pools() -> int:
 def _stream_handle(stream) -> int:
     if stream is None:
         return 0
-    return int(getattr(stream, "cuda_stream", stream))
+    return _c_arg(getattr(stream, "cuda_stream", stream), ctypes.c_uint64, "stream handle")
 
 
 class GraphPool:
@@ -257,7 +258,7 @@ class GraphPool:
             device = torch.cuda.current_device()
         # torch.device("cuda:1") -> 1; an unknown device raises GraphallocError below.
         index = getattr(device, "index", device)
-        self.device = int(index if index is not None else 0)
+        self.device = _c_arg(index if index is not None else 0, ctypes.c_int, "device")
         self.id = int(library().graphalloc_pool_create(self.device))
         _check(self.id != 0)
 
@@ -297,11 +298,13 @@ class Recording:
     rec: fn()`. Allocations are served as usual (an eager run)."""
 
     def __init__(self, stream, device: Optional[int] = None):
+        self.id = 0  # for __del__, should the checks below raise
         if device is None:
             import torch
 
             device = torch.cuda.current_device()
-        self.device, self.stream, self.id, self.allocations = int(device), stream, 0, None
+        self.device = _c_arg(device, ctypes.c_int, "device")
+        self.stream, self.id, self.allocations = stream, 0, None
 
     def __enter__(self) -> "Recording":
         self.id = int(library().graphalloc_plan_record_begin(self.device, _stream_handle(self.stream)))
@@ -367,7 +370,7 @@ class PlannedPool(GraphPool):
                 raise GraphallocError(f"recording {k} has not ended (leave its `with` block first)")
         if device is None:
             device = recordings[0].device
-        self.device = int(device)
+        self.device = _c_arg(device, ctypes.c_int, "device")
         self.recordings = recordings  # keeps them alive with the pool
         # the stats of the ordinary pool a thrown-away recording capture used
         # (planned_graphs(record="capture"), planned_graphed_callables)
@@ -377,6 +380,7 @@ class PlannedPool(GraphPool):
         _check(self.id != 0)
 
     def start_plan(self, plan: int = 0) -> None:
+        plan = _c_arg(plan, ctypes.c_size_t, "plan")
         _check(library().graphalloc_plan_start(self.id, plan) == 0)
 
     def plan_stats(self) -> dict:

@@ -1,0 +1,74 @@
+"""Adversarial calls of the graphalloc Python package (no GPU, no PyTorch):
+arguments ctypes would silently wrap or truncate. Each must raise the
+documented exception or give the documented answer, never act on another
+device, pool or file than the one named.
+
+Each scenario runs in a fresh interpreter on the host backend (run_py).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from test_graphalloc import run_py
+
+# Shared by the scenarios below: `error(f, *args)` returns the exception `f`
+# raised (and fails if it returned).
+RAISES = """
+import ctypes, os, tempfile
+import graphalloc, graphalloc.torch as gt
+
+def error(f, *args):
+    try:
+        value = f(*args)
+    except Exception as e:  # noqa: BLE001 - the type is what is checked
+        return e
+    raise AssertionError(f"{getattr(f, '__name__', f)}{args} returned {value!r}")
+"""
+
+
+def run_with_raises(body: str) -> str:
+    """run_py of `body` after RAISES."""
+    return run_py(RAISES + textwrap.dedent(body))
+
+
+def test_out_of_range_ints_are_not_wrapped():
+    # ctypes converts a Python int to a C int, uint64_t or size_t without a
+    # range check: device 2**32 became device 0, pool id + 2**64 the pool,
+    # a history of 2**64 + 5 events one of 5.
+    out = run_with_raises(
+        """
+        gt._torch_allocator = object()  # as if use() had installed graphalloc
+        lib = graphalloc.library()
+        lib.graphalloc_set_log_errors(0)
+        pool = lib.graphalloc_pool_create(0)
+        assert pool, graphalloc.last_error()
+        for f, arg in [
+            (graphalloc.device_stats, 2**32),
+            (graphalloc.device_stats, -(2**32)),
+            (graphalloc.pool_stats, pool + 2**64),
+            (graphalloc.record_history, 2**64 + 5),
+            (gt.GraphPool, 2**32),
+        ]:
+            e = error(f, arg)
+            assert isinstance(e, graphalloc.GraphallocError), (f, arg, e)
+            assert str(arg) in str(e), (f, arg, e)
+        assert graphalloc.history_length() == 0
+        assert graphalloc.stats()["pools"]["allocations"] == 0
+        p = gt.GraphPool(0)
+        for stream in (2**64, -1):
+            e = error(p.capture_on, stream)
+            assert isinstance(e, graphalloc.GraphallocError), (stream, e)
+        e = error(gt.Recording, 0, 2**32)
+        assert isinstance(e, graphalloc.GraphallocError) and str(2**32) in str(e), e
+        with gt.Recording(0, device=0) as rec:
+            pass
+        planned = gt.PlannedPool([rec])
+        e = error(planned.start_plan, 2**64)
+        assert isinstance(e, graphalloc.GraphallocError) and str(2**64) in str(e), e
+        planned.release()
+        p.release()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
