@@ -63,7 +63,12 @@ def _fn(name: str):
 
 
 def _path(path) -> bytes:
-    return os.fsencode(os.fspath(path))
+    """`path` for C. A NUL would cut it short there (another file written):
+    ValueError, as Python's open() raises."""
+    raw = os.fsencode(os.fspath(path))
+    if b"\0" in raw:
+        raise ValueError(f"embedded null byte in path {path!r}")
+    return raw
 
 
 def record_history(max_entries: int = 100_000, backtraces: bool = False) -> None:
@@ -99,7 +104,12 @@ def history_length() -> int:
 
 def set_context(text: Optional[str]) -> None:
     """Sets (None: clears) the calling thread's context string, which every
-    event the thread causes carries (a frame named `text` in snapshots)."""
+    event the thread causes carries (a frame named `text` in snapshots).
+    A `text` with a NUL raises ValueError, one not a str TypeError."""
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"the context must be a str or None, not {type(text).__name__}")
+    if text is not None and "\0" in text:
+        raise ValueError(f"embedded null character in context {text!r}")
     raw = None if text is None else text.encode("utf-8")
     _check(_fn("graphalloc_history_set_context")(raw) == 0, "set_context")
 

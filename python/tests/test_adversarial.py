@@ -1,5 +1,6 @@
 """Adversarial calls of the graphalloc Python package (no GPU, no PyTorch):
-arguments ctypes would silently wrap or truncate. Each must raise the
+arguments ctypes would silently wrap or truncate, strings C would cut at a
+NUL, wrong argument types. Each must raise the
 documented exception or give the documented answer, never act on another
 device, pool or file than the one named.
 
@@ -68,6 +69,28 @@ def test_out_of_range_ints_are_not_wrapped():
         assert isinstance(e, graphalloc.GraphallocError) and str(2**64) in str(e), e
         planned.release()
         p.release()
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_embedded_nul_and_wrong_types():
+    # A path or context with a NUL reached C cut short: dump_snapshot("x\\0y")
+    # wrote the file "x". Python's own open() raises ValueError for that.
+    out = run_with_raises(
+        """
+        d = tempfile.mkdtemp()
+        for f in (graphalloc.dump_snapshot, graphalloc.dump_html, graphalloc.write_trace):
+            e = error(f, os.path.join(d, "x\\0y"))
+            assert isinstance(e, ValueError) and "null" in str(e), (f, e)
+        assert os.listdir(d) == [], os.listdir(d)
+        assert isinstance(error(graphalloc.set_context, "forward\\0backward"), ValueError)
+        for bad in (b"forward", 3):
+            e = error(graphalloc.set_context, bad)
+            assert isinstance(e, TypeError), (bad, e)
+        graphalloc.set_context("forward")
+        graphalloc.set_context(None)
         print("ok")
         """
     )
