@@ -260,6 +260,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         "graphalloc_plan_stats": (c_int, [c_u64, ctypes.POINTER(_PlanStats)]),
         "graphalloc_set_oom_observer": (c_int, [_OOM_OBSERVER, c_vp]),
     }
+    # The history's functions too (a library without them is told apart
+    # when they are called: history._fn), so that a raw call through
+    # library() never runs with ctypes' default int restype.
+    from .history import _SIGNATURES as history
+
+    signatures.update({name: sig for name, sig in history.items() if hasattr(lib, name)})
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
         fn.restype = restype

@@ -1,6 +1,6 @@
 """Adversarial calls of the graphalloc Python package (no GPU, no PyTorch):
 arguments ctypes would silently wrap or truncate, strings C would cut at a
-NUL, wrong argument types. Each must raise the
+NUL, wrong argument types, functions of the raw library. Each must raise the
 documented exception or give the documented answer, never act on another
 device, pool or file than the one named.
 
@@ -91,6 +91,28 @@ def test_embedded_nul_and_wrong_types():
             assert isinstance(e, TypeError), (bad, e)
         graphalloc.set_context("forward")
         graphalloc.set_context(None)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
+
+
+def test_raw_library_functions_are_declared_on_load():
+    # graphalloc.library() is public (lib.graphalloc_malloc(...) is the
+    # documented way to allocate without PyTorch): its history functions must
+    # not keep ctypes' default int restype (a 64-bit count cut to 32 bits)
+    # until the Python wrapper of each happens to run.
+    out = run_py(
+        """
+        import ctypes, graphalloc
+        lib = graphalloc.library()
+        assert lib.graphalloc_history_len.restype is ctypes.c_int64
+        assert lib.graphalloc_snapshot_pickle.restype is ctypes.c_int64
+        assert lib.graphalloc_history_start.argtypes == [ctypes.c_size_t]
+        # size_t, not int: 2**32 + 7 reaches the library whole (and is refused).
+        assert lib.graphalloc_history_start(2**32 + 7) == -1
+        assert "4294967303" in graphalloc.last_error(), graphalloc.last_error()
+        assert lib.graphalloc_history_len() == 0
         print("ok")
         """
     )
