@@ -297,3 +297,33 @@ fn many_threads_at_once() {
         t.join().unwrap();
     }
 }
+
+/// A path that is not UTF-8 is still a path on Linux (a file name from a
+/// latin-1 directory; Python hands `os.fsencode` of it): snapshots and
+/// traces are written there, not refused.
+#[test]
+fn paths_need_not_be_utf8() {
+    use std::ffi::{CString, OsStr};
+    use std::os::unix::ffi::OsStrExt;
+    setup();
+    let dir = std::env::temp_dir().join(format!("ga-ffi-adv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    type Writer = unsafe extern "C" fn(*const std::ffi::c_char) -> i64;
+    let writers: [(&[u8], Writer); 4] = [
+        (b"snap\xff.pickle", graphalloc_snapshot_pickle),
+        (b"snap\xfe.html", graphalloc_snapshot_html),
+        (b"trace\xfd.trace", graphalloc_history_write_trace),
+        (b"trace\xfc.trace.gz", graphalloc_history_write_trace),
+    ];
+    for (name, write) in writers {
+        let path = dir.join(OsStr::from_bytes(name));
+        let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        let written = unsafe { write(c_path.as_ptr()) };
+        assert!(written >= 0, "{}: {}", path.display(), last_error());
+        assert!(path.is_file(), "{} not written", path.display());
+    }
+    let gz = std::fs::read(dir.join(OsStr::from_bytes(b"trace\xfc.trace.gz"))).unwrap();
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "a .gz path is gzip'd");
+    let _ = std::fs::remove_dir_all(&dir);
+}
