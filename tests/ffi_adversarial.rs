@@ -327,3 +327,75 @@ fn paths_need_not_be_utf8() {
     assert_eq!(&gz[..2], &[0x1f, 0x8b], "a .gz path is gzip'd");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The environment variable that turns [`reentrant_observer_child`] into
+/// the child process of [`an_observer_whose_retry_fails_is_not_reentered`].
+const CHILD_VAR: &str = "GRAPHALLOC_FFI_ADVERSARIAL_CHILD";
+
+/// The observer's nesting: calls now running, the deepest seen, calls made.
+static DEPTH: [std::sync::atomic::AtomicUsize; 3] =
+    [const { std::sync::atomic::AtomicUsize::new(0) }; 3];
+
+/// An observer that retries the failed allocation (a "free something and
+/// try again" observer whose retry fails too); it gives up at depth 50, so
+/// that the test ends either way.
+unsafe extern "C" fn retrying_observer(report: *const GraphallocOomReport, _: *mut c_void) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let depth = DEPTH[0].fetch_add(1, SeqCst) + 1;
+    DEPTH[1].fetch_max(depth, SeqCst);
+    DEPTH[2].fetch_add(1, SeqCst);
+    if depth < 50 {
+        // SAFETY: the report is valid during the call.
+        let size = unsafe { (*report).requested } as isize;
+        let p = c_malloc(size, 0);
+        graphalloc_free(p, 0, 0, null_mut());
+    }
+    DEPTH[0].fetch_sub(1, SeqCst);
+}
+
+/// The child's body: one failed allocation with the retrying observer set.
+/// Does nothing in a normal test run.
+#[test]
+fn reentrant_observer_child() {
+    if std::env::var_os(CHILD_VAR).is_none() {
+        return;
+    }
+    setup();
+    // SAFETY: the observer may be called from any thread, and ignores its
+    // user data.
+    assert_eq!(
+        unsafe { graphalloc_set_oom_observer(Some(retrying_observer), null_mut()) },
+        0
+    );
+    let held = c_malloc(200 << 20, 0);
+    assert!(!held.is_null(), "{}", last_error());
+    assert!(c_malloc(100 << 20, 0).is_null());
+    assert!(c_malloc(120 << 20, 0).is_null());
+    let e = last_error();
+    graphalloc_free(held, 0, 0, null_mut());
+    let [_, deepest, calls] = DEPTH
+        .each_ref()
+        .map(|d| d.load(std::sync::atomic::Ordering::SeqCst));
+    println!("deepest {deepest} calls {calls} error [{e}]");
+}
+
+/// An observer that allocates, and fails again, is not called again from
+/// inside itself: a retrying observer would otherwise recurse until the
+/// stack overflows. The nested failure is still an error to its caller.
+#[test]
+#[cfg_attr(miri, ignore = "starts a process")]
+fn an_observer_whose_retry_fails_is_not_reentered() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "reentrant_observer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_VAR, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{stdout}", out.status);
+    assert!(stdout.contains("deepest 1 calls 2 "), "{stdout}");
+}

@@ -412,7 +412,8 @@ def on_out_of_memory(observer: Optional[Callable[[dict], None]]) -> None:
     requested, device_free, device_total, limit, reserved, allocated,
     cache_idle, pool_idle, largest_free_block, largest_live [(address,
     size), ...] and message (the whole error text, with what to try). The
-    observer may call any graphalloc function (no lock is held); an
+    observer may call any graphalloc function (no lock is held; a failure
+    of an allocation it makes itself is not reported to it again); an
     exception it raises is printed and ignored."""
     lib = library()
     if observer is None:

@@ -117,3 +117,33 @@ def test_raw_library_functions_are_declared_on_load():
         """
     )
     assert out.strip() == "ok"
+
+
+def test_an_observer_that_retries_is_not_reentered():
+    # "Free something and retry" in an out-of-memory observer: the retry
+    # fails too, and reporting that failure to the observer again recursed:
+    # here up to Python's recursion limit (a report per level for one failed
+    # allocation), in a C observer until the stack overflowed.
+    out = run_py(
+        """
+        import graphalloc
+        lib = graphalloc.library()
+        lib.graphalloc_set_log_errors(0)
+        reports = []
+
+        def observer(report):
+            reports.append(report["requested"])
+            p = lib.graphalloc_malloc(report["requested"], 0, None)
+            assert not p
+            assert "out of memory" in graphalloc.last_error()
+
+        graphalloc.on_out_of_memory(observer)
+        held = lib.graphalloc_malloc(40 << 20, 0, None)
+        assert held, graphalloc.last_error()
+        assert not lib.graphalloc_malloc(30 << 20, 0, None)
+        assert reports == [30 << 20], reports
+        lib.graphalloc_free(held, 0, 0, None)
+        print("ok")
+        """
+    )
+    assert out.strip() == "ok"
