@@ -9,9 +9,13 @@ Each scenario runs in a fresh interpreter on the host backend (run_py).
 
 from __future__ import annotations
 
+import re
 import textwrap
 
-from test_graphalloc import run_py
+import pytest
+
+import graphalloc
+from test_graphalloc import HEADER, run_py
 
 # Shared by the scenarios below: `error(f, *args)` returns the exception `f`
 # raised (and fails if it returned).
@@ -147,3 +151,30 @@ def test_an_observer_that_retries_is_not_reentered():
         """
     )
     assert out.strip() == "ok"
+
+
+def header_fields(name: str) -> list:
+    """The field names of struct `name` of include/graphalloc.h, in order
+    (named `typedef struct name {` or anonymous `typedef struct { } name;`;
+    arrays and pointers included)."""
+    text = HEADER.read_text()
+    body = re.search(r"typedef struct " + name + r" \{(.*?)\}", text, re.S) or re.search(
+        r"typedef struct \{([^{}]*?)\} " + name + ";", text, re.S
+    )
+    assert body, f"{name} not found in {HEADER}"
+    return re.findall(r"^\s*[\w ]+?[\s*]+(\w+)(?:\[\d+\])?;", body.group(1), re.M)
+
+
+@pytest.mark.skipif(not HEADER.is_file(), reason="needs the source checkout's include/")
+def test_the_other_structs_match_the_header():
+    # test_graphalloc checks the statistics structs; these are read by
+    # graphalloc.torch (plans, recordings) and by the out-of-memory observer.
+    import ctypes
+
+    for name, struct in [
+        ("GraphallocPlanStats", graphalloc._PlanStats),
+        ("GraphallocRecordedAlloc", graphalloc._RecordedAlloc),
+        ("GraphallocOomReport", graphalloc._OomReport),
+    ]:
+        assert header_fields(name) == [f for f, _ in struct._fields_], name
+    assert ctypes.sizeof(graphalloc._OomReport) == 2 * 4 + 11 * 8 + 2 * 4 * 8 + 8
