@@ -178,3 +178,38 @@ def test_the_other_structs_match_the_header():
     ]:
         assert header_fields(name) == [f for f, _ in struct._fields_], name
     assert ctypes.sizeof(graphalloc._OomReport) == 2 * 4 + 11 * 8 + 2 * 4 * 8 + 8
+
+
+def test_a_device_without_index_is_the_current_device():
+    # torch.device("cuda") (no index) is the current device, as everywhere
+    # in PyTorch; GraphPool made its pool on device 0 instead (on rank 1 of
+    # a multi-GPU job the captures then missed the pool), and Recording and
+    # PlannedPool raised TypeError for any torch.device.
+    out = run_py(
+        """
+        import sys, types
+
+        class Device:  # torch.device's index: None for plain "cuda"
+            def __init__(self, index):
+                self.type, self.index = "cuda", index
+
+        torch = types.ModuleType("torch")
+        torch.cuda = types.SimpleNamespace(current_device=lambda: 1)
+        sys.modules["torch"] = torch
+        import graphalloc.torch as gt
+        gt._torch_allocator = object()  # as if use() had installed graphalloc
+        assert gt.GraphPool(Device(None)).device == 1
+        assert gt.GraphPool(Device(0)).device == 0
+        assert gt.GraphPool().device == 1
+        assert gt.Recording(0, Device(None)).device == 1
+        with gt.Recording(0, Device(0)) as rec:
+            pass
+        assert rec.device == 0
+        assert gt.PlannedPool([rec], Device(None)).device == 1
+        assert gt.PlannedPool([rec]).device == 0
+        print("ok")
+        """,
+        conf="backend:host,host_devices:2,host_capacity:64MiB",
+        block_torch=False,
+    )
+    assert out.strip() == "ok"
