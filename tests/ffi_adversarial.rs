@@ -399,3 +399,35 @@ fn an_observer_whose_retry_fails_is_not_reentered() {
     assert!(out.status.success(), "{:?}\n{stdout}", out.status);
     assert!(stdout.contains("deepest 1 calls 2 "), "{stdout}");
 }
+
+/// Recordings begun, ended, planned and released from many threads at
+/// once, on a stream the other threads allocate on: every call succeeds
+/// and every planned pool releases.
+#[test]
+fn recordings_from_many_threads() {
+    setup();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let rec = graphalloc_plan_record_begin(1, null_mut());
+                    assert_ne!(rec, 0, "{}", last_error());
+                    let p = c_malloc(4096 * (1 + (t + i) as isize % 5), 1);
+                    assert!(!p.is_null(), "{}", last_error());
+                    graphalloc_free(p, 0, 0, null_mut());
+                    let n = graphalloc_plan_record_end(rec);
+                    assert!(n >= 1, "{n}: {}", last_error());
+                    // SAFETY: one readable u64.
+                    let pool = unsafe { graphalloc_plan_pool_create(1, &rec, 1) };
+                    assert_ne!(pool, 0, "{}", last_error());
+                    assert_eq!(graphalloc_plan_record_release(rec), 0);
+                    assert_eq!(graphalloc_plan_start(pool, 0), 0, "{}", last_error());
+                    assert_eq!(graphalloc_pool_release(pool), 0);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
