@@ -213,3 +213,56 @@ def test_a_device_without_index_is_the_current_device():
         block_torch=False,
     )
     assert out.strip() == "ok"
+
+
+def header_prototypes() -> dict:
+    """{function name: (return type, [argument types])} of every function
+    include/graphalloc.h declares, types as written there."""
+    text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+    found = {}
+    for ret, name, args in re.findall(r"^([\w ]+?[\s*]+)(graphalloc_\w+)\(([^)]*)\);", text, re.M | re.S):
+        params = [] if args.strip() == "void" else [a.strip() for a in args.split(",")]
+        # "const uint64_t *recordings" -> "const uint64_t *"
+        types = [re.sub(r"\s*\b\w+$", "", p).replace(" *", "*").strip() for p in params]
+        found[name] = (ret.replace(" *", "*").strip(), types)
+    return found
+
+
+@pytest.mark.skipif(not HEADER.is_file(), reason="needs the source checkout's include/")
+def test_every_function_is_declared_as_the_header_says():
+    # A function left undeclared, or declared with a narrower type than the
+    # header's, truncates 64-bit values (pointers, sizes, ids) on the way.
+    import ctypes
+
+    c_types = {
+        "void": None,
+        "int": ctypes.c_int,
+        "uint32_t": ctypes.c_uint32,
+        "int64_t": ctypes.c_int64,
+        "uint64_t": ctypes.c_uint64,
+        "size_t": ctypes.c_size_t,
+        "ssize_t": ctypes.c_ssize_t,
+        "void*": ctypes.c_void_p,
+        "cudaStream_t": ctypes.c_void_p,
+        "const char*": ctypes.c_char_p,
+        "GraphallocOomObserver": graphalloc._OOM_OBSERVER,
+    }
+    lib = graphalloc.library()
+    prototypes = header_prototypes()
+    text = re.sub(r"/\*.*?\*/", "", HEADER.read_text(), flags=re.S)
+    assert set(prototypes) == set(re.findall(r"\b(graphalloc_\w+)\(", text)), prototypes
+    wrong = []
+    for name, (ret, args) in prototypes.items():
+        fn = getattr(lib, name)
+        got = [fn.restype] + list(fn.argtypes or [])
+        for c_type, kind in zip([ret] + args, got):
+            if c_type.endswith("*") and c_type not in c_types:
+                # a pointer to a struct (or an array of uint64_t)
+                ok = kind is not None and issubclass(kind, ctypes._Pointer)
+            else:
+                ok = kind is c_types[c_type]
+            if not ok:
+                wrong.append(f"{name}: {c_type} declared as {kind}")
+        if fn.argtypes is None or len(fn.argtypes) != len(args):
+            wrong.append(f"{name}: {len(args)} arguments, declared {fn.argtypes}")
+    assert not wrong, wrong
