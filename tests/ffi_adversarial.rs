@@ -431,3 +431,42 @@ fn recordings_from_many_threads() {
         t.join().unwrap();
     }
 }
+
+/// Two threads freeing the same pointer at once (a double free racing with
+/// the first): exactly one free succeeds, the other is an error, and the
+/// pool's books stay right. (A pool of its own: in the cache, the block
+/// freed first could be handed to another test before the second free.)
+#[test]
+fn racing_double_frees() {
+    use std::sync::{Arc, Barrier};
+    setup();
+    let pool = graphalloc_pool_create(1);
+    assert_ne!(pool, 0, "{}", last_error());
+    let barrier = Arc::new(Barrier::new(2));
+    for round in 0..300 {
+        assert_eq!(graphalloc_begin_graph_mode(pool), 0);
+        let p = c_malloc(512 + 512 * (round % 3), 1) as usize;
+        assert_eq!(graphalloc_end_graph_mode(), 0);
+        assert_ne!(p, 0, "{}", last_error());
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    graphalloc_free(p as *mut c_void, 0, 0, null_mut());
+                    last_error().is_empty()
+                })
+            })
+            .collect();
+        let ok: Vec<bool> = racers.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            ok.iter().filter(|&&f| f).count(),
+            1,
+            "round {round}: {ok:?}"
+        );
+        let s = pool_stats(pool);
+        assert_eq!((s.live_blocks, s.allocated_bytes), (0, 0), "round {round}");
+        assert_eq!(s.frees, round as u64 + 1);
+    }
+    assert_eq!(graphalloc_pool_release(pool), 0);
+}
