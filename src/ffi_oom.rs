@@ -75,11 +75,17 @@ fn call_observer(
     user_data: usize,
     r: &OomReport,
 ) {
-    // A thread-local without a destructor: reachable even in teardown.
-    if IN_OBSERVER.with(|inside| inside.replace(true)) {
+    // A thread-local without a destructor stays reachable in teardown; were
+    // it not, the report would be skipped rather than risk a recursion.
+    if IN_OBSERVER
+        .try_with(|inside| inside.replace(true))
+        .unwrap_or(true)
+    {
         return;
     }
-    let _leave = scopeguard::guard((), |()| IN_OBSERVER.with(|inside| inside.set(false)));
+    let _leave = scopeguard::guard((), |()| {
+        let _ = IN_OBSERVER.try_with(|inside| inside.set(false));
+    });
     let message = Error::from(r.clone()).to_string().replace('\0', " ");
     let message = CString::new(message).unwrap_or_default();
     let (owner, pool) = match r.owner {
