@@ -266,13 +266,13 @@ fn many_threads_at_once() {
             std::thread::spawn(move || {
                 for i in 0..200 {
                     let device = (t + i) % 2;
-                    let pool = graphalloc_pool_create(device as i32);
+                    let pool = graphalloc_pool_create(device);
                     assert_ne!(pool, 0, "{}", last_error());
                     assert_eq!(graphalloc_begin_graph_mode(pool), 0, "{}", last_error());
-                    let p = c_malloc(512 * (1 + i as isize % 7), device as i32);
+                    let p = c_malloc(512 * (1 + i as isize % 7), device);
                     assert!(!p.is_null(), "{}", last_error());
                     assert_eq!(graphalloc_end_graph_mode(), 0);
-                    let q = c_malloc(700, 1 - device as i32);
+                    let q = c_malloc(700, 1 - device);
                     assert!(!q.is_null(), "{}", last_error());
                     let mut s = GraphallocStats::default();
                     // SAFETY: `s` is writable.
