@@ -104,12 +104,16 @@ fn stream_error(e: BackendError, stream: u64) -> Error {
 
 impl Allocator {
     /// Builds an allocator as `config` says. Touches no device yet.
+    ///
+    /// A hand-built `config` with `host_devices` (host backend) or `shards`
+    /// above 64 is an [`Error::Config`], as the same text would be.
     pub fn new(config: Config) -> Result<Self> {
         let backend = match config.backend {
             BackendChoice::Auto if cuda_driver_available() => BackendChoice::Cuda,
             BackendChoice::Auto => BackendChoice::Host,
             other => other,
         };
+        config.check_counts(backend != BackendChoice::Cuda)?;
         let backends: Vec<std::sync::Arc<dyn Backend>> = match backend {
             BackendChoice::Cuda => {
                 let count = CudaBackend::device_count();
@@ -150,11 +154,13 @@ impl Allocator {
     }
 
     /// Builds an allocator over the given backends, one per device, with
-    /// the settings of `config` (its backend keys are not used).
+    /// the settings of `config` (its backend keys are not used; `shards`
+    /// above 64 is an [`Error::Config`]).
     pub fn from_backends_with(
         backends: Vec<std::sync::Arc<dyn Backend>>,
         config: &Config,
     ) -> Result<Self> {
+        config.check_counts(false)?;
         let Some(first) = backends.first() else {
             return Err(BackendError::Unavailable("no device backends given".into()).into());
         };

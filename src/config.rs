@@ -28,6 +28,10 @@ pub const ENV_VAR: &str = "GRAPHALLOC_CONF";
 /// must not overflow, and no host offers more.
 const MAX_HOST_CAPACITY: usize = 1 << 50;
 
+/// The most simulated devices (`host_devices`) and arenas per device cache
+/// (`shards`) accepted, from text or in a [`Config`] built by hand.
+pub(crate) const MAX_DEVICES_OR_SHARDS: usize = 64;
+
 /// Which device backend an allocator uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
@@ -173,8 +177,8 @@ impl Config {
                 self.host_devices = value
                     .parse()
                     .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
+                    .filter(|n| (1..=MAX_DEVICES_OR_SHARDS).contains(n))
+                    .ok_or_else(|| bad(RANGE_1_TO_64))?
             }
             "expandable_segments" => {
                 self.expandable_segments =
@@ -197,8 +201,8 @@ impl Config {
                 self.shards = value
                     .parse()
                     .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or_else(|| bad("expected a whole number from 1 to 64"))?
+                    .filter(|n| (1..=MAX_DEVICES_OR_SHARDS).contains(n))
+                    .ok_or_else(|| bad(RANGE_1_TO_64))?
             }
             "memory_fraction" => {
                 self.memory_fraction = value
@@ -211,6 +215,31 @@ impl Config {
                 "unknown key; known keys: backend, host_capacity, host_devices, memory_fraction, \
                  shards, expandable_segments, history, history_backtraces",
             )),
+        }
+        Ok(())
+    }
+}
+
+/// The reason given for `host_devices` and `shards` out of range.
+const RANGE_1_TO_64: &str = "expected a whole number from 1 to 64";
+
+impl Config {
+    /// Refuses, as [`Config::parse`] would, the fields of a hand-built
+    /// config that would make an allocator try to build more simulated
+    /// devices or arenas than it accepts (with `usize::MAX`, a panic).
+    /// (`host_devices` is looked at only for the host backend; 0 of either
+    /// is left to the callers, as before.)
+    pub(crate) fn check_counts(&self, host_devices: bool) -> Result<()> {
+        let too_many = |key: &str, n: usize| Error::Config {
+            key: key.into(),
+            value: n.to_string(),
+            reason: RANGE_1_TO_64.into(),
+        };
+        if host_devices && self.host_devices > MAX_DEVICES_OR_SHARDS {
+            return Err(too_many("host_devices", self.host_devices));
+        }
+        if self.shards > MAX_DEVICES_OR_SHARDS {
+            return Err(too_many("shards", self.shards));
         }
         Ok(())
     }

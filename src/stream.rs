@@ -4,11 +4,15 @@
 use crate::backend::BackendError;
 use crate::error::{Error, Result};
 use crate::sync::{thread_local, ConcurrentMap, Mutex};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::marker::PhantomData;
 
 thread_local! {
+    /// The innermost live guard's stream (0 when none): what allocations read.
     static CURRENT: Cell<u64> = const { Cell::new(0) };
+    /// The live guards of the thread, oldest first: (token, stream).
+    static GUARDS: RefCell<Vec<(u64, u64)>> = const { RefCell::new(Vec::new()) };
+    static NEXT_TOKEN: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The calling thread's current stream (0, the default stream, unless a
@@ -19,7 +23,10 @@ pub fn current_stream() -> u64 {
 }
 
 /// Makes `stream` the calling thread's current stream until the guard is
-/// dropped; then the previous one is current again.
+/// dropped; then the previous one is current again. Guards nest; one dropped
+/// out of order removes exactly its own entry, so the stream of the
+/// innermost guard still alive is current (the default stream once none is),
+/// as with [`crate::graph_mode`]'s guards.
 ///
 /// Any handle can be made current; [`crate::Allocator::allocate`] refuses
 /// one that is neither built in (0, 1, 2) nor registered on its device
@@ -33,9 +40,19 @@ pub fn current_stream() -> u64 {
 /// assert_eq!(graphalloc::current_stream(), 0);
 /// ```
 pub fn use_stream(stream: u64) -> StreamGuard {
-    // Late in thread teardown the guard changes nothing (and restores 0).
+    let token = (NEXT_TOKEN.try_with(|t| t.replace(t.get() + 1))).unwrap_or(u64::MAX);
+    // Late in thread teardown, once the list of guards is gone, the guard
+    // only swaps the current stream (and its drop swaps it back).
+    let listed = GUARDS
+        .try_with(|g| {
+            g.try_borrow_mut()
+                .map(|mut g| g.push((token, stream)))
+                .is_ok()
+        })
+        .unwrap_or(false);
     let previous = CURRENT.try_with(|c| c.replace(stream)).unwrap_or(0);
     StreamGuard {
+        token: listed.then_some(token),
         previous,
         _not_send: PhantomData,
     }
@@ -45,13 +62,33 @@ pub fn use_stream(stream: u64) -> StreamGuard {
 #[must_use = "the stream is current only while the guard lives"]
 #[derive(Debug)]
 pub struct StreamGuard {
+    /// Its entry in the thread's list of guards (`None` late in teardown).
+    token: Option<u64>,
+    /// The stream current when it was made.
     previous: u64,
     _not_send: PhantomData<*const ()>,
 }
 
 impl Drop for StreamGuard {
+    /// Removes exactly this guard's entry, so that guards dropped out of
+    /// order (a `Vec` of guards drops its first one first) leave the
+    /// innermost live guard's stream current, and the default stream once
+    /// none is left.
     fn drop(&mut self) {
-        let _ = CURRENT.try_with(|c| c.set(self.previous));
+        let innermost = self.token.and_then(|token| {
+            GUARDS
+                .try_with(|g| {
+                    let mut g = g.try_borrow_mut().ok()?;
+                    if let Some(i) = g.iter().rposition(|e| e.0 == token) {
+                        g.remove(i);
+                    }
+                    Some(g.last().map_or(0, |e| e.1))
+                })
+                .ok()
+                .flatten()
+        });
+        let stream = innermost.unwrap_or(self.previous);
+        let _ = CURRENT.try_with(|c| c.set(stream));
     }
 }
 

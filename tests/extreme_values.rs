@@ -575,6 +575,9 @@ fn c_abi_with_extreme_values() {
         });
         assert!(!last_error().is_empty(), "free({p:?}) of a bad pointer");
     }
+    // Blocks recorded on stream 1 (`dangling`: CU_STREAM_LEGACY, a built-in
+    // stream) wait for its work; emptying the cache waits for it.
+    assert!(c_call("empty_cache", || graphalloc_empty_cache()) >= 0);
     let mut s = GraphallocStats::default();
     // SAFETY: `s` is writable.
     assert_eq!(c_call("stats", || unsafe { graphalloc_stats(&mut s) }), 0);

@@ -278,28 +278,3 @@ fn a_second_free_of_a_block_waiting_for_events_is_a_double_free() {
     host.complete_stream(b);
     assert_eq!(alloc.free(p), Err(Error::DoubleFree { ptr: p.addr() }));
 }
-
-/// The built-in handles 1 (`CU_STREAM_LEGACY`) and 2 (`CU_STREAM_PER_THREAD`)
-/// are always accepted, as the README says, on the host backend too: a
-/// block on each is allocated, recorded on the other, freed, and its memory
-/// is reused once the other's work completes (a trace's tags 1 and 2 replay).
-#[test]
-fn built_in_streams_one_and_two_work_on_the_host_backend() {
-    let (host, alloc) = setup();
-    for (stream, other) in [(1, 2), (2, 1)] {
-        let p = alloc.allocate_on(0, stream, 4096, 512).unwrap();
-        alloc.record_stream(p, other).unwrap();
-        alloc.free(p).unwrap();
-        host.complete_stream(other);
-        let q = alloc.allocate_on(0, stream, 4096, 512).unwrap();
-        assert_eq!(
-            p, q,
-            "the block comes back once stream {other}'s work is done"
-        );
-        alloc.free(q).unwrap();
-    }
-    let _s = graphalloc::use_stream(2);
-    let p = alloc.allocate(512, 512).unwrap();
-    alloc.free(p).unwrap();
-    assert_eq!(alloc.stats().total.allocated_bytes, 0);
-}

@@ -102,11 +102,37 @@ impl Allocator {
     /// one comparison, a registered one a map read).
     #[inline]
     pub(super) fn check_stream(&self, device: usize, stream: u64) -> Result<()> {
-        self.streams.check(device, stream, || {
-            self.caches.get(device).is_some_and(|c| {
-                (c.device.backend.as_stream_order()).is_some_and(|s| s.created_stream(stream))
-            })
+        let checked = self
+            .streams
+            .check(device, stream, || self.created(device, stream));
+        match checked {
+            Err(Error::UnknownStream { .. }) => Err(self.unknown_stream(device, stream)),
+            other => other,
+        }
+    }
+
+    /// Whether `device`'s backend made `stream` itself.
+    fn created(&self, device: usize, stream: u64) -> bool {
+        self.caches.get(device).is_some_and(|c| {
+            (c.device.backend.as_stream_order()).is_some_and(|s| s.created_stream(stream))
         })
+    }
+
+    /// The error for a stream neither built in nor registered on `device`:
+    /// [`BackendError::ForeignStream`] if another device's backend made it
+    /// (not registered there yet: made streams are registered on first use),
+    /// else [`Error::UnknownStream`].
+    #[cold]
+    #[inline(never)]
+    fn unknown_stream(&self, device: usize, stream: u64) -> Error {
+        match (0..self.caches.len()).find(|&d| d != device && self.created(d, stream)) {
+            Some(stream_device) => Error::Backend(BackendError::ForeignStream {
+                stream,
+                stream_device,
+                device,
+            }),
+            None => Error::UnknownStream { stream },
+        }
     }
 
     /// Drops the retired streams no live block names on a device without

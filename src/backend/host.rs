@@ -15,7 +15,9 @@ const HOST_SEGMENT_ALIGN: usize = 4096;
 /// The host backend's granularity for mapped ranges, like a GPU's.
 const HOST_PAGE: usize = 2 << 20;
 
-/// The first handle [`HostBackend::create_stream`] gives out.
+/// The first handle [`HostBackend::create_stream`] gives out on device 0;
+/// device `d`'s start `d << 32` above it, so that streams of different
+/// devices have different handles, as CUDA's do.
 const FIRST_HOST_STREAM: u64 = 0x5757_0000;
 
 /// Simulated streams, events and captures.
@@ -50,8 +52,9 @@ struct Streams {
 /// completes only when a test says the stream's work is done
 /// ([`HostBackend::complete_stream`]) or someone waits for it (waiting stands
 /// for the host blocking until the device catches up). Captures are begun
-/// and ended by the test ([`HostBackend::begin_capture`]). Stream 0, the
-/// default stream, always exists.
+/// and ended by the test ([`HostBackend::begin_capture`]). The built-in
+/// streams 0 (the default stream), 1 and 2 always exist, as in every CUDA
+/// context.
 ///
 /// ```
 /// use graphalloc::{Backend, HostBackend};
@@ -101,11 +104,10 @@ impl HostBackend {
             segments: std::sync::Mutex::new(HashMap::new()),
             ranges: Mutex::new(HashMap::new()),
             streams: Mutex::new(Streams {
-                // The handles every CUDA context knows: 0 (the legacy
-                // default stream), 1 (`CU_STREAM_LEGACY`), 2
-                // (`CU_STREAM_PER_THREAD`); simulated as three streams.
+                // The built-in streams every CUDA context knows: 0 (legacy
+                // default), 1 (`CU_STREAM_LEGACY`), 2 (per-thread default).
                 streams: HashMap::from([(0, (0, 0)), (1, (0, 0)), (2, (0, 0))]),
-                next_stream: FIRST_HOST_STREAM,
+                next_stream: FIRST_HOST_STREAM + ((ordinal as u64) << 32),
                 next_capture: 1,
                 ..Streams::default()
             }),
@@ -149,6 +151,11 @@ impl HostBackend {
 
     /// Starts capturing `stream` into a (simulated) graph; returns the
     /// capture id.
+    ///
+    /// CUDA refuses to capture the legacy default stream (handles 0 and 1);
+    /// the allocator relies on that and never asks whether stream 0 is being
+    /// captured, so a capture of stream 0 here routes nothing to a pool.
+    /// Capture a stream of [`HostBackend::create_stream`] instead.
     pub fn begin_capture(&self, stream: u64) -> u64 {
         let mut s = self.streams.lock();
         let id = s.next_capture;

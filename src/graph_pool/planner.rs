@@ -40,13 +40,17 @@ impl Interval {
 /// The lower bound of any placement: over the groups, the most bytes one
 /// group has live at once, plus the bytes the other groups' blocks that
 /// outlive their graphs hold.
+/// Saturates at `usize::MAX` (the sums are taken in `u128`, which no number
+/// of recorded blocks can overflow: `Recording::peak_live_bytes` sees
+/// recordings of any size, unlike the planner, whose callers bound the
+/// total first).
 pub(crate) fn peak_live(items: &[Interval]) -> usize {
     let groups = items.iter().map(|i| i.group + 1).max().unwrap_or(0);
-    let mut outliving = vec![0usize; groups];
+    let mut outliving = vec![0u128; groups];
     for i in items.iter().filter(|i| i.outlives) {
-        outliving[i.group] += i.size;
+        outliving[i.group] += i.size as u128;
     }
-    let all_outliving: usize = outliving.iter().sum();
+    let all_outliving: u128 = outliving.iter().sum();
     let mut best = 0;
     for (g, own_outliving) in outliving.iter().enumerate() {
         let mut events: Vec<(u32, bool, usize)> = Vec::new();
@@ -59,18 +63,18 @@ pub(crate) fn peak_live(items: &[Interval]) -> usize {
         // At equal times frees come first: a block freed at time t and one
         // allocated at t are not live together.
         events.sort_by_key(|&(t, alloc, _)| (t, alloc));
-        let (mut live, mut peak) = (0usize, 0usize);
+        let (mut live, mut peak) = (0u128, 0u128);
         for (_, alloc, size) in events {
             if alloc {
-                live += size;
+                live += size as u128;
                 peak = peak.max(live);
             } else {
-                live -= size;
+                live -= size as u128;
             }
         }
         best = best.max(peak + all_outliving - own_outliving);
     }
-    best
+    usize::try_from(best).unwrap_or(usize::MAX)
 }
 
 /// Places `items` in one range: returns each item's offset (a multiple of

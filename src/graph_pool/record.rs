@@ -106,6 +106,7 @@ impl Recording {
 
     /// The most bytes (block sizes) the run had live at once on `device`:
     /// the least memory any pool serving it can have.
+    /// Saturates at `usize::MAX`.
     pub fn peak_live_bytes(&self, device: usize) -> usize {
         let items = super::plan::intervals(&[self], device, None);
         super::planner::peak_live(&items)
