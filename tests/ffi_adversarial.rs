@@ -40,6 +40,16 @@ fn last_error() -> String {
         .into_owned()
 }
 
+/// Runs `body(t)` on `n` threads at once, `t` from 0, and waits for them.
+fn on_threads(n: usize, body: impl Fn(usize) + Sync) {
+    std::thread::scope(|s| {
+        for t in 0..n {
+            let body = &body;
+            s.spawn(move || body(t));
+        }
+    });
+}
+
 fn pool_stats(pool: u64) -> GraphallocPoolStats {
     let mut out = GraphallocPoolStats::default();
     // SAFETY: `out` is a valid, writable GraphallocPoolStats.
@@ -261,41 +271,34 @@ fn calls_from_thread_teardown() {
 #[test]
 fn many_threads_at_once() {
     setup();
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            std::thread::spawn(move || {
-                for i in 0..200 {
-                    let device = (t + i) % 2;
-                    let pool = graphalloc_pool_create(device);
-                    assert_ne!(pool, 0, "{}", last_error());
-                    assert_eq!(graphalloc_begin_graph_mode(pool), 0, "{}", last_error());
-                    let p = c_malloc(512 * (1 + i as isize % 7), device);
-                    assert!(!p.is_null(), "{}", last_error());
-                    assert_eq!(graphalloc_end_graph_mode(), 0);
-                    let q = c_malloc(700, 1 - device);
-                    assert!(!q.is_null(), "{}", last_error());
-                    let mut s = GraphallocStats::default();
-                    // SAFETY: `s` is writable.
-                    assert_eq!(unsafe { graphalloc_stats(&mut s) }, 0);
-                    assert_eq!(pool_stats(pool).live_blocks, 1);
-                    if i % 2 == 0 {
-                        assert_eq!(graphalloc_pool_release(pool), 0);
-                        graphalloc_free(p, 0, 0, null_mut());
-                    } else {
-                        graphalloc_free(p, 0, 0, null_mut());
-                        assert_eq!(graphalloc_pool_reset(pool), 0, "{}", last_error());
-                        assert_eq!(graphalloc_pool_release(pool), 0);
-                    }
-                    assert_eq!(last_error(), "");
-                    graphalloc_free(q, 0, 0, null_mut());
-                    assert_eq!(last_error(), "");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    on_threads(8, |t| {
+        for i in 0..200 {
+            let device = ((t + i) % 2) as i32;
+            let pool = graphalloc_pool_create(device);
+            assert_ne!(pool, 0, "{}", last_error());
+            assert_eq!(graphalloc_begin_graph_mode(pool), 0, "{}", last_error());
+            let p = c_malloc(512 * (1 + i as isize % 7), device);
+            assert!(!p.is_null(), "{}", last_error());
+            assert_eq!(graphalloc_end_graph_mode(), 0);
+            let q = c_malloc(700, 1 - device);
+            assert!(!q.is_null(), "{}", last_error());
+            let mut s = GraphallocStats::default();
+            // SAFETY: `s` is writable.
+            assert_eq!(unsafe { graphalloc_stats(&mut s) }, 0);
+            assert_eq!(pool_stats(pool).live_blocks, 1);
+            if i % 2 == 0 {
+                assert_eq!(graphalloc_pool_release(pool), 0);
+                graphalloc_free(p, 0, 0, null_mut());
+            } else {
+                graphalloc_free(p, 0, 0, null_mut());
+                assert_eq!(graphalloc_pool_reset(pool), 0, "{}", last_error());
+                assert_eq!(graphalloc_pool_release(pool), 0);
+            }
+            assert_eq!(last_error(), "");
+            graphalloc_free(q, 0, 0, null_mut());
+            assert_eq!(last_error(), "");
+        }
+    });
 }
 
 /// A path that is not UTF-8 is still a path on Linux (a file name from a
@@ -406,30 +409,23 @@ fn an_observer_whose_retry_fails_is_not_reentered() {
 #[test]
 fn recordings_from_many_threads() {
     setup();
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            std::thread::spawn(move || {
-                for i in 0..50 {
-                    let rec = graphalloc_plan_record_begin(1, null_mut());
-                    assert_ne!(rec, 0, "{}", last_error());
-                    let p = c_malloc(4096 * (1 + (t + i) as isize % 5), 1);
-                    assert!(!p.is_null(), "{}", last_error());
-                    graphalloc_free(p, 0, 0, null_mut());
-                    let n = graphalloc_plan_record_end(rec);
-                    assert!(n >= 1, "{n}: {}", last_error());
-                    // SAFETY: one readable u64.
-                    let pool = unsafe { graphalloc_plan_pool_create(1, &rec, 1) };
-                    assert_ne!(pool, 0, "{}", last_error());
-                    assert_eq!(graphalloc_plan_record_release(rec), 0);
-                    assert_eq!(graphalloc_plan_start(pool, 0), 0, "{}", last_error());
-                    assert_eq!(graphalloc_pool_release(pool), 0);
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    on_threads(4, |t| {
+        for i in 0..50 {
+            let rec = graphalloc_plan_record_begin(1, null_mut());
+            assert_ne!(rec, 0, "{}", last_error());
+            let p = c_malloc(4096 * (1 + (t + i) as isize % 5), 1);
+            assert!(!p.is_null(), "{}", last_error());
+            graphalloc_free(p, 0, 0, null_mut());
+            let n = graphalloc_plan_record_end(rec);
+            assert!(n >= 1, "{n}: {}", last_error());
+            // SAFETY: one readable u64.
+            let pool = unsafe { graphalloc_plan_pool_create(1, &rec, 1) };
+            assert_ne!(pool, 0, "{}", last_error());
+            assert_eq!(graphalloc_plan_record_release(rec), 0);
+            assert_eq!(graphalloc_plan_start(pool, 0), 0, "{}", last_error());
+            assert_eq!(graphalloc_pool_release(pool), 0);
+        }
+    });
 }
 
 /// Two threads freeing the same pointer at once (a double free racing with
