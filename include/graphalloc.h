@@ -227,8 +227,9 @@ typedef void (*GraphallocOomObserver)(const GraphallocOomReport *report, void *u
 
 /* Sets the observer called once per failed allocation (any thread), before
  * the failing call returns and with no lock held (it may call any
- * graphalloc function); replaces the previous one, NULL clears it.
- * Returns 0, or -1. */
+ * graphalloc function; a failure of its own allocation returns its error
+ * but is not reported to it again); replaces the previous one, NULL clears
+ * it. Returns 0, or -1. */
 int graphalloc_set_oom_observer(GraphallocOomObserver observer, void *user_data);
 
 /* ---- Planned graph pools ------------------------------------------------ */

@@ -9,6 +9,8 @@
 use super::{allocator, ffi_call, Log};
 use std::ffi::{c_char, c_int, CStr};
 use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
 
 /// A C string argument as UTF-8, or why not.
 ///
@@ -26,13 +28,19 @@ unsafe fn text_arg<'a>(text: *const c_char, what: &str) -> Result<Option<&'a str
         .map_err(|_| format!("{what} is not valid UTF-8"))
 }
 
-/// A required path argument.
+/// A required path argument: any bytes but NUL, as the OS takes them (a
+/// file name need not be UTF-8).
 ///
 /// # Safety
 /// As [`text_arg`].
-unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a str, String> {
-    // SAFETY: the caller's contract, passed on.
-    unsafe { text_arg(path, "the path") }?.ok_or_else(|| "the path is null".to_string())
+unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a Path, String> {
+    if path.is_null() {
+        return Err("the path is null".into());
+    }
+    // SAFETY: non-null, and the caller guarantees a NUL-terminated string
+    // that stays valid for the call.
+    let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
+    Ok(Path::new(std::ffi::OsStr::from_bytes(bytes)))
 }
 
 /// Starts (or resizes) the memory history: the last `capacity` events
@@ -111,7 +119,8 @@ unsafe fn write_snapshot(
         // SAFETY: the caller's contract, passed on.
         let path = unsafe { path_arg(path) }?;
         let bytes = make(&allocator()?.snapshot());
-        std::fs::write(path, &bytes).map_err(|e| format!("cannot write {path}: {e}"))?;
+        std::fs::write(path, &bytes)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(i64::try_from(bytes.len()).unwrap_or(i64::MAX))
     })
 }
@@ -156,12 +165,12 @@ pub unsafe extern "C" fn graphalloc_history_write_trace(path: *const c_char) -> 
     ffi_call("graphalloc_history_write_trace", -1, Log::Quiet, || {
         // SAFETY: the caller's contract, passed on.
         let path = unsafe { path_arg(path) }?;
-        let name = crate::replay::trace_name(std::path::Path::new(path));
+        let name = crate::replay::trace_name(path);
         let text = crate::history::to_trace_text(&name, &allocator()?.history());
         let events = text.lines().filter(|l| !l.starts_with('#')).count();
         let write = || -> std::io::Result<()> {
             let file = std::fs::File::create(path)?;
-            if path.ends_with(".gz") {
+            if path.as_os_str().as_bytes().ends_with(b".gz") {
                 let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
                 gz.write_all(text.as_bytes())?;
                 gz.finish()?;
@@ -171,7 +180,7 @@ pub unsafe extern "C" fn graphalloc_history_write_trace(path: *const c_char) -> 
             }
             Ok(())
         };
-        write().map_err(|e| format!("cannot write {path}: {e}"))?;
+        write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(i64::try_from(events).unwrap_or(i64::MAX))
     })
 }

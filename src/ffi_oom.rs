@@ -8,6 +8,7 @@
 
 use super::{allocator, ffi_call, Log};
 use crate::{Error, OomOwner, OomReport, OOM_LARGEST_LIVE};
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Mutex;
 
@@ -60,12 +61,31 @@ pub type GraphallocOomObserver =
 /// The allocator's id of the observer set through C, if any.
 static C_OBSERVER: Mutex<Option<u64>> = Mutex::new(None);
 
+thread_local! {
+    /// Whether the calling thread is inside the C observer. A failure of an
+    /// allocation the observer makes itself is not reported to it again: an
+    /// observer that retries the failed allocation would otherwise recurse
+    /// until the stack overflows.
+    static IN_OBSERVER: Cell<bool> = const { Cell::new(false) };
+}
+
 /// Calls `observer` as C expects.
 fn call_observer(
     observer: unsafe extern "C" fn(*const GraphallocOomReport, *mut c_void),
     user_data: usize,
     r: &OomReport,
 ) {
+    // A thread-local without a destructor stays reachable in teardown; were
+    // it not, the report would be skipped rather than risk a recursion.
+    if IN_OBSERVER
+        .try_with(|inside| inside.replace(true))
+        .unwrap_or(true)
+    {
+        return;
+    }
+    let _leave = scopeguard::guard((), |()| {
+        let _ = IN_OBSERVER.try_with(|inside| inside.set(false));
+    });
     let message = Error::from(r.clone()).to_string().replace('\0', " ");
     let message = CString::new(message).unwrap_or_default();
     let (owner, pool) = match r.owner {
@@ -106,7 +126,9 @@ fn call_observer(
 /// allocation (of any thread, through C or Rust), before the failing call
 /// returns, with no lock of the allocator held: it may call any
 /// `graphalloc_*` function, `graphalloc_stats` and `graphalloc_malloc`
-/// included. Returns 0, or -1 if the allocator cannot be built.
+/// included (an allocation of its own that fails returns its error but is
+/// not reported to the observer again, which could recurse without end).
+/// Returns 0, or -1 if the allocator cannot be built.
 ///
 /// # Safety
 ///

@@ -260,6 +260,12 @@ def _declare(lib: ctypes.CDLL) -> None:
         "graphalloc_plan_stats": (c_int, [c_u64, ctypes.POINTER(_PlanStats)]),
         "graphalloc_set_oom_observer": (c_int, [_OOM_OBSERVER, c_vp]),
     }
+    # The history's functions too (a library without them is told apart
+    # when they are called: history._fn), so that a raw call through
+    # library() never runs with ctypes' default int restype.
+    from .history import _SIGNATURES as history
+
+    signatures.update({name: sig for name, sig in history.items() if hasattr(lib, name)})
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
         fn.restype = restype
@@ -315,6 +321,19 @@ def last_error() -> str:
     return raw.decode("utf-8", "replace") if raw else ""
 
 
+def _c_arg(value, ctype, what: str) -> int:
+    """`value` as an int for a C argument of type `ctype`. ctypes converts
+    without a range check (device 2**32 would become device 0, a pool id
+    plus 2**64 that pool): a value out of the type's range raises
+    GraphallocError naming it, as an unknown device or pool does."""
+    n = int(value)
+    bits = 8 * ctypes.sizeof(ctype)
+    low, high = (-(1 << (bits - 1)), 1 << (bits - 1)) if ctype(-1).value == -1 else (0, 1 << bits)
+    if not low <= n < high:
+        raise GraphallocError(f"{what} {n} is out of range ({low} to {high - 1})")
+    return n
+
+
 def _check(ok: bool, what: str = "graphalloc call") -> None:
     if not ok:
         raise GraphallocError(last_error() or f"{what} failed")
@@ -346,14 +365,16 @@ def device_stats(device: int) -> dict:
     """Statistics of one device's caching allocator (graph pools excluded).
     An unknown device raises GraphallocError naming it."""
     out = _PoolStats()
-    _check(library().graphalloc_device_stats(int(device), ctypes.byref(out)) == 0)
+    device = _c_arg(device, ctypes.c_int, "device")
+    _check(library().graphalloc_device_stats(device, ctypes.byref(out)) == 0)
     return out.to_dict()
 
 
 def pool_stats(pool: int) -> dict:
     """Statistics of graph pool `pool` (an id); an unknown id raises."""
     out = _PoolStats()
-    _check(library().graphalloc_pool_stats(int(pool), ctypes.byref(out)) == 0)
+    pool = _c_arg(pool, ctypes.c_uint64, "graph pool")
+    _check(library().graphalloc_pool_stats(pool, ctypes.byref(out)) == 0)
     return out.to_dict()
 
 
@@ -391,7 +412,8 @@ def on_out_of_memory(observer: Optional[Callable[[dict], None]]) -> None:
     requested, device_free, device_total, limit, reserved, allocated,
     cache_idle, pool_idle, largest_free_block, largest_live [(address,
     size), ...] and message (the whole error text, with what to try). The
-    observer may call any graphalloc function (no lock is held); an
+    observer may call any graphalloc function (no lock is held; a failure
+    of an allocation it makes itself is not reported to it again); an
     exception it raises is printed and ignored."""
     lib = library()
     if observer is None:

@@ -22,7 +22,7 @@ import pickle
 import tempfile
 from typing import Iterator, Optional
 
-from . import GraphallocError, _check, library
+from . import GraphallocError, _c_arg, _check, library
 
 __all__ = [
     "record_history",
@@ -63,7 +63,12 @@ def _fn(name: str):
 
 
 def _path(path) -> bytes:
-    return os.fsencode(os.fspath(path))
+    """`path` for C. A NUL would cut it short there (another file written):
+    ValueError, as Python's open() raises."""
+    raw = os.fsencode(os.fspath(path))
+    if b"\0" in raw:
+        raise ValueError(f"embedded null byte in path {path!r}")
+    return raw
 
 
 def record_history(max_entries: int = 100_000, backtraces: bool = False) -> None:
@@ -75,7 +80,8 @@ def record_history(max_entries: int = 100_000, backtraces: bool = False) -> None
     if max_entries == 0:
         stop_history()
         return
-    _check(_fn("graphalloc_history_start")(int(max_entries)) == 0, "record_history")
+    max_entries = _c_arg(max_entries, ctypes.c_size_t, "max_entries")
+    _check(_fn("graphalloc_history_start")(max_entries) == 0, "record_history")
     _check(_fn("graphalloc_history_set_backtraces")(int(bool(backtraces))) == 0)
 
 
@@ -98,7 +104,12 @@ def history_length() -> int:
 
 def set_context(text: Optional[str]) -> None:
     """Sets (None: clears) the calling thread's context string, which every
-    event the thread causes carries (a frame named `text` in snapshots)."""
+    event the thread causes carries (a frame named `text` in snapshots).
+    A `text` with a NUL raises ValueError, one not a str TypeError."""
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"the context must be a str or None, not {type(text).__name__}")
+    if text is not None and "\0" in text:
+        raise ValueError(f"embedded null character in context {text!r}")
     raw = None if text is None else text.encode("utf-8")
     _check(_fn("graphalloc_history_set_context")(raw) == 0, "set_context")
 

@@ -51,6 +51,7 @@ from . import (
     PLAN_STATS_FIELDS,
     _PlanStats,
     _RecordedAlloc,
+    _c_arg,
     _check,
     device_stats,
     empty_cache,
@@ -233,10 +234,23 @@ def release_capture_pools() -> int:
     return int(n)
 
 
+def _device_index(device) -> int:
+    """A device ordinal from an int or a torch.device; None, or a
+    torch.device without an index ("cuda"), is the current device, as in
+    PyTorch. An unknown device raises GraphallocError (here when out of a C
+    int's range, else from the library)."""
+    index = getattr(device, "index", device)
+    if index is None:
+        import torch
+
+        index = torch.cuda.current_device()
+    return _c_arg(index, ctypes.c_int, "device")
+
+
 def _stream_handle(stream) -> int:
     if stream is None:
         return 0
-    return int(getattr(stream, "cuda_stream", stream))
+    return _c_arg(getattr(stream, "cuda_stream", stream), ctypes.c_uint64, "stream handle")
 
 
 class GraphPool:
@@ -251,13 +265,7 @@ class GraphPool:
 
     def __init__(self, device: Optional[int] = None):
         _require_installed("GraphPool")
-        if device is None:
-            import torch
-
-            device = torch.cuda.current_device()
-        # torch.device("cuda:1") -> 1; an unknown device raises GraphallocError below.
-        index = getattr(device, "index", device)
-        self.device = int(index if index is not None else 0)
+        self.device = _device_index(device)
         self.id = int(library().graphalloc_pool_create(self.device))
         _check(self.id != 0)
 
@@ -297,11 +305,9 @@ class Recording:
     rec: fn()`. Allocations are served as usual (an eager run)."""
 
     def __init__(self, stream, device: Optional[int] = None):
-        if device is None:
-            import torch
-
-            device = torch.cuda.current_device()
-        self.device, self.stream, self.id, self.allocations = int(device), stream, 0, None
+        self.id = 0  # for __del__, should the checks below raise
+        self.device = _device_index(device)
+        self.stream, self.id, self.allocations = stream, 0, None
 
     def __enter__(self) -> "Recording":
         self.id = int(library().graphalloc_plan_record_begin(self.device, _stream_handle(self.stream)))
@@ -365,9 +371,7 @@ class PlannedPool(GraphPool):
         for k, r in enumerate(recordings):
             if r.allocations is None:
                 raise GraphallocError(f"recording {k} has not ended (leave its `with` block first)")
-        if device is None:
-            device = recordings[0].device
-        self.device = int(device)
+        self.device = recordings[0].device if device is None else _device_index(device)
         self.recordings = recordings  # keeps them alive with the pool
         # the stats of the ordinary pool a thrown-away recording capture used
         # (planned_graphs(record="capture"), planned_graphed_callables)
@@ -377,6 +381,7 @@ class PlannedPool(GraphPool):
         _check(self.id != 0)
 
     def start_plan(self, plan: int = 0) -> None:
+        plan = _c_arg(plan, ctypes.c_size_t, "plan")
         _check(library().graphalloc_plan_start(self.id, plan) == 0)
 
     def plan_stats(self) -> dict:
@@ -518,7 +523,7 @@ def planned_graphs(
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, not {warmup}")
     _require_installed("planned_graphs()")
-    device = torch.cuda.current_device() if device is None else int(getattr(device, "index", device) or 0)
+    device = _device_index(device)
     stream = stream if stream is not None else torch.cuda.Stream()
     prepare = before if before is not None else (lambda: None)
 
