@@ -8,7 +8,6 @@
 
 use super::{allocator, ffi_call, Log};
 use crate::{Error, OomOwner, OomReport, OOM_LARGEST_LIVE};
-use std::cell::Cell;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Mutex;
 
@@ -61,31 +60,14 @@ pub type GraphallocOomObserver =
 /// The allocator's id of the observer set through C, if any.
 static C_OBSERVER: Mutex<Option<u64>> = Mutex::new(None);
 
-thread_local! {
-    /// Whether the calling thread is inside the C observer. A failure of an
-    /// allocation the observer makes itself is not reported to it again: an
-    /// observer that retries the failed allocation would otherwise recurse
-    /// until the stack overflows.
-    static IN_OBSERVER: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Calls `observer` as C expects.
 fn call_observer(
     observer: unsafe extern "C" fn(*const GraphallocOomReport, *mut c_void),
     user_data: usize,
     r: &OomReport,
 ) {
-    // A thread-local without a destructor stays reachable in teardown; were
-    // it not, the report would be skipped rather than risk a recursion.
-    if IN_OBSERVER
-        .try_with(|inside| inside.replace(true))
-        .unwrap_or(true)
-    {
-        return;
-    }
-    let _leave = scopeguard::guard((), |()| {
-        let _ = IN_OBSERVER.try_with(|inside| inside.set(false));
-    });
+    // Not called again for a failure of its own allocations: the
+    // allocator does not notify its observers re-entrantly (`oom.rs`).
     let message = Error::from(r.clone()).to_string().replace('\0', " ");
     let message = CString::new(message).unwrap_or_default();
     let (owner, pool) = match r.owner {

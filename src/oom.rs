@@ -16,8 +16,14 @@ use crate::arena::Books;
 use crate::caching::CachingAllocator;
 use crate::error::Error;
 use crate::graph_pool::PoolRegistry;
+use std::cell::Cell;
 use std::fmt;
 use std::sync::{Arc, RwLock};
+
+thread_local! {
+    /// Whether the calling thread is running out-of-memory observers.
+    static NOTIFYING: Cell<bool> = const { Cell::new(false) };
+}
 
 /// How many of the largest live blocks a report lists.
 pub const OOM_LARGEST_LIVE: usize = 4;
@@ -275,6 +281,20 @@ impl Observers {
     /// Calls every observer with `report`, holding no lock while they run
     /// (the list is copied first, so an observer may add or remove one).
     pub(crate) fn notify(&self, report: &OomReport) {
+        // A failure of an allocation an observer makes itself is not
+        // reported again on that thread: an observer that retries the
+        // failed request would otherwise recurse until the stack overflows.
+        // (A thread-local without a destructor stays reachable in teardown;
+        // were it not, the report would be skipped rather than risk that.)
+        if NOTIFYING
+            .try_with(|inside| inside.replace(true))
+            .unwrap_or(true)
+        {
+            return;
+        }
+        let _leave = scopeguard::guard((), |()| {
+            let _ = NOTIFYING.try_with(|inside| inside.set(false));
+        });
         let list: Vec<Arc<OomObserver>> = match self.list.read() {
             Ok(list) => list.iter().map(|(_, o)| o.clone()).collect(),
             Err(poisoned) => poisoned.get_ref().iter().map(|(_, o)| o.clone()).collect(),
@@ -306,9 +326,12 @@ impl Allocator {
     /// Returns an id for [`Allocator::remove_out_of_memory_observer`].
     ///
     /// Observers run on the failing thread with no lock of the allocator
-    /// held: they may allocate, free, or read [`Allocator::stats`]. A panic
-    /// in an observer propagates out of the failed call (nothing is left
-    /// half-done: the request had already failed).
+    /// held: they may allocate, free, or read [`Allocator::stats`]; a
+    /// failure of an allocation an observer makes returns its error to the
+    /// observer but is not reported to the observers again (an observer that
+    /// retries the failed request would otherwise recurse without end). A
+    /// panic in an observer propagates out of the failed call (nothing is
+    /// left half-done: the request had already failed).
     ///
     /// ```
     /// use graphalloc::{Allocator, Config, Error, OomOwner};

@@ -203,3 +203,35 @@ fn a_memory_fraction_gets_its_hint() {
     );
     alloc.free(a).unwrap();
 }
+
+/// An observer that retries the failed request (a natural "free something
+/// and try again" handler) is called once per failure of the caller's
+/// request: the failure of its own retry returns its error to it but is not
+/// reported to it again, so it cannot recurse without end.
+#[test]
+fn an_observer_that_retries_the_request_is_not_reentered() {
+    let alloc = Arc::new(Allocator::new(Config::host(64 << 20)).unwrap());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(Mutex::new(Vec::new()));
+    let (weak, counted, seen) = (Arc::downgrade(&alloc), calls.clone(), retries.clone());
+    alloc.on_out_of_memory(move |r| {
+        if counted.fetch_add(1, Ordering::SeqCst) > 8 {
+            panic!("the observer was re-entered");
+        }
+        let alloc = weak.upgrade().expect("the allocator is alive");
+        let retry = alloc.allocate(r.requested, 512);
+        seen.lock().unwrap().push(retry.map(drop).is_err());
+    });
+    let live = alloc.allocate(40 << 20, 512).unwrap();
+    for _ in 0..2 {
+        let err = alloc.allocate(40 << 20, 512).unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory { .. }));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "once per failed request");
+    assert_eq!(
+        *retries.lock().unwrap(),
+        [true, true],
+        "each retry failed too"
+    );
+    alloc.free(live).unwrap();
+}
