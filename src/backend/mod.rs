@@ -128,12 +128,24 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// nothing can reach any more). Calling it from safe code does not
     /// compile:
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0133
     /// use graphalloc::{Backend, HostBackend};
     ///
     /// let host = HostBackend::new(0, 1 << 20);
     /// let seg = host.reserve(4096).unwrap();
     /// host.release(seg, 4096).unwrap(); // error[E0133]: call to unsafe function
+    /// ```
+    ///
+    /// Nor through the backend an allocator lends out for copies (before,
+    /// this freed the memory under a live block, and a later write to the
+    /// block wrote into freed memory):
+    ///
+    /// ```compile_fail,E0133
+    /// use graphalloc::{Allocator, Config};
+    ///
+    /// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
+    /// let p = alloc.allocate(4096, 256).unwrap();
+    /// alloc.backend(0).unwrap().release(p.addr(), 4096).unwrap(); // error[E0133]
     /// ```
     unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 
@@ -264,7 +276,19 @@ pub trait VirtualMemory: Send + Sync {
     /// will use, and no device work queued on it is still pending (the
     /// caller has waited for it or fenced it). The allocator upholds this:
     /// it unmaps only idle units of its own expandable segments, free of
-    /// any block, once the work of the streams that used them is done.
+    /// any block, once the work of the streams that used them is done (or,
+    /// when their owner goes away, units whose blocks nothing can reach any
+    /// more, after waiting for their segment's stream). Calling it from safe code does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// use graphalloc::{Backend, HostBackend};
+    ///
+    /// let host = HostBackend::new(0, 1 << 30);
+    /// let vmm = host.vmm().unwrap();
+    /// let range = vmm.reserve_range(2 << 20).unwrap();
+    /// vmm.map(range, 2 << 20).unwrap();
+    /// vmm.unmap(range, 2 << 20).unwrap(); // error[E0133]: call to unsafe function
+    /// ```
     unsafe fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 }
 
