@@ -388,12 +388,13 @@ impl<B: Backend> VirtualMemory for FaultAdaptor<B> {
                 .sum::<usize>()
                 .min(size)
         };
-        // SAFETY (both calls): the caller's contract for `unmap` covers
-        // `[addr, addr + size)`, so it covers its prefix `[addr, addr +
-        // done)` too; it is passed on to the inner backend.
         let result = match fault {
+            // SAFETY: the caller's contract for `unmap`, passed on.
             None => unsafe { vmm.unmap(addr, size) },
             Some(_) if done == 0 => return Err(BackendError::Injected { nth }),
+            // SAFETY: the caller's contract for `unmap` covers `[addr, addr
+            // + size)`, so it covers its prefix `[addr, addr + done)` too;
+            // passed on.
             Some(_) => unsafe { vmm.unmap(addr, done) }.and(Err(BackendError::PartlyUnmapped {
                 unmapped: done,
                 requested: size,

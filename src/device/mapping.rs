@@ -344,14 +344,12 @@ impl Device {
         }
         if let Err((e, _)) = mapped {
             if let Some(range) = fresh.and_then(|seg| arena.remove_fresh_segment(seg)) {
+                let vmm = self.backend.vmm();
                 // SAFETY: the range was reserved by this call and taken out
                 // of the arena only because nothing was ever mapped in it
                 // (`remove_fresh_segment`): no block was carved from it, so
                 // no address in it was handed out or used by device work.
-                let _ = self
-                    .backend
-                    .vmm()
-                    .and_then(|v| unsafe { v.release_range(range.base, range.size) });
+                let _ = vmm.and_then(|v| unsafe { v.release_range(range.base, range.size) });
             }
             return Err(Shortfall::from(e));
         }
@@ -601,8 +599,9 @@ impl Device {
     /// no pending device work) accesses the range while it is unmapped.
     pub(super) unsafe fn unmap_pages(&self, addr: u64, len: usize) -> Result<(), BackendError> {
         let start = Instant::now();
+        let vmm = self.backend.vmm();
         // SAFETY: this function's contract, passed on.
-        let result = self.backend.vmm().and_then(|v| unsafe { v.unmap(addr, len) });
+        let result = vmm.and_then(|v| unsafe { v.unmap(addr, len) });
         let c = &self.mapping;
         c.unmap_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -372,15 +372,14 @@ impl Device {
                     }
                     // A range with pages still mapped cannot be freed.
                     if all_unmapped {
+                        let vmm = self.backend.vmm();
                         // SAFETY: the segment has left the arena (as above)
                         // and every unit of its range is unmapped (its runs
                         // just above, the rest earlier by `reclaim`), so no
                         // block or work uses any address in it.
-                        if let Err(e) = self
-                            .backend
-                            .vmm()
-                            .and_then(|v| unsafe { v.release_range(seg.base, seg.size) })
-                        {
+                        let freed =
+                            vmm.and_then(|v| unsafe { v.release_range(seg.base, seg.size) });
+                        if let Err(e) = freed {
                             first_error.get_or_insert(e);
                         }
                     }
