@@ -490,7 +490,7 @@ impl Backend for Endless {
         let base = (1 << 21) + self.0.fetch_add(step, std::sync::atomic::Ordering::SeqCst);
         base.checked_add(step).map(|_| base).ok_or(oom)
     }
-    fn release(&self, _: u64, _: usize) -> Result<(), graphalloc::BackendError> {
+    unsafe fn release(&self, _: u64, _: usize) -> Result<(), graphalloc::BackendError> {
         Ok(())
     }
     fn mem_info(&self) -> Result<graphalloc::MemInfo, graphalloc::BackendError> {

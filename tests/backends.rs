@@ -21,19 +21,21 @@ fn invalid(e: BackendError) -> &'static str {
 fn host_release_of_an_address_never_handed_out_is_refused() {
     let host = HostBackend::new(0, 64 * MIB);
     let seg = host.reserve(4096).unwrap();
+    // SAFETY (each block below): nothing ever reads or writes `seg` or
+    // 0x1000; the refused calls change nothing.
     // Before: `dealloc` of 0x1000 crashed the process.
     assert_eq!(
-        invalid(host.release(0x1000, 4096).unwrap_err()),
+        invalid(unsafe { host.release(0x1000, 4096) }.unwrap_err()),
         "not a held segment"
     );
     assert_eq!(
-        invalid(host.release(seg, 8192).unwrap_err()),
+        invalid(unsafe { host.release(seg, 8192) }.unwrap_err()),
         "reserved with another size"
     );
     assert_eq!(host.outstanding_bytes(), 4096);
-    host.release(seg, 4096).unwrap();
+    unsafe { host.release(seg, 4096) }.unwrap();
     assert_eq!(
-        invalid(host.release(seg, 4096).unwrap_err()),
+        invalid(unsafe { host.release(seg, 4096) }.unwrap_err()),
         "not a held segment"
     );
     assert_eq!((host.outstanding_bytes(), host.releases()), (0, 1));
@@ -81,8 +83,9 @@ fn host_ranges_and_segments_of_absurd_sizes_are_out_of_memory() {
         invalid(vmm.map(last, PAGE).unwrap_err()),
         "past the address space"
     );
+    // SAFETY: refused (past the address space): nothing is unmapped.
     assert_eq!(
-        invalid(vmm.unmap(below, 2 * PAGE).unwrap_err()),
+        invalid(unsafe { vmm.unmap(below, 2 * PAGE) }.unwrap_err()),
         "past the address space"
     );
 }
@@ -94,15 +97,19 @@ fn host_unmap_of_a_heap_page_is_refused_and_the_page_stays_readable() {
     let seg = host.reserve(2 * PAGE).unwrap();
     let page = seg.next_multiple_of(PAGE as u64);
     // Before: Ok, the page lost its protection and the read below crashed.
+    // SAFETY: the call must be refused (that is what this test checks);
+    // were it not, the read below would be the access the contract forbids,
+    // as the bug this pins down was.
     assert_eq!(
-        invalid(host.vmm().unwrap().unmap(page, PAGE).unwrap_err()),
+        invalid(unsafe { host.vmm().unwrap().unmap(page, PAGE) }.unwrap_err()),
         "not inside a reserved range"
     );
     // SAFETY: `page` lies inside the live segment `seg` that this test owns.
     let byte = unsafe { std::ptr::read_volatile(page as *const u8) };
     let _ = byte;
     assert_eq!(host.outstanding_bytes(), 2 * PAGE);
-    host.release(seg, 2 * PAGE).unwrap();
+    // SAFETY: `seg` is not read after this.
+    unsafe { host.release(seg, 2 * PAGE) }.unwrap();
 }
 
 #[test]
@@ -112,9 +119,10 @@ fn host_unmap_of_pages_not_mapped_cannot_underflow_the_used_count() {
     let range = vmm.reserve_range(4 * PAGE).unwrap();
     vmm.map(range, PAGE).unwrap();
     assert_eq!(host.outstanding_bytes(), PAGE);
+    // SAFETY (each block below): nothing ever reads or writes `range`.
     // Before: Ok, and `used` went from 2 MiB to 2 MiB - 4 MiB (wrapped).
     assert_eq!(
-        invalid(vmm.unmap(range, 2 * PAGE).unwrap_err()),
+        invalid(unsafe { vmm.unmap(range, 2 * PAGE) }.unwrap_err()),
         "pages not mapped"
     );
     assert_eq!(host.outstanding_bytes(), PAGE);
@@ -131,17 +139,17 @@ fn host_unmap_of_pages_not_mapped_cannot_underflow_the_used_count() {
         (range + 4 * PAGE as u64, PAGE),
     ] {
         assert!(vmm.map(addr, len).is_err(), "{addr:#x}+{len}");
-        assert!(vmm.unmap(addr, len).is_err(), "{addr:#x}+{len}");
+        assert!(unsafe { vmm.unmap(addr, len) }.is_err(), "{addr:#x}+{len}");
     }
     // A range with pages mapped cannot be released.
     assert_eq!(
-        invalid(vmm.release_range(range, 4 * PAGE).unwrap_err()),
+        invalid(unsafe { vmm.release_range(range, 4 * PAGE) }.unwrap_err()),
         "pages still mapped"
     );
-    vmm.unmap(range, PAGE).unwrap();
+    unsafe { vmm.unmap(range, PAGE) }.unwrap();
     assert_eq!(host.outstanding_bytes(), 0);
-    vmm.release_range(range, 4 * PAGE).unwrap();
-    assert!(vmm.release_range(range, 4 * PAGE).is_err());
+    unsafe { vmm.release_range(range, 4 * PAGE) }.unwrap();
+    assert!(unsafe { vmm.release_range(range, 4 * PAGE) }.is_err());
 }
 
 /// What one map call mapped (a mapping unit) is unmapped whole or not at
@@ -155,9 +163,10 @@ fn host_unmap_of_part_of_a_mapping_unit_is_refused() {
     let at = |pages: usize| range + (pages * PAGE) as u64;
     vmm.map(range, 3 * PAGE).unwrap();
     vmm.map(at(3), PAGE).unwrap();
+    // SAFETY (each block below): nothing ever reads or writes `range`.
     for (addr, len) in [(range, PAGE), (at(1), 2 * PAGE), (at(2), 2 * PAGE)] {
         assert_eq!(
-            invalid(vmm.unmap(addr, len).unwrap_err()),
+            invalid(unsafe { vmm.unmap(addr, len) }.unwrap_err()),
             "part of a mapping unit",
             "{addr:#x}+{len}"
         );
@@ -168,9 +177,9 @@ fn host_unmap_of_part_of_a_mapping_unit_is_refused() {
     );
     assert_eq!(host.outstanding_bytes(), 4 * PAGE);
     // Both units in one call.
-    vmm.unmap(range, 4 * PAGE).unwrap();
+    unsafe { vmm.unmap(range, 4 * PAGE) }.unwrap();
     assert_eq!(host.outstanding_bytes(), 0);
-    vmm.release_range(range, 8 * PAGE).unwrap();
+    unsafe { vmm.release_range(range, 8 * PAGE) }.unwrap();
 }
 
 #[test]
@@ -242,14 +251,16 @@ fn the_limit_adaptor_counts_segments_and_mapped_pages() {
     );
     assert!(limited.reserve(1).is_err());
     assert_eq!(limited.inner().outstanding_bytes(), 3 * PAGE);
+    // SAFETY (each block below): nothing ever reads or writes `seg` or
+    // `range`.
     // A refused unmap gives nothing back.
-    assert!(vmm.unmap(range + 4 * PAGE as u64, PAGE).is_err());
+    assert!(unsafe { vmm.unmap(range + 4 * PAGE as u64, PAGE) }.is_err());
     assert_eq!(limited.held(), 3 * PAGE);
-    vmm.unmap(range, PAGE).unwrap();
-    limited.release(seg, PAGE).unwrap();
+    unsafe { vmm.unmap(range, PAGE) }.unwrap();
+    unsafe { limited.release(seg, PAGE) }.unwrap();
     assert_eq!(limited.held(), PAGE);
-    vmm.unmap(range + PAGE as u64, PAGE).unwrap();
-    vmm.release_range(range, 8 * PAGE).unwrap();
+    unsafe { vmm.unmap(range + PAGE as u64, PAGE) }.unwrap();
+    unsafe { vmm.release_range(range, 8 * PAGE) }.unwrap();
     assert_eq!(
         (limited.held(), limited.inner().outstanding_bytes()),
         (0, 0)
@@ -303,9 +314,12 @@ fn the_fault_adaptor_fails_chosen_reservations_and_mappings_only() {
     );
     faulty.fail_reservation(1);
     faulty.clear_faults();
-    vmm.unmap(range, PAGE).unwrap();
-    vmm.release_range(range, 2 * PAGE).unwrap();
-    faulty.release(seg, 4096).unwrap();
+    // SAFETY: nothing ever reads or writes `seg` or `range`.
+    unsafe {
+        vmm.unmap(range, PAGE).unwrap();
+        vmm.release_range(range, 2 * PAGE).unwrap();
+        faulty.release(seg, 4096).unwrap();
+    }
     assert_eq!(faulty.inner().outstanding_bytes(), 0);
 }
 
@@ -322,13 +336,17 @@ fn the_tracking_adaptor_records_misuse_without_passing_it_on() {
     assert!(tracked.contains(range + PAGE as u64, PAGE));
     assert!(!tracked.contains(range, 1));
     assert!(tracked.in_address_space(range));
-    assert!(vmm.unmap(range, PAGE).is_err());
-    assert!(tracked.release(seg + 512, 4096).is_err());
-    assert!(vmm.release_range(range, PAGE).is_err());
-    assert_eq!(tracked.violations().len(), 3, "{:?}", tracked.violations());
-    vmm.unmap(range + PAGE as u64, PAGE).unwrap();
-    vmm.release_range(range, 4 * PAGE).unwrap();
-    tracked.release(seg, 4096).unwrap();
+    // SAFETY: nothing ever reads or writes `seg` or `range`; the first
+    // three calls are refused and change nothing.
+    unsafe {
+        assert!(vmm.unmap(range, PAGE).is_err());
+        assert!(tracked.release(seg + 512, 4096).is_err());
+        assert!(vmm.release_range(range, PAGE).is_err());
+        assert_eq!(tracked.violations().len(), 3, "{:?}", tracked.violations());
+        vmm.unmap(range + PAGE as u64, PAGE).unwrap();
+        vmm.release_range(range, 4 * PAGE).unwrap();
+        tracked.release(seg, 4096).unwrap();
+    }
     assert!(tracked.segments().is_empty() && tracked.ranges().is_empty());
     assert_eq!(tracked.inner().outstanding_bytes(), 0);
 }
@@ -351,8 +369,9 @@ impl Backend for SegmentsOnly {
         self.0.reserve(size)
     }
 
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.0.release(addr, size)
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller's contract for `release`, passed on.
+        unsafe { self.0.release(addr, size) }
     }
 
     fn mem_info(&self) -> Result<graphalloc::MemInfo, BackendError> {
@@ -388,7 +407,8 @@ fn a_partly_failed_unmap_is_booked_exactly_by_every_layer() {
         vmm.map(range + (i * PAGE) as u64, PAGE).unwrap(); // three units
     }
     faults.fail_unmap(1, 1);
-    let e = vmm.unmap(range, 3 * PAGE).unwrap_err();
+    // SAFETY (each block below): nothing ever reads or writes `range`.
+    let e = unsafe { vmm.unmap(range, 3 * PAGE) }.unwrap_err();
     assert_eq!(
         e,
         BackendError::PartlyUnmapped {
@@ -405,12 +425,12 @@ fn a_partly_failed_unmap_is_booked_exactly_by_every_layer() {
     faults.fail_unmap(1, 0);
     let rest = range + PAGE as u64;
     assert_eq!(
-        vmm.unmap(rest, 2 * PAGE),
+        unsafe { vmm.unmap(rest, 2 * PAGE) },
         Err(BackendError::Injected { nth: 2 })
     );
     assert_eq!(stack.inner().held(), 2 * PAGE);
-    vmm.unmap(rest, 2 * PAGE).unwrap();
-    vmm.release_range(range, 4 * PAGE).unwrap();
+    unsafe { vmm.unmap(rest, 2 * PAGE) }.unwrap();
+    unsafe { vmm.release_range(range, 4 * PAGE) }.unwrap();
     assert_eq!(
         (stack.inner().held(), faults.inner().outstanding_bytes()),
         (0, 0)

@@ -180,7 +180,7 @@ impl Backend for Unbounded {
         self.live.fetch_add(1, Ordering::SeqCst);
         Ok(base)
     }
-    fn release(&self, _addr: u64, _size: usize) -> Result<(), BackendError> {
+    unsafe fn release(&self, _addr: u64, _size: usize) -> Result<(), BackendError> {
         self.live.fetch_sub(1, Ordering::SeqCst);
         Ok(())
     }

@@ -95,8 +95,9 @@ impl Backend for NestingBackend {
         }
         self.inner.reserve(size)
     }
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.inner.release(addr, size)
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller's contract for `release`, passed on.
+        unsafe { self.inner.release(addr, size) }
     }
     fn mem_info(&self) -> Result<MemInfo, BackendError> {
         self.inner.mem_info()

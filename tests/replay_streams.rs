@@ -22,8 +22,9 @@ impl Backend for Flaky {
         self.order.then_some(self as _)
     }
 
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.inner.release(addr, size)
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller's contract for `release`, passed on.
+        unsafe { self.inner.release(addr, size) }
     }
 
     fn kind(&self) -> BackendKind {

@@ -33,8 +33,9 @@ impl Backend for DriverLike {
     fn reserve(&self, size: usize) -> Result<u64, BackendError> {
         self.host.reserve(size)
     }
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.host.release(addr, size)
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller's contract for `release`, passed on.
+        unsafe { self.host.release(addr, size) }
     }
     fn mem_info(&self) -> Result<MemInfo, BackendError> {
         self.host.mem_info()

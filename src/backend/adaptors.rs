@@ -57,8 +57,11 @@ macro_rules! forward_ranges {
             self.inner.vmm()?.reserve_range(size)
         }
 
-        fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-            self.inner.vmm()?.release_range(addr, size)
+        unsafe fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+            let vmm = self.inner.vmm()?;
+            // SAFETY: the caller's contract for `release_range` is passed
+            // on unchanged to the inner backend.
+            unsafe { vmm.release_range(addr, size) }
         }
     };
 }
@@ -102,7 +105,8 @@ enum Limit {
 /// let seg = limited.reserve(8192).unwrap();
 /// assert!(limited.reserve(4096).is_err()); // over the limit, not the device
 /// assert_eq!(limited.held(), 8192);
-/// limited.release(seg, 8192).unwrap();
+/// // SAFETY: the segment holds no block and is not used again.
+/// unsafe { limited.release(seg, 8192) }.unwrap();
 /// assert_eq!(limited.held(), 0);
 /// ```
 #[derive(Debug)]
@@ -192,8 +196,10 @@ impl<B: Backend> Backend for LimitAdaptor<B> {
         self.inner.reserve(size).inspect_err(|_| self.unclaim(size))
     }
 
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        self.inner.release(addr, size)?;
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller's contract for `release` is passed on
+        // unchanged to the inner backend.
+        unsafe { self.inner.release(addr, size) }?;
         self.unclaim(size);
         Ok(())
     }
@@ -210,8 +216,11 @@ impl<B: Backend> VirtualMemory for LimitAdaptor<B> {
         vmm.map(addr, size).inspect_err(|_| self.unclaim(size))
     }
 
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        let result = self.inner.vmm()?.unmap(addr, size);
+    unsafe fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        let vmm = self.inner.vmm()?;
+        // SAFETY: the caller's contract for `unmap` is passed on unchanged
+        // to the inner backend.
+        let result = unsafe { vmm.unmap(addr, size) };
         self.unclaim(match &result {
             Ok(()) => size,
             Err(e) => e.unmapped_bytes(),
@@ -236,7 +245,8 @@ impl<B: Backend> VirtualMemory for LimitAdaptor<B> {
 /// assert!(faulty.reserve(4096).is_err());
 /// let seg = faulty.reserve(4096).unwrap();
 /// assert_eq!(faulty.inner().outstanding_bytes(), 4096);
-/// faulty.release(seg, 4096).unwrap();
+/// // SAFETY: the segment holds no block and is not used again.
+/// unsafe { faulty.release(seg, 4096) }.unwrap();
 /// ```
 pub struct FaultAdaptor<B> {
     inner: B,
@@ -339,11 +349,13 @@ impl<B: Backend> Backend for FaultAdaptor<B> {
         self.inner.reserve(size)
     }
 
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         if self.failing_releases.load(Ordering::SeqCst) {
             return Err(BackendError::Injected { nth: 0 });
         }
-        self.inner.release(addr, size)
+        // SAFETY: the caller's contract for `release` is passed on
+        // unchanged to the inner backend.
+        unsafe { self.inner.release(addr, size) }
     }
 
     forward_capabilities!();
@@ -360,7 +372,7 @@ impl<B: Backend> VirtualMemory for FaultAdaptor<B> {
         Ok(())
     }
 
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let vmm = self.inner.vmm()?;
         let nth = self.unmaps.fetch_add(1, Ordering::SeqCst) + 1;
         let fault = self.unmap_faults.lock().remove(&nth);
@@ -377,9 +389,13 @@ impl<B: Backend> VirtualMemory for FaultAdaptor<B> {
                 .min(size)
         };
         let result = match fault {
-            None => vmm.unmap(addr, size),
+            // SAFETY: the caller's contract for `unmap`, passed on.
+            None => unsafe { vmm.unmap(addr, size) },
             Some(_) if done == 0 => return Err(BackendError::Injected { nth }),
-            Some(_) => vmm.unmap(addr, done).and(Err(BackendError::PartlyUnmapped {
+            // SAFETY: the caller's contract for `unmap` covers `[addr, addr
+            // + size)`, so it covers its prefix `[addr, addr + done)` too;
+            // passed on.
+            Some(_) => unsafe { vmm.unmap(addr, done) }.and(Err(BackendError::PartlyUnmapped {
                 unmapped: done,
                 requested: size,
                 cause: Box::new(BackendError::Injected { nth }),

@@ -452,10 +452,12 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn release(&self, addr: u64, _size: usize) -> Result<(), BackendError> {
+    unsafe fn release(&self, addr: u64, _size: usize) -> Result<(), BackendError> {
         self.managed(|| {
-            // SAFETY: the pools release only addresses returned by `reserve`
-            // on this backend, each exactly once, after the work using them.
+            // SAFETY: by this method's contract nothing accesses the segment
+            // again, and device work still using it is waited for by
+            // `cuMemFree`'s implicit synchronization; the allocator releases
+            // only segments it reserved here, each once.
             unsafe { result::free_sync(addr) }.map_err(driver("cuMemFree"))
         })
     }
@@ -531,10 +533,11 @@ impl VirtualMemory for CudaBackend {
         })
     }
 
-    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         self.managed(|| {
-            // SAFETY: `addr, size` is a range from `reserve_range`, fully
-            // unmapped by the caller's contract.
+            // SAFETY: by this method's contract nothing accesses the range
+            // again; the allocator passes only a range from `reserve_range`
+            // whose units it has all unmapped.
             unsafe { raw::address_free(addr, size) }.map_err(driver("cuMemAddressFree"))
         })
     }
@@ -564,7 +567,7 @@ impl VirtualMemory for CudaBackend {
         Ok(())
     }
 
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let end = range_end("unmap", addr, size)?;
         let units = {
             let table = self.lock_units();
@@ -585,8 +588,9 @@ impl VirtualMemory for CudaBackend {
             let mut release_error = None;
             for (at, len) in units {
                 // SAFETY: `[at, at + len)` is exactly one unit `map` mapped
-                // (checked against the table); no work may still use it (the
-                // allocator unmaps idle units only, after their streams).
+                // (checked against the table); by this method's contract no
+                // block or device work still uses it (the allocator unmaps
+                // idle units only, after their streams).
                 if let Err(e) = unsafe { raw::unmap(at, len) } {
                     let e = driver("cuMemUnmap")(e);
                     if at == addr && release_error.is_none() {

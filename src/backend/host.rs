@@ -61,8 +61,12 @@ struct Streams {
 /// let host = HostBackend::new(0, 1 << 20);
 /// let seg = host.reserve(4096).unwrap();
 /// assert_eq!(host.outstanding_bytes(), 4096);
-/// assert!(host.release(0x1000, 4096).is_err()); // never handed out
-/// host.release(seg, 4096).unwrap();
+/// // SAFETY: nothing uses either range: the first was never handed out,
+/// // the second holds no block and is not touched again.
+/// unsafe {
+///     assert!(host.release(0x1000, 4096).is_err()); // never handed out
+///     host.release(seg, 4096).unwrap();
+/// }
 /// assert_eq!(host.outstanding_bytes(), 0);
 /// ```
 #[derive(Debug)]
@@ -283,7 +287,7 @@ impl Backend for HostBackend {
         Ok(ptr as u64)
     }
 
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         {
             let mut segments = self.lock_segments();
             match segments.get(&addr) {
@@ -298,7 +302,8 @@ impl Backend for HostBackend {
         // SAFETY: `addr` was a held segment of exactly `size` bytes, so it
         // came from `alloc(layout)` with this very layout and is still
         // allocated; it was taken out of the table above, so it is
-        // deallocated once.
+        // deallocated once; by this method's contract nothing accesses it
+        // again.
         unsafe { dealloc(addr as *mut u8, layout) };
         self.used.fetch_sub(size, Ordering::SeqCst);
         self.releases.fetch_add(1, Ordering::SeqCst);
@@ -371,7 +376,7 @@ impl VirtualMemory for HostBackend {
         Ok(start)
     }
 
-    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let (raw, len) = {
             let mut ranges = self.ranges.lock();
             match ranges.get(&addr) {
@@ -421,13 +426,14 @@ impl VirtualMemory for HostBackend {
         })
     }
 
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         self.with_units("unmap", addr, size, |units, end| {
             let whole = super::whole_units(units, |&n| n, addr, end)
                 .map_err(|why| invalid("unmap", addr, size, why))?;
             // SAFETY: as in `map`: page-aligned, mapped units of our own
             // range (checked above). The pages' contents are dropped, as
-            // device memory's would be.
+            // device memory's would be; by this method's contract nothing
+            // accesses them while they are unmapped.
             unsafe {
                 libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED);
                 libc::mprotect(addr as *mut libc::c_void, size, libc::PROT_NONE);

@@ -89,6 +89,19 @@ pub enum CaptureStatus {
 /// must not call into graphalloc (an allocation or free from there waits
 /// for the lock it runs under; a graph-mode guard made or dropped there
 /// does nothing).
+///
+/// The methods must not panic: report a failure as a [`BackendError`]. A
+/// panic cannot be recovered from cleanly where it lands; during
+/// `empty_cache`, for one, the segments being released have already left
+/// the arena, so a panic in [`Backend::release`] leaves the allocator's
+/// statistics counting memory that is neither cached nor given back.
+///
+/// The methods that give memory back ([`Backend::release`],
+/// [`VirtualMemory::unmap`], [`VirtualMemory::release_range`]) are
+/// `unsafe`: the backend hands out raw addresses, and the caller promises
+/// that nothing will use the memory again. Safe code holding a backend (such
+/// as `Allocator::backend`'s) cannot free memory under the allocator's live
+/// blocks.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// The kind of memory.
     fn kind(&self) -> BackendKind;
@@ -103,7 +116,38 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Returns a segment obtained from [`Backend::reserve`] with the same
     /// `size`. Anything else is an error that changes nothing
     /// ([`BackendError::InvalidAddress`] where the backend can tell).
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+    ///
+    /// # Safety
+    /// Nothing may access `[addr, addr + size)` again once this is called:
+    /// no live block lies in it, nobody holds a pointer into it that they
+    /// will use, and no device work that uses it is still pending, unless
+    /// this backend's release waits for that work itself (`cuMemFree`,
+    /// which [`CudaBackend`]'s release calls, synchronizes with the
+    /// device). The allocator upholds this: it releases only segments it
+    /// owns that hold no live block (or, when their owner goes away, blocks
+    /// nothing can reach any more). Calling it from safe code does not
+    /// compile:
+    ///
+    /// ```compile_fail,E0133
+    /// use graphalloc::{Backend, HostBackend};
+    ///
+    /// let host = HostBackend::new(0, 1 << 20);
+    /// let seg = host.reserve(4096).unwrap();
+    /// host.release(seg, 4096).unwrap(); // error[E0133]: call to unsafe function
+    /// ```
+    ///
+    /// Nor through the backend an allocator lends out for copies (before,
+    /// this freed the memory under a live block, and a later write to the
+    /// block wrote into freed memory):
+    ///
+    /// ```compile_fail,E0133
+    /// use graphalloc::{Allocator, Config};
+    ///
+    /// let alloc = Allocator::new(Config::host(1 << 30)).unwrap();
+    /// let p = alloc.allocate(4096, 256).unwrap();
+    /// alloc.backend(0).unwrap().release(p.addr(), 4096).unwrap(); // error[E0133]
+    /// ```
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 
     /// Free and total device memory.
     fn mem_info(&self) -> Result<MemInfo, BackendError>;
@@ -159,8 +203,10 @@ impl<B: Backend + ?Sized> Backend for std::sync::Arc<B> {
         (**self).reserve(size)
     }
 
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
-        (**self).release(addr, size)
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+        // SAFETY: the caller's contract for `release` is passed on unchanged
+        // to the shared backend.
+        unsafe { (**self).release(addr, size) }
     }
 
     fn mem_info(&self) -> Result<MemInfo, BackendError> {
@@ -202,7 +248,14 @@ pub trait VirtualMemory: Send + Sync {
 
     /// Returns a range from [`VirtualMemory::reserve_range`]; all of it must
     /// be unmapped.
-    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+    ///
+    /// # Safety
+    /// Nothing may access `[addr, addr + size)` again once this is called:
+    /// no live block lies in it and no pointer into it will be used (the
+    /// address space may be handed out again). The allocator upholds this:
+    /// it releases only a range it owns whose pages it has all unmapped
+    /// under the same contract ([`VirtualMemory::unmap`]).
+    unsafe fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 
     /// Creates one mapping unit: memory for `[addr, addr + size)`,
     /// page-aligned inside a reserved range and not mapped yet, mapped there
@@ -216,7 +269,27 @@ pub trait VirtualMemory: Send + Sync {
     /// back, unit by unit in address order. On an error, nothing changed,
     /// except for [`BackendError::PartlyUnmapped`], which says how many
     /// bytes from `addr` (whole units) are unmapped all the same.
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError>;
+    ///
+    /// # Safety
+    /// Nothing may access `[addr, addr + size)` again while it is unmapped:
+    /// no live block lies in it, nobody holds a pointer into it that they
+    /// will use, and no device work queued on it is still pending (the
+    /// caller has waited for it or fenced it). The allocator upholds this:
+    /// it unmaps only idle units of its own expandable segments, free of
+    /// any block, once the work of the streams that used them is done (or,
+    /// when their owner goes away, units whose blocks nothing can reach any
+    /// more, after waiting for their segment's stream). Calling it from safe code does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// use graphalloc::{Backend, HostBackend};
+    ///
+    /// let host = HostBackend::new(0, 1 << 30);
+    /// let vmm = host.vmm().unwrap();
+    /// let range = vmm.reserve_range(2 << 20).unwrap();
+    /// vmm.map(range, 2 << 20).unwrap();
+    /// vmm.unmap(range, 2 << 20).unwrap(); // error[E0133]: call to unsafe function
+    /// ```
+    unsafe fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError>;
 }
 
 /// The mapping units, as `(start, size)` in address order, that make up

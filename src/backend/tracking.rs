@@ -38,9 +38,13 @@ struct Books {
 /// let tracked = TrackingAdaptor::new(HostBackend::new(0, 1 << 20));
 /// let seg = tracked.reserve(4096).unwrap();
 /// assert_eq!(tracked.segments().get(&seg), Some(&4096));
-/// assert!(tracked.release(seg, 8192).is_err()); // not how it was reserved
-/// assert_eq!(tracked.violations().len(), 1);
-/// tracked.release(seg, 4096).unwrap();
+/// // SAFETY: the segment holds no block and is not used after the second
+/// // (successful) release; the first is refused and changes nothing.
+/// unsafe {
+///     assert!(tracked.release(seg, 8192).is_err()); // not how it was reserved
+///     assert_eq!(tracked.violations().len(), 1);
+///     tracked.release(seg, 4096).unwrap();
+/// }
 /// assert!(tracked.segments().is_empty());
 /// ```
 pub struct TrackingAdaptor<B> {
@@ -234,9 +238,11 @@ impl<B: Backend> Backend for TrackingAdaptor<B> {
         Ok(base)
     }
 
-    fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn release(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         self.books.lock().take_held(false, "release", addr, size)?;
-        self.inner.release(addr, size)
+        // SAFETY: the caller's contract for `release` is passed on
+        // unchanged to the inner backend.
+        unsafe { self.inner.release(addr, size) }
     }
 
     forward_capabilities!();
@@ -253,11 +259,14 @@ impl<B: Backend> VirtualMemory for TrackingAdaptor<B> {
         Ok(base)
     }
 
-    fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn release_range(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         self.books
             .lock()
             .take_held(true, "release_range", addr, size)?;
-        self.inner.vmm()?.release_range(addr, size)
+        let vmm = self.inner.vmm()?;
+        // SAFETY: the caller's contract for `release_range` is passed on
+        // unchanged to the inner backend.
+        unsafe { vmm.release_range(addr, size) }
     }
 
     fn map(&self, addr: u64, size: usize) -> Result<(), BackendError> {
@@ -273,7 +282,7 @@ impl<B: Backend> VirtualMemory for TrackingAdaptor<B> {
         Ok(())
     }
 
-    fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
+    unsafe fn unmap(&self, addr: u64, size: usize) -> Result<(), BackendError> {
         let units = {
             let mut books = self.books.lock();
             let end = addr.saturating_add(size as u64);
@@ -291,7 +300,10 @@ impl<B: Backend> VirtualMemory for TrackingAdaptor<B> {
                 Err(why) => return Err(refuse(&mut books.violations, "unmap", addr, size, why)),
             }
         };
-        self.inner.vmm()?.unmap(addr, size).inspect_err(|e| {
+        let vmm = self.inner.vmm()?;
+        // SAFETY: the caller's contract for `unmap` is passed on unchanged
+        // to the inner backend.
+        unsafe { vmm.unmap(addr, size) }.inspect_err(|e| {
             // Units past what the backend unmapped are still mapped.
             let done = e.unmapped_bytes() as u64;
             let mut books = self.books.lock();

@@ -344,10 +344,12 @@ impl Device {
         }
         if let Err((e, _)) = mapped {
             if let Some(range) = fresh.and_then(|seg| arena.remove_fresh_segment(seg)) {
-                let _ = self
-                    .backend
-                    .vmm()
-                    .and_then(|v| v.release_range(range.base, range.size));
+                let vmm = self.backend.vmm();
+                // SAFETY: the range was reserved by this call and taken out
+                // of the arena only because nothing was ever mapped in it
+                // (`remove_fresh_segment`): no block was carved from it, so
+                // no address in it was handed out or used by device work.
+                let _ = vmm.and_then(|v| unsafe { v.release_range(range.base, range.size) });
             }
             return Err(Shortfall::from(e));
         }
@@ -383,7 +385,10 @@ impl Device {
             if i == 0 {
                 return Err((e, false));
             }
-            let gone = match self.unmap_pages(growth.addr, done) {
+            // SAFETY: `[growth.addr, growth.addr + done)` is the units this
+            // call just mapped, before any block was carved from them: no
+            // address in them was handed out or used by device work.
+            let gone = match unsafe { self.unmap_pages(growth.addr, done) } {
                 Ok(()) => done,
                 Err(undo) => undo.unmapped_bytes().min(done),
             };
@@ -488,7 +493,12 @@ impl Device {
             // What went: all of the run, or the units a failing call
             // unmapped before it stopped (the rest stays booked as mapped:
             // the books follow the device exactly).
-            let gone = match self.unmap_pages(run.addr, run.len) {
+            // SAFETY: the run is whole mapping units inside a free block
+            // (`idle_runs`: no live block lies in it), and the work queued on
+            // its stream before its free is done (`fences.safe` above); work
+            // of other streams that used it finished before it joined the
+            // free index (deferred frees wait for their events).
+            let gone = match unsafe { self.unmap_pages(run.addr, run.len) } {
                 Ok(()) => run.prefix(run.len),
                 Err(e) => {
                     let part = run.prefix(e.unmapped_bytes());
@@ -583,9 +593,15 @@ impl Device {
 
     /// Unmaps `[addr, addr + len)`, counting the call (the reserved
     /// figures are the caller's).
-    pub(super) fn unmap_pages(&self, addr: u64, len: usize) -> Result<(), BackendError> {
+    ///
+    /// # Safety
+    /// As [`crate::backend::VirtualMemory::unmap`]: nothing (no live block,
+    /// no pending device work) accesses the range while it is unmapped.
+    pub(super) unsafe fn unmap_pages(&self, addr: u64, len: usize) -> Result<(), BackendError> {
         let start = Instant::now();
-        let result = self.backend.vmm().and_then(|v| v.unmap(addr, len));
+        let vmm = self.backend.vmm();
+        // SAFETY: this function's contract, passed on.
+        let result = vmm.and_then(|v| unsafe { v.unmap(addr, len) });
         let c = &self.mapping;
         c.unmap_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);

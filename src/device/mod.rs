@@ -330,7 +330,17 @@ impl Device {
         for seg in segments {
             let held = match &seg.mapped {
                 None => {
-                    if let Err(e) = self.backend.release(seg.base, seg.size) {
+                    // SAFETY: the segment has left the arena, so no block will
+                    // be carved from it again. From `take_free_segments` it
+                    // is one free block: no live block (a deferred free is
+                    // not free until its events complete). From
+                    // `take_all_segments` its owner is going away: a fresh
+                    // arena that handed nothing out, a dropped `Allocator`
+                    // (no `DeviceBuffer` outlives it: each borrows it), or a
+                    // pool whose live blocks belong to an allocator already
+                    // dropped. Device work still using it is waited for by
+                    // the backend (`cuMemFree` synchronizes).
+                    if let Err(e) = unsafe { self.backend.release(seg.base, seg.size) } {
                         first_error.get_or_insert(e);
                     }
                     self.note(Action::SegmentFree, side, seg.stream, seg.size, seg.base);
@@ -339,7 +349,15 @@ impl Device {
                 Some(runs) => {
                     let mut all_unmapped = true;
                     for &(addr, len) in runs {
-                        match self.unmap_pages(addr, len) {
+                        // SAFETY: only `take_all_segments` gives mapped
+                        // runs (a free segment is taken once all its pages
+                        // are unmapped), so the owner is going away, as for a
+                        // plain segment above: no block will be used again.
+                        // The work queued on the segment's stream was waited
+                        // for above (`drain_stream`), except on a stream being
+                        // captured or a failed wait, where the pages go back
+                        // all the same, as `cuMemFree` would give them.
+                        match unsafe { self.unmap_pages(addr, len) } {
                             Ok(()) => self.note(Action::SegmentUnmap, side, seg.stream, len, addr),
                             Err(e) => {
                                 // What the failing call did unmap is gone.
@@ -354,11 +372,14 @@ impl Device {
                     }
                     // A range with pages still mapped cannot be freed.
                     if all_unmapped {
-                        if let Err(e) = self
-                            .backend
-                            .vmm()
-                            .and_then(|v| v.release_range(seg.base, seg.size))
-                        {
+                        let vmm = self.backend.vmm();
+                        // SAFETY: the segment has left the arena (as above)
+                        // and every unit of its range is unmapped (its runs
+                        // just above, the rest earlier by `reclaim`), so no
+                        // block or work uses any address in it.
+                        let freed =
+                            vmm.and_then(|v| unsafe { v.release_range(seg.base, seg.size) });
+                        if let Err(e) = freed {
                             first_error.get_or_insert(e);
                         }
                     }
