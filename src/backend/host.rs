@@ -5,6 +5,7 @@ use super::adaptors::all_capabilities;
 use super::{
     Backend, BackendError, BackendKind, CaptureStatus, Copies, MemInfo, StreamOrder, VirtualMemory,
 };
+use crate::stream::LAST_BUILTIN_STREAM;
 use crate::sync::{AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::alloc::{alloc, dealloc, Layout};
 use std::collections::{BTreeMap, HashMap};
@@ -110,7 +111,7 @@ impl HostBackend {
             streams: Mutex::new(Streams {
                 // The built-in streams every CUDA context knows: 0 (legacy
                 // default), 1 (`CU_STREAM_LEGACY`), 2 (per-thread default).
-                streams: HashMap::from([(0, (0, 0)), (1, (0, 0)), (2, (0, 0))]),
+                streams: (0..=LAST_BUILTIN_STREAM).map(|s| (s, (0, 0))).collect(),
                 next_stream: FIRST_HOST_STREAM + ((ordinal as u64) << 32),
                 next_capture: 1,
                 ..Streams::default()
